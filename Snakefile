@@ -1,0 +1,56 @@
+# dpm-bench: model family x sampler x K -> samples -> FD / IS / NLL -> HTML and LaTeX report.
+# `snakemake --cores all` runs the embedded default (workflows/config/default.yaml);
+# `--configfile FILE` runs another profile instead (its keys replace the default's entirely).
+
+import json
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from bench.config import ConfigError, cells, config_hash, read_yaml, shard_ranges, validate_config
+
+if not config:
+    config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
+try:
+    validate_config(config, root=Path(workflow.basedir))
+except ConfigError as err:
+    raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
+
+PY = sys.executable
+RESULTS = "results"
+REPORTS = "reports"
+CELLS = cells(config)
+SHARDS = shard_ranges(config)
+
+
+def J(obj) -> str:
+    """Compact, key-sorted JSON: the job's settings, so Snakemake reruns it only when they change."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def dataset_of(model: str) -> str:
+    return config["models"][model]["dataset"]
+
+
+def has_nll(sampler: str) -> bool:
+    """The VLB exists for samplers with a stochastic reverse variance (DDPM's beta / beta-tilde)."""
+    return "nll" in config["metrics"] and "variance" in config["samplers"][sampler].get("options", {})
+
+
+wildcard_constraints:
+    K=r"\d+",
+    shard=r"\d{4}",
+
+
+include: "workflows/rules/extractor.smk"
+include: "workflows/rules/models.smk"
+include: "workflows/rules/sample.smk"
+include: "workflows/rules/metrics.smk"
+include: "workflows/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{REPORTS}/index.html",

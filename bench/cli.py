@@ -1,0 +1,220 @@
+"""``python -m bench <step>``: each Snakemake rule calls one step; every step also runs by hand.
+
+Steps take a JSON ``--spec`` holding exactly the settings that determine their output, so that
+Snakemake reruns a job when, and only when, something it depends on changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.io import atomic_json, load_npz
+
+
+def _spec(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--spec is not valid JSON: {err}") from None
+
+
+def cmd_train_extractor(args: argparse.Namespace) -> None:
+    from bench.data import load_dataset
+    from bench.metrics.classifier import accuracy, save_classifier, train_classifier
+
+    spec = _spec(args.spec)
+    train = load_dataset(spec["dataset"], "train")
+    test = load_dataset(spec["dataset"], "test")
+    t0 = time.perf_counter()
+    model = train_classifier(train, seed=spec["extractor"].get("seed", 0), epochs=spec["extractor"].get("epochs", 12))
+    acc = accuracy(model, test)
+    save_classifier(model, Path(args.out))
+    atomic_json({"test_accuracy": acc, "wall_seconds": time.perf_counter() - t0}, Path(args.out).with_suffix(".json"))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from bench.data import load_dataset
+    from bench.data.digits import levels_to_unit
+    from bench.models import build_network, save_model
+    from bench.schedules import DiscreteSchedule
+    from bench.training import TrainConfig, train_eps_model
+
+    spec = _spec(args.spec)
+    model_cfg = spec["model"]
+    train = load_dataset(spec["dataset"], "train")
+    data = torch.from_numpy(levels_to_unit(train.images, train.max_level))
+    shape = tuple(data.shape[1:])
+    net = build_network(model_cfg["network"], channels=shape[0], image_size=shape[1])
+    schedule = DiscreteSchedule.named(model_cfg["schedule"]["name"], model_cfg["schedule"]["T"])
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    ema, losses = train_eps_model(
+        net,
+        data,
+        schedule,
+        TrainConfig(**model_cfg["train"]),
+        resume_path=out.with_name(out.name + ".resume"),
+        progress=True,
+    )
+    info = {"final_loss": float(np.mean(losses[-200:])), "steps": len(losses), "wall_seconds": time.perf_counter() - t0}
+    save_model(out, ema, model_cfg, shape, train.max_level, info)
+    out.with_name(out.name + ".resume").unlink(missing_ok=True)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from bench.models import load_model
+    from bench.sampling import sample_shard
+
+    spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
+    net, schedule, ckpt = load_model(Path(args.model))
+    sample_shard(
+        net,
+        schedule,
+        spec["sampler"],
+        spec["K"],
+        spec["start"],
+        spec["stop"],
+        base_seed=spec["seed"],
+        shape=tuple(ckpt["data_shape"]),
+        max_level=ckpt["max_level"],
+        batch_size=spec["batch_size"],
+        out_path=Path(args.out),
+        context=spec["context"],
+    )
+
+
+def cmd_fd_is(args: argparse.Namespace) -> None:
+    from bench.data import load_dataset
+    from bench.metrics.fid_is import compute_fd_is
+
+    spec = _spec(args.spec)
+    shards = [load_npz(Path(p), ("images", "seeds", "max_level", "nfe", "wall_seconds")) for p in args.shards]
+    images = np.concatenate([s["images"] for s in shards])
+    seeds = np.concatenate([s["seeds"] for s in shards])
+    if len(images) != spec["n_samples"] or len(np.unique(seeds)) != len(seeds):
+        raise SystemExit(
+            f"cell {spec['context']}: shards hold {len(images)} samples ({len(np.unique(seeds))} distinct seeds), "
+            f"expected exactly {spec['n_samples']}"
+        )
+    ref = load_dataset(spec["dataset"], spec["reference_split"])
+    t0 = time.perf_counter()
+    result = compute_fd_is(images, int(shards[0]["max_level"]), ref.images, Path(args.extractor))
+    atomic_json(
+        {
+            "fd": result["fd"],
+            "is_mean": result["is_mean"],
+            "is_std": result["is_std"],
+            "n": result["n"],
+            "backend": result["backend"],
+            "backend_version": result["backend_version"],
+            "reference_split": spec["reference_split"],
+            "reference_n": len(ref.images),
+            "nfe": int(shards[0]["nfe"]),
+            "grid": shards[0]["grid"].tolist(),
+            "sample_wall_seconds": float(sum(s["wall_seconds"] for s in shards)),
+            "metric_wall_seconds": time.perf_counter() - t0,
+        },
+        Path(args.out),
+    )
+
+
+def cmd_nll(args: argparse.Namespace) -> None:
+    from bench.data import load_dataset
+    from bench.data.digits import levels_to_unit
+    from bench.families import DiscreteEpsDenoiser
+    from bench.grids import time_grid
+    from bench.metrics.nll import vlb_bits_per_dim
+    from bench.models import load_model
+
+    spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
+    net, schedule, _ = load_model(Path(args.model))
+    split = load_dataset(spec["dataset"], spec["split"])
+    x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))
+    grid = time_grid(spec["grid"], schedule.T, spec["K"])
+    denoiser = DiscreteEpsDenoiser(net, schedule)
+    seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
+    t0 = time.perf_counter()
+    bpd = vlb_bits_per_dim(denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"])
+    atomic_json(
+        {
+            "bpd": {v: float(b.mean()) for v, b in bpd.items()},
+            "bpd_sem": {v: float(b.std() / len(b) ** 0.5) for v, b in bpd.items()},
+            "n": len(x0),
+            "split": spec["split"],
+            "nfe": denoiser.nfe,
+            "grid": grid.tolist(),
+            "clip_x0": spec["clip_x0"],
+            "wall_seconds": time.perf_counter() - t0,
+        },
+        Path(args.out),
+    )
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from bench.collect import collect_metrics
+
+    collect_metrics(_spec(args.spec), Path(args.results), Path(args.out))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bench.report.render import render_report
+
+    render_report(Path(args.results), [Path(p) for p in args.tables], Path(args.out))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from bench.config import cells, load_config
+
+    cfg = load_config(Path(args.config))
+    print(f"{args.config}: valid; {len(cells(cfg))} cells")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="step", required=True)
+
+    def step(name: str, fn, *, spec: bool = True, out: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name)
+        sp.set_defaults(fn=fn)
+        if spec:
+            sp.add_argument("--spec", required=True, help="JSON settings of this step")
+        if out:
+            sp.add_argument("--out", required=True)
+        return sp
+
+    step("train-extractor", cmd_train_extractor)
+    step("train", cmd_train)
+    for name, fn in (("sample", cmd_sample), ("nll", cmd_nll)):
+        sp = step(name, fn)
+        sp.add_argument("--model", required=True)
+        sp.add_argument("--threads", type=int, default=1)
+    sp = step("fd-is", cmd_fd_is)
+    sp.add_argument("--extractor", required=True)
+    sp.add_argument("--shards", nargs="+", required=True)
+    sp = step("collect", cmd_collect)
+    sp.add_argument("--results", required=True)
+    sp = step("report", cmd_report, spec=False)
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--tables", nargs="+", required=True)
+    sp = step("validate", cmd_validate, spec=False, out=False)
+    sp.add_argument("--config", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

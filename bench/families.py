@@ -1,0 +1,50 @@
+"""Families adapt a network to the denoiser interface the samplers call.
+
+Discrete VP families (DDPM, DDIM, iDDPM, Analytic-DPM) map (x_n, n) to predictions of eps and x_0;
+``nfe`` counts network evaluations, so tables report measured NFE, not a formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.schedules import DiscreteSchedule
+
+
+@dataclass
+class Prediction:
+    """What a denoiser returns at one step: predicted noise and clean image (float64)."""
+
+    eps: torch.Tensor
+    x0: torch.Tensor
+
+
+class DiscreteEpsDenoiser:
+    """An eps-prediction network on a discrete chain: x0 = (x_n - sqrt(1 - abar_n) eps) / sqrt(abar_n) (DDPM Eq. 15)."""
+
+    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, *, time_scale: float = 1.0):
+        self.net = net
+        self.schedule = schedule
+        self.alpha_bars = schedule.alpha_bars
+        self.time_scale = time_scale
+        self.nfe = 0
+        self._param = next(net.parameters())
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, n: int) -> Prediction:
+        t = torch.full((x.shape[0],), float(n) * self.time_scale, device=x.device)
+        eps = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(torch.float64)
+        self.nfe += 1
+        abar = self.alpha_bars[n]
+        x0 = (x - torch.sqrt(1.0 - abar) * eps) / torch.sqrt(abar)
+        return Prediction(eps=eps, x0=x0)
+
+
+def clip_prediction(pred: Prediction, x: torch.Tensor, abar: torch.Tensor) -> Prediction:
+    """Clip x0 to [-1, 1] and recompute eps from it, so that the update stays self-consistent."""
+    x0 = pred.x0.clamp(-1.0, 1.0)
+    eps = (x - torch.sqrt(abar) * x0) / torch.sqrt(1.0 - abar)
+    return Prediction(eps=eps, x0=x0)

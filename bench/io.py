@@ -1,0 +1,102 @@
+"""Atomic writes and guarded reads: a killed job never leaves a file that looks complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CorruptFileError(RuntimeError):
+    """A results file that exists but cannot be read: truncated, corrupted or of the wrong kind."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_json(obj: Any, path: Path) -> Path:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    return atomic_write(path, write)
+
+
+def atomic_npz(path: Path, **arrays: np.ndarray) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def atomic_text(text: str, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_torch_file(path: Path) -> Any:
+    """torch.load with weights_only=True, turning any read failure into an error naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise CorruptFileError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+
+
+def load_npz(path: Path, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read every array of an .npz file, checking the ``required`` keys, with errors naming the file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise CorruptFileError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise CorruptFileError(f"{path} lacks arrays {missing}; it has {sorted(arrays)}")
+    return arrays
+
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise CorruptFileError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")

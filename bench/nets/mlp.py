@@ -1,0 +1,69 @@
+"""A small residual MLP denoiser over flattened pixels, sized for 8x8 data on a CPU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[sin(t w_i), cos(t w_i)] with w_i = 10000^(-i/(dim/2 - 1)) (Transformer / DDPM time embedding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / (half - 1))
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class ResidualBlock(nn.Module):
+    """h + W2 silu(W1 silu(norm(h)) + E temb): pre-norm residual block with an additive time embedding."""
+
+    def __init__(self, width: int, emb_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.emb = nn.Linear(emb_dim, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        z = self.fc1(nn.functional.silu(self.norm(h))) + self.emb(temb)
+        return h + self.fc2(nn.functional.silu(z))
+
+
+class MLPDenoiser(nn.Module):
+    """Maps (x [N,C,H,W], t [N]) to out_channels predictions per pixel, e.g. eps (and a variance head)."""
+
+    def __init__(
+        self,
+        *,
+        channels: int = 1,
+        image_size: int = 8,
+        width: int = 512,
+        depth: int = 4,
+        emb_dim: int = 128,
+        out_channels: int | None = None,
+    ):
+        super().__init__()
+        if width < 1 or depth < 1 or emb_dim < 4 or emb_dim % 2:
+            raise ValueError(f"MLP width={width}, depth={depth} must be >= 1 and emb_dim={emb_dim} even and >= 4")
+        self.channels = channels
+        self.image_size = image_size
+        self.out_channels = out_channels or channels
+        self.emb_dim = emb_dim
+        d_in = channels * image_size * image_size
+        self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.inp = nn.Linear(d_in, width)
+        self.blocks = nn.ModuleList(ResidualBlock(width, emb_dim) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, self.out_channels * image_size * image_size)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.time_mlp(sinusoidal_embedding(t, self.emb_dim))
+        h = self.inp(x.flatten(1))
+        for block in self.blocks:
+            h = block(h, temb)
+        out = self.out(nn.functional.silu(self.out_norm(h)))
+        return out.view(x.shape[0], self.out_channels, self.image_size, self.image_size)

@@ -1,0 +1,20 @@
+"""Samplers: pure functions ``sample(denoiser, x_T, grid, *, noise, **options) -> x_0``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.samplers import ddim, ddpm
+
+SAMPLERS: dict[str, Callable] = {
+    "ddpm": ddpm.sample,
+    "ddim": ddim.sample,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler function registered as ``name``."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"sampler function {name!r} is not one of {sorted(SAMPLERS)}") from None

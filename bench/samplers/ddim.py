@@ -1,0 +1,37 @@
+"""DDIM sampling with the eta family of variances (Song et al. 2021, Eq. 12 and Eq. 16)."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.families import clip_prediction
+from bench.noise import NoiseSource
+
+
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""
+    if eta < 0:
+        raise ValueError(f"DDIM eta={eta!r} must be non-negative")
+    abar = denoiser.alpha_bars[grid]
+    x = x_T
+    for k in range(len(grid) - 1, -1, -1):
+        pred = denoiser(x, int(grid[k]))
+        if clip_x0:
+            pred = clip_prediction(pred, x, abar[k])
+        if k == 0:
+            x = pred.x0
+            break
+        a_t, a_s = abar[k], abar[k - 1]
+        sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t)) * torch.sqrt(1 - a_t / a_s)
+        x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1 - a_s - sigma**2) * pred.eps
+        if eta > 0:
+            x = x + sigma * noise.normal(k)
+    return x

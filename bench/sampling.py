@@ -1,0 +1,82 @@
+"""One sampling job: a shard of a cell's samples, written atomically with what made it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.data.digits import unit_to_levels
+from bench.families import DiscreteEpsDenoiser
+from bench.grids import time_grid
+from bench.io import atomic_npz
+from bench.noise import NoiseSource
+from bench.samplers import get_sampler
+
+
+class NonFiniteSampleError(RuntimeError):
+    """A sampler produced NaN or Inf: no metric may be computed from such a cell."""
+
+
+def generate(
+    denoiser: DiscreteEpsDenoiser,
+    sampler: dict,
+    K: int,
+    seeds: torch.Tensor,
+    shape: tuple[int, ...],
+    *,
+    batch_size: int,
+    context: str = "",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples (float64 [N, *shape]) for ``seeds``; returns (samples, realised grid)."""
+    fn = get_sampler(sampler["fn"])
+    grid = time_grid(sampler["grid"], denoiser.schedule.T, K)
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        batch = seeds[start : start + batch_size]
+        noise = NoiseSource(batch, shape, torch.float64, "cpu")
+        x = fn(denoiser, noise.latent(), grid, noise=noise, **sampler.get("options", {}))
+        bad = ~torch.isfinite(x.reshape(len(batch), -1)).all(dim=1)
+        if bad.any():
+            idx = int(torch.nonzero(bad)[0])
+            raise NonFiniteSampleError(
+                f"{context}: non-finite sample for seed {int(batch[idx])} (sample index {start + idx})"
+            )
+        out.append(x)
+    return torch.cat(out), grid
+
+
+def sample_shard(
+    net: torch.nn.Module,
+    schedule,
+    sampler: dict,
+    K: int,
+    start: int,
+    stop: int,
+    *,
+    base_seed: int,
+    shape: tuple[int, ...],
+    max_level: int,
+    batch_size: int,
+    out_path: Path,
+    context: str,
+) -> Path:
+    """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz."""
+    torch.set_grad_enabled(False)
+    denoiser = DiscreteEpsDenoiser(net, schedule)
+    seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
+    t0 = time.perf_counter()
+    x, grid = generate(denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context)
+    wall = time.perf_counter() - t0
+    n_batches = -(-len(seeds) // batch_size)
+    return atomic_npz(
+        out_path,
+        images=unit_to_levels(x.numpy(), max_level),
+        seeds=seeds.numpy(),
+        max_level=np.int64(max_level),
+        grid=grid.numpy(),
+        nfe=np.int64(denoiser.nfe // n_batches),
+        wall_seconds=np.float64(wall),
+    )

@@ -1,0 +1,16 @@
+# Feature extractors for FD / IS, trained on the dataset's train split.
+
+
+rule train_extractor:
+    output:
+        f"{RESULTS}/extractors/{{extractor}}.pt",
+    params:
+        spec=lambda w: J(
+            {
+                "extractor": config["extractors"][w.extractor],
+                "dataset": config["datasets"][config["extractors"][w.extractor]["dataset"]],
+            }
+        ),
+    threads: 1
+    shell:
+        "{PY} -m bench train-extractor --spec {params.spec:q} --out {output}"

@@ -1,0 +1,94 @@
+# Metrics per cell: FD / IS from the cell's samples; NLL (VLB) from the model on the test split.
+
+
+def cell_shards(w) -> list[str]:
+    return [
+        f"{RESULTS}/samples/{w.dataset}/{w.model}/{w.sampler}/K{w.K}/shard{i:04d}.npz"
+        for i in range(len(SHARDS))
+    ]
+
+
+rule fd_is:
+    input:
+        shards=cell_shards,
+        extractor=lambda w: f"{RESULTS}/extractors/{config['metrics']['fd_is']['extractor']}.pt",
+    output:
+        f"{RESULTS}/cells/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/fd_is.json",
+    params:
+        spec=lambda w: J(
+            {
+                "dataset": config["datasets"][w.dataset],
+                "reference_split": config["metrics"]["fd_is"]["reference_split"],
+                "n_samples": config["sampling"]["n_samples"],
+                "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
+            }
+        ),
+    threads: 1
+    shell:
+        "{PY} -m bench fd-is --spec {params.spec:q} --extractor {input.extractor} "
+        "--shards {input.shards} --out {output}"
+
+
+rule nll:
+    input:
+        model=f"{RESULTS}/models/{{model}}.pt",
+    output:
+        f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",
+    params:
+        spec=lambda w: J(
+            {
+                "dataset": config["datasets"][w.dataset],
+                "split": config["metrics"]["nll"]["split"],
+                "clip_x0": config["metrics"]["nll"].get("clip_x0", True),
+                "grid": w.grid,
+                "K": int(w.K),
+                "seed": config["seed"],
+            }
+        ),
+    threads: 1
+    shell:
+        "{PY} -m bench nll --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
+
+
+def cell_record(c) -> dict:
+    sampler = config["samplers"][c.sampler]
+    dataset = dataset_of(c.model)
+    rec = {
+        "dataset": dataset,
+        "model": c.model,
+        "family": config["models"][c.model]["family"],
+        "sampler": c.sampler,
+        "sampler_label": sampler.get("label", c.sampler),
+        "grid": sampler["grid"],
+        "K": c.K,
+        "seed": config["sampling"]["seed"],
+    }
+    if "fd_is" in config["metrics"]:
+        rec["fd_is"] = f"cells/{dataset}/{c.model}/{c.sampler}/K{c.K}/fd_is.json"
+    if has_nll(c.sampler):
+        rec["nll"] = f"cells/{dataset}/{c.model}/nll-{sampler['grid']}/K{c.K}.json"
+        rec["nll_variance"] = sampler["options"]["variance"]
+    return rec
+
+
+CELL_RECORDS = [cell_record(c) for c in CELLS]
+
+
+rule collect:
+    input:
+        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll") if k in r],
+    output:
+        csv=f"{RESULTS}/metrics.csv",
+        provenance=f"{RESULTS}/provenance.json",
+    params:
+        spec=J(
+            {
+                "cells": CELL_RECORDS,
+                "config_hash": config_hash(config),
+                "profile": config["profile"],
+                "sampling": config["sampling"],
+                "metrics": config["metrics"],
+            }
+        ),
+    shell:
+        "{PY} -m bench collect --spec {params.spec:q} --results {RESULTS} --out {output.csv}"

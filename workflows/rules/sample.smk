@@ -1,0 +1,28 @@
+# Sampling: each cell's samples in shards of seed ranges; sample i always has seed `seed + i`.
+
+
+def sample_spec(w) -> str:
+    start, stop = SHARDS[int(w.shard)]
+    return J(
+        {
+            "sampler": config["samplers"][w.sampler],
+            "K": int(w.K),
+            "start": start,
+            "stop": stop,
+            "seed": config["sampling"]["seed"],
+            "batch_size": config["sampling"]["batch_size"],
+            "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
+        }
+    )
+
+
+rule sample_shard:
+    input:
+        model=f"{RESULTS}/models/{{model}}.pt",
+    output:
+        f"{RESULTS}/samples/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
+    params:
+        spec=sample_spec,
+    threads: 1
+    shell:
+        "{PY} -m bench sample --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
