@@ -1,0 +1,1 @@
+"""Official checkpoints: registry, verified download, and safe loaders for their file layouts."""

@@ -1,0 +1,174 @@
+"""Loaders for the released checkpoint file layouts, each returning a plain ordered state_dict."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DATA_PARALLEL_PREFIX = "module."
+_LISTED_KEYS = 20
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file that cannot be read or does not have the expected layout."""
+
+
+class StateDictMismatch(RuntimeError):
+    """A state_dict whose keys or shapes do not match the model it is loaded into."""
+
+    def __init__(
+        self,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+        model_name: str,
+    ) -> None:
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+        lines = [f"state_dict does not fit {model_name}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_shorten(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_shorten(unexpected)}")
+        if mismatched:
+            shapes = [f"{k}: checkpoint {list(got)} vs model {list(want)}"
+                      for k, got, want in mismatched]
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_shorten(shapes)}")
+        super().__init__("\n".join(lines))
+
+
+def _shorten(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED_KEYS])
+    hidden = len(items) - _LISTED_KEYS
+    return shown + (f", ... and {hidden} more" if hidden > 0 else "")
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative part of a torch.load failure, without torch's advice paragraphs."""
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"refused global {refused.group(1)}"
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
+    if detail:
+        return detail.group(1)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first.split('. ')[0]}" if first else type(exc).__name__
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load with weights_only=True; any failure becomes one error that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointLoadError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointLoadError(
+            f"checkpoint {path} is corrupted or holds objects that weights-only loading refuses "
+            f"({_reason(exc)})"
+        ) from None
+    except Exception as exc:
+        # Truncated zip archives and legacy files fail in many ways deep inside torch
+        # (RuntimeError, EOFError, IndexError, struct.error, ...): all mean an unreadable file.
+        raise CheckpointLoadError(
+            f"checkpoint {path} is truncated or corrupted ({_reason(exc)})"
+        ) from None
+
+
+def _as_state_dict(obj: Any, path: Path, what: str) -> OrderedDict[str, torch.Tensor]:
+    """Check that obj maps str keys to tensors; return it as an OrderedDict in its own order."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointLoadError(
+            f"{what} in {path} should be a mapping of name -> tensor, found {type(obj).__name__}"
+        )
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointLoadError(
+            f"{what} in {path} should map names to tensors; entries that do not: {_shorten(bad)}"
+        )
+    return OrderedDict(obj)
+
+
+def load_plain_state_dict(path: Path) -> OrderedDict[str, torch.Tensor]:
+    """Read a torch.save(model.state_dict()) file (pytorch_diffusion, improved-diffusion)."""
+    obj = _torch_load(path)
+    if isinstance(obj, (list, tuple)):
+        raise CheckpointLoadError(
+            f"{path} holds a {type(obj).__name__} of {len(obj)} elements, not a state_dict; "
+            "for the DDIM/NCSNv2 list layout use load_ddim_list_checkpoint"
+        )
+    return _as_state_dict(obj, Path(path), "the checkpoint")
+
+
+def _strip_data_parallel(state: OrderedDict[str, torch.Tensor], path: Path, what: str):
+    prefixed = [k.startswith(DATA_PARALLEL_PREFIX) for k in state]
+    if not any(prefixed):
+        return state
+    if not all(prefixed):
+        plain = [k for k, p in zip(state, prefixed, strict=True) if not p]
+        raise CheckpointLoadError(
+            f"{what} in {path} mixes {DATA_PARALLEL_PREFIX!r}-prefixed and plain keys: "
+            f"{_shorten(plain)}"
+        )
+    return OrderedDict((k[len(DATA_PARALLEL_PREFIX):], v) for k, v in state.items())
+
+
+def load_ddim_list_checkpoint(path: Path, use_ema: bool = True) -> OrderedDict[str, torch.Tensor]:
+    """Read the DDIM/NCSNv2 list [state_dict, optimizer, epoch, step, (ema_shadow)].
+
+    Element 0 carries DataParallel's 'module.' prefix, which is stripped. With use_ema the last
+    element (EMA shadow: parameters only, no prefix) replaces those parameters; buffers stay.
+    """
+    path = Path(path)
+    obj = _torch_load(path)
+    if not isinstance(obj, (list, tuple)) or not obj:
+        raise CheckpointLoadError(
+            f"{path} should hold a list [state_dict, optimizer, epoch, step, ema_shadow], "
+            f"found {type(obj).__name__}"
+        )
+    state = _strip_data_parallel(_as_state_dict(obj[0], path, "element 0"), path, "element 0")
+    if not use_ema:
+        return state
+    if len(obj) < 2 or not isinstance(obj[-1], Mapping):
+        raise CheckpointLoadError(
+            f"{path} has no EMA shadow: its last element (of {len(obj)}) is "
+            f"{type(obj[-1]).__name__}, not a mapping; pass use_ema=False for the raw weights"
+        )
+    shadow = _strip_data_parallel(_as_state_dict(obj[-1], path, "the EMA shadow"), path,
+                                  "the EMA shadow")
+    unknown = [k for k in shadow if k not in state]
+    if unknown:
+        raise CheckpointLoadError(
+            f"EMA shadow in {path} names keys absent from element 0: {_shorten(unknown)}"
+        )
+    wrong = [f"{k}: {list(v.shape)} vs {list(state[k].shape)}" for k, v in shadow.items()
+             if v.shape != state[k].shape]
+    if wrong:
+        raise CheckpointLoadError(
+            f"EMA shadow in {path} has shapes unlike element 0: {_shorten(wrong)}"
+        )
+    return OrderedDict((k, shadow.get(k, v)) for k, v in state.items())
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load state_dict into model, refusing missing, unexpected and wrongly shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        (k, tuple(state_dict[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        raise StateDictMismatch(missing, unexpected, mismatched, type(model).__name__)
+    model.load_state_dict(state_dict, strict=True)
