@@ -1,0 +1,132 @@
+"""Self-contained HTML pages (inline CSS, relative links only) from jinja2 templates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+
+from bench.report.grids import SampleGrid
+from bench.report.specs import TableSpec
+from bench.report.tables import Cell, SampleKey, TableData, format_delta, format_nfe, format_value
+
+# Provenance keys summarised at the top of every page when present with a scalar value; the
+# index lists every key in full.
+HEADLINE_KEYS = ("created", "git_commit", "git_dirty", "config_hash", "device")
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_ENV.filters.update(value=format_value, delta=format_delta, nfe=format_nfe, urlpath=quote)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report was rendered from, shown on the index page."""
+
+    metrics_path: str
+    metrics_sha256: str
+    metrics_rows: int
+    spec_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProvenanceEntry:
+    """One key of provenance.json: scalars and scalar lists as text, objects as children."""
+
+    key: str
+    text: str | None
+    children: tuple[ProvenanceEntry, ...]
+
+
+def table_page_name(spec: TableSpec) -> str:
+    """File name of a table's HTML page inside the report folder."""
+    return f"table_{spec.id}.html"
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def provenance_entries(data: Mapping[str, Any]) -> tuple[ProvenanceEntry, ...]:
+    """Turn any JSON object into entries for a nested definition list, in file order."""
+    def entry(key: str, value: Any) -> ProvenanceEntry:
+        if isinstance(value, Mapping):
+            return ProvenanceEntry(key, None if value else "{}", provenance_entries(value))
+        if isinstance(value, list) and any(isinstance(v, (list, Mapping)) for v in value):
+            items = tuple(entry(f"[{i}]", v) for i, v in enumerate(value))
+            return ProvenanceEntry(key, None, items)
+        if isinstance(value, list):
+            return ProvenanceEntry(key, ", ".join(map(_scalar, value)) or "[]", ())
+        return ProvenanceEntry(key, _scalar(value), ())
+
+    return tuple(entry(str(k), v) for k, v in data.items())
+
+
+def cell_title(cell: Cell) -> str:
+    """Hover text of a result cell: which run it is and how it was measured."""
+    if cell.identity is None:
+        return "no row of metrics.csv matches this cell yet"
+    parts = [", ".join(f"{k}={v}" for k, v in cell.identity.items())]
+    runs = cell.n_ok + cell.n_failed
+    seeds = ", ".join(map(str, cell.seeds))
+    parts.append(f"{runs} seed replicate{'s' if runs != 1 else ''}"
+                 + (f" (seeds {seeds})" if seeds else ""))
+    if cell.n_samples:
+        parts.append(f"samples per replicate: {', '.join(map(str, sorted(set(cell.n_samples))))}")
+    if cell.wall_seconds is not None:
+        parts.append(f"mean wall time {cell.wall_seconds:.1f} s")
+    if cell.n_failed:
+        parts.append(f"{cell.n_failed} replicate{'s' if cell.n_failed != 1 else ''} failed")
+    return "; ".join(parts)
+
+
+def _headline(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (k, _scalar(provenance[k])) for k in HEADLINE_KEYS
+        if k in provenance and not isinstance(provenance[k], (Mapping, list))
+    ]
+
+
+def write_html_report(tables: Sequence[TableData], provenance: Mapping[str, Any],
+                      grids: Mapping[SampleKey, SampleGrid], figures: Mapping[str, str],
+                      latex: Mapping[str, str], inputs: ReportInputs, out_dir: Path) -> Path:
+    """Write index.html and one page per table; figures/latex map table id to relative paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common = {
+        "headline": _headline(provenance),
+        "dirty": provenance.get("git_dirty") is True,
+        "page_name": table_page_name,
+        "cell_title": cell_title,
+        "figures": figures,
+        "latex": latex,
+    }
+    for table in tables:
+        samples = [[grids.get(c.sample_key) if c.sample_key else None for c in row]
+                   for row in table.cells]
+        page = _ENV.get_template("table.html.j2").render(
+            table=table, samples=samples, has_samples=any(any(r) for r in samples), **common
+        )
+        (out_dir / table_page_name(table.spec)).write_text(page, encoding="utf-8")
+    index = out_dir / "index.html"
+    index.write_text(
+        _ENV.get_template("index.html.j2").render(
+            tables=tables, provenance=provenance_entries(provenance), inputs=inputs,
+            n_grids=len(grids), **common,
+        ),
+        encoding="utf-8",
+    )
+    return index

@@ -1,0 +1,47 @@
+"""Render the report folder (HTML, LaTeX, figures, sample grids) from a results folder only."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.report.figures import write_metric_figure
+from bench.report.grids import write_sample_grids
+from bench.report.html import ReportInputs, write_html_report
+from bench.report.latex import write_latex_tables
+from bench.report.results import read_metrics, read_provenance
+from bench.report.specs import load_table_specs
+from bench.report.tables import build_table
+
+
+def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path) -> Path:
+    """Read results_dir/{metrics.csv, provenance.json, samples/}, write out_dir; return index.html.
+
+    Outputs: index.html, table_<id>.html, figures/<id>.svg, tables/<id>.tex, tables/all.tex and
+    samples/<dataset>/<model>/<sampler>/K<K>.png, all linked by relative paths.
+    """
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    specs = load_table_specs([Path(p) for p in table_specs])
+    metrics_path = results_dir / "metrics.csv"
+    records = read_metrics(metrics_path)
+    provenance = read_provenance(results_dir / "provenance.json")
+    tables = [build_table(spec, records) for spec in specs]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grids = write_sample_grids(results_dir / "samples", out_dir)
+    figures = {}
+    for table in tables:
+        path = write_metric_figure(table, out_dir / "figures" / f"{table.spec.id}.svg")
+        figures[table.spec.id] = path.relative_to(out_dir).as_posix()
+    latex = {
+        key: path.relative_to(out_dir).as_posix()
+        for key, path in write_latex_tables(tables, out_dir / "tables").items()
+    }
+    inputs = ReportInputs(
+        metrics_path=str(metrics_path),
+        metrics_sha256=hashlib.sha256(metrics_path.read_bytes()).hexdigest(),
+        metrics_rows=len(records),
+        spec_paths=tuple(str(spec.source) for spec in specs),
+    )
+    return write_html_report(tables, provenance, grids, figures, latex, inputs, out_dir)

@@ -1,0 +1,229 @@
+"""Table specs: YAML files saying which results cells a report table shows and how."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+# Fields of results/metrics.csv that identify a cell: rows select on them, columns vary one.
+SELECTOR_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")
+
+# Output names a table id would overwrite.
+RESERVED_IDS = {"all": "tables/all.tex", "index": "index.html"}
+
+_TEXT = {"type": "string", "minLength": 1}
+
+TABLE_SPEC_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "dpm-bench report table spec",
+    "type": "object",
+    "required": [
+        "id", "title", "metric", "metric_label", "better", "decimals", "dataset", "columns", "rows",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]*$"},
+        "title": _TEXT,
+        "caption": {"type": "string"},
+        "metric": _TEXT,
+        "metric_label": _TEXT,
+        "better": {"enum": ["lower", "higher"]},
+        "decimals": {"type": "integer", "minimum": 0, "maximum": 6},
+        "dataset": _TEXT,
+        "paper_label": _TEXT,
+        "columns": {
+            "type": "object",
+            "required": ["field", "values", "label"],
+            "additionalProperties": False,
+            "properties": {
+                "field": {"enum": list(SELECTOR_FIELDS)},
+                "values": {
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {"type": ["integer", "string"]},
+                },
+                "label": _TEXT,
+            },
+        },
+        "rows": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["label"],
+                "additionalProperties": False,
+                "properties": {
+                    "label": _TEXT,
+                    "latex": _TEXT,
+                    **{field: _TEXT for field in SELECTOR_FIELDS if field != "K"},
+                    "K": {"type": "integer", "minimum": 1},
+                    # YAML gives integer keys for K columns, so key names are checked in Python.
+                    "paper": {"type": "object", "additionalProperties": {"type": "number"}},
+                },
+            },
+        },
+    },
+}
+
+
+class TableSpecError(ValueError):
+    """A table spec file that cannot be used, with the file, key and value at fault."""
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One table row: its labels, the results fields it selects, and the paper's numbers."""
+
+    label: str
+    latex: str | None
+    selectors: dict[str, str | int]
+    paper: dict[int | str, float]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A validated table spec; `source` is the YAML file it came from."""
+
+    source: Path
+    id: str
+    title: str
+    caption: str | None
+    metric: str
+    metric_label: str
+    better: str
+    decimals: int
+    dataset: str
+    paper_label: str
+    column_field: str
+    column_values: tuple[int | str, ...]
+    column_label: str
+    rows: tuple[RowSpec, ...]
+
+    def row_selectors(self, row: RowSpec) -> dict[str, str | int]:
+        """Fields a results cell must match to belong to `row` (the spec's dataset included)."""
+        return {"dataset": self.dataset, **row.selectors}
+
+
+def _key_path(path: Sequence[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _fail(source: Path, key: str, message: str) -> TableSpecError:
+    return TableSpecError(f"table spec {source}: {key}: {message}")
+
+
+def _check_semantics(source: Path, raw: dict[str, Any]) -> None:
+    if raw["id"] in RESERVED_IDS:
+        raise _fail(
+            source, "id", f"{raw['id']!r} is reserved for {RESERVED_IDS[raw['id']]}; choose another"
+        )
+    field = raw["columns"]["field"]
+    values = raw["columns"]["values"]
+    wanted = int if field == "K" else str
+    for i, value in enumerate(values):
+        if type(value) is not wanted:
+            raise _fail(
+                source, f"columns.values[{i}]",
+                f"{value!r} must be {'an integer' if wanted is int else 'a string'} "
+                f"for column field {field!r}",
+            )
+    if raw["metric"].startswith("is_") and raw["better"] != "higher":
+        raise _fail(
+            source, "better",
+            f"{raw['better']!r} contradicts metric {raw['metric']!r}: Inception-score metrics "
+            "(is_*) are higher-is-better; allowed here: 'higher'",
+        )
+    by_text = {str(v): v for v in values}
+    for i, row in enumerate(raw["rows"]):
+        choices = [f for f in SELECTOR_FIELDS if f != "dataset"]
+        if not any(f in row for f in choices):
+            raise _fail(
+                source, f"rows[{i}]",
+                f"row {row['label']!r} selects nothing; give at least one of {choices}",
+            )
+        if field in row:
+            raise _fail(
+                source, f"rows[{i}].{field}",
+                f"{row[field]!r}: rows may not select the column field {field!r}",
+            )
+        for key in row.get("paper", {}):
+            if str(key) not in by_text:
+                raise _fail(
+                    source, f"rows[{i}].paper",
+                    f"key {key!r} is not one of the column values {values}",
+                )
+
+
+def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
+    by_text = {str(v): v for v in raw["columns"]["values"]}
+    rows = tuple(
+        RowSpec(
+            label=row["label"],
+            latex=row.get("latex"),
+            selectors={f: row[f] for f in SELECTOR_FIELDS if f in row},
+            paper={by_text[str(k)]: float(v) for k, v in row.get("paper", {}).items()},
+        )
+        for row in raw["rows"]
+    )
+    return TableSpec(
+        source=source,
+        id=raw["id"],
+        title=raw["title"],
+        caption=raw.get("caption"),
+        metric=raw["metric"],
+        metric_label=raw["metric_label"],
+        better=raw["better"],
+        decimals=raw["decimals"],
+        dataset=raw["dataset"],
+        paper_label=raw.get("paper_label", "paper"),
+        column_field=raw["columns"]["field"],
+        column_values=tuple(raw["columns"]["values"]),
+        column_label=raw["columns"]["label"],
+        rows=rows,
+    )
+
+
+def load_table_spec(source: Path) -> TableSpec:
+    """Read and validate one YAML table spec against TABLE_SPEC_SCHEMA and the results fields."""
+    source = Path(source)
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TableSpecError(f"table spec {source}: file not found") from None
+    except yaml.YAMLError as err:
+        raise TableSpecError(f"table spec {source}: not valid YAML: {err}") from err
+    validator = jsonschema.Draft202012Validator(TABLE_SPEC_SCHEMA)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise TableSpecError(
+            "\n".join(
+                f"table spec {source}: {_key_path(e.absolute_path)}: {e.message}" for e in errors
+            )
+        )
+    _check_semantics(source, raw)
+    return _to_spec(source, raw)
+
+
+def load_table_specs(sources: Sequence[Path]) -> list[TableSpec]:
+    """Load several specs, refusing two that share an id (their outputs would overwrite)."""
+    specs: list[TableSpec] = []
+    seen: dict[str, Path] = {}
+    for source in sources:
+        spec = load_table_spec(source)
+        if spec.id in seen:
+            raise TableSpecError(
+                f"table spec {spec.source}: id: {spec.id!r} is already used by {seen[spec.id]}; "
+                "ids name output files and must be unique"
+            )
+        seen[spec.id] = spec.source
+        specs.append(spec)
+    return specs

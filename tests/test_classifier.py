@@ -1,0 +1,79 @@
+"""The digits CNN used as FD/IS feature extractor: accuracy, determinism, checkpoint round trip."""
+
+import pytest
+import torch
+
+from bench.data.digits import levels_to_unit, load_digits_split
+from bench.io import CorruptFileError
+from bench.metrics.classifier import (
+    DigitsClassifier,
+    accuracy,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    return load_digits_split("train")
+
+
+@pytest.fixture(scope="module")
+def classifier(train_split):
+    torch.set_num_threads(1)
+    return train_classifier(train_split, seed=0)
+
+
+def test_test_accuracy_at_least_95_percent(classifier):
+    assert accuracy(classifier, load_digits_split("test")) >= 0.95
+
+
+def test_output_shapes(classifier, train_split):
+    x = torch.from_numpy(levels_to_unit(train_split.images[:5], train_split.max_level))
+    assert classifier.features(x).shape == (5, classifier.config.feature_dim)
+    assert classifier.logits(x).shape == (5, 10)
+
+
+def test_same_seed_same_weights_other_seed_different(train_split):
+    a = train_classifier(train_split, seed=3, epochs=1)
+    b = train_classifier(train_split, seed=3, epochs=1)
+    c = train_classifier(train_split, seed=4, epochs=1)
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b.state_dict()[name]), name
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_training_leaves_global_rng_untouched(train_split):
+    before = torch.random.get_rng_state()
+    train_classifier(train_split, seed=5, epochs=1)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_save_load_round_trip(classifier, train_split, tmp_path):
+    path = tmp_path / "sub" / "digits_cnn.pt"
+    save_classifier(classifier, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["digits_cnn.pt"]
+    loaded = load_classifier(path)
+    x = torch.from_numpy(levels_to_unit(train_split.images[:32], train_split.max_level))
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(x), classifier.logits(x))
+    assert loaded.config == classifier.config
+    assert not loaded.training
+
+
+def test_load_rejects_other_checkpoints(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CorruptFileError, match="not a digits classifier checkpoint: format None"):
+        load_classifier(path)
+
+
+def test_bad_input_and_arguments_are_named(train_split):
+    net = DigitsClassifier()
+    with pytest.raises(ValueError, match=r"shape \[N, 1, 8, 8\], got \[2, 3, 8, 8\]"):
+        net.features(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="must be float in \\[-1, 1\\], got dtype torch.uint8"):
+        net.features(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        train_classifier(train_split, seed=0, epochs=0)
