@@ -22,6 +22,7 @@ RESULTS = "results"
 REPORTS = "reports"
 CELLS = cells(config)
 SHARDS = shard_ranges(config)
+TABLES = [str(Path(workflow.basedir) / t) for t in config["tables"]]
 
 
 def J(obj) -> str:

@@ -7,21 +7,18 @@ released files.
 
 from __future__ import annotations
 
-import copy
 import csv
 import pickle
 import re
 import subprocess
 import sys
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from edm_pickle_fixtures import STAND_IN_MODULES, official_stand_ins, persistent
 from torch import nn
 
 from bench.checkpoints.edm_pickle import (
@@ -40,58 +37,6 @@ from bench.checkpoints.registry import (
 )
 
 TESTS = Path(__file__).parent
-STAND_IN_MODULES = ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")
-
-
-@contextmanager
-def official_stand_ins(module_src: str) -> Iterator[type]:
-    """Make the official module names importable while pickling; yield the EasyDict stand-in."""
-    assert not any(name in sys.modules for name in STAND_IN_MODULES)
-    persistence = types.ModuleType("torch_utils.persistence")
-
-    def reconstruct(meta):
-        raise AssertionError("the official reconstructor must never be reached")
-
-    reconstruct.__module__ = persistence.__name__
-    reconstruct.__qualname__ = reconstruct.__name__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = reconstruct
-    persistence.module_src = module_src
-    util = types.ModuleType("dnnlib.util")
-    easy_dict = type("EasyDict", (dict,), {"__module__": util.__name__})
-    util.EasyDict = easy_dict
-    torch_utils, dnnlib = types.ModuleType("torch_utils"), types.ModuleType("dnnlib")
-    torch_utils.persistence, dnnlib.util = persistence, util
-    modules = dict(zip(STAND_IN_MODULES, (torch_utils, persistence, dnnlib, util), strict=True))
-    sys.modules.update(modules)
-    try:
-        yield easy_dict
-    finally:
-        for name in STAND_IN_MODULES:
-            sys.modules.pop(name, None)
-
-
-def persistent(base: type) -> type:
-    """Like EDM's persistent_class: remember constructor args, pickle as reconstruct(meta)."""
-
-    class Persistent(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._init_args = copy.deepcopy(args)
-            self._init_kwargs = copy.deepcopy(kwargs)
-
-        def __reduce__(self):
-            persistence = sys.modules["torch_utils.persistence"]
-            meta = {
-                "type": "class",
-                "version": 6,
-                "module_src": persistence.module_src,
-                "class_name": base.__name__,
-                "state": dict(self.__dict__),
-            }
-            return persistence._reconstruct_persistent_obj, (meta,)
-
-    Persistent.__name__ = Persistent.__qualname__ = base.__name__
-    return Persistent
 
 
 @persistent

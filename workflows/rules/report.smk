@@ -5,7 +5,7 @@ rule report:
     input:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
-        tables=config["tables"],
+        tables=TABLES,
         shards=[
             f"{RESULTS}/samples/{dataset_of(c.model)}/{c.model}/{c.sampler}/K{c.K}/shard0000.npz"
             for c in CELLS
