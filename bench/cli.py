@@ -96,7 +96,15 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
     from bench.metrics.fid_is import compute_fd_is
 
     spec = _spec(args.spec)
-    shards = [load_npz(Path(p), ("images", "seeds", "max_level", "nfe", "wall_seconds")) for p in args.shards]
+    shards = [load_npz(Path(p), ("seeds",)) for p in args.shards]
+    errors = [str(s["error"]) for s in shards if "error" in s]
+    if errors:
+        atomic_json({"status": "failed", "error": errors[0]}, Path(args.out))
+        return
+    for path, shard in zip(args.shards, shards, strict=True):
+        missing = [k for k in ("images", "max_level", "nfe", "wall_seconds", "grid") if k not in shard]
+        if missing:
+            raise SystemExit(f"sample shard {path} lacks arrays {missing}: it is not a complete shard")
     images = np.concatenate([s["images"] for s in shards])
     seeds = np.concatenate([s["seeds"] for s in shards])
     if len(images) != spec["n_samples"] or len(np.unique(seeds)) != len(seeds):
@@ -129,7 +137,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
 def cmd_nll(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.families import DiscreteEpsDenoiser
+    from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
     from bench.grids import time_grid
     from bench.metrics.nll import vlb_bits_per_dim
     from bench.models import load_model
@@ -143,9 +151,16 @@ def cmd_nll(args: argparse.Namespace) -> None:
     denoiser = DiscreteEpsDenoiser(net, schedule)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     t0 = time.perf_counter()
-    bpd = vlb_bits_per_dim(denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"])
+    try:
+        bpd = vlb_bits_per_dim(denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"])
+    except NonFiniteOutputError as err:
+        message = f"NLL of model {args.model} with K={spec['K']}: {err} (batch index = test image index)"
+        print(f"error: {message}", file=sys.stderr)
+        atomic_json({"status": "failed", "error": message}, Path(args.out))
+        return
     atomic_json(
         {
+            "status": "ok",
             "bpd": {v: float(b.mean()) for v, b in bpd.items()},
             "bpd_sem": {v: float(b.std() / len(b) ** 0.5) for v, b in bpd.items()},
             "n": len(x0),

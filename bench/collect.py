@@ -31,6 +31,7 @@ COLUMNS = (
     "wall_seconds",
     "status",
 )
+SOURCE_DIR = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "torch-fidelity", "snakemake", "dpm-bench")
 
 
@@ -41,6 +42,10 @@ def metric_rows(cell: dict, results: Path) -> list[dict]:
     rows = []
     if "fd_is" in cell:
         r = load_json(results / cell["fd_is"])
+        if r.get("status") == "failed":
+            failed = base | {"nfe": "", "n_samples": "", "status": "failed", "value": "", "wall_seconds": ""}
+            rows.extend(failed | {"metric": m} for m in ("fd_digits", "is_digits"))
+            return rows
         common = base | {
             "nfe": r["nfe"],
             "n_samples": r["n"],
@@ -51,6 +56,12 @@ def metric_rows(cell: dict, results: Path) -> list[dict]:
         rows.append(common | {"metric": "is_digits", "value": r["is_mean"]})
     if "nll" in cell:
         r = load_json(results / cell["nll"])
+        if r.get("status") == "failed":
+            rows.append(
+                base
+                | {"nfe": "", "n_samples": "", "status": "failed", "value": "", "wall_seconds": "", "metric": "nll_bpd"}
+            )
+            return rows
         rows.append(
             base
             | {
@@ -78,8 +89,11 @@ def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
 
 
 def _git(*args: str) -> str:
+    """git in the checkout this package was imported from (the code that made the numbers)."""
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(SOURCE_DIR), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -14,6 +14,22 @@ from torch import nn
 from bench.schedules import DiscreteSchedule
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The network returned NaN or Inf: carries the step and the first bad sample's index in the batch."""
+
+    def __init__(self, step: int, index: int):
+        super().__init__(f"network output is not finite at step {step} for batch index {index}")
+        self.step = step
+        self.index = index
+
+
+def check_finite(out: torch.Tensor, step: int) -> None:
+    """Raise NonFiniteOutputError naming the step and the first sample whose output is NaN or Inf."""
+    finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        raise NonFiniteOutputError(step, int(torch.nonzero(~finite)[0]))
+
+
 @dataclass
 class Prediction:
     """What a denoiser returns at one step: predicted noise and clean image (float64)."""
@@ -38,6 +54,7 @@ class DiscreteEpsDenoiser:
         t = torch.full((x.shape[0],), float(n) * self.time_scale, device=x.device)
         eps = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(torch.float64)
         self.nfe += 1
+        check_finite(eps, n)
         abar = self.alpha_bars[n]
         x0 = (x - torch.sqrt(1.0 - abar) * eps) / torch.sqrt(abar)
         return Prediction(eps=eps, x0=x0)

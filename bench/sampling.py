@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from bench.data.digits import unit_to_levels
-from bench.families import DiscreteEpsDenoiser
+from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.grids import time_grid
 from bench.io import atomic_npz
 from bench.noise import NoiseSource
@@ -29,20 +30,31 @@ def generate(
     *,
     batch_size: int,
     context: str = "",
+    first_index: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples (float64 [N, *shape]) for ``seeds``; returns (samples, realised grid)."""
+    """Samples (float64 [N, *shape]) for ``seeds``; returns (samples, realised grid).
+
+    ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell.
+    """
     fn = get_sampler(sampler["fn"])
     grid = time_grid(sampler["grid"], denoiser.schedule.T, K)
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
         noise = NoiseSource(batch, shape, torch.float64, "cpu")
-        x = fn(denoiser, noise.latent(), grid, noise=noise, **sampler.get("options", {}))
+        try:
+            x = fn(denoiser, noise.latent(), grid, noise=noise, **sampler.get("options", {}))
+        except NonFiniteOutputError as err:
+            raise NonFiniteSampleError(
+                f"{context}: network output is not finite at step {err.step} (timestep index) for sample index "
+                f"{first_index + start + err.index} (seed {int(batch[err.index])})"
+            ) from None
         bad = ~torch.isfinite(x.reshape(len(batch), -1)).all(dim=1)
         if bad.any():
             idx = int(torch.nonzero(bad)[0])
             raise NonFiniteSampleError(
-                f"{context}: non-finite sample for seed {int(batch[idx])} (sample index {start + idx})"
+                f"{context}: final sample is not finite for sample index {first_index + start + idx} "
+                f"(seed {int(batch[idx])})"
             )
         out.append(x)
     return torch.cat(out), grid
@@ -63,12 +75,22 @@ def sample_shard(
     out_path: Path,
     context: str,
 ) -> Path:
-    """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz."""
+    """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
+
+    A cell whose samples are not finite gets a failure record instead (``error`` holds the message,
+    no images), so no metric is ever computed from it while the rest of the DAG goes on.
+    """
     torch.set_grad_enabled(False)
     denoiser = DiscreteEpsDenoiser(net, schedule)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
     t0 = time.perf_counter()
-    x, grid = generate(denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context)
+    try:
+        x, grid = generate(
+            denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start
+        )
+    except NonFiniteSampleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return atomic_npz(out_path, error=np.array(str(err)), seeds=seeds.numpy())
     wall = time.perf_counter() - t0
     n_batches = -(-len(seeds) // batch_size)
     return atomic_npz(
