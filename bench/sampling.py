@@ -80,14 +80,14 @@ def sample_shard(
     A cell whose samples are not finite gets a failure record instead (``error`` holds the message,
     no images), so no metric is ever computed from it while the rest of the DAG goes on.
     """
-    torch.set_grad_enabled(False)
     denoiser = DiscreteEpsDenoiser(net, schedule)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
     t0 = time.perf_counter()
     try:
-        x, grid = generate(
-            denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start
-        )
+        with torch.inference_mode():
+            x, grid = generate(
+                denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start
+            )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)
         return atomic_npz(out_path, error=np.array(str(err)), seeds=seeds.numpy())
