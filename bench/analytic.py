@@ -1,0 +1,404 @@
+"""Analytic-DPM (Bao et al. 2022): the optimal reverse variance estimated from the mean square of eps.
+
+Step indices are 0-based (bench.schedules). abar = alpha-bar, bbar = 1 - abar; for a pair s < t of a
+trajectory, alpha_{t|s} = abar_t / abar_s. ``gamma[n]`` is the Monte Carlo mean square of the eps
+prediction, E||eps_hat(x_n, n)||^2 / d (the official code's ``ms_eps``). Bao et al.'s Gamma_n of Eq. 8
+is the mean square of the score s = -eps / sqrt(bbar_n), so their factor 1 - bbar_n Gamma_n is
+1 - gamma[n] here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.families import DiscreteEpsDenoiser, clip_prediction
+from bench.io import CorruptFileError, atomic_npz, load_npz
+from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
+from bench.noise import normal
+from bench.schedules import posterior_coefficients
+
+FORMS = ("ddpm", "ddim")
+PAPER_PIXEL_QUANTUM = 2.0 / 255.0  # one intensity level of 8-bit data scaled to [-1, 1]
+MOMENTS_FORMAT = "dpm-bench-moments/1"
+
+
+# --- Monte Carlo estimate of gamma and its artifact ---------------------------------------------
+
+
+def mean_square_eps(
+    denoiser: DiscreteEpsDenoiser,
+    x0_samples: torch.Tensor,
+    steps: torch.Tensor | Sequence[int] | None,
+    seeds: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step: mean over samples of ||eps_hat(x_n, n)||^2 / d and its standard error, NaN off ``steps``.
+
+    Sample m is noised as x_n = sqrt(abar_n) x0_m + sqrt(bbar_n) eps with eps drawn from its own seed
+    (stream n + 1), so the estimate does not depend on ``batch_size``. Cost: len(steps) x M network
+    evaluations (``steps`` None: all T steps).
+    """
+    x0 = x0_samples.to(torch.float64)
+    M = x0.shape[0]
+    seeds = torch.as_tensor(seeds, dtype=torch.int64)
+    if seeds.shape != (M,):
+        raise ValueError(f"seeds of shape {tuple(seeds.shape)} must give one seed per sample, shape ({M},)")
+    if M < 2:
+        raise ValueError(f"gamma needs at least 2 samples for its standard error, got M={M}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    T = len(denoiser.alpha_bars)
+    steps = _step_indices(steps, T)
+    shape = tuple(x0.shape[1:])
+    total = torch.zeros(len(steps), dtype=torch.float64)
+    total_sq = torch.zeros(len(steps), dtype=torch.float64)
+    for start in range(0, M, batch_size):
+        xb = x0[start : start + batch_size]
+        sb = seeds[start : start + batch_size].to(xb.device)
+        for i, n in enumerate(steps.tolist()):
+            abar = denoiser.alpha_bars[n]
+            x_n = torch.sqrt(abar) * xb + torch.sqrt(1.0 - abar) * normal(sb, n + 1, shape).to(xb.device)
+            ms = denoiser(x_n, n).eps.reshape(len(xb), -1).pow(2).mean(dim=1).cpu()
+            total[i] += ms.sum()
+            total_sq[i] += ms.pow(2).sum()
+    mean = total / M
+    var = (total_sq / M - mean**2).clamp(min=0.0) * M / (M - 1)
+    gamma = torch.full((T,), math.nan, dtype=torch.float64)
+    sem = torch.full((T,), math.nan, dtype=torch.float64)
+    gamma[steps] = mean
+    sem[steps] = torch.sqrt(var / M)
+    return gamma, sem
+
+
+def estimate_gamma(
+    denoiser: DiscreteEpsDenoiser,
+    x0_samples: torch.Tensor,
+    steps: torch.Tensor | Sequence[int] | None,
+    seeds: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """gamma_n = (1/M) sum_m ||eps_hat(x_{n,m}, n)||^2 / d, x_{n,m} ~ q(x_n | x0_m) (Bao et al. Eq. 8 via eps); [T]."""
+    return mean_square_eps(denoiser, x0_samples, steps, seeds, batch_size=batch_size)[0]
+
+
+def _step_indices(steps, T: int) -> torch.Tensor:
+    if steps is None:
+        return torch.arange(T, dtype=torch.int64)
+    idx = torch.as_tensor(steps, dtype=torch.int64).reshape(-1)
+    if idx.numel() == 0 or idx.min() < 0 or idx.max() >= T or len(torch.unique(idx)) != len(idx):
+        raise ValueError(f"steps {idx.tolist()} must be distinct step indices in [0, T={T})")
+    return idx
+
+
+def model_hash(net: nn.Module) -> str:
+    """sha256 (16 hex digits) of a network's state dict: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Moments:
+    """gamma of one model (NaN at steps not estimated), with what made it."""
+
+    gamma: torch.Tensor
+    gamma_sem: torch.Tensor
+    model_hash: str
+    n_samples: int
+    seed: int
+
+
+def save_moments(
+    path: Path,
+    gamma: torch.Tensor,
+    *,
+    model_hash: str,
+    n_samples: int,
+    seed: int,
+    gamma_sem: torch.Tensor | None = None,
+) -> Path:
+    """Write gamma (and its standard error) atomically, recording the model hash, M and the seed."""
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    sem = torch.full_like(gamma, math.nan) if gamma_sem is None else torch.as_tensor(gamma_sem, dtype=torch.float64)
+    if gamma.dim() != 1 or sem.shape != gamma.shape:
+        raise ValueError(f"gamma {tuple(gamma.shape)} must be 1-D and gamma_sem {tuple(sem.shape)} the same shape")
+    return atomic_npz(
+        Path(path),
+        format=np.array(MOMENTS_FORMAT),
+        gamma=gamma.numpy(),
+        gamma_sem=sem.numpy(),
+        model_hash=np.array(model_hash),
+        n_samples=np.int64(n_samples),
+        seed=np.int64(seed),
+    )
+
+
+def load_moments(path: Path, *, model_hash: str | None = None) -> Moments:
+    """Read a file written by save_moments; with ``model_hash``, refuse moments of another model."""
+    arrays = load_npz(Path(path), ("format", "gamma", "gamma_sem", "model_hash", "n_samples", "seed"))
+    if str(arrays["format"]) != MOMENTS_FORMAT:
+        raise CorruptFileError(f"{path} is not a {MOMENTS_FORMAT} file (format {str(arrays['format'])!r})")
+    found = str(arrays["model_hash"])
+    if model_hash is not None and found != model_hash:
+        raise ValueError(f"moments file {path} was estimated for model {found}, not for model {model_hash}")
+    return Moments(
+        gamma=torch.from_numpy(arrays["gamma"]),
+        gamma_sem=torch.from_numpy(arrays["gamma_sem"]),
+        model_hash=found,
+        n_samples=int(arrays["n_samples"]),
+        seed=int(arrays["seed"]),
+    )
+
+
+# --- the analytic variance on a pair s < t and its bounds ----------------------------------------
+
+
+def forward_lambda2(abar_s: torch.Tensor, abar_t: torch.Tensor, form: str) -> torch.Tensor:
+    """lambda^2_{s|t} of the forward process (Bao et al. Eq. 13): beta-tilde_{s|t} for DDPM, 0 for DDIM."""
+    if form == "ddpm":
+        return posterior_coefficients(abar_s, abar_t)[2]
+    if form == "ddim":
+        return torch.zeros_like(torch.as_tensor(abar_t, dtype=torch.float64) * abar_s)
+    raise ValueError(f"forward process form {form!r} is not one of {list(FORMS)}")
+
+
+def analytic_variance(
+    abar_s: torch.Tensor, abar_t: torch.Tensor, gamma_t: torch.Tensor, lambda2: torch.Tensor
+) -> torch.Tensor:
+    """sigma-hat^2 = lambda^2 + (sqrt(bbar_t / alpha_{t|s}) - sqrt(bbar_s - lambda^2))^2 (1 - gamma_t) (Eq. 9, Sec. 4).
+
+    The official code's equivalent form: lambda^2 + (sqrt(abar_s) - sqrt(bbar_s - lambda^2) sqrt(abar_t / bbar_t))^2
+    cov_x0, with cov_x0 = bbar_t / abar_t (1 - gamma_t) the average posterior variance of x0.
+    """
+    coeff = torch.sqrt((1.0 - abar_t) * abar_s / abar_t) - torch.sqrt(1.0 - abar_s - lambda2)
+    return lambda2 + coeff**2 * (1.0 - gamma_t)
+
+
+def variance_bounds(
+    abar_s: torch.Tensor, abar_t: torch.Tensor, lambda2: torch.Tensor, *, half_range: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lower, upper Eq. 11, upper Eq. 12) of sigma*^2 on a pair (Theorem 2, App. C), data in [-h, h]^d.
+
+    lower = lambda^2; Eq. 11 = lambda^2 + (sqrt(bbar_t / alpha_{t|s}) - sqrt(bbar_s - lambda^2))^2;
+    Eq. 12 = lambda^2 + (sqrt(abar_s) - sqrt(bbar_s - lambda^2) sqrt(abar_t / bbar_t))^2 h^2.
+    """
+    rest = torch.sqrt(1.0 - abar_s - lambda2)
+    eq11 = lambda2 + (torch.sqrt((1.0 - abar_t) * abar_s / abar_t) - rest) ** 2
+    eq12 = lambda2 + (torch.sqrt(abar_s) - rest * torch.sqrt(abar_t / (1.0 - abar_t))) ** 2 * half_range**2
+    return lambda2, eq11, eq12
+
+
+def clipped_analytic_variance(
+    abar_s: torch.Tensor,
+    abar_t: torch.Tensor,
+    gamma_t: torch.Tensor,
+    lambda2: torch.Tensor,
+    *,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Eq. 9 on the pair, clipped to [lambda^2, min(Eq. 11, Eq. 12)] for data in [-1, 1]^d (Theorem 2)."""
+    var = analytic_variance(abar_s, abar_t, gamma_t, lambda2)
+    if not clip:
+        return var
+    lower, eq11, eq12 = variance_bounds(abar_s, abar_t, lambda2)
+    return torch.minimum(torch.maximum(var, lower), torch.minimum(eq11, eq12))
+
+
+def pixel_variance_threshold(pixels: float, quantum: float = PAPER_PIXEL_QUANTUM) -> float:
+    """(y q sqrt(pi / 2))^2: the largest sigma^2 with E|sigma z| <= y quanta (App. F.2, q = 2/255 there)."""
+    if not pixels > 0 or not quantum > 0:
+        raise ValueError(f"sigma_2 clip of {pixels!r} pixels of quantum {quantum!r}: both must be positive")
+    return (pixels * quantum * math.sqrt(math.pi / 2.0)) ** 2
+
+
+def _gamma_on(gamma, T: int, steps: torch.Tensor) -> torch.Tensor:
+    """gamma as float64 [T], checked finite at ``steps``."""
+    g = torch.as_tensor(gamma, dtype=torch.float64).cpu()
+    if g.shape != (T,):
+        raise ValueError(f"gamma has shape {tuple(g.shape)}; it must hold one value per step, shape ({T},)")
+    bad = steps[~torch.isfinite(g[steps])]
+    if len(bad):
+        raise ValueError(f"gamma is not finite (not estimated?) at steps {bad.tolist()}, which the trajectory uses")
+    return g
+
+
+def trajectory_variances(
+    alpha_bars: torch.Tensor,
+    grid: torch.Tensor,
+    gamma: torch.Tensor,
+    *,
+    form: str,
+    clip: bool = True,
+) -> torch.Tensor:
+    """sigma-hat^2_{tau_{k-1}|tau_k} for k = 1..K-1 of an ascending grid (Sec. 4), element k-1 for step k."""
+    grid = torch.as_tensor(grid, dtype=torch.int64)
+    if len(grid) < 2:
+        return torch.zeros(0, dtype=torch.float64)
+    g = _gamma_on(gamma, len(alpha_bars), grid[1:])
+    abar = alpha_bars[grid]
+    lam2 = forward_lambda2(abar[:-1], abar[1:], form)
+    return clipped_analytic_variance(abar[:-1], abar[1:], g[grid[1:]], lam2, clip=clip)
+
+
+def sampling_variances(
+    alpha_bars: torch.Tensor,
+    grid: torch.Tensor,
+    gamma: torch.Tensor,
+    *,
+    form: str,
+    clip: bool = True,
+    sigma2_clip_pixel: float | None = None,
+    pixel_quantum: float = PAPER_PIXEL_QUANTUM,
+) -> torch.Tensor:
+    """trajectory_variances, with sigma_2^2 (the step to tau_1) capped by pixel_variance_threshold (App. F.2)."""
+    var = trajectory_variances(alpha_bars, grid, gamma, form=form, clip=clip)
+    if sigma2_clip_pixel is not None and len(var):
+        var = var.clone()
+        var[0] = var[0].clamp(max=pixel_variance_threshold(sigma2_clip_pixel, pixel_quantum))
+    return var
+
+
+# --- trajectories -----------------------------------------------------------------------------
+
+
+def even_trajectory(T: int, K: int) -> torch.Tensor:
+    """App. F.4: tau_k = round(1 + (k - 1)(N - 1)/(K - 1)) accumulated in floats as the official code, 0-based.
+
+    Differs from bench.grids.even_grid where a value is a tie: T = 1000, K = 25 gives 167 vs 166 at k = 4.
+    """
+    if not isinstance(K, int) or isinstance(K, bool) or not 2 <= K <= T:
+        raise ValueError(f"number of steps K={K!r} must be an integer in [2, T={T}]")
+    stride = (T - 1) / (K - 1)
+    steps, cur = [], 1.0
+    for _ in range(K):
+        steps.append(round(cur) - 1)
+        cur += stride
+    return torch.tensor(steps, dtype=torch.int64)
+
+
+def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
+    """J(s, t) = log(sigma-hat^2_{s|t} / lambda^2_{s|t}), lambda^2 = beta-tilde (Eq. 14); [T, T], +inf for s >= t."""
+    T = len(alpha_bars)
+    g = _gamma_on(gamma, T, torch.arange(1, T))
+    s, t = torch.triu_indices(T, T, offset=1)
+    abar_s, abar_t = alpha_bars[s], alpha_bars[t]
+    lam2 = forward_lambda2(abar_s, abar_t, "ddpm")
+    var = clipped_analytic_variance(abar_s, abar_t, g[t], lam2, clip=clip)
+    cost = torch.full((T, T), math.inf, dtype=torch.float64)
+    cost[s, t] = torch.log(var / lam2)
+    return cost
+
+
+def least_cost_trajectory(cost: torch.Tensor, K: int) -> torch.Tensor:
+    """The K nodes 0 = tau_1 < ... < tau_K = N - 1 minimising sum_k cost[tau_{k-1}, tau_k] (App. B, Alg. 1).
+
+    Dynamic programming in O(K N^2): best[n] after k transitions is the least cost of reaching n.
+    """
+    N = cost.shape[0]
+    if cost.shape != (N, N):
+        raise ValueError(f"cost matrix of shape {tuple(cost.shape)} must be square")
+    if not isinstance(K, int) or isinstance(K, bool) or not 2 <= K <= N:
+        raise ValueError(f"number of steps K={K!r} must be an integer in [2, N={N}]")
+    forward = torch.triu(torch.ones(N, N, dtype=torch.bool), diagonal=1)
+    cost = torch.where(forward, cost.to(torch.float64), torch.full((), math.inf, dtype=torch.float64))
+    if torch.isnan(cost).any():
+        raise ValueError("cost matrix holds NaN")
+    best = torch.full((N,), math.inf, dtype=torch.float64)
+    best[0] = 0.0
+    back = torch.zeros(K, N, dtype=torch.int64)
+    for k in range(1, K):
+        best, back[k] = (best[:, None] + cost).min(dim=0)
+    path = [N - 1]
+    for k in range(K - 1, 0, -1):
+        path.append(int(back[k, path[-1]]))
+    return torch.tensor(path[::-1], dtype=torch.int64)
+
+
+def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int, *, clip: bool = True) -> torch.Tensor:
+    """The least-cost K-step trajectory from step 0 to step T-1 under J (Sec. 4), 0-based.
+
+    As the official code (``_dp_seg``), steps from the first one with gamma > 1 on (impossible for the
+    exact eps, so a poor estimate) are not trusted: with that tail of length L, the last 2L steps get
+    K2 evenly spaced timesteps ending at T-1 and the DP runs on the rest with K1 = K - K2 nodes,
+    K1 = ceil((1 - 0.8 (2L / T)) K) adjusted to fit both parts.
+    """
+    T = len(alpha_bars)
+    if not isinstance(K, int) or isinstance(K, bool) or not 2 <= K <= T:
+        raise ValueError(f"number of steps K={K!r} must be an integer in [2, T={T}]")
+    g = _gamma_on(gamma, T, torch.arange(1, T))
+    over = torch.nonzero(g > 1.0)  # NaN (a step not estimated) compares False
+    first_bad = int(over[0]) if len(over) else T
+    n_bad = 2 * (T - first_bad)
+    T1 = T - n_bad
+    K1 = math.ceil((1.0 - 0.8 * n_bad / T) * K)
+    K1 = min(K1, T1)
+    K2 = min(K - K1, n_bad)
+    if n_bad > 0 and K2 == 0:
+        K2 = 1
+    K1 = K - K2
+    if T1 < 2 or not 2 <= K1 <= T1:
+        raise ValueError(
+            f"gamma exceeds 1 from step {first_bad} on (a poor estimate): the last {n_bad} steps are "
+            f"untrusted, leaving {max(T1, 0)} of T={T} for a {K}-step trajectory"
+        )
+    head = least_cost_trajectory(trajectory_cost(alpha_bars[:T1], g[:T1], clip=clip), K1)
+    stride = n_bad / K2 if K2 else 0.0
+    tail = [round(T - stride * k) - 1 for k in range(K2)][::-1]
+    return torch.cat([head, torch.tensor(tail, dtype=torch.int64)])
+
+
+# --- the variational bound with the analytic variance ---------------------------------------------
+
+
+def vlb_bits_per_dim_analytic(
+    denoiser: DiscreteEpsDenoiser,
+    x0: torch.Tensor,
+    grid: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    gamma: torch.Tensor,
+    max_level: int,
+    clip_x0: bool = True,
+    clip: bool = True,
+) -> torch.Tensor:
+    """Per-image L_vb in bits/dim with p(x_s | x_t) = N(mu-tilde(x_t, x0_hat), sigma-hat^2), DDPM forward (Table 1).
+
+    Same draws, prior, KL and discretised decoder as bench.metrics.nll.vlb_bits_per_dim (which see);
+    only the reverse variance of the K - 1 transitions differs, so the two are paired per image.
+    """
+    x0 = x0.to(torch.float64)
+    B = x0.shape[0]
+    shape = tuple(x0.shape[1:])
+    grid = torch.as_tensor(grid, dtype=torch.int64)
+    abar = denoiser.alpha_bars[grid]
+    K = len(grid)
+    var_p = trajectory_variances(denoiser.alpha_bars, grid, gamma, form="ddpm", clip=clip)
+    a_T = abar[-1]
+    total = gaussian_kl(torch.sqrt(a_T) * x0, 1.0 - a_T, torch.zeros(()), torch.ones(())).reshape(B, -1).sum(1)
+    for k in range(K - 1, -1, -1):
+        x_t = torch.sqrt(abar[k]) * x0 + torch.sqrt(1.0 - abar[k]) * normal(seeds, k + 1, shape)
+        pred = denoiser(x_t, int(grid[k]))
+        if clip_x0:
+            pred = clip_prediction(pred, x_t, abar[k])
+        if k == 0:
+            dec_var = posterior_coefficients(abar[0], abar[1])[2] if K > 1 else 1.0 - abar[0]
+            ll = discretized_gaussian_log_likelihood(x0, pred.x0, torch.sqrt(dec_var), 1.0 / max_level)
+            total = total - ll.reshape(B, -1).sum(1)
+            break
+        c0, ct, var_q = posterior_coefficients(abar[k - 1], abar[k])
+        kl = gaussian_kl(c0 * x0 + ct * x_t, var_q, c0 * pred.x0 + ct * x_t, var_p[k - 1])
+        total = total + kl.reshape(B, -1).sum(1)
+    return total / (x0[0].numel() * math.log(2.0))

@@ -1,0 +1,48 @@
+"""Analytic-DDIM: the DDIM (lambda = 0) mean with the analytic optimal reverse variance (Bao et al. 2022)."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
+from bench.families import clip_prediction
+from bench.noise import NoiseSource
+
+
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    gamma: torch.Tensor,
+    clip: bool = True,
+    sigma2_clip_pixel: float | None = None,
+    pixel_quantum: float = PAPER_PIXEL_QUANTUM,
+    clip_x0: bool = True,
+) -> torch.Tensor:
+    """x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat + sigma-hat z (Eq. 13, lambda = 0), sigma-hat^2 of Eq. 9.
+
+    Options as bench.samplers.analytic_ddpm.sample; the last step returns x0_hat.
+    """
+    var = sampling_variances(
+        denoiser.alpha_bars,
+        grid,
+        gamma,
+        form="ddim",
+        clip=clip,
+        sigma2_clip_pixel=sigma2_clip_pixel,
+        pixel_quantum=pixel_quantum,
+    )
+    abar = denoiser.alpha_bars[grid]
+    x = x_T
+    for k in range(len(grid) - 1, -1, -1):
+        pred = denoiser(x, int(grid[k]))
+        if clip_x0:
+            pred = clip_prediction(pred, x, abar[k])
+        if k == 0:
+            x = pred.x0
+            break
+        a_s = abar[k - 1]
+        x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1.0 - a_s) * pred.eps + torch.sqrt(var[k - 1]) * noise.normal(k)
+    return x

@@ -1,0 +1,52 @@
+"""Analytic-DDPM: DDPM ancestral sampling with the analytic optimal reverse variance (Bao et al. 2022)."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
+from bench.families import clip_prediction
+from bench.noise import NoiseSource
+from bench.schedules import posterior_coefficients
+
+
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    gamma: torch.Tensor,
+    clip: bool = True,
+    sigma2_clip_pixel: float | None = None,
+    pixel_quantum: float = PAPER_PIXEL_QUANTUM,
+    clip_x0: bool = True,
+) -> torch.Tensor:
+    """x_s = mu-tilde_{s|t}(x_t, x0_hat) + sigma-hat z, sigma-hat^2 of Eq. 9 on the pair with lambda^2 = beta-tilde.
+
+    ``gamma`` [T] is the mean square of eps (bench.analytic.estimate_gamma); ``clip`` clips the
+    variance to Theorem 2's bounds; ``sigma2_clip_pixel`` = y caps the variance of the step to tau_1
+    at (y pixel_quantum sqrt(pi/2))^2 (App. F.2; the paper's quantum is 2/255, digits' is 2/16).
+    The last step returns the mean x0_hat, without noise.
+    """
+    var = sampling_variances(
+        denoiser.alpha_bars,
+        grid,
+        gamma,
+        form="ddpm",
+        clip=clip,
+        sigma2_clip_pixel=sigma2_clip_pixel,
+        pixel_quantum=pixel_quantum,
+    )
+    abar = denoiser.alpha_bars[grid]
+    x = x_T
+    for k in range(len(grid) - 1, -1, -1):
+        pred = denoiser(x, int(grid[k]))
+        if clip_x0:
+            pred = clip_prediction(pred, x, abar[k])
+        if k == 0:
+            x = pred.x0
+            break
+        c0, ct, _ = posterior_coefficients(abar[k - 1], abar[k])
+        x = c0 * pred.x0 + ct * x + torch.sqrt(var[k - 1]) * noise.normal(k)
+    return x

@@ -1,0 +1,82 @@
+"""EDM samplers in sigma space (Karras et al. 2022, Alg. 1 and 2): Euler, Heun and the stochastic sampler.
+
+They integrate the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3 with
+sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.edm.sigma_grid),
+with ``denoiser`` a bench.edm.SigmaDenoiser.
+
+Who scales x_T: the caller. As EDM's generate.py multiplies the latents by t_0 before its loop,
+x_T here is already at noise level grid[0]; the DAG passes ``noise.latent() * grid[0]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.noise import NoiseSource
+
+
+def euler(denoiser, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource) -> torch.Tensor:
+    """x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i (EDM Alg. 1 without line 9): N NFE."""
+    sigmas = _check_grid(grid)
+    x = x_T
+    for t_cur, t_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        x = x + (t_next - t_cur) * (x - denoiser(x, t_cur)) / t_cur
+    return x
+
+
+def heun(denoiser, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource) -> torch.Tensor:
+    """Heun's 2nd-order method, Euler on the last step to sigma = 0 (EDM Alg. 1): 2N - 1 NFE."""
+    return stochastic(denoiser, x_T, grid, noise=noise)
+
+
+def stochastic(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = math.inf,
+    S_noise: float = 1.0,
+) -> torch.Tensor:
+    """Churn to t_hat = t_i (1 + gamma_i), then a Heun step to t_{i+1} (EDM Alg. 2): 2N - 1 NFE.
+
+    gamma_i = min(S_churn / N, sqrt(2) - 1) where S_tmin <= t_i <= S_tmax, else 0; t_hat is
+    rounded by ``denoiser.round_sigma`` and the added noise has std S_noise sqrt(t_hat^2 - t_i^2).
+    Step i draws ``noise.normal(i)``, and only when gamma_i > 0.
+    """
+    if S_churn < 0 or S_noise < 0:
+        raise ValueError(f"S_churn={S_churn!r} and S_noise={S_noise!r} must be non-negative")
+    if not 0 <= S_tmin <= S_tmax:
+        raise ValueError(f"churn range S_tmin={S_tmin!r}, S_tmax={S_tmax!r} must satisfy 0 <= S_tmin <= S_tmax")
+    sigmas = _check_grid(grid)
+    N = len(sigmas) - 1
+    gamma = min(S_churn / N, math.sqrt(2) - 1)
+    x = x_T
+    for i in range(N):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        t_hat = t_cur
+        if gamma > 0 and S_tmin <= float(t_cur) <= S_tmax:
+            t_hat = denoiser.round_sigma(t_cur * (1 + gamma)).to(torch.float64).reshape(())
+            # clamp: rounding may land t_hat a hair below t_cur on a discrete grid
+            x = x + torch.sqrt((t_hat**2 - t_cur**2).clamp(min=0)) * S_noise * noise.normal(i)
+        d_cur = (x - denoiser(x, t_hat)) / t_hat
+        x_next = x + (t_next - t_hat) * d_cur
+        if i < N - 1:
+            d_next = (x_next - denoiser(x_next, t_next)) / t_next
+            x_next = x + (t_next - t_hat) * 0.5 * (d_cur + d_next)
+        x = x_next
+    return x
+
+
+def _check_grid(grid: torch.Tensor) -> torch.Tensor:
+    """The grid as float64, after checking it descends strictly from a positive sigma to exactly 0."""
+    sigmas = torch.as_tensor(grid, dtype=torch.float64)
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigma grid must be 1-D with at least 2 entries, got shape {list(sigmas.shape)}")
+    if sigmas[-1] != 0 or torch.any(sigmas[:-1] <= 0) or torch.any(sigmas[1:] >= sigmas[:-1]):
+        raise ValueError(f"sigma grid must descend strictly from a positive sigma to 0, got {sigmas.tolist()}")
+    return sigmas

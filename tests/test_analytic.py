@@ -1,0 +1,401 @@
+"""Analytic-DPM checked against Gaussian data, where the optimal reverse variance is closed-form.
+
+For x0 ~ N(m, C) and x_n = sqrt(abar_n) x0 + sqrt(bbar_n) eps, x_n ~ N(sqrt(abar_n) m, S_n) with
+S_n = abar_n C + bbar_n I, and the exact eps prediction is eps*(x_n) = sqrt(bbar_n) S_n^{-1}(x_n - E x_n)
+~ N(0, A_n), A_n = bbar_n S_n^{-1}. Hence gamma_n = E||eps*||^2 / d = tr(A_n) / d, and one sample of
+||eps*||^2 / d has variance 2 tr(A_n^2) / d^2, which gives the Monte Carlo standard error.
+
+The KL-optimal isotropic reverse variance is sigma*^2 = tr Cov[x_s | x_t] / d (moment matching), from
+the joint Gaussian of (x_s, x_t) under the forward process with lambda: Cov[x_s] = abar_s C + bbar_s I,
+Cov[x_s, x_t] = sqrt(abar_s abar_t) C + sqrt((bbar_s - lambda^2) bbar_t) I.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from bench.analytic import (
+    PAPER_PIXEL_QUANTUM,
+    analytic_variance,
+    clipped_analytic_variance,
+    estimate_gamma,
+    even_trajectory,
+    forward_lambda2,
+    least_cost_trajectory,
+    load_moments,
+    mean_square_eps,
+    model_hash,
+    optimal_trajectory,
+    pixel_variance_threshold,
+    sampling_variances,
+    save_moments,
+    trajectory_cost,
+    trajectory_variances,
+    variance_bounds,
+    vlb_bits_per_dim_analytic,
+)
+from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
+from bench.families import DiscreteEpsDenoiser
+from bench.grids import even_grid
+from bench.io import CorruptFileError
+from bench.metrics.nll import vlb_bits_per_dim
+from bench.nets.mlp import MLPDenoiser
+from bench.noise import NoiseSource
+from bench.samplers import analytic_ddim, analytic_ddpm, ddpm
+from bench.schedules import DiscreteSchedule
+
+torch.set_num_threads(1)
+
+SCHED = DiscreteSchedule.named("linear", 1000)
+ABAR = SCHED.alpha_bars
+GAUSS = GaussianMixture.random(1, 3, seed=1)
+M = 4000
+STEPS = torch.unique(torch.cat([even_grid(1000, 10), even_grid(1000, 21), torch.tensor([1, 3, 7, 30, 75, 150])]))
+
+
+def _gaussian_moments(mixture: GaussianMixture, n: int) -> tuple[float, float]:
+    """(gamma_n, standard deviation of one sample of ||eps*||^2 / d) for single-Gaussian data."""
+    d = mixture.dim
+    S = ABAR[n] * mixture.covs[0] + (1 - ABAR[n]) * torch.eye(d, dtype=torch.float64)
+    A = (1 - ABAR[n]) * torch.linalg.inv(S)
+    return float(torch.trace(A) / d), float(torch.sqrt(2 * torch.trace(A @ A)) / d)
+
+
+def _optimal_variance(mixture: GaussianMixture, s: int, t: int, lambda2: float) -> float:
+    """tr Cov[x_s | x_t] / d under the forward process with lambda^2 (the moment-matching optimum)."""
+    C, d = mixture.covs[0], mixture.dim
+    eye = torch.eye(d, dtype=torch.float64)
+    a_s, a_t = ABAR[s], ABAR[t]
+    ss = a_s * C + (1 - a_s) * eye
+    tt = a_t * C + (1 - a_t) * eye
+    st = torch.sqrt(a_s * a_t) * C + torch.sqrt((1 - a_s - lambda2) * (1 - a_t)) * eye
+    return float(torch.trace(ss - st @ torch.linalg.solve(tt, st.T)) / d)
+
+
+@pytest.fixture(scope="module")
+def gaussian_gamma() -> tuple[torch.Tensor, torch.Tensor]:
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = GAUSS.sample(M, torch.Generator().manual_seed(0))
+    return mean_square_eps(den, x0, STEPS, torch.arange(M) + 7, batch_size=1500)
+
+
+# --- gamma ----------------------------------------------------------------------------------------
+
+
+def test_gamma_equals_its_closed_form_within_mc_error(gaussian_gamma):
+    gamma, sem = gaussian_gamma
+    for n in STEPS.tolist():
+        exact, sd = _gaussian_moments(GAUSS, n)
+        assert abs(gamma[n] - exact) < 5 * sd / math.sqrt(M), (n, float(gamma[n]), exact)
+        assert sem[n] == pytest.approx(sd / math.sqrt(M), rel=0.15)
+    off = torch.ones(1000, dtype=torch.bool)
+    off[STEPS] = False
+    assert torch.isnan(gamma[off]).all()
+
+
+def test_gamma_does_not_depend_on_the_batch_size():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = GAUSS.sample(300, torch.Generator().manual_seed(1))
+    a = estimate_gamma(den, x0, [5, 500], torch.arange(300), batch_size=300)
+    b = estimate_gamma(den, x0, [5, 500], torch.arange(300), batch_size=7)
+    assert den.nfe == 2 + 2 * 43
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_gamma_rejects_bad_steps_and_seeds():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = GAUSS.sample(10, torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"steps \[3, 1000\] must be distinct step indices in \[0, T=1000\)"):
+        estimate_gamma(den, x0, [3, 1000], torch.arange(10))
+    with pytest.raises(ValueError, match=r"seeds of shape \(9,\) must give one seed per sample, shape \(10,\)"):
+        estimate_gamma(den, x0, [3], torch.arange(9))
+
+
+# --- the analytic variance --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["ddpm", "ddim"])
+def test_analytic_variance_equals_the_kl_optimal_variance(gaussian_gamma, form):
+    gamma, _ = gaussian_gamma
+    pairs = list(itertools.pairwise(even_grid(1000, 10).tolist()))
+    pairs += list(itertools.pairwise(even_grid(1000, 21).tolist()))
+    pairs += [(0, 1), (1, 3), (3, 7), (7, 30), (30, 75), (75, 150), (0, 999), (150, 999)]
+    for s, t in pairs:
+        lam2 = forward_lambda2(ABAR[s], ABAR[t], form)
+        exact = _optimal_variance(GAUSS, s, t, float(lam2))
+        est = analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2)
+        coeff2 = float(analytic_variance(ABAR[s], ABAR[t], torch.tensor(0.0), lam2) - lam2)
+        tol = 5 * coeff2 * _gaussian_moments(GAUSS, t)[1] / math.sqrt(M) + 1e-12 * exact
+        assert abs(float(est) - exact) <= tol, (form, s, t, float(est), exact)
+
+
+def test_ddpm_lambda_is_beta_tilde_and_ddim_lambda_is_zero():
+    s, t = torch.tensor(100), torch.tensor(300)
+    b = 1 - ABAR[t] / ABAR[s]
+    assert float(forward_lambda2(ABAR[s], ABAR[t], "ddpm")) == pytest.approx(
+        float((1 - ABAR[s]) / (1 - ABAR[t]) * b), rel=1e-12
+    )
+    assert float(forward_lambda2(ABAR[s], ABAR[t], "ddim")) == 0.0
+    with pytest.raises(ValueError, match=r"form 'ddgm' is not one of \['ddpm', 'ddim'\]"):
+        forward_lambda2(ABAR[s], ABAR[t], "ddgm")
+
+
+def test_bounds_contain_the_true_optimal_variance():
+    pairs = [(0, 1), (10, 40), (100, 300), (500, 520), (0, 999), (900, 999)]
+    for form in ("ddpm", "ddim"):
+        for s, t in pairs:
+            lam2 = forward_lambda2(ABAR[s], ABAR[t], form)
+            exact = _optimal_variance(GAUSS, s, t, float(lam2))
+            lower, eq11, eq12 = variance_bounds(ABAR[s], ABAR[t], lam2)
+            assert float(lower) <= exact * (1 + 1e-12) and exact <= float(torch.minimum(eq11, eq12)) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("form", ["ddpm", "ddim"])
+def test_clipped_variance_stays_inside_theorem_2(form):
+    g = torch.Generator().manual_seed(3)
+    clipped_low = clipped_high = 0
+    eq11_tighter = eq12_tighter = 0
+    for _ in range(200):
+        K = int(torch.randint(2, 30, (1,), generator=g))
+        grid = torch.sort(torch.randperm(1000, generator=g)[:K]).values
+        gamma = torch.rand(1000, generator=g, dtype=torch.float64) * 2 - 0.5
+        var = trajectory_variances(ABAR, grid, gamma, form=form)
+        abar_s, abar_t = ABAR[grid[:-1]], ABAR[grid[1:]]
+        lam2 = forward_lambda2(abar_s, abar_t, form)
+        lower, eq11, eq12 = variance_bounds(abar_s, abar_t, lam2)
+        upper = torch.minimum(eq11, eq12)
+        assert torch.all(var >= lower) and torch.all(var <= upper)
+        raw = trajectory_variances(ABAR, grid, gamma, form=form, clip=False)
+        clipped_low += int((raw < lower).sum())
+        clipped_high += int((raw > upper).sum())
+        eq11_tighter += int((eq11 < eq12).sum())
+        eq12_tighter += int((eq12 < eq11).sum())
+    # the random gammas exercise both clips, and each upper bound is the tighter one somewhere
+    assert min(clipped_low, clipped_high, eq11_tighter, eq12_tighter) > 0
+
+
+def test_clip_to_bounds_elementwise():
+    lam2 = forward_lambda2(ABAR[100], ABAR[200], "ddpm")
+    lower, eq11, eq12 = variance_bounds(ABAR[100], ABAR[200], lam2)
+    assert clipped_analytic_variance(ABAR[100], ABAR[200], torch.tensor(1.7), lam2) == lower
+    assert clipped_analytic_variance(ABAR[100], ABAR[200], torch.tensor(-3.0), lam2) == torch.minimum(eq11, eq12)
+    mid = analytic_variance(ABAR[100], ABAR[200], torch.tensor(0.9), lam2)
+    assert lower < mid < torch.minimum(eq11, eq12)
+    assert clipped_analytic_variance(ABAR[100], ABAR[200], torch.tensor(0.9), lam2) == mid
+
+
+def test_sigma2_pixel_clip_caps_only_the_step_to_tau_1():
+    assert pixel_variance_threshold(2) == pytest.approx((2 * 2 / 255 * math.sqrt(math.pi / 2)) ** 2, rel=1e-15)
+    assert PAPER_PIXEL_QUANTUM == 2 / 255
+    assert pixel_variance_threshold(1, 2 / 16) == pytest.approx((2 / 16) ** 2 * math.pi / 2, rel=1e-15)
+    grid = even_grid(1000, 10)
+    gamma = torch.full((1000,), 0.5, dtype=torch.float64)
+    free = sampling_variances(ABAR, grid, gamma, form="ddim")
+    capped = sampling_variances(ABAR, grid, gamma, form="ddim", sigma2_clip_pixel=1, pixel_quantum=2 / 16)
+    assert free[0] > pixel_variance_threshold(1, 2 / 16)
+    assert capped[0] == pixel_variance_threshold(1, 2 / 16)
+    assert torch.equal(capped[1:], free[1:])
+    with pytest.raises(ValueError, match=r"sigma_2 clip of -1 pixels of quantum 0.125: both must be positive"):
+        pixel_variance_threshold(-1, 0.125)
+
+
+def test_gamma_must_cover_the_trajectory():
+    grid = even_grid(1000, 10)
+    gamma = torch.full((1000,), 0.5, dtype=torch.float64)
+    gamma[111] = math.nan
+    with pytest.raises(ValueError, match=r"gamma is not finite \(not estimated\?\) at steps \[111\]"):
+        trajectory_variances(ABAR, grid, gamma, form="ddpm")
+    with pytest.raises(ValueError, match=r"gamma has shape \(999,\); it must hold one value per step, shape \(1000,\)"):
+        trajectory_variances(ABAR, grid, gamma[1:], form="ddpm")
+
+
+# --- trajectories -------------------------------------------------------------------------------------
+
+
+def _brute_force(cost: torch.Tensor, K: int) -> tuple[float, list[int]]:
+    N = cost.shape[0]
+    best = (math.inf, [])
+    for mid in itertools.combinations(range(1, N - 1), K - 2):
+        path = [0, *mid, N - 1]
+        total = sum(float(cost[a, b]) for a, b in itertools.pairwise(path))
+        best = min(best, (total, path))
+    return best
+
+
+@pytest.mark.parametrize("K", [2, 3, 4, 5])
+def test_dp_equals_brute_force(K):
+    g = torch.Generator().manual_seed(K)
+    ten = ABAR[even_grid(1000, 10)]  # a valid 10-step chain
+    for trial in range(20):
+        if trial % 2:
+            cost = torch.rand(10, 10, generator=g, dtype=torch.float64)
+        else:
+            cost = trajectory_cost(ten, torch.rand(10, generator=g, dtype=torch.float64))
+        total, path = _brute_force(cost, K)
+        found = least_cost_trajectory(cost, K)
+        assert found.tolist() == path
+        assert sum(float(cost[a, b]) for a, b in itertools.pairwise(found.tolist())) == pytest.approx(total)
+
+
+def test_dp_cost_is_eq_14():
+    gamma = torch.full((1000,), 0.7, dtype=torch.float64)
+    cost = trajectory_cost(ABAR, gamma)
+    s, t = 100, 300  # a pair where the clip does not bind
+    lam2 = forward_lambda2(ABAR[s], ABAR[t], "ddpm")
+    var = analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2)
+    assert clipped_analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2) == var
+    assert float(cost[s, t]) == pytest.approx(math.log(float(var / lam2)), rel=1e-12)
+    # Corollary 4's log(1 - beta_{t|s} E||score||^2 / d), plus a term that telescopes along a trajectory
+    a_ts = ABAR[t] / ABAR[s]
+    alt = torch.log(1 - (1 - a_ts) * 0.7 / (1 - ABAR[t])) + torch.log((1 - ABAR[t]) / (a_ts * (1 - ABAR[s])))
+    assert float(cost[s, t]) == pytest.approx(float(alt), rel=1e-10)
+    assert torch.isinf(cost[t, s]) and torch.isinf(cost[s, s])
+
+
+def test_optimal_trajectory_spaces_steps_evenly_over_an_untrusted_tail():
+    abar = DiscreteSchedule.named("linear", 100).alpha_bars
+    gamma = torch.rand(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.9
+    assert optimal_trajectory(abar, gamma, 10).tolist() == least_cost_trajectory(trajectory_cost(abar, gamma), 10).tolist()
+    gamma[95:] = 1.01  # tail of 5 -> the last 10 steps are untrusted; K2 = 1
+    traj = optimal_trajectory(abar, gamma, 10)
+    assert traj.tolist() == least_cost_trajectory(trajectory_cost(abar[:90], gamma[:90]), 9).tolist() + [99]
+    gamma[90:] = 1.01  # tail of 10 -> 20 untrusted; K1 = ceil(0.84 * 20) = 17, K2 = 3, stride 20/3
+    traj = optimal_trajectory(abar, gamma, 20)
+    assert traj[-3:].tolist() == [86, 92, 99] and traj[16] == 79 and len(traj) == 20
+    gamma[30:] = 1.01
+    with pytest.raises(ValueError, match=r"from step 30 on .*: the last 140 steps are untrusted, leaving 0 of T=100"):
+        optimal_trajectory(abar, gamma, 10)
+
+
+def test_even_trajectory_follows_the_official_code():
+    assert even_trajectory(1000, 10).tolist() == even_grid(1000, 10).tolist()
+    t25 = even_trajectory(1000, 25)
+    assert t25[0] == 0 and t25[-1] == 999 and t25[4] == 167 and t25[12] == 499
+    with pytest.raises(ValueError, match=r"K=1 must be an integer in \[2, T=1000\]"):
+        even_trajectory(1000, 1)
+
+
+# --- the variational bound ---------------------------------------------------------------------------
+
+# Discretised setting: x0 = a diagonal Gaussian rounded to the 256 levels of 8-bit data in [-1, 1]. The
+# data then is a discrete distribution on exactly the decoder's bins, so E[L_vb] >= H(data) for any
+# model, with H and each image's -log P(x0) in closed form (a product of 1-D bin probabilities). The
+# bins (2/255) are fine against the data's scale, so the exact eps of the Gaussian with Sheppard's
+# variance C + delta^2/12 is the near-exact network for the rounded data.
+LEVELS = 255
+NLL_MEAN = torch.tensor([0.1, -0.05], dtype=torch.float64)
+NLL_STD = torch.tensor([0.2, 0.3], dtype=torch.float64)
+
+
+def _rounded(x: torch.Tensor) -> torch.Tensor:
+    return torch.round((x + 1) / 2 * LEVELS).clamp(0, LEVELS) / LEVELS * 2 - 1
+
+
+def _neg_log_prob_bits(x0: torch.Tensor) -> torch.Tensor:
+    half = 1.0 / LEVELS
+    hi = torch.special.ndtr((x0 + half - NLL_MEAN) / NLL_STD)
+    lo = torch.special.ndtr((x0 - half - NLL_MEAN) / NLL_STD)
+    hi = torch.where(x0 + half > 1 - 1e-9, torch.ones_like(hi), hi)
+    lo = torch.where(x0 - half < -1 + 1e-9, torch.zeros_like(lo), lo)
+    return -torch.log(hi - lo).sum(1) / (2 * math.log(2))
+
+
+@pytest.mark.parametrize("K", [10, 25, 100])
+def test_analytic_vlb_bounds_the_exact_nll_and_beats_ddpm_variances(K):
+    sheppard = torch.diag(NLL_STD**2 + (2 / LEVELS) ** 2 / 12)[None]
+    data = GaussianMixture(torch.ones(1, dtype=torch.float64), NLL_MEAN[None], sheppard)
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(data, SCHED, (2,)), SCHED)
+    g = torch.Generator().manual_seed(K)
+    train, test = _rounded(data.sample(4000, g)), _rounded(data.sample(2000, g))
+    grid = even_grid(1000, K)
+    gamma = estimate_gamma(den, train, grid[1:], torch.arange(4000) + 10**6)
+    seeds = torch.arange(2000)
+    analytic = vlb_bits_per_dim_analytic(den, test, grid, seeds, gamma=gamma, max_level=LEVELS)
+    gap = analytic - _neg_log_prob_bits(test)  # E[gap] = E[L_vb] - H(data) >= 0
+    n = len(gap)
+    assert gap.mean() > -4 * gap.std() / math.sqrt(n)
+    for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS).items():
+        diff = analytic - bpd  # paired: same draws and network calls
+        assert diff.mean() < -4 * diff.std() / math.sqrt(n), variance
+
+
+# --- samplers ----------------------------------------------------------------------------------------------
+
+
+def _moment_z_scores(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean error, covariance error) of samples in units of their Monte Carlo standard error."""
+    n = x.shape[0]
+    xc = x - mean
+    prod = xc[:, :, None] * xc[:, None, :]
+    z_mean = (x.mean(0) - mean) / torch.sqrt(torch.diag(cov) / n)
+    z_cov = (torch.cov(x.T) - cov) / (prod.std(0) / math.sqrt(n))
+    return z_mean, z_cov
+
+
+@pytest.mark.parametrize("sampler", [analytic_ddpm.sample, analytic_ddim.sample])
+def test_samplers_are_exact_for_isotropic_gaussian_data(sampler):
+    # For C = c I, q(x_s | x_t) is N(., v I): the optimal isotropic reverse step is exact at any K, and
+    # the last step returns E[x0 | x_0], whose covariance is c^2 abar_0 / (abar_0 c + bbar_0) I.
+    c, m = 0.05, torch.tensor([0.2, -0.1], dtype=torch.float64)
+    data = GaussianMixture(torch.ones(1, dtype=torch.float64), m[None], c * torch.eye(2, dtype=torch.float64)[None])
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(data, SCHED, (2,)), SCHED)
+    gamma = (1 - ABAR) / (ABAR * c + 1 - ABAR)  # closed form for C = c I
+    grid = even_grid(1000, 5)
+    noise = NoiseSource(torch.arange(20000), (2,), torch.float64, "cpu")
+    x = sampler(den, noise.latent(), grid, noise=noise, gamma=gamma, clip_x0=False)
+    target = c**2 * ABAR[0] / (ABAR[0] * c + 1 - ABAR[0]) * torch.eye(2, dtype=torch.float64)
+    z_mean, z_cov = _moment_z_scores(x, m, target)
+    assert z_mean.abs().max() < 5 and z_cov.abs().max() < 5
+    # the same check catches the handcrafted variance at this K
+    y = ddpm.sample(den, noise.latent(), grid, noise=noise, variance="beta_tilde", clip_x0=False)
+    assert _moment_z_scores(y, m, target)[1].abs().max() > 20
+
+
+def test_analytic_ddpm_reproduces_mixture_moments():
+    mixture = GaussianMixture.random(2, 2, seed=3)
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(mixture, SCHED, (2,)), SCHED)
+    grid = even_grid(1000, 100)
+    x0 = mixture.sample(2000, torch.Generator().manual_seed(0))
+    gamma = estimate_gamma(den, x0, grid[1:], torch.arange(2000) + 10**6)
+    noise = NoiseSource(torch.arange(10000), (2,), torch.float64, "cpu")
+    x = analytic_ddpm.sample(den, noise.latent(), grid, noise=noise, gamma=gamma, clip_x0=False)
+    z_mean, z_cov = _moment_z_scores(x, mixture.mean(), mixture.cov())
+    assert z_mean.abs().max() < 5 and z_cov.abs().max() < 5
+
+
+@pytest.mark.parametrize("sampler", [analytic_ddpm.sample, analytic_ddim.sample])
+def test_a_sample_depends_only_on_its_own_seed(sampler):
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    grid = even_grid(1000, 10)
+    gamma = torch.full((1000,), 0.9, dtype=torch.float64)
+    whole = NoiseSource(torch.arange(40), (3,), torch.float64, "cpu")
+    part = NoiseSource(torch.arange(40)[11:17], (3,), torch.float64, "cpu")
+    kw = {"gamma": gamma, "sigma2_clip_pixel": 1.0}
+    a = sampler(den, whole.latent(), grid, noise=whole, **kw)
+    b = sampler(den, part.latent(), grid, noise=part, **kw)
+    torch.testing.assert_close(a[11:17], b, rtol=1e-12, atol=1e-12)
+
+
+# --- the moments artifact ------------------------------------------------------------------------------------
+
+
+def test_moments_round_trip_and_refuse_another_model(tmp_path):
+    net = MLPDenoiser(width=16, depth=1, emb_dim=8)
+    h = model_hash(net)
+    assert h == model_hash(net) and len(h) == 16
+    gamma = torch.linspace(0, 1, 1000, dtype=torch.float64)
+    path = save_moments(tmp_path / "m.npz", gamma, model_hash=h, n_samples=1437, seed=3, gamma_sem=gamma / 100)
+    got = load_moments(path, model_hash=h)
+    assert torch.equal(got.gamma, gamma) and torch.equal(got.gamma_sem, gamma / 100)
+    assert (got.model_hash, got.n_samples, got.seed) == (h, 1437, 3)
+    with torch.no_grad():
+        net.out.bias[0] += 1.0
+    other = model_hash(net)
+    assert other != h
+    with pytest.raises(ValueError, match=f"estimated for model {h}, not for model {other}"):
+        load_moments(path, model_hash=other)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(CorruptFileError, match="bad.npz"):
+        load_moments(tmp_path / "bad.npz")
