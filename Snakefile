@@ -35,8 +35,18 @@ def dataset_of(model: str) -> str:
 
 
 def has_nll(sampler: str) -> bool:
-    """The VLB exists for samplers with a stochastic reverse variance (DDPM's beta / beta-tilde)."""
-    return "nll" in config["metrics"] and "variance" in config["samplers"][sampler].get("options", {})
+    """A sampler names the reverse variance of its variational bound (``nll:``); DDIM-type samplers have none."""
+    return "nll" in config["metrics"] and "nll" in config["samplers"][sampler]
+
+
+def needs_moments(sampler: str) -> bool:
+    s = config["samplers"][sampler]
+    return s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
+
+
+def moments_arg(model: str, wanted: bool) -> dict:
+    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it."""
+    return {"moments": f"{RESULTS}/moments/{model}.npz"} if wanted else {}
 
 
 wildcard_constraints:
@@ -46,6 +56,7 @@ wildcard_constraints:
 
 include: "workflows/rules/extractor.smk"
 include: "workflows/rules/models.smk"
+include: "workflows/rules/moments.smk"
 include: "workflows/rules/sample.smk"
 include: "workflows/rules/metrics.smk"
 include: "workflows/rules/report.smk"

@@ -75,10 +75,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
     net, schedule, ckpt = load_model(Path(args.model))
+    sampler = dict(spec["sampler"])
+    if sampler.get("inputs", {}).get("gamma") == "moments":
+        sampler["options"] = {**sampler.get("options", {}), "gamma": _gamma(args.moments, net)}
     sample_shard(
         net,
         schedule,
-        spec["sampler"],
+        sampler,
         spec["K"],
         spec["start"],
         spec["stop"],
@@ -89,6 +92,33 @@ def cmd_sample(args: argparse.Namespace) -> None:
         out_path=Path(args.out),
         context=spec["context"],
     )
+
+
+def _gamma(path: str | None, net: torch.nn.Module) -> torch.Tensor:
+    """Gamma_n of the moments artifact, refused if it was estimated for another network."""
+    from bench.analytic import load_moments, model_hash
+
+    if path is None:
+        raise SystemExit("this sampler needs --moments (the Analytic-DPM Gamma_n artifact)")
+    return load_moments(Path(path), model_hash=model_hash(net)).gamma
+
+
+def cmd_moments(args: argparse.Namespace) -> None:
+    from bench.analytic import estimate_gamma, model_hash, save_moments
+    from bench.data import load_dataset
+    from bench.data.digits import levels_to_unit
+    from bench.families import DiscreteEpsDenoiser
+    from bench.models import load_model
+
+    spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
+    net, schedule, _ = load_model(Path(args.model))
+    split = load_dataset(spec["dataset"], spec["split"])
+    x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))[: spec.get("M")]
+    seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
+    with torch.inference_mode():
+        gamma = estimate_gamma(DiscreteEpsDenoiser(net, schedule), x0, None, seeds, batch_size=spec["batch_size"])
+    save_moments(Path(args.out), gamma, model_hash=model_hash(net), n_samples=len(x0), seed=spec["seed"])
 
 
 def cmd_fd_is(args: argparse.Namespace) -> None:
@@ -151,8 +181,20 @@ def cmd_nll(args: argparse.Namespace) -> None:
     denoiser = DiscreteEpsDenoiser(net, schedule)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     t0 = time.perf_counter()
+    variances = tuple(v for v in spec["variances"] if v != "analytic")
     try:
-        bpd = vlb_bits_per_dim(denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"])
+        with torch.inference_mode():
+            bpd = vlb_bits_per_dim(
+                denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"], variances=variances
+            )
+            nfe = denoiser.nfe  # network evaluations per image of one bound; the analytic bound repeats them
+            if "analytic" in spec["variances"]:
+                from bench.analytic import vlb_bits_per_dim_analytic
+
+                bpd["analytic"] = vlb_bits_per_dim_analytic(
+                    denoiser, x0, grid, seeds, gamma=_gamma(args.moments, net), max_level=split.max_level,
+                    clip_x0=spec["clip_x0"],
+                )
     except NonFiniteOutputError as err:
         message = f"NLL of model {args.model} with K={spec['K']}: {err} (batch index = test image index)"
         print(f"error: {message}", file=sys.stderr)
@@ -165,7 +207,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
             "bpd_sem": {v: float(b.std() / len(b) ** 0.5) for v, b in bpd.items()},
             "n": len(x0),
             "split": spec["split"],
-            "nfe": denoiser.nfe,
+            "nfe": nfe,
             "grid": grid.tolist(),
             "clip_x0": spec["clip_x0"],
             "wall_seconds": time.perf_counter() - t0,
@@ -208,10 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     step("train-extractor", cmd_train_extractor)
     step("train", cmd_train)
-    for name, fn in (("sample", cmd_sample), ("nll", cmd_nll)):
+    for name, fn in (("sample", cmd_sample), ("nll", cmd_nll), ("moments", cmd_moments)):
         sp = step(name, fn)
         sp.add_argument("--model", required=True)
         sp.add_argument("--threads", type=int, default=1)
+        if fn is not cmd_moments:
+            sp.add_argument("--moments", help="Analytic-DPM moments artifact, for samplers that need Gamma_n")
     sp = step("fd-is", cmd_fd_is)
     sp.add_argument("--extractor", required=True)
     sp.add_argument("--shards", nargs="+", required=True)

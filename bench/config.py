@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bench.grids import time_grid
+from bench.grids import GRIDS, time_grid
 
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd")
 
@@ -143,10 +143,17 @@ def _check_references(cfg: dict) -> None:
                     f"integer in [1, T={T}] for model {exp['model']!r}"
                 )
             for s in exp["samplers"]:
+                if cfg["samplers"][s]["grid"] not in GRIDS:
+                    continue
                 try:
                     time_grid(cfg["samplers"][s]["grid"], T, K)
                 except ValueError as err:
                     raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
+    for name, s in cfg["samplers"].items():
+        if (s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic") and "moments" not in cfg:
+            raise ConfigError(
+                f"config key 'samplers.{name}': needs the Analytic-DPM moments, but the config has no 'moments' key"
+            )
     fd = cfg["metrics"].get("fd_is")
     if fd:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from bench.data.digits import unit_to_levels
+from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid
 from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.grids import time_grid
 from bench.io import atomic_npz
@@ -37,13 +38,21 @@ def generate(
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell.
     """
     fn = get_sampler(sampler["fn"])
-    grid = time_grid(sampler["grid"], denoiser.schedule.T, K)
+    model = denoiser
+    if sampler["grid"] in SIGMA_GRIDS:
+        # EDM-type samplers see the discrete chain in sigma space (EDM Table 2, VP models); x_T ~ N(0, sigma_0^2 I).
+        model = DiscreteVPAsSigma(denoiser)
+        grid = sigma_grid(sampler["grid"], K, denoiser=model, **sampler.get("grid_options", {}))
+        scale = grid[0]
+    else:
+        grid = time_grid(sampler["grid"], denoiser.schedule.T, K)
+        scale = 1.0
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
         noise = NoiseSource(batch, shape, torch.float64, "cpu")
         try:
-            x = fn(denoiser, noise.latent(), grid, noise=noise, **sampler.get("options", {}))
+            x = fn(model, noise.latent() * scale, grid, noise=noise, **sampler.get("options", {}))
         except NonFiniteOutputError as err:
             raise NonFiniteSampleError(
                 f"{context}: network output is not finite at step {err.step} (timestep index) for sample index "

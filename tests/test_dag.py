@@ -32,8 +32,9 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 30  # 15 cells x 2 shards
-    assert counts["fd_is"] == 15 and counts["nll"] == 5 and counts["train_model"] == 1
+    assert counts["sample_shard"] == 2 * 37  # 37 cells x 2 shards
+    assert counts["fd_is"] == 37 and counts["train_model"] == 1 and counts["moments"] == 1
+    assert counts["nll"] == 5  # one per K on the even grid: beta, beta-tilde and analytic share it
     assert counts["report"] == 1 and counts["collect"] == 1
 
 
@@ -65,10 +66,11 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         typed = {k: int(v) if k in ints else float(v) if k in ("value", "wall_seconds") else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
-    # 2 samplers x 2 K x (fd, is) + DDPM's NLL at 2 K; DDIM (eta = 0) has no variational bound.
-    assert len(rows) == 2 * 2 * 2 + 2
-    assert {(r["sampler"], r["K"], r["nfe"]) for r in rows} == {(s, k, k) for s in ("ddpm_beta", "ddim_eta0")
-                                                                for k in ("2", "5")}
+    # 4 samplers x 2 K x (fd, is) + NLL of DDPM and Analytic-DDPM at 2 K; DDIM and EDM have no VLB.
+    assert len(rows) == 4 * 2 * 2 + 2 * 2
+    nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows}
+    assert nfe == {(s, k, k) for s in ("ddpm_beta", "ddim_eta0", "analytic_ddpm") for k in ("2", "5")} | {
+        ("edm_heun", "2", "3"), ("edm_heun", "5", "9")}  # Heun: 2N - 1
     cells = tiny_run / "results/cells/digits/mlp"
     for path in cells.glob("*/K*/fd_is.json"):
         jsonschema.validate(json.loads(path.read_text()), schema("fd_is"))

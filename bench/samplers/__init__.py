@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import ddim, ddpm
+from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm, edm
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
     "ddim": ddim.sample,
+    "analytic_ddpm": analytic_ddpm.sample,
+    "analytic_ddim": analytic_ddim.sample,
+    "edm_euler": edm.euler,
+    "edm_heun": edm.heun,
+    "edm_stochastic": edm.stochastic,
 }
 
 

@@ -29,9 +29,17 @@ rule fd_is:
         "--shards {input.shards} --out {output}"
 
 
+def nll_variances(model: str, grid: str) -> list[str]:
+    """Every reverse variance whose VLB some sampler on this model and grid reports."""
+    wanted = {config["samplers"][c.sampler]["nll"] for c in CELLS
+              if c.model == model and has_nll(c.sampler) and config["samplers"][c.sampler]["grid"] == grid}
+    return sorted(wanted)
+
+
 rule nll:
     input:
-        model=f"{RESULTS}/models/{{model}}.pt",
+        unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt"}
+               | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid))),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",
     params:
@@ -43,11 +51,14 @@ rule nll:
                 "grid": w.grid,
                 "K": int(w.K),
                 "seed": config["seed"],
+                "variances": nll_variances(w.model, w.grid),
             }
         ),
+        moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
     threads: 1
     shell:
         "{PY} -m bench nll --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
+        " {params.moments}"
 
 
 def cell_record(c) -> dict:
@@ -67,7 +78,7 @@ def cell_record(c) -> dict:
         rec["fd_is"] = f"cells/{dataset}/{c.model}/{c.sampler}/K{c.K}/fd_is.json"
     if has_nll(c.sampler):
         rec["nll"] = f"cells/{dataset}/{c.model}/nll-{sampler['grid']}/K{c.K}.json"
-        rec["nll_variance"] = sampler["options"]["variance"]
+        rec["nll_variance"] = sampler["nll"]
     return rec
 
 

@@ -18,11 +18,13 @@ def sample_spec(w) -> str:
 
 rule sample_shard:
     input:
-        model=f"{RESULTS}/models/{{model}}.pt",
+        unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt"} | moments_arg(w.model, needs_moments(w.sampler))),
     output:
         f"{RESULTS}/samples/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
     params:
         spec=sample_spec,
+        moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
     threads: 1
     shell:
         "{PY} -m bench sample --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
+        " {params.moments}"
