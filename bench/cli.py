@@ -192,7 +192,12 @@ def cmd_nll(args: argparse.Namespace) -> None:
                 from bench.analytic import vlb_bits_per_dim_analytic
 
                 bpd["analytic"] = vlb_bits_per_dim_analytic(
-                    denoiser, x0, grid, seeds, gamma=_gamma(args.moments, net), max_level=split.max_level,
+                    denoiser,
+                    x0,
+                    grid,
+                    seeds,
+                    gamma=_gamma(args.moments, net),
+                    max_level=split.max_level,
                     clip_x0=spec["clip_x0"],
                 )
     except NonFiniteOutputError as err:
