@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", required=True)
         return sp
 
+    sub.add_parser("perf", help="time the network, our samplers and a peer loop (python -m bench perf --help)")
     step("train-extractor", cmd_train_extractor)
     step("train", cmd_train)
     for name, fn in (("sample", cmd_sample), ("nll", cmd_nll), ("moments", cmd_moments)):
@@ -275,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["perf"]:
+        # perf has its own parser (its options start with --, which a REMAINDER subparser refuses).
+        from bench.perf import main as perf_main
+
+        return perf_main(argv[1:])
     args = build_parser().parse_args(argv)
     args.fn(args)
     return 0

@@ -1,0 +1,148 @@
+"""`python -m bench perf` end to end on the embedded MLP at tiny sizes, and its pieces."""
+
+import csv
+import re
+
+import pytest
+import torch
+
+from bench import perf
+from bench.grids import time_grid
+from bench.samplers import SAMPLERS
+from bench.schedules import DiscreteSchedule
+
+TINY = ["--networks", "mlp", "--batch", "8", "--steps", "2", "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def documented_columns() -> list[str]:
+    """Column names as listed in bench.perf's docstring, in order."""
+    block = perf.__doc__.split("Columns of results/perf.csv")[1]
+    names = []
+    for line in block.splitlines()[1:]:
+        match = re.match(r"  (\w+(?:, \w+)*)\s", line)
+        if match:
+            names += match.group(1).split(", ")
+    return names
+
+
+def test_documented_columns_are_the_csv_columns():
+    assert documented_columns() == list(perf.COLUMNS)
+
+
+def test_perf_runs_end_to_end_and_appends_to_the_csv(tmp_path, capsys):
+    out = tmp_path / "results" / "perf.csv"
+    assert perf.main([*TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split()[:4] == ["network", "batch", "loop", "sampler"]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == documented_columns()
+    assert {r["network"] for r in rows} == {"mlp"} and {r["batch"] for r in rows} == {"8"}
+    assert len({r["run_id"] for r in rows}) == 1
+    network = [r for r in rows if r["loop"] == "network"]
+    assert len(network) == 1 and float(network[0]["ms_per_nfe"]) > 0 and network[0]["overhead_pct"] == "0"
+    ours = {r["sampler"]: r for r in rows if r["loop"] == "ours"}
+    assert set(ours) == set(SAMPLERS)
+    for name in ("ddpm", "ddim"):
+        row = ours[name]
+        assert row["nfe"] == row["steps"] == "2"
+        assert float(row["ms_per_nfe"]) > 0 and float(row["images_per_s"]) > 0
+        shares = [float(row[k]) for k in ("net_pct", "noise_pct", "arith_pct")]
+        assert sum(shares) == pytest.approx(100.0, abs=1e-3) and min(shares[:2]) >= 0
+        assert row["mem_kind"] in ("rss_hwm", "ru_maxrss")
+        assert row["noise_module"] == "bench.noise" and '"autocast": {"enabled": false}' in row["speed"]
+    peers = {r["sampler"]: r for r in rows if r["loop"] == "diffusers"}
+    if perf.diffusers_version():
+        assert set(peers) == {"ddpm", "ddim"}
+        assert all(float(ours[n]["ours_over_peer"]) > 0 for n in peers)
+        # Same sampler on the same timesteps: DDIM (eta = 0) x_0 agrees up to diffusers' float32 state.
+        assert float(peers["ddim"]["peer_max_rel_diff"]) < 1e-4
+    # A second run appends under the same header.
+    assert perf.main([*TINY, "--no-peer", "--samplers", "ddim", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines.count(",".join(perf.COLUMNS)) == 1 and len(lines) == 1 + len(rows) + 2
+
+
+def test_samplers_that_need_options_or_another_denoiser_are_skipped_with_a_note(monkeypatch):
+    def needs_gamma(denoiser, x_T, grid, *, noise, gamma):
+        return x_T
+
+    def needs_sigmas(denoiser, x_T, grid, *, noise):
+        raise ValueError("sigma grid must descend")
+
+    monkeypatch.setitem(SAMPLERS, "needs_gamma", needs_gamma)
+    monkeypatch.setitem(SAMPLERS, "needs_sigmas", needs_sigmas)
+    plans = {p.name: p for p in perf.plan_samplers()}
+    assert plans["needs_gamma"].skip == "skipped: needs option(s) gamma"
+    assert plans["needs_sigmas"].skip == (
+        "skipped: does not run on a plain eps denoiser (ValueError: sigma grid must descend)"
+    )
+    assert plans["ddpm"].skip == plans["ddim"].skip == ""
+    rows = perf.run_perf(
+        perf.PerfOptions(networks=("mlp",), batch=4, steps=2, repeats=1, warmup=0, peer=False,
+                         samplers=("needs_gamma", "ddim"))
+    )
+    skipped = [r for r in rows if r.sampler == "needs_gamma"]
+    assert len(skipped) == 1 and skipped[0].ms_per_nfe is None and skipped[0].note.startswith("skipped: needs")
+    assert "needs_gamma" in perf.format_table(rows)
+
+
+def test_edm_adapter_gives_eps_of_the_vp_chain():
+    """With D(y; sigma) = 0, eps = y / sigma = x / sqrt(1 - abar); with D(y; sigma) = y, eps = 0."""
+
+    class Zero(torch.nn.Module):
+        def forward(self, y, sigma):
+            return torch.zeros_like(y)
+
+    class Identity(torch.nn.Module):
+        def forward(self, y, sigma):
+            return y
+
+    schedule = DiscreteSchedule.named("linear", 1000)
+    x = torch.randn(3, 1, 2, 2)
+    t = torch.tensor([0.0, 499.0, 999.0])
+    abar = schedule.alpha_bars[[0, 499, 999]].float().reshape(-1, 1, 1, 1)
+    eps = perf.EDMAsEps(Zero(), schedule.alpha_bars)(x, t)
+    torch.testing.assert_close(eps, x / torch.sqrt(1 - abar), rtol=1e-5, atol=0)
+    assert torch.count_nonzero(perf.EDMAsEps(Identity(), schedule.alpha_bars)(x, t)) == 0
+
+
+def test_adm_adapter_keeps_the_eps_channels():
+    class SixChannels(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.cat([x, -x], dim=1)
+
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(perf.EpsChannels(SixChannels(), 3)(x, torch.zeros(2)), x)
+
+
+def test_peer_loop_refuses_a_grid_diffusers_would_not_visit():
+    pytest.importorskip("diffusers")
+    schedule = DiscreteSchedule.named("linear", 1000)
+    grid = time_grid("uniform", 1000, 3)  # 0, 333, 666, 999: leading spacing gives 0, 250, 500, 750
+    net = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"visits \[750, 500, 250, 0\], not our grid \[999, 666, 333, 0\]"):
+        perf.peer_loop(perf.PEERS["ddim"], net, schedule, grid, torch.zeros(1, 1, 2, 2), seed=0)
+
+
+def test_bad_options_are_rejected_with_what_is_allowed(tmp_path):
+    with pytest.raises(ValueError, match=r"networks \['vgg'\] must be a non-empty subset of"):
+        perf.PerfOptions(networks=("vgg",))
+    with pytest.raises(ValueError, match="repeats=0 must be an integer >= 1"):
+        perf.PerfOptions(repeats=0)
+    with pytest.raises(ValueError, match=r"samplers \['nope'\] are not registered"):
+        perf.PerfOptions(samplers=("nope",))
+    with pytest.raises(ValueError, match="noise module 'bench.grids' has no NoiseSource"):
+        perf.run_perf(perf.PerfOptions(networks=("mlp",), noise_module="bench.grids"))
+    bad = tmp_path / "perf.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="has columns \\['a', 'b'\\], not the perf columns"):
+        perf.append_csv([], bad)
