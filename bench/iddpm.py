@@ -1,0 +1,342 @@
+"""iDDPM (Nichol & Dhariwal 2021): respacing, learned-range variances, the hybrid loss and its VLB.
+
+Step indices are 0-based (bench.schedules). A respaced chain is the sub-chain over an ascending grid
+of kept steps, its betas recomputed from alpha-bar (DiscreteSchedule.sub_chain). A learned-variance
+network outputs 2C channels [eps, v]; v = -1 gives the chain's beta-tilde (clipped at the first
+step) and v = +1 its beta, v is not clamped (improved_diffusion's ``learned_range``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.families import DiscreteEpsDenoiser, Prediction, clip_prediction
+from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
+from bench.noise import normal
+from bench.schedules import DiscreteSchedule, posterior_coefficients
+
+HYBRID_LAMBDA = 0.001
+
+
+def rescaled_time_scale(T: int) -> float:
+    """improved_diffusion's rescale_timesteps=True: the network sees t = n * 1000 / T."""
+    _check_T(T)
+    return 1000.0 / T
+
+
+def _check_T(T: int) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"number of diffusion steps T={T!r} must be a positive integer")
+
+
+# --- respacing ----------------------------------------------------------------------------------
+
+
+def space_timesteps(T: int, spec: str | Sequence[int]) -> torch.Tensor:
+    """The steps kept by iDDPM's --timestep_respacing ``spec``, ascending 0-based int64 (usable as a grid).
+
+    ``"ddimN"``: range(0, T, stride) with the smallest integer stride giving exactly N steps.
+    ``"N"`` or ``"a,b,c"`` (or a list of counts): T is cut into len(counts) equal sections (the first
+    T % len(counts) one step longer) and section j keeps counts[j] steps strided evenly with both of
+    its ends included (one step: its start).
+    """
+    _check_T(T)
+    if isinstance(spec, str) and spec.startswith("ddim"):
+        return _ddim_stride_steps(T, _parse_count(spec[len("ddim") :], spec), spec)
+    counts = _parse_counts(spec)
+    base, extra = divmod(T, len(counts))
+    kept: list[int] = []
+    start = 0
+    for j, count in enumerate(counts):
+        size = base + (1 if j < extra else 0)
+        if count > size:
+            raise ValueError(
+                f"respacing {spec!r}: section {j} spans {size} of T={T} steps and cannot keep {count}"
+            )
+        stride = (size - 1) / (count - 1) if count > 1 else 1.0
+        # improved_diffusion adds the float stride repeatedly; at exact half-way points its rounding
+        # differs from round(i * stride) (T=16, "15" keeps 7, not 8), and its grids are the reference.
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
+        start += size
+    if not kept:
+        raise ValueError(f"respacing {spec!r} keeps no steps of T={T}")
+    return torch.tensor(sorted(kept), dtype=torch.int64)
+
+
+def _ddim_stride_steps(T: int, N: int, spec: str) -> torch.Tensor:
+    # improved_diffusion tries the strides 1 .. T-1 only, so "ddim1" fails for every T.
+    for stride in range(1, T):
+        if len(range(0, T, stride)) == N:
+            return torch.arange(0, T, stride, dtype=torch.int64)
+    raise ValueError(
+        f"respacing {spec!r}: no integer stride in [1, T-1] gives exactly N={N} of T={T} steps "
+        f"(len(range(0, T, stride)) == N)"
+    )
+
+
+def _parse_count(text: str, spec: str | Sequence[int]) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(
+            f"respacing {spec!r}: {text!r} is not an integer step count; allowed: 'ddimN', 'N' or 'a,b,c'"
+        ) from None
+    if count < 0:
+        raise ValueError(f"respacing {spec!r}: step count {count} must be non-negative")
+    return count
+
+
+def _parse_counts(spec: str | Sequence[int]) -> list[int]:
+    if isinstance(spec, str):
+        return [_parse_count(part, spec) for part in spec.split(",")]
+    if not spec or any(not isinstance(c, int) or isinstance(c, bool) for c in spec):
+        raise ValueError(f"respacing {spec!r} must be a non-empty list of integer step counts")
+    return [_parse_count(str(c), spec) for c in spec]
+
+
+# --- learned-range variance ---------------------------------------------------------------------
+
+
+def log_variance_bounds(schedule: DiscreteSchedule, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log beta_k, log beta-tilde_k) [K] of the chain respaced to ``grid``, beta-tilde_0 := beta-tilde_1 (iDDPM)."""
+    grid = torch.as_tensor(grid, dtype=torch.int64)
+    if grid.dim() != 1 or len(grid) < 2:
+        raise ValueError(f"a learned-range variance needs a grid of at least 2 steps, got {grid.tolist()}")
+    if grid[0] < 0 or grid[-1] >= schedule.T or torch.any(grid[1:] <= grid[:-1]):
+        raise ValueError(f"grid {grid.tolist()} must be ascending unique steps in [0, T-1={schedule.T - 1}]")
+    betas = schedule.sub_chain(grid).betas
+    abar = schedule.alpha_bars[grid]
+    _, _, beta_tilde = posterior_coefficients(abar[:-1], abar[1:])
+    return torch.log(betas), torch.log(torch.cat([beta_tilde[:1], beta_tilde]))
+
+
+def learned_log_variance(v: torch.Tensor, log_beta: torch.Tensor, log_beta_tilde: torch.Tensor) -> torch.Tensor:
+    """log sigma^2 = frac log beta + (1 - frac) log beta-tilde, frac = (v + 1) / 2 (iDDPM Eq. 15, code's range)."""
+    frac = (v + 1.0) / 2.0
+    return frac * log_beta + (1.0 - frac) * log_beta_tilde
+
+
+def split_eps_v(out: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [eps, v] halves of a learned-variance network's 2C output channels."""
+    if out.dim() < 2 or out.shape[1] != 2 * channels:
+        raise ValueError(
+            f"a learned-variance network must output 2C = {2 * channels} channels [eps, v], "
+            f"got output of shape {tuple(out.shape)}"
+        )
+    return out[:, :channels], out[:, channels:]
+
+
+@dataclass
+class VariancePrediction(Prediction):
+    """A Prediction with the network's variance output v (same shape as eps)."""
+
+    v: torch.Tensor
+
+
+def clip_variance_prediction(pred: VariancePrediction, x: torch.Tensor, abar: torch.Tensor) -> VariancePrediction:
+    """clip_prediction (x0 to [-1, 1], eps recomputed), keeping v."""
+    clipped = clip_prediction(pred, x, abar)
+    return VariancePrediction(eps=clipped.eps, x0=clipped.x0, v=pred.v)
+
+
+class LearnedVarianceDenoiser(DiscreteEpsDenoiser):
+    """A [eps, v] network on a discrete chain: x0 = (x_n - sqrt(1 - abar_n) eps) / sqrt(abar_n) (DDPM Eq. 15), plus v.
+
+    ``time_scale`` None feeds t = n * 1000 / T (rescale_timesteps=True); pass 1.0 for checkpoints
+    trained with --rescale_timesteps False.
+    """
+
+    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, time_scale: float | None = None):
+        scale = rescaled_time_scale(schedule.T) if time_scale is None else float(time_scale)
+        super().__init__(net, schedule, time_scale=scale)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, n: int) -> VariancePrediction:
+        t = torch.full((x.shape[0],), float(n) * self.time_scale, device=x.device)
+        out = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(torch.float64)
+        self.nfe += 1
+        eps, v = split_eps_v(out, x.shape[1])
+        abar = self.alpha_bars[n]
+        x0 = (x - torch.sqrt(1.0 - abar) * eps) / torch.sqrt(abar)
+        return VariancePrediction(eps=eps, x0=x0, v=v)
+
+
+# --- the hybrid loss ----------------------------------------------------------------------------
+
+
+def hybrid_terms(
+    net: nn.Module,
+    schedule: DiscreteSchedule,
+    x0: torch.Tensor,
+    n: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    max_level: int,
+    time_scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (L_simple, L_t): mean ||eps - eps_hat||^2 and the VLB term L_t in bits/dim with eps_hat detached.
+
+    L_t (iDDPM Sec. 3.1) is KL(q(x_{n-1} | x_n, x0) || p(x_{n-1} | x_n)) for n > 0 and the discretised
+    decoder NLL over max_level + 1 levels for n = 0; its mean uses the stop-gradient eps_hat and
+    the unclipped x0_hat (improved_diffusion's frozen output, clip_denoised=False), so v learns only
+    from L_t and eps only from L_simple. x0 must lie on the level grid in [-1, 1].
+    """
+    if not isinstance(max_level, int) or max_level < 1:
+        raise ValueError(f"max_level={max_level!r} must be a positive integer")
+    T = schedule.T
+    n = torch.as_tensor(n, dtype=torch.int64)
+    if n.shape != (x0.shape[0],) or n.min() < 0 or n.max() >= T:
+        raise ValueError(f"steps n must be one per sample, shape ({x0.shape[0]},), in [0, {T - 1}]")
+    scale = rescaled_time_scale(T) if time_scale is None else float(time_scale)
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    abar_all = schedule.alpha_bars
+    abar = abar_all[n].view(view)
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar_all[:-1]])[n].view(view)
+    x0_64 = x0.to(torch.float64)
+    x_t = torch.sqrt(abar) * x0_64 + torch.sqrt(1.0 - abar) * noise.to(torch.float64)
+    out = net(x_t.to(x0.dtype), (n.to(torch.float64) * scale).to(x0.dtype))
+    eps_hat, v = split_eps_v(out, x0.shape[1])
+    simple = ((eps_hat - noise) ** 2).flatten(1).mean(1)
+
+    x0_hat = (x_t - torch.sqrt(1.0 - abar) * eps_hat.detach().to(torch.float64)) / torch.sqrt(abar)
+    c0, ct, _ = posterior_coefficients(abar_prev, abar)
+    log_beta, log_beta_tilde = log_variance_bounds(schedule, torch.arange(T))
+    log_var = learned_log_variance(v.to(torch.float64), log_beta[n].view(view), log_beta_tilde[n].view(view))
+    mean_p = c0 * x0_hat + ct * x_t
+    # q's variance is the clipped beta-tilde, which is the exact one for n > 0 and finite at n = 0.
+    kl = gaussian_kl(c0 * x0_64 + ct * x_t, torch.exp(log_beta_tilde[n]).view(view), mean_p, torch.exp(log_var))
+    decoder = -discretized_gaussian_log_likelihood(x0_64, mean_p, torch.exp(0.5 * log_var), 1.0 / max_level)
+    term = torch.where((n == 0).view(view), decoder, kl)
+    return simple, term.flatten(1).mean(1) / math.log(2.0)
+
+
+class LossSecondMomentSampler:
+    """Importance sampling of t: p_t proportional to sqrt(E[L_t^2]) over the last ``history`` losses (iDDPM Eq. 18).
+
+    Uniform until every step has ``history`` losses; then mixed with ``uniform_prob`` of the uniform
+    law (improved_diffusion's LossSecondMomentResampler, history 10, uniform_prob 0.001).
+    """
+
+    def __init__(self, T: int, *, history: int = 10, uniform_prob: float = 0.001):
+        _check_T(T)
+        if not isinstance(history, int) or history < 1:
+            raise ValueError(f"history={history!r} must be a positive integer")
+        if not 0.0 <= uniform_prob <= 1.0:
+            raise ValueError(f"uniform_prob={uniform_prob!r} must lie in [0, 1]")
+        self.T = T
+        self.uniform_prob = uniform_prob
+        self.losses = torch.zeros(T, history, dtype=torch.float64)
+        self.counts = torch.zeros(T, dtype=torch.int64)
+
+    def probs(self) -> torch.Tensor:
+        """p_t [T], summing to 1."""
+        history = self.losses.shape[1]
+        if torch.any(self.counts < history):
+            return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+        w = torch.sqrt((self.losses**2).mean(1))
+        return (1.0 - self.uniform_prob) * w / w.sum() + self.uniform_prob / self.T
+
+    def sample(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(steps n [batch], weights 1 / (T p_n)): weighted losses estimate the uniform-t mean."""
+        p = self.probs()
+        n = torch.multinomial(p, batch, replacement=True, generator=gen)
+        return n, 1.0 / (self.T * p[n])
+
+    def update(self, n: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record each sample's loss at its step, dropping the oldest once a step's history is full."""
+        history = self.losses.shape[1]
+        for step, loss in zip(n.tolist(), losses.detach().to(torch.float64).tolist(), strict=True):
+            count = int(self.counts[step])
+            if count < history:
+                self.losses[step, count] = loss
+                self.counts[step] += 1
+            else:
+                self.losses[step] = torch.roll(self.losses[step], -1)
+                self.losses[step, -1] = loss
+
+
+def hybrid_loss(
+    net: nn.Module,
+    schedule: DiscreteSchedule,
+    x0: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    max_level: int,
+    lam: float = HYBRID_LAMBDA,
+    time_scale: float | None = None,
+    t_sampler: LossSecondMomentSampler | None = None,
+) -> torch.Tensor:
+    """L_hybrid = L_simple + lambda L_vlb (iDDPM Eq. 16), L_vlb estimated by T L_t at one t per sample.
+
+    With lambda = 0.001 this is improved_diffusion's RESCALED_MSE (its vb term times T / 1000). t is
+    uniform unless ``t_sampler`` is given; then each sample's loss is weighted by 1 / (T p_t) and
+    the sampler is updated with the unweighted losses.
+    """
+    if not lam >= 0.0:
+        raise ValueError(f"hybrid loss weight lambda={lam!r} must be non-negative")
+    B = x0.shape[0]
+    if t_sampler is None:
+        n = torch.randint(0, schedule.T, (B,), generator=gen)
+        weights = torch.ones(B, dtype=torch.float64)
+    else:
+        n, weights = t_sampler.sample(B, gen)
+    noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+    simple, vlb = hybrid_terms(net, schedule, x0, n, noise, max_level=max_level, time_scale=time_scale)
+    per_sample = simple + lam * schedule.T * vlb
+    if t_sampler is not None:
+        t_sampler.update(n, per_sample)
+    return (weights * per_sample).mean()
+
+
+# --- the VLB of a learned-variance model --------------------------------------------------------
+
+
+def learned_vlb_bits_per_dim(
+    denoiser: LearnedVarianceDenoiser,
+    x0: torch.Tensor,
+    grid: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    max_level: int,
+    clip_x0: bool = True,
+) -> torch.Tensor:
+    """Per-image L_prior + sum_k L_{k-1} + L_0 in bits/dim (DDPM Eq. 5) with iDDPM's learned variance (Eq. 15).
+
+    The chain is the sub-chain over ``grid`` (at least 2 steps). The draws x_{tau_k} come from the
+    image's own seed exactly as in bench.metrics.nll.vlb_bits_per_dim (stream k + 1), so the two
+    bounds are paired. The decoder is the discretised Gaussian over max_level + 1 levels with mean
+    x0_hat and the learned variance of the first step (improved_diffusion's calc_bpd_loop).
+    """
+    if not isinstance(max_level, int) or max_level < 1:
+        raise ValueError(f"max_level={max_level!r} must be a positive integer")
+    log_beta, log_beta_tilde = log_variance_bounds(denoiser.schedule, grid)
+    x0 = x0.to(torch.float64)
+    B = x0.shape[0]
+    shape = tuple(x0.shape[1:])
+    abar = denoiser.alpha_bars[grid]
+    a_T = abar[-1]
+    total = gaussian_kl(torch.sqrt(a_T) * x0, 1.0 - a_T, torch.zeros(()), torch.ones(())).reshape(B, -1).sum(1)
+    for k in range(len(grid) - 1, -1, -1):
+        x_t = torch.sqrt(abar[k]) * x0 + torch.sqrt(1.0 - abar[k]) * normal(seeds, k + 1, shape)
+        pred = denoiser(x_t, int(grid[k]))
+        if not isinstance(pred, VariancePrediction):
+            raise TypeError(f"the learned-variance VLB needs a denoiser returning v, got {type(pred).__name__}")
+        if clip_x0:
+            pred = clip_variance_prediction(pred, x_t, abar[k])
+        log_var = learned_log_variance(pred.v, log_beta[k], log_beta_tilde[k])
+        if k == 0:
+            ll = discretized_gaussian_log_likelihood(x0, pred.x0, torch.exp(0.5 * log_var), 1.0 / max_level)
+            total = total - ll.reshape(B, -1).sum(1)
+            break
+        c0, ct, var_q = posterior_coefficients(abar[k - 1], abar[k])
+        kl = gaussian_kl(c0 * x0 + ct * x_t, var_q, c0 * pred.x0 + ct * x_t, torch.exp(log_var))
+        total = total + kl.reshape(B, -1).sum(1)
+    return total / (x0[0].numel() * math.log(2.0))
