@@ -42,7 +42,7 @@ def cmd_train_extractor(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.models import build_network, save_model
+    from bench.models import build_network, save_model, training_loss
     from bench.schedules import DiscreteSchedule
     from bench.training import TrainConfig, train_eps_model
 
@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         TrainConfig(**model_cfg["train"]),
         resume_path=out.with_name(out.name + ".resume"),
         progress=True,
+        loss_fn=training_loss(model_cfg, train.max_level),
     )
     info = {"final_loss": float(np.mean(losses[-200:])), "steps": len(losses), "wall_seconds": time.perf_counter() - t0}
     save_model(out, ema, model_cfg, shape, train.max_level, info)
@@ -91,6 +92,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         batch_size=spec["batch_size"],
         out_path=Path(args.out),
         context=spec["context"],
+        family=ckpt["config"]["family"],
     )
 
 
@@ -167,27 +169,33 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
 def cmd_nll(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
+    from bench.families import NonFiniteOutputError
     from bench.grids import time_grid
     from bench.metrics.nll import vlb_bits_per_dim
-    from bench.models import load_model
+    from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
-    net, schedule, _ = load_model(Path(args.model))
+    net, schedule, ckpt = load_model(Path(args.model))
     split = load_dataset(spec["dataset"], spec["split"])
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))
     grid = time_grid(spec["grid"], schedule.T, spec["K"])
-    denoiser = DiscreteEpsDenoiser(net, schedule)
+    denoiser = make_denoiser(ckpt["config"]["family"], net, schedule)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     t0 = time.perf_counter()
-    variances = tuple(v for v in spec["variances"] if v != "analytic")
+    variances = tuple(v for v in spec["variances"] if v not in ("analytic", "learned"))
     try:
         with torch.inference_mode():
             bpd = vlb_bits_per_dim(
                 denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"], variances=variances
             )
             nfe = denoiser.nfe  # network evaluations per image of one bound; the analytic bound repeats them
+            if "learned" in spec["variances"]:
+                from bench.iddpm import learned_vlb_bits_per_dim
+
+                bpd["learned"] = learned_vlb_bits_per_dim(
+                    denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"]
+                )
             if "analytic" in spec["variances"]:
                 from bench.analytic import vlb_bits_per_dim_analytic
 

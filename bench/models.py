@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,31 @@ def build_network(network: dict, *, channels: int, image_size: int) -> nn.Module
 
         return DDPMUNet(in_channels=channels, out_ch=channels, image_size=image_size, **kwargs)
     raise ValueError(f"network type {kind!r} is not one of ['mlp', 'ddpm_unet']")
+
+
+def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule):
+    """The denoiser that adapts a trained network of ``family`` to the samplers' interface."""
+    from bench.families import DiscreteEpsDenoiser
+
+    if family == "iddpm":
+        from bench.iddpm import LearnedVarianceDenoiser
+
+        return LearnedVarianceDenoiser(net, schedule)
+    return DiscreteEpsDenoiser(net, schedule)
+
+
+def training_loss(model_cfg: dict, max_level: int):
+    """The training objective of a model config: (net, schedule, x0, generator) -> scalar loss."""
+    loss = model_cfg.get("loss", {"name": "simple"})
+    if loss["name"] == "simple":
+        from bench.training import simple_loss
+
+        return simple_loss
+    if loss["name"] == "hybrid":
+        from bench.iddpm import HYBRID_LAMBDA, hybrid_loss
+
+        return partial(hybrid_loss, max_level=max_level, lam=loss.get("lambda", HYBRID_LAMBDA))
+    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid']")
 
 
 def save_model(

@@ -14,6 +14,7 @@ from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid
 from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.grids import time_grid
 from bench.io import atomic_npz
+from bench.models import make_denoiser
 from bench.noise import NoiseSource
 from bench.samplers import get_sampler
 
@@ -83,13 +84,14 @@ def sample_shard(
     batch_size: int,
     out_path: Path,
     context: str,
+    family: str = "ddpm",
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
     A cell whose samples are not finite gets a failure record instead (``error`` holds the message,
     no images), so no metric is ever computed from it while the rest of the DAG goes on.
     """
-    denoiser = DiscreteEpsDenoiser(net, schedule)
+    denoiser = make_denoiser(family, net, schedule)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
     t0 = time.perf_counter()
     try:

@@ -48,8 +48,9 @@ def train_eps_model(
     *,
     resume_path: Path | None = None,
     progress: bool = True,
+    loss_fn=simple_loss,
 ) -> tuple[nn.Module, list[float]]:
-    """Train ``net`` on ``data`` (float, [-1, 1]); return the EMA network and the loss history.
+    """Train ``net`` on ``data`` (float, [-1, 1]) with ``loss_fn(net, schedule, x0, gen)``; return EMA net and losses.
 
     With ``resume_path``, the full training state (weights, EMA, optimiser, generator, step) is
     saved there every ``checkpoint_every`` steps and training resumes from it, giving the same
@@ -75,7 +76,7 @@ def train_eps_model(
     )
     for step in bar:
         idx = torch.randint(0, data.shape[0], (cfg.batch_size,), generator=gen)
-        loss = simple_loss(net, schedule, data[idx], gen)
+        loss = loss_fn(net, schedule, data[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -18,7 +18,7 @@ def cfg():
 
 def test_default_config_is_valid(cfg):
     validate_config(cfg, root=ROOT)
-    assert len(cells(cfg)) == 5 * 5 + 3 * 4  # five samplers at five K; EDM's three at four K
+    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4  # DDPM model: five samplers; iDDPM: two; EDM's three at four K
     assert shard_ranges(cfg) == [(0, 1000), (1000, 2000)]
 
 
@@ -32,17 +32,17 @@ def mutate(cfg, path, value):
 
 
 CASES = [
-    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic'\]"),
+    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned'\]"),
     (("models", "mlp", "dataset"), "cifar11", r"models\.mlp\.dataset': unknown dataset 'cifar11'; defined: \['digits'\]"),
-    (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['mlp'\]"),
+    (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['iddpm', 'mlp'\]"),
     (("experiments", 0, "K"), [10, 1001], r"experiments\[0\]\.K\[1\]': value 1001 is not allowed; K must be an integer in \[1, T=1000\]"),
     (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be minimum 1"),
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
     (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be minimum 1"),
-    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic'\]"),
+    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm'\]"),
     (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'edm', 'vp', 've', 'iddpm'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits'\]"),
-    (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddpm'\]"),
+    (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddpm', 'iddpm'\]"),
     (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine'\]"),
     (("metrics", "fd_is", "extractor"), "inception", r"metrics\.fd_is\.extractor': unknown extractor 'inception'; defined: \['digits_cnn'\]"),
     (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size'\]"),
@@ -64,7 +64,8 @@ def test_table_referring_to_undefined_cell(cfg):
 def test_sampler_not_valid_for_family(cfg, monkeypatch):
     import bench.config
 
-    monkeypatch.setattr(bench.config, "compatibility", lambda: {"ddpm": ["ddpm", "analytic_ddpm", "analytic_ddim"]})
+    allowed = {"ddpm": ["ddpm", "analytic_ddpm", "analytic_ddim"], "iddpm": ["iddpm", "ddim"]}
+    monkeypatch.setattr(bench.config, "compatibility", lambda: allowed)
     with pytest.raises(ConfigError, match=r"sampler 'ddim_eta0' \(ddim\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'analytic_ddpm', 'analytic_ddim'\]"):
         validate_config(cfg, root=ROOT)
 

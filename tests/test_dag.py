@@ -32,9 +32,10 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 2 * 37  # 37 cells x 2 shards
-    assert counts["fd_is"] == 37 and counts["train_model"] == 1 and counts["moments"] == 1
-    assert counts["nll"] == 5  # one per K on the even grid: beta, beta-tilde and analytic share it
+    assert counts["sample_shard"] == 2 * 47  # 47 cells x 2 shards
+    assert counts["fd_is"] == 47 and counts["train_model"] == 2 and counts["moments"] == 1
+    # one per model and K on the even grid: beta, beta-tilde and analytic share the DDPM model's
+    assert counts["nll"] == 2 * 5
     assert counts["report"] == 1 and counts["collect"] == 1
 
 
@@ -66,10 +67,11 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         typed = {k: int(v) if k in ints else float(v) if k in ("value", "wall_seconds") else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
-    # 4 samplers x 2 K x (fd, is) + NLL of DDPM and Analytic-DDPM at 2 K; DDIM and EDM have no VLB.
-    assert len(rows) == 4 * 2 * 2 + 2 * 2
+    # 5 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K; DDIM and EDM have no VLB.
+    assert len(rows) == 5 * 2 * 2 + 3 * 2
     nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows}
-    assert nfe == {(s, k, k) for s in ("ddpm_beta", "ddim_eta0", "analytic_ddpm") for k in ("2", "5")} | {
+    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "iddpm_learned")
+    assert nfe == {(s, k, k) for s in discrete for k in ("2", "5")} | {
         ("edm_heun", "2", "3"), ("edm_heun", "5", "9")}  # Heun: 2N - 1
     cells = tiny_run / "results/cells/digits/mlp"
     for path in cells.glob("*/K*/fd_is.json"):

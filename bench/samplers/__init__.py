@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm, edm
+from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm, edm, iddpm
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
@@ -14,6 +14,7 @@ SAMPLERS: dict[str, Callable] = {
     "edm_euler": edm.euler,
     "edm_heun": edm.heun,
     "edm_stochastic": edm.stochastic,
+    "iddpm": iddpm.sample,
 }
 
 
