@@ -51,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     train = load_dataset(spec["dataset"], "train")
     data = torch.from_numpy(levels_to_unit(train.images, train.max_level))
     shape = tuple(data.shape[1:])
+    torch.manual_seed(model_cfg["train"]["seed"])  # the initial weights are part of the seeded run
     net = build_network(model_cfg["network"], channels=shape[0], image_size=shape[1])
     schedule = DiscreteSchedule.named(model_cfg["schedule"]["name"], model_cfg["schedule"]["T"])
     out = Path(args.out)
