@@ -1,0 +1,185 @@
+"""DDGM samplers: Gamma noise (Nachmani et al. 2021, Alg. 4 and the code's DDIM-type
+`generalized_gamma`) and two-Gaussian mixture noise (arXiv:2106.07582), with their initial latents.
+
+Every sampler visits ``grid`` (ascending 0-based steps of the full chain) from the top down; the
+fresh noise of the move t -> s is drawn for the target step s, as in the authors' code (noise
+index ``j`` = next step): z = (gbar_s - kbar_s theta_s) / sqrt(1 - abar_s), zero mean and unit
+variance in the code convention. The last move returns the x0 prediction, no noise (Alg. 4:
+z = 0 at t = 1). Alg. 4 as printed divides by sqrt(1 - abar_t) (a variance (1 - abar_s) /
+(1 - abar_t) < 1); the code's sqrt(1 - abar_s) is kept, the one that makes z unit-variance.
+
+x_T: the DAG calls ``initial_latent`` (Gamma) or ``mixture_initial_latent`` instead of
+``NoiseSource.latent``; pass ``step=int(grid[-1])`` when the grid does not end at T - 1 (DDIM's
+'uniform' grid), so that x_T follows q(x_{grid[-1]} | x_0 = 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from bench.ddgm import (
+    DEFAULT_PROPOSALS,
+    DEFAULT_THETA_0,
+    GammaProcess,
+    LatentDraws,
+    StepDraws,
+    mixture_components,
+    mixture_noise,
+)
+from bench.families import clip_prediction
+from bench.noise import NoiseSource
+from bench.schedules import DiscreteSchedule, posterior_coefficients
+
+VARIANCES = ("beta", "beta_tilde")
+
+# noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s.
+NoiseAt = Callable[[int, int], torch.Tensor]
+
+
+def _ancestral(denoiser, x_T, grid, noise_at: NoiseAt, variance: str, clip_x0: bool):
+    if variance not in VARIANCES:
+        raise ValueError(f"ancestral variance {variance!r} is not one of {list(VARIANCES)}")
+    abar = denoiser.alpha_bars[grid]
+    x = x_T
+    for k in range(len(grid) - 1, -1, -1):
+        pred = denoiser(x, int(grid[k]))
+        if clip_x0:
+            pred = clip_prediction(pred, x, abar[k])
+        if k == 0:
+            x = pred.x0
+            break
+        c0, ct, beta_tilde = posterior_coefficients(abar[k - 1], abar[k])
+        var = beta_tilde if variance == "beta_tilde" else 1.0 - abar[k] / abar[k - 1]
+        x = c0 * pred.x0 + ct * x + torch.sqrt(var) * noise_at(k, int(grid[k - 1]))
+    return x
+
+
+def _ddim(denoiser, x_T, grid, noise_at: NoiseAt, eta: float, clip_x0: bool):
+    if not eta >= 0:
+        raise ValueError(f"DDIM eta={eta!r} must be non-negative")
+    abar = denoiser.alpha_bars[grid]
+    x = x_T
+    for k in range(len(grid) - 1, -1, -1):
+        pred = denoiser(x, int(grid[k]))
+        if clip_x0:
+            pred = clip_prediction(pred, x, abar[k])
+        if k == 0:
+            x = pred.x0
+            break
+        a_t, a_s = abar[k], abar[k - 1]
+        sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t)) * torch.sqrt(1 - a_t / a_s)
+        x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1 - a_s - sigma**2) * pred.eps
+        if eta > 0:
+            x = x + sigma * noise_at(k, int(grid[k - 1]))
+    return x
+
+
+def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposals) -> NoiseAt:
+    process = GammaProcess(denoiser.schedule, theta_0, k_convention)
+
+    def noise_at(k: int, s: int) -> torch.Tensor:
+        return process.normalised_noise(s, StepDraws(noise, k), proposals=proposals)
+
+    return noise_at
+
+
+def _mixture_noise_at(noise: NoiseSource, phi2: float, p: float) -> NoiseAt:
+    mixture_components(phi2, p)  # fail before the first network call
+
+    def noise_at(k: int, s: int) -> torch.Tensor:
+        return mixture_noise(StepDraws(noise, k), phi2=phi2, p=p)
+
+    return noise_at
+
+
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    theta_0: float = DEFAULT_THETA_0,
+    k_convention: str = "code",
+    variance: str = "beta",
+    clip_x0: bool = True,
+    proposals: int = DEFAULT_PROPOSALS,
+) -> torch.Tensor:
+    """x_s = mu(x_t, x0_hat) + sigma z, z = (gbar_s - kbar_s theta_s) / sqrt(1 - abar_s) (Alg 4)."""
+    noise_at = _gamma_noise_at(denoiser, noise, theta_0, k_convention, proposals)
+    return _ancestral(denoiser, x_T, grid, noise_at, variance, clip_x0)
+
+
+def sample_ddim(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    theta_0: float = DEFAULT_THETA_0,
+    k_convention: str = "code",
+    eta: float = 0.0,
+    clip_x0: bool = False,
+    proposals: int = DEFAULT_PROPOSALS,
+) -> torch.Tensor:
+    """DDIM Eq. 12, sigma(eta), z the normalised centred Gamma noise (code: generalized_gamma)."""
+    noise_at = _gamma_noise_at(denoiser, noise, theta_0, k_convention, proposals)
+    return _ddim(denoiser, x_T, grid, noise_at, eta, clip_x0)
+
+
+def sample_mixture(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    phi2: float,
+    p: float = 0.5,
+    variance: str = "beta",
+    clip_x0: bool = True,
+) -> torch.Tensor:
+    """x_s = mu(x_t, x0_hat) + sigma eps, eps ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2)."""
+    return _ancestral(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), variance, clip_x0)
+
+
+def sample_mixture_ddim(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    phi2: float,
+    p: float = 0.5,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """DDIM Eq. 12 with sigma(eta) and z two-Gaussian mixture noise (zero mean, unit variance)."""
+    return _ddim(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), eta, clip_x0)
+
+
+def initial_latent(
+    noise_source: NoiseSource,
+    schedule: DiscreteSchedule,
+    theta_0: float = DEFAULT_THETA_0,
+    *,
+    k_convention: str = "code",
+    step: int | None = None,
+    proposals: int = DEFAULT_PROPOSALS,
+) -> torch.Tensor:
+    """x_T = gbar_T - kbar_T theta_T, gbar_T ~ Gamma(kbar_T, theta_T) (Alg. 4), T = ``step``."""
+    step = schedule.T - 1 if step is None else step
+    if not (isinstance(step, int) and 0 <= step < schedule.T):
+        raise ValueError(
+            f"initial-latent step {step!r} must be an integer in [0, {schedule.T - 1}]"
+        )
+    process = GammaProcess(schedule, theta_0, k_convention)
+    x = process.centred_noise(step, LatentDraws(noise_source), proposals=proposals)
+    return x.to(noise_source.dtype)
+
+
+def mixture_initial_latent(
+    noise_source: NoiseSource, *, phi2: float, p: float = 0.5
+) -> torch.Tensor:
+    """x_T ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2), the mixture noise itself (unit variance)."""
+    return mixture_noise(LatentDraws(noise_source), phi2=phi2, p=p).to(noise_source.dtype)
