@@ -47,6 +47,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bench.training import TrainConfig, train_eps_model
 
     spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
     model_cfg = spec["model"]
     train = load_dataset(spec["dataset"], "train")
     data = torch.from_numpy(levels_to_unit(train.images, train.max_level))
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("perf", help="time the network, our samplers and a peer loop (python -m bench perf --help)")
     step("train-extractor", cmd_train_extractor)
-    step("train", cmd_train)
+    step("train", cmd_train).add_argument("--threads", type=int, default=1)
     for name, fn in (("sample", cmd_sample), ("nll", cmd_nll), ("moments", cmd_moments)):
         sp = step(name, fn)
         sp.add_argument("--model", required=True)

@@ -19,7 +19,8 @@ def cfg():
 def test_default_config_is_valid(cfg):
     validate_config(cfg, root=ROOT)
     assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4  # DDPM model: five samplers; iDDPM: two; EDM's three at four K
-    assert shard_ranges(cfg) == [(0, 1000), (1000, 2000)]
+    assert shard_ranges(cfg) == [(0, 2000)]
+    assert shard_ranges(mutate(cfg, ("sampling", "shard_size"), 700)) == [(0, 700), (700, 1400), (1400, 2000)]
 
 
 def mutate(cfg, path, value):

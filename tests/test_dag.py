@@ -32,7 +32,7 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 2 * 47  # 47 cells x 2 shards
+    assert counts["sample_shard"] == 47  # 47 cells x 1 shard of 2000 samples
     assert counts["fd_is"] == 47 and counts["train_model"] == 2 and counts["moments"] == 1
     # one per model and K on the even grid: beta, beta-tilde and analytic share the DDPM model's
     assert counts["nll"] == 2 * 5

@@ -11,6 +11,8 @@ rule train_model:
                 "dataset": config["datasets"][dataset_of(w.model)],
             }
         ),
-    threads: workflow.cores
+    # One thread: the small networks gain little from more, and on a laptop the models (and the
+    # sampling of a finished model) then train side by side instead of oversubscribing the cores.
+    threads: 1
     shell:
-        "OMP_NUM_THREADS={threads} {PY} -m bench train --spec {params.spec:q} --out {output}"
+        "OMP_NUM_THREADS={threads} {PY} -m bench train --spec {params.spec:q} --threads {threads} --out {output}"
