@@ -1,0 +1,52 @@
+"""Annealed Langevin dynamics over the VE noise levels (Song & Ermon 2019, Alg. 1; NCSNv2 denoising).
+
+``score_fn`` is a bench.ncsn.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``
+(the visited levels; sigma_L below is the smallest visited one). Who scales x_T: the caller.
+``x_T`` is a draw from the VE prior N(0, sigma_max^2 I) of score-SDE, sigma_max the largest
+visited level: the DAG passes ``score_fn.sigmas[grid[-1]] * noise.latent()`` (NCSN and NCSNv2
+start from uniform noise instead).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.ncsn import ScoreFn, check_level_grid
+from bench.noise import NoiseSource
+
+
+@torch.no_grad()
+def sample(
+    score_fn: ScoreFn,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    n_steps_each: int = 100,
+    eps: float = 2e-5,
+    denoise: bool = False,
+) -> torch.Tensor:
+    """x <- x + alpha_i/2 s(x, sigma_i) + sqrt(alpha_i) z, alpha_i = eps sigma_i^2 / sigma_L^2 (NCSN Alg. 1).
+
+    NCSNv2's code writes the same update as step_lr * (sigma_i / sigma_L)^2 with step_lr = eps / 2.
+    ``denoise`` adds the final x + sigma_L^2 s(x, sigma_L) (Tweedie's E[x0 | x]; NCSNv2's ``denoise``).
+    Noise: level position k of the grid, Langevin step j draws ``noise.normal(k * n_steps_each + j)``.
+    """
+    if not isinstance(n_steps_each, int) or n_steps_each < 1:
+        raise ValueError(f"n_steps_each={n_steps_each!r} must be a positive integer")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"Langevin step-size constant eps={eps!r} must be positive")
+    grid = check_level_grid(grid, len(score_fn.sigmas))
+    sigmas = score_fn.sigmas[grid]
+    sigma_L = sigmas[0]
+    x = x_T.to(torch.float64)
+    for k in range(len(grid) - 1, -1, -1):
+        alpha = eps * (sigmas[k] / sigma_L) ** 2
+        for j in range(n_steps_each):
+            z = noise.normal(k * n_steps_each + j)
+            x = x + 0.5 * alpha * score_fn(x, sigmas[k]) + torch.sqrt(alpha) * z
+    if denoise:
+        x = x + sigma_L**2 * score_fn(x, sigma_L)
+    return x
