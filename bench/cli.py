@@ -243,6 +243,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     render_report(Path(args.results), [Path(p) for p in args.tables], Path(args.out))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from bench.config import load_config
+    from bench.plan import format_plan, plan
+
+    print(format_plan(plan(load_config(Path(args.config)))), end="")
+
+
 def cmd_validate(args: argparse.Namespace) -> None:
     from bench.config import cells, load_config
 
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("report", cmd_report, spec=False)
     sp.add_argument("--results", required=True)
     sp.add_argument("--tables", nargs="+", required=True)
+    sp = step("plan", cmd_plan, spec=False, out=False)
+    sp.add_argument("--config", required=True)
     sp = step("validate", cmd_validate, spec=False, out=False)
     sp.add_argument("--config", required=True)
     return p

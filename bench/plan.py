@@ -1,0 +1,208 @@
+"""What a configuration costs before it runs: per table, its cells, jobs, samples, network
+evaluations (NFE) and estimated device hours.
+
+- jobs: the sampling, metric and moments jobs of the table's cells (model training, extractor,
+  collect and report jobs are shared by every table and not counted). A FD / IS cell is
+  ``n_shards`` sample_shard jobs and one fd_is job; an NLL cell is one nll job per
+  (dataset, model, grid, K), shared by the samplers of that grid; a cell whose sampler needs
+  Analytic-DPM's Gamma_n adds the model's one moments job.
+- NFE: network evaluations summed over the jobs: ``nfe(K)`` per sample of a shard; ``K`` per
+  test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
+  the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
+  images.
+- hours: NFE times the model's seconds per NFE per sample: ``plan.seconds_per_nfe.<model>`` in
+  the configuration, else ``SECONDS_PER_NFE`` by network type, else ``DEFAULT_SECONDS_PER_NFE``.
+The last row, ``total``, is the whole run: every cell of the experiments (tables may show fewer)
+with its FD / IS and NLL jobs as the workflow makes them, each job and NFE counted once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.config import ConfigError, read_yaml, shard_ranges
+from bench.config import cells as all_cells
+
+# Seconds per network evaluation per sample, by network type.
+# mlp: the embedded default's MLP (width 256, depth 4) sampling 1000 digits per batch on one CPU
+# thread, sampler included, measured on a shared 2-core VM (6e-5 to 8e-5 s).
+SECONDS_PER_NFE: dict[str, float] = {"mlp": 7e-5}
+# DDIM (Song et al. 2021, Sec. 1): sampling 50k 32x32 images from a DDPM (1000 steps) takes about
+# 20 hours on an Nvidia 2080 Ti, i.e. 20 * 3600 / (50_000 * 1000) s per NFE per sample.
+DEFAULT_SECONDS_PER_NFE = 20 * 3600 / (50_000 * 1000)
+
+# Network evaluations per sample of a K-step trajectory, by sampler function.
+NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
+    "ddpm": lambda K, options: K,
+    "ddim": lambda K, options: K,
+    "analytic_ddpm": lambda K, options: K,
+    "analytic_ddim": lambda K, options: K,
+    "iddpm": lambda K, options: K,
+    # EDM Alg. 1 and 2 with K = N sigma steps: Heun's correction on all but the last step.
+    "edm_euler": lambda K, options: K,
+    "edm_heun": lambda K, options: 2 * K - 1,
+    "edm_stochastic": lambda K, options: 2 * K - 1,
+}
+
+# Images per split of the datasets that are not loaded to count them.
+SPLIT_SIZES: dict[str, dict[str, int]] = {"cifar10": {"train": 50_000, "test": 10_000}}
+
+def is_nll_metric(metric: str) -> bool:
+    """NLL metrics evaluate the variational bound on data; every other metric needs samples."""
+    return metric.startswith("nll")
+
+
+def nfe_per_sample(sampler: dict, K: int) -> int:
+    """Network evaluations one sample of ``sampler`` costs with K steps."""
+    try:
+        rule = NFE_PER_SAMPLE[sampler["fn"]]
+    except KeyError:
+        raise ConfigError(
+            f"plan: sampler function {sampler['fn']!r} has no NFE count; known: {sorted(NFE_PER_SAMPLE)} "
+            "(add it to bench.plan.NFE_PER_SAMPLE)"
+        ) from None
+    return rule(K, sampler.get("options", {}))
+
+
+def split_size(dataset: dict, split: str) -> int:
+    """Number of images in ``split`` of a ``datasets`` entry."""
+    if dataset["kind"] == "digits":
+        from bench.data import load_dataset
+
+        return len(load_dataset(dataset, split).images)
+    try:
+        return SPLIT_SIZES[dataset["kind"]][split]
+    except KeyError:
+        raise ConfigError(
+            f"plan: no size known for split {split!r} of dataset kind {dataset['kind']!r}; "
+            f"known: digits, {sorted(SPLIT_SIZES)}"
+        ) from None
+
+
+def seconds_per_nfe(cfg: dict, model: str) -> float:
+    """Estimated seconds per NFE per sample of ``model``: the config's estimate, else a default."""
+    given = cfg.get("plan", {}).get("seconds_per_nfe", {})
+    if model in given:
+        return float(given[model])
+    return SECONDS_PER_NFE.get(cfg["models"][model]["network"]["type"], DEFAULT_SECONDS_PER_NFE)
+
+
+def table_cells(spec: dict, source: str) -> list[tuple[str, str, int]]:
+    """(model, sampler, K) of every row x column of a table spec."""
+    field = spec["columns"]["field"]
+    out = []
+    for r, row in enumerate(spec["rows"]):
+        for value in spec["columns"]["values"]:
+            cell = {**row, field: value}
+            missing = [k for k in ("model", "sampler", "K") if k not in cell]
+            if missing:
+                raise ConfigError(f"plan: table spec {source}: rows[{r}] at {field}={value!r} does not name {missing}")
+            out.append((cell["model"], cell["sampler"], int(cell["K"])))
+    return out
+
+
+def needs_moments(sampler: dict) -> bool:
+    """Whether a sampler reads Analytic-DPM's Gamma_n (for sampling or for its bound)."""
+    return sampler.get("inputs", {}).get("gamma") == "moments" or sampler.get("nll") == "analytic"
+
+
+class _Sizes:
+    """Split sizes, looked up once each."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.known: dict[tuple[str, str], int] = {}
+
+    def __call__(self, dataset: str, split: str) -> int:
+        if (dataset, split) not in self.known:
+            self.known[(dataset, split)] = split_size(self.cfg["datasets"][dataset], split)
+        return self.known[(dataset, split)]
+
+
+def _nll_passes(cfg: dict, model: str, grid: str) -> int:
+    """Passes over the test split of the nll job of (model, grid): one for the fixed-variance bounds
+    (beta, beta-tilde share their network evaluations), one each for the learned and analytic bounds."""
+    variances = {
+        cfg["samplers"][c]["nll"]
+        for exp in cfg["experiments"] if exp["model"] == model
+        for c in exp["samplers"] if "nll" in cfg["samplers"][c] and cfg["samplers"][c]["grid"] == grid
+    }
+    own_pass = {"learned", "analytic"}
+    return int(bool(variances - own_pass)) + len(variances & own_pass)
+
+
+def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, sizes: _Sizes) -> tuple[dict, dict]:
+    """The jobs of one cell for its NLL or its sample metrics ({job key: (model, NFE)}), its samples ({cell: n})."""
+    dataset = cfg["models"][model]["dataset"]
+    sampler = cfg["samplers"][sampler_name]
+    jobs = {}
+    if needs_moments(sampler) and (not nll or sampler.get("nll") == "analytic"):
+        m = cfg["moments"]
+        M = m.get("M") or sizes(dataset, m["split"])
+        jobs[("moments", model)] = (model, M * cfg["models"][model]["schedule"]["T"])
+    if nll:
+        grid = sampler["grid"]
+        n_eval = sizes(dataset, cfg["metrics"]["nll"]["split"])
+        jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(cfg, model, grid))
+        return jobs, {}
+    per_sample = nfe_per_sample(sampler, K)
+    for i, (start, stop) in enumerate(shard_ranges(cfg)):
+        jobs[("sample_shard", model, sampler_name, K, i)] = (model, (stop - start) * per_sample)
+    jobs[("fd_is", model, sampler_name, K)] = (model, 0)
+    return jobs, {(model, sampler_name, K): cfg["sampling"]["n_samples"]}
+
+
+def _row(name: str, metric: str, cfg: dict, work: list[tuple[bool, str, str, int]], sizes: _Sizes) -> dict:
+    """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once."""
+    jobs: dict = {}
+    samples: dict = {}
+    for nll, model, sampler, K in work:
+        cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes)
+        jobs.update(cell_jobs)
+        samples.update(cell_samples)
+    seconds = sum(nfe * seconds_per_nfe(cfg, model) for model, nfe in jobs.values())
+    return {
+        "table": name,
+        "metric": metric,
+        "cells": len({(model, sampler, K) for _, model, sampler, K in work}),
+        "jobs": len(jobs),
+        "samples": sum(samples.values()),
+        "nfe": sum(nfe for _, nfe in jobs.values()),
+        "hours": seconds / 3600,
+    }
+
+
+def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
+    """One row per table spec of ``cfg`` (paths relative to ``root``), then the ``total`` row."""
+    sizes = _Sizes(cfg)
+    rows = []
+    for rel in cfg["tables"]:
+        spec = read_yaml(Path(root) / rel)
+        nll = is_nll_metric(spec["metric"])
+        work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
+        rows.append(_row(spec.get("id", rel), spec["metric"], cfg, work, sizes))
+    metrics = cfg["metrics"]
+    work = []
+    for c in all_cells(cfg):
+        if "fd_is" in metrics:
+            work.append((False, c.model, c.sampler, c.K))
+        if "nll" in metrics and "nll" in cfg["samplers"][c.sampler]:
+            work.append((True, c.model, c.sampler, c.K))
+    rows.append(_row("total", "", cfg, work, sizes))
+    return rows
+
+
+def format_plan(rows: list[dict]) -> str:
+    """The plan as an aligned text table (integers with thousands separators, hours to 3 digits)."""
+    header = ["table", "metric", "cells", "jobs", "samples", "NFE", "hours"]
+    counts = ("cells", "jobs", "samples", "nfe")
+    body = [[str(r["table"]), str(r["metric"]), *(f"{r[k]:,}" for k in counts), f"{r['hours']:.3g}"] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
+
+    def line(values: list[str]) -> str:
+        # Names left-aligned, numbers right-aligned.
+        cols = enumerate(zip(values, widths, strict=True))
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in cols)
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]) + "\n"
