@@ -133,8 +133,20 @@ def test_sigma_grid_rejects_unknown_kind_and_bad_sizes():
 def test_samplers_reject_a_grid_not_ending_at_zero():
     den = MixtureDenoiser(GaussianMixture.random(1, 2))
     noise = latent_noise(3, 2)
-    with pytest.raises(ValueError, match="descend strictly from a positive sigma to 0"):
+    with pytest.raises(ValueError, match="descend from positive sigmas to 0"):
         heun(den, noise.latent(), torch.tensor([2.0, 1.0]), noise=noise)
+    with pytest.raises(ValueError, match="descend from positive sigmas to 0"):
+        heun(den, noise.latent(), torch.tensor([1.0, 2.0, 0.0]), noise=noise)
+
+
+def test_repeated_sigmas_are_zero_length_steps():
+    """A grid rounded to a discrete model's sigmas can repeat a level; that step changes nothing."""
+    den = MixtureDenoiser(GaussianMixture.random(1, 2))
+    noise = latent_noise(3, 2)
+    x = noise.latent() * 2.0
+    once = euler(den, x, torch.tensor([2.0, 1.0, 0.0]), noise=noise)
+    twice = euler(den, x, torch.tensor([2.0, 1.0, 1.0, 0.0]), noise=noise)
+    assert torch.allclose(once, twice, rtol=0, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------

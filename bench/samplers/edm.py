@@ -73,10 +73,14 @@ def stochastic(
 
 
 def _check_grid(grid: torch.Tensor) -> torch.Tensor:
-    """The grid as float64, after checking it descends strictly from a positive sigma to exactly 0."""
+    """The grid as float64, after checking it descends from positive sigmas to exactly 0.
+
+    Repeated sigmas are allowed: rounding an EDM grid to a discrete model's sigmas (round_sigma)
+    can snap neighbours to one level, and EDM's sampler then takes a zero-length step, as here.
+    """
     sigmas = torch.as_tensor(grid, dtype=torch.float64)
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigma grid must be 1-D with at least 2 entries, got shape {list(sigmas.shape)}")
-    if sigmas[-1] != 0 or torch.any(sigmas[:-1] <= 0) or torch.any(sigmas[1:] >= sigmas[:-1]):
-        raise ValueError(f"sigma grid must descend strictly from a positive sigma to 0, got {sigmas.tolist()}")
+    if sigmas[-1] != 0 or torch.any(sigmas[:-1] <= 0) or torch.any(sigmas[1:] > sigmas[:-1]):
+        raise ValueError(f"sigma grid must descend from positive sigmas to 0, got {sigmas.tolist()}")
     return sigmas
