@@ -67,3 +67,9 @@ def clip_prediction(pred: Prediction, x: torch.Tensor, abar: torch.Tensor) -> Pr
     x0 = pred.x0.clamp(-1.0, 1.0)
     eps = (x - torch.sqrt(abar) * x0) / torch.sqrt(1.0 - abar)
     return Prediction(eps=eps, x0=x0)
+
+
+def predict(denoiser, x: torch.Tensor, n: int, abar: torch.Tensor, *, clip_x0: bool) -> Prediction:
+    """One denoiser call at step n, with x0 optionally clipped (the first move of every reverse step)."""
+    pred = denoiser(x, n)
+    return clip_prediction(pred, x, abar) if clip_x0 else pred

@@ -28,7 +28,7 @@ from bench.ddgm import (
     mixture_components,
     mixture_noise,
 )
-from bench.families import clip_prediction
+from bench.families import predict
 from bench.noise import NoiseSource
 from bench.schedules import DiscreteSchedule, posterior_coefficients
 
@@ -44,9 +44,7 @@ def _ancestral(denoiser, x_T, grid, noise_at: NoiseAt, variance: str, clip_x0: b
     abar = denoiser.alpha_bars[grid]
     x = x_T
     for k in range(len(grid) - 1, -1, -1):
-        pred = denoiser(x, int(grid[k]))
-        if clip_x0:
-            pred = clip_prediction(pred, x, abar[k])
+        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
         if k == 0:
             x = pred.x0
             break
@@ -62,9 +60,7 @@ def _ddim(denoiser, x_T, grid, noise_at: NoiseAt, eta: float, clip_x0: bool):
     abar = denoiser.alpha_bars[grid]
     x = x_T
     for k in range(len(grid) - 1, -1, -1):
-        pred = denoiser(x, int(grid[k]))
-        if clip_x0:
-            pred = clip_prediction(pred, x, abar[k])
+        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
         if k == 0:
             x = pred.x0
             break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.families import clip_prediction
+from bench.families import predict
 from bench.noise import NoiseSource
 
 
@@ -23,9 +23,7 @@ def sample(
     abar = denoiser.alpha_bars[grid]
     x = x_T
     for k in range(len(grid) - 1, -1, -1):
-        pred = denoiser(x, int(grid[k]))
-        if clip_x0:
-            pred = clip_prediction(pred, x, abar[k])
+        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
         if k == 0:
             x = pred.x0
             break
