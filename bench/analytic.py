@@ -129,8 +129,12 @@ def save_moments(
     n_samples: int,
     seed: int,
     gamma_sem: torch.Tensor | None = None,
+    provenance: dict[str, str | float] | None = None,
 ) -> Path:
-    """Write gamma (and its standard error) atomically, recording the model hash, M and the seed."""
+    """Write gamma (and its standard error) atomically, recording the model hash, M, the seed and ``provenance``.
+
+    ``provenance`` (bench.stepclock.StepClock.record: device and timing) is stored as one array per key.
+    """
     gamma = torch.as_tensor(gamma, dtype=torch.float64)
     sem = torch.full_like(gamma, math.nan) if gamma_sem is None else torch.as_tensor(gamma_sem, dtype=torch.float64)
     if gamma.dim() != 1 or sem.shape != gamma.shape:
@@ -143,6 +147,7 @@ def save_moments(
         model_hash=np.array(model_hash),
         n_samples=np.int64(n_samples),
         seed=np.int64(seed),
+        **{key: np.array(value) for key, value in (provenance or {}).items()},
     )
 
 

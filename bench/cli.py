@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.io import atomic_json, load_npz
+from bench.stepclock import StepClock
 
 
 def _spec(text: str) -> dict:
@@ -27,16 +27,18 @@ def _spec(text: str) -> dict:
 
 def cmd_train_extractor(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
+    from bench.device import cpu_choice
     from bench.metrics.classifier import accuracy, save_classifier, train_classifier
 
     spec = _spec(args.spec)
+    # The extractor trains on the CPU on purpose: its weights are defined as the CPU run's for a seed.
+    clock = StepClock(cpu_choice())
     train = load_dataset(spec["dataset"], "train")
     test = load_dataset(spec["dataset"], "test")
-    t0 = time.perf_counter()
     model = train_classifier(train, seed=spec["extractor"].get("seed", 0), epochs=spec["extractor"].get("epochs", 12))
     acc = accuracy(model, test)
     save_classifier(model, Path(args.out))
-    atomic_json({"test_accuracy": acc, "wall_seconds": time.perf_counter() - t0}, Path(args.out).with_suffix(".json"))
+    atomic_json({"test_accuracy": acc, **clock.record()}, Path(args.out).with_suffix(".json"))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -48,15 +50,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
+    clock = StepClock.start()
     model_cfg = spec["model"]
     train = load_dataset(spec["dataset"], "train")
-    data = torch.from_numpy(levels_to_unit(train.images, train.max_level))
+    data = torch.from_numpy(levels_to_unit(train.images, train.max_level)).to(clock.device)
     shape = tuple(data.shape[1:])
     torch.manual_seed(model_cfg["train"]["seed"])  # the initial weights are part of the seeded run
-    net = build_network(model_cfg["network"], channels=shape[0], image_size=shape[1])
+    net = build_network(model_cfg["network"], channels=shape[0], image_size=shape[1]).to(clock.device)
     schedule = DiscreteSchedule.named(model_cfg["schedule"]["name"], model_cfg["schedule"]["T"])
     out = Path(args.out)
-    t0 = time.perf_counter()
     ema, losses = train_eps_model(
         net,
         data,
@@ -66,8 +68,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=True,
         loss_fn=training_loss(model_cfg, train.max_level),
     )
-    info = {"final_loss": float(np.mean(losses[-200:])), "steps": len(losses), "wall_seconds": time.perf_counter() - t0}
-    save_model(out, ema, model_cfg, shape, train.max_level, info)
+    info = {"final_loss": float(np.mean(losses[-200:])), "steps": len(losses), **clock.record()}
+    save_model(out, ema.cpu(), model_cfg, shape, train.max_level, info)
     out.with_name(out.name + ".resume").unlink(missing_ok=True)
 
 
@@ -77,10 +79,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
+    clock = StepClock.start()
     net, schedule, ckpt = load_model(Path(args.model))
     sampler = dict(spec["sampler"])
     if sampler.get("inputs", {}).get("gamma") == "moments":
         sampler["options"] = {**sampler.get("options", {}), "gamma": _gamma(args.moments, net)}
+    net = net.to(clock.device)
     sample_shard(
         net,
         schedule,
@@ -95,6 +99,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         out_path=Path(args.out),
         context=spec["context"],
         family=ckpt["config"]["family"],
+        clock=clock,
     )
 
 
@@ -116,13 +121,31 @@ def cmd_moments(args: argparse.Namespace) -> None:
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
+    clock = StepClock.start()
     net, schedule, _ = load_model(Path(args.model))
+    digest = model_hash(net)
+    net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
-    x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))[: spec.get("M")]
+    x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))[: spec.get("M")].to(clock.device)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     with torch.inference_mode():
         gamma = estimate_gamma(DiscreteEpsDenoiser(net, schedule), x0, None, seeds, batch_size=spec["batch_size"])
-    save_moments(Path(args.out), gamma, model_hash=model_hash(net), n_samples=len(x0), seed=spec["seed"])
+    save_moments(
+        Path(args.out), gamma, model_hash=digest, n_samples=len(x0), seed=spec["seed"], provenance=clock.record()
+    )
+
+
+# What a complete sample shard holds besides its seeds (bench.sampling.sample_shard).
+SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_seconds", "device")
+
+
+def _reference_stats_sha256(images: np.ndarray, max_level: int, extractor: Path, device: torch.device) -> str:
+    """Content hash of the reference images' feature statistics (bench.metrics.fid_is.FeatureStats)."""
+    from bench.metrics.classifier import load_classifier
+    from bench.metrics.fid_is import FeatureStats, extract
+
+    features, _ = extract(images, max_level, load_classifier(extractor).to(device))
+    return FeatureStats.from_features(features).content_hash()
 
 
 def cmd_fd_is(args: argparse.Namespace) -> None:
@@ -130,13 +153,14 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
     from bench.metrics.fid_is import compute_fd_is
 
     spec = _spec(args.spec)
+    clock = StepClock.start()
     shards = [load_npz(Path(p), ("seeds",)) for p in args.shards]
     errors = [str(s["error"]) for s in shards if "error" in s]
     if errors:
-        atomic_json({"status": "failed", "error": errors[0]}, Path(args.out))
+        atomic_json({"status": "failed", "error": errors[0], **clock.record()}, Path(args.out))
         return
     for path, shard in zip(args.shards, shards, strict=True):
-        missing = [k for k in ("images", "max_level", "nfe", "wall_seconds", "grid") if k not in shard]
+        missing = [k for k in SHARD_ARRAYS if k not in shard]
         if missing:
             raise SystemExit(f"sample shard {path} lacks arrays {missing}: it is not a complete shard")
     images = np.concatenate([s["images"] for s in shards])
@@ -147,8 +171,13 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             f"expected exactly {spec['n_samples']}"
         )
     ref = load_dataset(spec["dataset"], spec["reference_split"])
-    t0 = time.perf_counter()
-    result = compute_fd_is(images, int(shards[0]["max_level"]), ref.images, Path(args.extractor))
+    max_level = int(shards[0]["max_level"])
+    on_gpu = clock.device.type == "cuda"
+    result = compute_fd_is(images, max_level, ref.images, Path(args.extractor), cuda=on_gpu)
+    reference_sha = _reference_stats_sha256(ref.images, max_level, Path(args.extractor), clock.device)
+    metric = clock.record()
+    sample_wall = float(sum(s["wall_seconds"] for s in shards))
+    sample_device = float(sum(s["device_seconds"] for s in shards))
     atomic_json(
         {
             "fd": result["fd"],
@@ -157,12 +186,21 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "n": result["n"],
             "backend": result["backend"],
             "backend_version": result["backend_version"],
+            "mode": "levels-no-resize",  # uint8 levels mapped linearly to [-1, 1], no resize, no JPEG
             "reference_split": spec["reference_split"],
             "reference_n": len(ref.images),
+            "reference_stats_sha256": reference_sha,
             "nfe": int(shards[0]["nfe"]),
             "grid": shards[0]["grid"].tolist(),
-            "sample_wall_seconds": float(sum(s["wall_seconds"] for s in shards)),
-            "metric_wall_seconds": time.perf_counter() - t0,
+            **metric,
+            # The cell's totals: its sample shards plus this step; the parts are kept beside them.
+            "wall_seconds": sample_wall + metric["wall_seconds"],
+            "device_seconds": sample_device + metric["device_seconds"],
+            "sample_wall_seconds": sample_wall,
+            "sample_device_seconds": sample_device,
+            "metric_wall_seconds": metric["wall_seconds"],
+            "metric_device_seconds": metric["device_seconds"],
+            "devices": sorted({str(s["device"]) for s in shards} | {metric["device"]}),
         },
         Path(args.out),
     )
@@ -178,13 +216,15 @@ def cmd_nll(args: argparse.Namespace) -> None:
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
+    clock = StepClock.start()
     net, schedule, ckpt = load_model(Path(args.model))
+    gamma = _gamma(args.moments, net) if "analytic" in spec["variances"] else None
+    net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
-    x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))
+    x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level)).to(clock.device)
     grid = time_grid(spec["grid"], schedule.T, spec["K"])
     denoiser = make_denoiser(ckpt["config"]["family"], net, schedule)
-    seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
-    t0 = time.perf_counter()
+    seeds = (torch.arange(len(x0), dtype=torch.int64) + spec["seed"]).to(clock.device)
     variances = tuple(v for v in spec["variances"] if v not in ("analytic", "learned"))
     try:
         with torch.inference_mode():
@@ -206,14 +246,14 @@ def cmd_nll(args: argparse.Namespace) -> None:
                     x0,
                     grid,
                     seeds,
-                    gamma=_gamma(args.moments, net),
+                    gamma=gamma,
                     max_level=split.max_level,
                     clip_x0=spec["clip_x0"],
                 )
     except NonFiniteOutputError as err:
         message = f"NLL of model {args.model} with K={spec['K']}: {err} (batch index = test image index)"
         print(f"error: {message}", file=sys.stderr)
-        atomic_json({"status": "failed", "error": message}, Path(args.out))
+        atomic_json({"status": "failed", "error": message, **clock.record()}, Path(args.out))
         return
     atomic_json(
         {
@@ -225,7 +265,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
             "nfe": nfe,
             "grid": grid.tolist(),
             "clip_x0": spec["clip_x0"],
-            "wall_seconds": time.perf_counter() - t0,
+            **clock.record(),
         },
         Path(args.out),
     )

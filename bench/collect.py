@@ -10,8 +10,6 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from bench.io import atomic_json, atomic_text, load_json
 
 COLUMNS = (
@@ -30,62 +28,110 @@ COLUMNS = (
     "replicate",
     "wall_seconds",
     "status",
+    # Per-cell provenance: every device the cell's steps ran on, the seconds they held them
+    # (bench.stepclock: GPU-held wall time on CUDA, process CPU time on the CPU), and for FD / IS
+    # the content hash of the reference feature statistics.
+    "device",
+    "device_seconds",
+    "reference_stats_sha256",
 )
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "torch-fidelity", "snakemake", "dpm-bench")
 
 
-def metric_rows(cell: dict, results: Path) -> list[dict]:
-    """The metrics.csv rows of one cell, from its fd_is and nll result files."""
+def _step_fields(record: dict) -> dict:
+    """Device and time columns of a step record (a failed step may lack them)."""
+    devices = record.get("devices") or ([record["device"]] if "device" in record else [])
+    return {
+        "device": "; ".join(devices),
+        "device_seconds": round(record["device_seconds"], 3) if "device_seconds" in record else "",
+        "wall_seconds": round(record["wall_seconds"], 3) if "wall_seconds" in record else "",
+    }
+
+
+def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
+    """The metrics.csv rows of one cell, from its fd_is and nll records (by kind)."""
     base = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid", "K")}
-    base |= {"seed": cell["seed"], "replicate": 0}
+    base |= {"seed": cell["seed"], "replicate": 0, "reference_stats_sha256": ""}
+    failed = {"nfe": "", "n_samples": "", "status": "failed", "value": ""}
     rows = []
-    if "fd_is" in cell:
-        r = load_json(results / cell["fd_is"])
+    if "fd_is" in records:
+        r = records["fd_is"]
         if r.get("status") == "failed":
-            failed = base | {"nfe": "", "n_samples": "", "status": "failed", "value": "", "wall_seconds": ""}
-            rows.extend(failed | {"metric": m} for m in ("fd_digits", "is_digits"))
+            rows.extend(base | _step_fields(r) | failed | {"metric": m} for m in ("fd_digits", "is_digits"))
             return rows
-        common = base | {
+        common = base | _step_fields(r) | {
             "nfe": r["nfe"],
             "n_samples": r["n"],
             "status": "ok",
-            "wall_seconds": round(r["sample_wall_seconds"] + r["metric_wall_seconds"], 3),
+            "reference_stats_sha256": r["reference_stats_sha256"],
         }
         rows.append(common | {"metric": "fd_digits", "value": r["fd"]})
         rows.append(common | {"metric": "is_digits", "value": r["is_mean"]})
-    if "nll" in cell:
-        r = load_json(results / cell["nll"])
+    if "nll" in records:
+        r = records["nll"]
         if r.get("status") == "failed":
-            rows.append(
-                base
-                | {"nfe": "", "n_samples": "", "status": "failed", "value": "", "wall_seconds": "", "metric": "nll_bpd"}
-            )
+            rows.append(base | _step_fields(r) | failed | {"metric": "nll_bpd"})
             return rows
         rows.append(
             base
+            | _step_fields(r)
             | {
                 "nfe": r["nfe"],
                 "n_samples": r["n"],
                 "status": "ok",
                 "metric": "nll_bpd",
                 "value": r["bpd"][cell["nll_variance"]],
-                "wall_seconds": round(r["wall_seconds"], 3),
             }
         )
     return rows
 
 
+def cell_records(cell: dict, results: Path) -> dict[str, dict]:
+    """The result records of one cell by kind ('fd_is', 'nll')."""
+    return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll") if kind in cell}
+
+
 def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
     """Write metrics.csv (one row per cell and metric) and provenance.json beside it."""
-    rows = [row for cell in spec["cells"] for row in metric_rows(cell, results)]
+    records = [(cell, cell_records(cell, results)) for cell in spec["cells"]]
+    rows = [row for cell, by_kind in records for row in metric_rows(cell, by_kind)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_text(buf.getvalue(), out)
-    atomic_json(provenance(spec), out.with_name("provenance.json"))
+    atomic_json(provenance(spec, records), out.with_name("provenance.json"))
     return out
+
+
+def _distinct(values) -> str:
+    return "; ".join(sorted({str(v) for v in values})) or "none recorded"
+
+
+def run_summary(records: list[tuple[dict, dict[str, dict]]]) -> dict:
+    """What the cells' records say about the whole run: devices, sample counts, metric backend, references."""
+    fd = [(cell, r["fd_is"]) for cell, r in records if "fd_is" in r and r["fd_is"].get("status") != "failed"]
+    nll = [r["nll"] for _, r in records if "nll" in r and r["nll"].get("status") != "failed"]
+    steps = [r for _, by_kind in records for r in by_kind.values()]
+    references: dict[str, set[str]] = {}
+    for cell, r in fd:
+        references.setdefault(f"{cell['dataset']}/{r['reference_split']}", set()).add(r["reference_stats_sha256"])
+    return {
+        "device": _distinct(d for r in steps for d in r.get("devices", [r["device"]] if "device" in r else [])),
+        "device_clock": _distinct(r["device_clock"] for r in steps if "device_clock" in r),
+        "sample_counts": {
+            "fd_is": _distinct(r["n"] for _, r in fd),
+            "nll": _distinct(r["n"] for r in nll),
+        },
+        "metric_backend": {
+            "fd_is": _distinct(f"{r['backend']} {r['backend_version']}" for _, r in fd),
+            "mode": _distinct(r.get("mode", "not recorded") for _, r in fd),
+        },
+        "reference_stats_sha256": {name: _distinct(hashes) for name, hashes in sorted(references.items())},
+        "cells_wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in steps), 3),
+        "cells_device_seconds": round(sum(r.get("device_seconds", 0.0) for r in steps), 3),
+    }
 
 
 def _git(*args: str) -> str:
@@ -98,8 +144,8 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def provenance(spec: dict) -> dict:
-    """Run-level provenance: code version, config hash, software, device, sampling protocol."""
+def provenance(spec: dict, records: list[tuple[dict, dict[str, dict]]]) -> dict:
+    """Run-level provenance: code version, config hash, software, devices, seeds, sampling and metric protocol."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -115,11 +161,9 @@ def provenance(spec: dict) -> dict:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device": torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"cpu ({platform.processor() or platform.machine()})",
-        "torch_threads": torch.get_num_threads(),
         "packages": versions,
+        "seeds": spec["seeds"],
+        **run_summary(records),
         "sampling": spec["sampling"],
         "metrics": spec["metrics"],
     }

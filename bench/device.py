@@ -102,7 +102,8 @@ def claim_gpu(
         time.sleep(poll_seconds)
 
 
-def _cpu() -> DeviceChoice:
+def cpu_choice() -> DeviceChoice:
+    """The CPU, described with its model and this process's torch thread count."""
     return DeviceChoice(
         torch.device("cpu"),
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -111,7 +112,7 @@ def _cpu() -> DeviceChoice:
 
 def _choose(lock_dir: Path, wait_seconds: float | None, poll_seconds: float) -> tuple[DeviceChoice, IO | None]:
     if not torch.cuda.is_available():
-        return _cpu(), None
+        return cpu_choice(), None
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     job = os.environ.get("SLURM_JOB_ID")
     if job and listed is not None:
@@ -119,13 +120,20 @@ def _choose(lock_dir: Path, wait_seconds: float | None, poll_seconds: float) -> 
         return DeviceChoice(torch.device("cuda", 0), described), None
     ids = visible_gpu_ids(torch.cuda.device_count())
     if not ids:
-        return _cpu(), None
+        return cpu_choice(), None
     index, claim = claim_gpu(ids, lock_dir, wait_seconds=wait_seconds, poll_seconds=poll_seconds)
     name = torch.cuda.get_device_name(index)
     return (
         DeviceChoice(torch.device("cuda", index), f"cuda:{index} {name} (GPU {ids[index]}, claimed in {lock_dir})"),
         claim,
     )
+
+
+def device_label(choice: DeviceChoice) -> str:
+    """The device as result records and tables name it: 'cpu' or 'cuda:<index> (<GPU name>)'."""
+    if choice.device.type != "cuda":
+        return choice.device.type
+    return f"{choice.device} ({torch.cuda.get_device_name(choice.device)})"
 
 
 _CHOICE: DeviceChoice | None = None

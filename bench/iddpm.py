@@ -197,24 +197,29 @@ def hybrid_terms(
         raise ValueError(f"steps n must be one per sample, shape ({x0.shape[0]},), in [0, {T - 1}]")
     scale = rescaled_time_scale(T) if time_scale is None else float(time_scale)
     view = (-1,) + (1,) * (x0.dim() - 1)
+    # The schedule's tables live on the CPU: index them there, then move the rows to x0's device.
+    device = x0.device
+    n = n.cpu()
     abar_all = schedule.alpha_bars
-    abar = abar_all[n].view(view)
-    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar_all[:-1]])[n].view(view)
+    abar = abar_all[n].view(view).to(device)
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar_all[:-1]])[n].view(view).to(device)
+    noise = noise.to(device)
     x0_64 = x0.to(torch.float64)
     x_t = torch.sqrt(abar) * x0_64 + torch.sqrt(1.0 - abar) * noise.to(torch.float64)
-    out = net(x_t.to(x0.dtype), (n.to(torch.float64) * scale).to(x0.dtype))
+    out = net(x_t.to(x0.dtype), (n.to(torch.float64) * scale).to(device=device, dtype=x0.dtype))
     eps_hat, v = split_eps_v(out, x0.shape[1])
     simple = ((eps_hat - noise) ** 2).flatten(1).mean(1)
 
     x0_hat = (x_t - torch.sqrt(1.0 - abar) * eps_hat.detach().to(torch.float64)) / torch.sqrt(abar)
     c0, ct, _ = posterior_coefficients(abar_prev, abar)
     log_beta, log_beta_tilde = log_variance_bounds(schedule, torch.arange(T))
-    log_var = learned_log_variance(v.to(torch.float64), log_beta[n].view(view), log_beta_tilde[n].view(view))
+    log_beta_n, log_beta_tilde_n = log_beta[n].view(view).to(device), log_beta_tilde[n].view(view).to(device)
+    log_var = learned_log_variance(v.to(torch.float64), log_beta_n, log_beta_tilde_n)
     mean_p = c0 * x0_hat + ct * x_t
     # q's variance is the clipped beta-tilde, which is the exact one for n > 0 and finite at n = 0.
-    kl = gaussian_kl(c0 * x0_64 + ct * x_t, torch.exp(log_beta_tilde[n]).view(view), mean_p, torch.exp(log_var))
+    kl = gaussian_kl(c0 * x0_64 + ct * x_t, torch.exp(log_beta_tilde_n), mean_p, torch.exp(log_var))
     decoder = -discretized_gaussian_log_likelihood(x0_64, mean_p, torch.exp(0.5 * log_var), 1.0 / max_level)
-    term = torch.where((n == 0).view(view), decoder, kl)
+    term = torch.where((n == 0).view(view).to(device), decoder, kl)
     return simple, term.flatten(1).mean(1) / math.log(2.0)
 
 
@@ -293,7 +298,7 @@ def hybrid_loss(
     per_sample = simple + lam * schedule.T * vlb
     if t_sampler is not None:
         t_sampler.update(n, per_sample)
-    return (weights * per_sample).mean()
+    return (weights.to(per_sample.device) * per_sample).mean()
 
 
 # --- the VLB of a learned-variance model --------------------------------------------------------

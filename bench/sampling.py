@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.data.digits import unit_to_levels
+from bench.device import cpu_choice
 from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid
 from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.grids import time_grid
@@ -17,6 +17,7 @@ from bench.io import atomic_npz
 from bench.models import make_denoiser
 from bench.noise import NoiseSource
 from bench.samplers import get_sampler
+from bench.stepclock import StepClock
 
 
 class NonFiniteSampleError(RuntimeError):
@@ -33,8 +34,9 @@ def generate(
     batch_size: int,
     context: str = "",
     first_index: int = 0,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples (float64 [N, *shape]) for ``seeds``; returns (samples, realised grid).
+    """Samples (float64 [N, *shape], on ``device``, the network's) for ``seeds``; returns (samples, realised grid).
 
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell.
     """
@@ -51,7 +53,7 @@ def generate(
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
-        noise = NoiseSource(batch, shape, torch.float64, "cpu")
+        noise = NoiseSource(batch, shape, torch.float64, device)
         try:
             x = fn(model, noise.latent() * scale, grid, noise=noise, **sampler.get("options", {}))
         except NonFiniteOutputError as err:
@@ -85,31 +87,40 @@ def sample_shard(
     out_path: Path,
     context: str,
     family: str = "ddpm",
+    clock: StepClock | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
-    A cell whose samples are not finite gets a failure record instead (``error`` holds the message,
-    no images), so no metric is ever computed from it while the rest of the DAG goes on.
+    Sampling runs on the network's device. ``clock`` (default: one started now on the CPU) gives the
+    shard's device, wall_seconds and device_seconds. A cell whose samples are not finite gets a
+    failure record instead (``error`` holds the message, no images), so no metric is ever computed
+    from it while the rest of the DAG goes on.
     """
+    clock = clock or StepClock(cpu_choice())
     denoiser = make_denoiser(family, net, schedule)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
-    t0 = time.perf_counter()
     try:
         with torch.inference_mode():
             x, grid = generate(
-                denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start
+                denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start,
+                device=next(net.parameters()).device,
             )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)
         return atomic_npz(out_path, error=np.array(str(err)), seeds=seeds.numpy())
-    wall = time.perf_counter() - t0
+    images = unit_to_levels(x.cpu().numpy(), max_level)
     n_batches = -(-len(seeds) // batch_size)
+    timing = clock.record()
     return atomic_npz(
         out_path,
-        images=unit_to_levels(x.numpy(), max_level),
+        images=images,
         seeds=seeds.numpy(),
         max_level=np.int64(max_level),
-        grid=grid.numpy(),
+        grid=grid.cpu().numpy(),
         nfe=np.int64(denoiser.nfe // n_batches),
-        wall_seconds=np.float64(wall),
+        wall_seconds=np.float64(timing["wall_seconds"]),
+        device_seconds=np.float64(timing["device_seconds"]),
+        device_clock=np.array(timing["device_clock"]),
+        device=np.array(timing["device"]),
+        device_detail=np.array(timing["device_detail"]),
     )

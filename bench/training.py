@@ -33,11 +33,12 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def simple_loss(net: nn.Module, schedule: DiscreteSchedule, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """L_simple = E ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (DDPM Eq. 14)."""
+    # Draws come from the CPU generator, so a seeded run trains on the same noise on any device.
     n = torch.randint(0, schedule.T, (x0.shape[0],), generator=gen)
-    eps = torch.randn(x0.shape, generator=gen)
-    abar = schedule.alpha_bars[n].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+    abar = schedule.alpha_bars[n].to(x0).view(-1, *([1] * (x0.dim() - 1)))
     xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    return ((net(xt, n.to(x0.dtype)) - eps) ** 2).mean()
+    return ((net(xt, n.to(x0)) - eps) ** 2).mean()
 
 
 def train_eps_model(

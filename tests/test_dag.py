@@ -2,28 +2,17 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jsonschema
 import numpy as np
-import pytest
 import yaml
+from dag import ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
 SCHEMA = yaml.safe_load((ROOT / "bench/schema/results.schema.yaml").read_text())
 
 
 def schema(name):
     return {"$schema": SCHEMA["$schema"], "$defs": SCHEMA["$defs"], "$ref": f"#/$defs/{name}"}
-
-
-def snakemake(*args, cwd):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
@@ -50,21 +39,13 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("tiny")
-    r = snakemake("--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--directory", str(work),
-                  cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return work
-
-
 def test_tiny_run_metrics_match_schema(tiny_run):
     with open(tiny_run / "results/metrics.csv") as f:
         rows = list(csv.DictReader(f))
     ints = ("K", "nfe", "n_samples", "seed", "replicate")
     for row in rows:
-        typed = {k: int(v) if k in ints else float(v) if k in ("value", "wall_seconds") else v for k, v in row.items()}
+        floats = ("value", "wall_seconds", "device_seconds")
+        typed = {k: int(v) if k in ints else float(v) if k in floats else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
     # 5 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K; DDIM and EDM have no VLB.

@@ -18,15 +18,17 @@ import pytest
 from matplotlib import image as mpimg
 
 from bench.report.grids import grid_image
-from bench.report.html import provenance_entries
+from bench.report.html import provenance_entries, run_summary
 from bench.report.render import render_report
 from bench.report.results import ResultsError, read_metrics
 from bench.report.specs import TableSpecError, load_table_spec, load_table_specs
 
 HEADER = (
     "dataset,model,family,sampler,sampler_label,grid,K,nfe,metric,value,n_samples,seed,"
-    "replicate,wall_seconds,status"
+    "replicate,wall_seconds,status,device,device_seconds,reference_stats_sha256"
 ).split(",")
+REF_SHA = "5" * 64
+DEVICE = "cuda:0 (NVIDIA H100 80GB HBM3); cpu"
 
 # Synthetic results: (sampler, grid, family, K, nfe, metric, [value per replicate or None=failed]).
 CELLS = [
@@ -113,11 +115,14 @@ PROVENANCE = {
     "git_dirty": True,
     "config_hash": "sha256:feedbeef",
     "packages": {"torch": "2.13.0", "numpy": "2.4.6"},
-    "device": "cpu",
+    "device": "cpu; cuda:0 (NVIDIA H100 80GB HBM3)",
+    "device_clock": "gpu_held_wall; process_cpu",
     "python": "3.11.7",
-    "metric": {"backend": "digits-cnn", "mode": "clean"},
-    "reference_stats_sha256": "ab12cd34",
-    "seeds": [0, 1, 2],
+    "metric_backend": {"fd_is": "torch-fidelity 0.3.0", "mode": "levels-no-resize"},
+    "reference_stats_sha256": {"digits/train": REF_SHA},
+    "seeds": {"sampling": 0, "train mlp": 1},
+    "sample_counts": {"fd_is": "2000", "nll": "360"},
+    "replicate_seeds": [0, 1, 2],
     "created": "2026-11-21T12:00:00Z",
     "source_page": "https://example.org/not-a-link",
     "odd_note": "<script>alert(1)</script>",
@@ -149,6 +154,7 @@ def write_results(root: Path) -> Path:
                     "digits", "mlp", family, sampler, sampler.replace("_", " "), grid, k,
                     nfe if ok else "", metric, repr(value) if ok else "", 2000 if ok else "",
                     rep, rep, 12.5 + rep if ok else "", "ok" if ok else "failed",
+                    DEVICE, 10.25 + rep if ok else "", REF_SHA if ok and metric != "nll_bpd" else "",
                 ])
     (results / "provenance.json").write_text(json.dumps(PROVENANCE, indent=2))
     samples = results / "samples" / "digits" / "mlp"
@@ -445,13 +451,58 @@ def test_provenance_is_rendered_key_by_key_and_escaped(report: Path) -> None:
     terms = [dt.text for dt in doc.find_all("dt")]
     for key in PROVENANCE:
         assert key in terms
-    assert {"torch", "numpy", "backend", "mode"} <= set(terms)
+    assert {"torch", "numpy", "fd_is", "mode", "digits/train", "train mlp"} <= set(terms)
     values = [dd.text for dd in doc.find_all("dd")]
     assert "0, 1, 2" in values and "true" in values
     assert "<script>alert(1)</script>" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     chips = doc.find(cls="chips").text
     assert "git_commit 0123456789abcdef" in chips and "uncommitted changes" in chips
+
+
+def test_index_shows_the_run_at_a_glance(report: Path) -> None:
+    doc = parse_html((report / "reports" / "index.html").read_text())
+    rows = doc.find("table", id="run-summary").find("tbody").find_all("tr")
+    summary = {tr.find("th").text: tr.find("td").text for tr in rows}
+    assert summary == {
+        "Code": "0123456789abcdef0123456789abcdef01234567, dirty (uncommitted changes)",
+        "Config hash": "sha256:feedbeef",
+        "Packages": "torch: 2.13.0; numpy: 2.4.6",
+        "Devices": "cpu; cuda:0 (NVIDIA H100 80GB HBM3), device_clock gpu_held_wall; process_cpu",
+        "Seeds": "sampling: 0; train mlp: 1",
+        "Sample counts": "fd_is: 2000; nll: 360",
+        "Metric backend and mode": "fd_is: torch-fidelity 0.3.0; mode: levels-no-resize",
+        "Reference statistics sha256": f"digits/train: {REF_SHA}",
+        "Compute of all cells": "not recorded",
+    }
+
+
+def test_run_summary_names_what_a_run_did_not_record() -> None:
+    rows = dict(run_summary({"git_commit": "abc", "git_dirty": False}))
+    assert rows["Code"] == "abc, clean"
+    assert rows["Devices"] == rows["Reference statistics sha256"] == "not recorded"
+
+
+def test_cell_provenance_table_lists_every_cell_from_the_csv(report: Path) -> None:
+    name = "embedded_fd_digits"
+    spec = load_spec(report, name)
+    doc = parse_html((report / "reports" / f"table_{name}.html").read_text())
+    body = doc.find("table", id=f"provenance-{name}").find("tbody").find_all("tr")
+    assert len(body) == len(spec.rows) * len(spec.column_values)
+    cells = {(tr.find_all("td")[0].text, tr.find_all("td")[1].text): tr for tr in body}
+    # DDPM beta at K=10: three ok replicates, seeds 0-2, wall 12.5-14.5 s, device 10.25-12.25 s.
+    row = cells[("DDPM, σ²=β", "10")]
+    text = {td.attrs["class"].split()[-1]: td.text for td in row.find_all("td")}
+    assert text["status"] == "ok" and text["seeds"] == "0, 1, 2" and text["n-samples"] == "2000"
+    assert text["device"] == "cpu; cuda:0 (NVIDIA H100 80GB HBM3)"
+    assert (text["wall"], text["device-seconds"], text["nfe"]) == ("13.5", "11.2", "10")
+    sha = row.find("code")
+    assert sha.text == REF_SHA[:12] and sha.attrs["title"] == REF_SHA
+    missing = {td.attrs["class"].split()[-1]: td.text for td in cells[("DDIM, η=0", "50")].find_all("td")}
+    assert missing["status"] == "missing"
+    assert {missing[k] for k in ("seeds", "device", "wall", "device-seconds", "ref")} == {"–"}
+    title = doc.find("table", id=f"results-{name}").find("td").attrs["title"]
+    assert "device cpu, cuda:0 (NVIDIA H100 80GB HBM3)" in title and f"sha256 {REF_SHA}" in title
 
 
 def test_pages_are_self_contained(report: Path) -> None:
@@ -598,7 +649,9 @@ def test_ambiguous_row_names_the_fields_that_differ(tmp_path: Path) -> None:
         (lambda rows: rows[:1] + [rows[1][:9] + [""] + rows[1][10:]], "line 2: status 'ok' needs"),
         (lambda rows: rows[:1] + [rows[1][:6] + ["ten"] + rows[1][7:]],
          "line 2: column 'K' 'ten' is not an integer"),
-        (lambda rows: rows[:1] + [rows[1][:14] + ["done"]], "'done' is not one of"),
+        (lambda rows: rows[:1] + [rows[1][:14] + ["done"] + rows[1][15:]], "'done' is not one of"),
+        (lambda rows: rows[:1] + [rows[1][:16] + ["fast"] + rows[1][17:]],
+         "line 2: column 'device_seconds' 'fast' is not a number"),
     ],
 )
 def test_bad_metrics_csv_is_refused_with_line_and_column(tmp_path: Path, edit, expected) -> None:

@@ -17,6 +17,19 @@ from bench.report.tables import Cell, SampleKey, TableData, format_delta, format
 # Provenance keys summarised at the top of every page when present with a scalar value; the
 # index lists every key in full.
 HEADLINE_KEYS = ("created", "git_commit", "git_dirty", "config_hash", "device")
+# The index's "run at a glance" table: (label, provenance.json keys shown together).
+SUMMARY_ROWS = (
+    ("Code", ("git_commit", "git_dirty")),
+    ("Config hash", ("config_hash",)),
+    ("Packages", ("packages",)),
+    ("Devices", ("device", "device_clock")),
+    ("Seeds", ("seeds",)),
+    ("Sample counts", ("sample_counts",)),
+    ("Metric backend and mode", ("metric_backend",)),
+    ("Reference statistics sha256", ("reference_stats_sha256",)),
+    ("Compute of all cells", ("cells_wall_seconds", "cells_device_seconds")),
+)
+NOT_RECORDED = "not recorded"
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -76,6 +89,34 @@ def provenance_entries(data: Mapping[str, Any]) -> tuple[ProvenanceEntry, ...]:
     return tuple(entry(str(k), v) for k, v in data.items())
 
 
+def summary_text(value: Any) -> str:
+    """Any provenance value as one line: objects as 'key: value; ...', lists comma-separated."""
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {summary_text(v)}" for k, v in value.items()) or "{}"
+    if isinstance(value, list):
+        return ", ".join(summary_text(v) for v in value) or "[]"
+    return _scalar(value)
+
+
+def run_summary(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) rows of the index's run-at-a-glance table; absent keys read 'not recorded'."""
+    rows = []
+    for label, keys in SUMMARY_ROWS:
+        parts = []
+        for key in keys:
+            if key not in provenance:
+                continue
+            value = provenance[key]
+            if key == "git_dirty":
+                parts.append({True: "dirty (uncommitted changes)", False: "clean"}.get(value, f"dirty: {value}"))
+            elif key in ("device_clock", "cells_wall_seconds", "cells_device_seconds"):
+                parts.append(f"{key} {summary_text(value)}")
+            else:
+                parts.append(summary_text(value))
+        rows.append((label, ", ".join(parts) if parts else NOT_RECORDED))
+    return rows
+
+
 def cell_title(cell: Cell) -> str:
     """Hover text of a result cell: which run it is and how it was measured."""
     if cell.identity is None:
@@ -89,9 +130,24 @@ def cell_title(cell: Cell) -> str:
         parts.append(f"samples per replicate: {', '.join(map(str, sorted(set(cell.n_samples))))}")
     if cell.wall_seconds is not None:
         parts.append(f"mean wall time {cell.wall_seconds:.1f} s")
+    if cell.device_seconds is not None:
+        parts.append(f"mean device time {cell.device_seconds:.1f} s")
+    if cell.devices:
+        parts.append(f"device {', '.join(cell.devices)}")
+    if cell.reference_hashes:
+        parts.append(f"reference statistics sha256 {', '.join(cell.reference_hashes)}")
     if cell.n_failed:
         parts.append(f"{cell.n_failed} replicate{'s' if cell.n_failed != 1 else ''} failed")
     return "; ".join(parts)
+
+
+def _spec_cells(table: TableData) -> list[tuple[str, Any, Cell]]:
+    """(row label, column value, cell) for every cell of a table, row by row."""
+    return [
+        (row.label, value, cell)
+        for row, cells in zip(table.spec.rows, table.cells, strict=True)
+        for value, cell in zip(table.spec.column_values, cells, strict=True)
+    ]
 
 
 def _headline(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -111,6 +167,7 @@ def write_html_report(tables: Sequence[TableData], provenance: Mapping[str, Any]
         "dirty": provenance.get("git_dirty") is True,
         "page_name": table_page_name,
         "cell_title": cell_title,
+        "spec_cells": _spec_cells,
         "figures": figures,
         "latex": latex,
     }
@@ -125,6 +182,7 @@ def write_html_report(tables: Sequence[TableData], provenance: Mapping[str, Any]
     index.write_text(
         _ENV.get_template("index.html.j2").render(
             tables=tables, provenance=provenance_entries(provenance), inputs=inputs,
+            summary=run_summary(provenance),
             n_grids=len(grids), **common,
         ),
         encoding="utf-8",

@@ -13,6 +13,7 @@ from typing import Any
 METRICS_COLUMNS = (
     "dataset", "model", "family", "sampler", "sampler_label", "grid", "K", "nfe", "metric",
     "value", "n_samples", "seed", "replicate", "wall_seconds", "status",
+    "device", "device_seconds", "reference_stats_sha256",
 )
 # Fields that identify one cell of the benchmark; seed replicates of a cell share them.
 CELL_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")
@@ -43,6 +44,9 @@ class MetricRecord:
     replicate: int
     wall_seconds: float | None
     status: str
+    device: str | None
+    device_seconds: float | None
+    reference_stats_sha256: str | None
 
     @property
     def cell_key(self) -> tuple[str | int, ...]:
@@ -74,6 +78,10 @@ def _text(text: str) -> str:
     return text
 
 
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     **{
         name: _text
@@ -86,6 +94,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "seed": _parser(int, required=False),
     "replicate": _parser(int, required=True),
     "wall_seconds": _parser(float, required=False),
+    "device": _optional_text,
+    "device_seconds": _parser(float, required=False),
+    "reference_stats_sha256": _optional_text,
 }
 
 

@@ -32,6 +32,9 @@ class Cell:
     n_samples: tuple[int, ...]
     wall_seconds: float | None
     sample_key: SampleKey | None
+    devices: tuple[str, ...] = ()
+    device_seconds: float | None = None
+    reference_hashes: tuple[str, ...] = ()
 
     @property
     def delta(self) -> float | None:
@@ -110,6 +113,7 @@ def _summarise(records: list[MetricRecord], paper: float | None,
     n_failed = len(records) - len(ok)
     status = OK if not n_failed else (FAILED if not ok else PARTIAL)
     walls = [r.wall_seconds for r in ok if r.wall_seconds is not None]
+    device_times = [r.device_seconds for r in ok if r.device_seconds is not None]
     identity = dict(zip(CELL_FIELDS, records[0].cell_key, strict=True))
     return Cell(
         status=status,
@@ -126,6 +130,10 @@ def _summarise(records: list[MetricRecord], paper: float | None,
         n_samples=tuple(r.n_samples for r in ok if r.n_samples is not None),
         wall_seconds=statistics.fmean(walls) if walls else None,
         sample_key=_sample_key(spec, identity),
+        # A record's device field lists every device of the cell's steps, '; '-separated.
+        devices=tuple(sorted({d for r in records if r.device for d in r.device.split("; ")})),
+        device_seconds=statistics.fmean(device_times) if device_times else None,
+        reference_hashes=tuple(sorted({r.reference_stats_sha256 for r in ok if r.reference_stats_sha256})),
     )
 
 

@@ -85,6 +85,16 @@ def cell_record(c) -> dict:
 CELL_RECORDS = [cell_record(c) for c in CELLS]
 
 
+def run_seeds() -> dict:
+    """Every seed of the run, by what it seeds (shown on the report's index)."""
+    seeds = {"sampling (sample i has seed + i)": config["sampling"]["seed"], "nll noise": config["seed"]}
+    if "moments" in config:
+        seeds["moments"] = config["moments"]["seed"]
+    seeds |= {f"train {m}": cfg["train"]["seed"] for m, cfg in config["models"].items() if "train" in cfg}
+    seeds |= {f"extractor {e}": cfg.get("seed", 0) for e, cfg in config.get("extractors", {}).items()}
+    return seeds
+
+
 rule collect:
     input:
         [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll") if k in r],
@@ -97,6 +107,7 @@ rule collect:
                 "cells": CELL_RECORDS,
                 "config_hash": config_hash(config),
                 "profile": config["profile"],
+                "seeds": run_seeds(),
                 "sampling": config["sampling"],
                 "metrics": config["metrics"],
             }
