@@ -3,6 +3,7 @@
 # `--configfile FILE` runs another profile instead (its keys replace the default's entirely).
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +35,11 @@ def dataset_of(model: str) -> str:
     return config["models"][model]["dataset"]
 
 
+def data_check(dataset: str) -> str:
+    """The layout check of a dataset: an input of every job that reads it, so a bad path fails first."""
+    return f"{RESULTS}/data/{dataset}.json"
+
+
 def has_nll(sampler: str) -> bool:
     """A sampler names the reverse variance of its variational bound (``nll:``); DDIM-type samplers have none."""
     return "nll" in config["metrics"] and "nll" in config["samplers"][sampler]
@@ -54,6 +60,7 @@ wildcard_constraints:
     shard=r"\d{4}",
 
 
+include: "workflows/rules/data.smk"
 include: "workflows/rules/extractor.smk"
 include: "workflows/rules/models.smk"
 include: "workflows/rules/moments.smk"

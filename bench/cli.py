@@ -73,6 +73,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     out.with_name(out.name + ".resume").unlink(missing_ok=True)
 
 
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from bench.data import check_dataset
+
+    spec = _spec(args.spec)
+    atomic_json({"kind": spec["kind"], "images": check_dataset(spec)}, Path(args.out))
+
+
+def cmd_fetch_checkpoint(args: argparse.Namespace) -> None:
+    from bench.checkpoints.convert import fetch_checkpoint
+
+    fetch_checkpoint(_spec(args.spec)["checkpoint"], Path(args.out), Path(args.lock))
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
+    from bench.checkpoints.convert import convert_checkpoint
+    from bench.data import DATA_SHAPES
+
+    spec = _spec(args.spec)
+    shape, max_level = DATA_SHAPES[spec["dataset"]["kind"]]
+    convert_checkpoint(spec["checkpoint"], Path(args.checkpoint), spec["model"], shape, max_level, Path(args.out))
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from bench.models import load_model
     from bench.sampling import sample_shard
@@ -116,20 +138,20 @@ def cmd_moments(args: argparse.Namespace) -> None:
     from bench.analytic import estimate_gamma, model_hash, save_moments
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.families import DiscreteEpsDenoiser
-    from bench.models import load_model
+    from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
     clock = StepClock.start()
-    net, schedule, _ = load_model(Path(args.model))
+    net, schedule, ckpt = load_model(Path(args.model))
     digest = model_hash(net)
     net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))[: spec.get("M")].to(clock.device)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     with torch.inference_mode():
-        gamma = estimate_gamma(DiscreteEpsDenoiser(net, schedule), x0, None, seeds, batch_size=spec["batch_size"])
+        denoiser = make_denoiser(ckpt["config"]["family"], net, schedule)
+        gamma = estimate_gamma(denoiser, x0, None, seeds, batch_size=spec["batch_size"])
     save_moments(
         Path(args.out), gamma, model_hash=digest, n_samples=len(x0), seed=spec["seed"], provenance=clock.record()
     )
@@ -313,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("perf", help="time the network, our samplers and a peer loop (python -m bench perf --help)")
     step("train-extractor", cmd_train_extractor)
     step("train", cmd_train).add_argument("--threads", type=int, default=1)
+    step("check-data", cmd_check_data)
+    step("fetch-checkpoint", cmd_fetch_checkpoint).add_argument("--lock", required=True, help="sha256 pin file")
+    step("convert-checkpoint", cmd_convert_checkpoint).add_argument("--checkpoint", required=True)
     for name, fn in (("sample", cmd_sample), ("nll", cmd_nll), ("moments", cmd_moments)):
         sp = step(name, fn)
         sp.add_argument("--model", required=True)
@@ -328,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--results", required=True)
     sp.add_argument("--tables", nargs="+", required=True)
     sp = step("plan", cmd_plan, spec=False, out=False)
-    sp.add_argument("--config", required=True)
+    sp.add_argument("--config", "--configfile", dest="config", required=True)
     sp = step("validate", cmd_validate, spec=False, out=False)
     sp.add_argument("--config", required=True)
     return p

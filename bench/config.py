@@ -17,7 +17,8 @@ import yaml
 
 from bench.grids import GRIDS, time_grid
 
-METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd")
+# Digits metrics (embedded default) and the papers' Inception FID / IS (paper profile).
+METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "fid", "is")
 
 
 class ConfigError(ValueError):
@@ -113,6 +114,7 @@ def _check_references(cfg: dict) -> None:
         _need(ext["dataset"], cfg["datasets"], f"extractors.{name}.dataset", "dataset")
     for name, model in cfg["models"].items():
         _need(model["dataset"], cfg["datasets"], f"models.{name}.dataset", "dataset")
+        _check_model_source(name, model)
         if model["family"] not in compat:
             raise ConfigError(
                 f"config key 'models.{name}.family': value {model['family']!r} is not allowed; "
@@ -135,7 +137,8 @@ def _check_references(cfg: dict) -> None:
                     f"model {exp['model']!r} of family {model['family']!r}; that family allows "
                     f"{compat[model['family']]}"
                 )
-        T = model["schedule"]["T"]
+        # Continuous-sigma models (schedule edm) have no T: K is the number of sigma steps.
+        T = model["schedule"].get("T", max(exp["K"]))
         for j, K in enumerate(exp["K"]):
             if not 1 <= K <= T:
                 raise ConfigError(
@@ -159,6 +162,29 @@ def _check_references(cfg: dict) -> None:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")
 
 
+def _check_model_source(name: str, model: dict) -> None:
+    """A model is trained here (``train``) or converted from an official checkpoint (``checkpoint``)."""
+    from bench.checkpoints.convert import LOADABLE_LAYOUTS
+    from bench.checkpoints.registry import UnknownCheckpoint, get_checkpoint
+
+    if ("train" in model) == ("checkpoint" in model):
+        raise ConfigError(
+            f"config key 'models.{name}': give exactly one of 'train' (train it here) and 'checkpoint' "
+            "(an official checkpoint named in bench/checkpoints/registry.yaml)"
+        )
+    if "checkpoint" not in model:
+        return
+    try:
+        entry = get_checkpoint(model["checkpoint"])
+    except UnknownCheckpoint as err:
+        raise ConfigError(f"config key 'models.{name}.checkpoint': {err}") from None
+    if entry.layout not in LOADABLE_LAYOUTS:
+        raise ConfigError(
+            f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, which no loader "
+            f"reads; loadable layouts: {sorted(LOADABLE_LAYOUTS)}"
+        )
+
+
 def _check_tables(cfg: dict, root: Path) -> None:
     defined = {(c.model, c.sampler, c.K) for c in cells(cfg)}
     for i, rel in enumerate(cfg["tables"]):
@@ -167,16 +193,24 @@ def _check_tables(cfg: dict, root: Path) -> None:
             raise ConfigError(f"config key 'tables[{i}]': table spec {rel!r} does not exist under {root}")
         spec = read_yaml(path)
         metric = spec.get("metric") if isinstance(spec, dict) else None
-        if metric not in METRIC_NAMES:
+        planned_only = isinstance(spec, dict) and all("unavailable" in row for row in spec.get("rows", []))
+        # A spec whose every row is unavailable records a paper table this benchmark cannot measure.
+        if metric not in METRIC_NAMES and not planned_only:
             raise ConfigError(f"table spec {rel}: metric {metric!r} is not allowed; allowed: {list(METRIC_NAMES)}")
+        field = spec["columns"]["field"]
         for r, row in enumerate(spec.get("rows", [])):
+            if "unavailable" in row:
+                continue
             for value in spec["columns"]["values"]:
-                cell = (row.get("model"), row.get("sampler"), value)
+                if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
+                    continue
+                cell = {**row, field: value}
+                cell = (cell.get("model"), cell.get("sampler"), cell.get("K"))
                 if cell not in defined:
                     raise ConfigError(
                         f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at "
                         f"{spec['columns']['field']}={value} refers to cell model={cell[0]!r}, "
-                        f"sampler={cell[1]!r}, K={value!r}, which no experiment defines"
+                        f"sampler={cell[1]!r}, K={cell[2]!r}, which no experiment defines"
                     )
 
 

@@ -26,7 +26,15 @@ def build_network(network: dict, *, channels: int, image_size: int) -> nn.Module
         from bench.nets.ddpm_unet import DDPMUNet
 
         return DDPMUNet(in_channels=channels, out_ch=channels, image_size=image_size, **kwargs)
-    raise ValueError(f"network type {kind!r} is not one of ['mlp', 'ddpm_unet']")
+    if kind == "adm_unet":
+        from bench.nets.adm_unet import ADMUNet
+
+        return ADMUNet(in_channels=channels, **kwargs)
+    if kind == "edm_precond":
+        from bench.nets.edm_networks import build_edm_network
+
+        return build_edm_network(kwargs)
+    raise ValueError(f"network type {kind!r} is not one of ['mlp', 'ddpm_unet', 'adm_unet', 'edm_precond']")
 
 
 def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule):

@@ -39,6 +39,8 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
     "analytic_ddpm": lambda K, options: K,
     "analytic_ddim": lambda K, options: K,
     "iddpm": lambda K, options: K,
+    "ddgm": lambda K, options: K,
+    "ddgm_ddim": lambda K, options: K,
     # EDM Alg. 1 and 2 with K = N sigma steps: Heun's correction on all but the last step.
     "edm_euler": lambda K, options: K,
     "edm_heun": lambda K, options: 2 * K - 1,
@@ -46,7 +48,12 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
 }
 
 # Images per split of the datasets that are not loaded to count them.
-SPLIT_SIZES: dict[str, dict[str, int]] = {"cifar10": {"train": 50_000, "test": 10_000}}
+# Published split sizes; lsun counts its `max_images` (the scene training sets have millions).
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "celeba64": {"train": 162_770, "valid": 19_867, "test": 19_962},
+    "imagenet64": {"train": 1_281_167, "test": 50_000},
+}
 
 def is_nll_metric(metric: str) -> bool:
     """NLL metrics evaluate the variational bound on data; every other metric needs samples."""
@@ -71,8 +78,10 @@ def split_size(dataset: dict, split: str) -> int:
         from bench.data import load_dataset
 
         return len(load_dataset(dataset, split).images)
+    if dataset["kind"] == "lsun" and "max_images" in dataset:
+        return dataset["max_images"]
     try:
-        return SPLIT_SIZES[dataset["kind"]][split]
+        return min(SPLIT_SIZES[dataset["kind"]][split], dataset.get("max_images", float("inf")))
     except KeyError:
         raise ConfigError(
             f"plan: no size known for split {split!r} of dataset kind {dataset['kind']!r}; "
@@ -88,12 +97,24 @@ def seconds_per_nfe(cfg: dict, model: str) -> float:
     return SECONDS_PER_NFE.get(cfg["models"][model]["network"]["type"], DEFAULT_SECONDS_PER_NFE)
 
 
+def is_unavailable(row: dict, value: int | str) -> bool:
+    """Whether a table spec marks this row (or this row at this column) as planned but not producible."""
+    return "unavailable" in row or str(value) in {str(k) for k in row.get("unavailable_at", {})}
+
+
+def unavailable_cells(spec: dict) -> int:
+    """Cells of a table spec shown as missing by design (no checkpoint, no method)."""
+    return sum(is_unavailable(row, v) for row in spec["rows"] for v in spec["columns"]["values"])
+
+
 def table_cells(spec: dict, source: str) -> list[tuple[str, str, int]]:
-    """(model, sampler, K) of every row x column of a table spec."""
+    """(model, sampler, K) of every producible row x column of a table spec."""
     field = spec["columns"]["field"]
     out = []
     for r, row in enumerate(spec["rows"]):
         for value in spec["columns"]["values"]:
+            if is_unavailable(row, value):
+                continue
             cell = {**row, field: value}
             missing = [k for k in ("model", "sampler", "K") if k not in cell]
             if missing:
@@ -181,7 +202,8 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         spec = read_yaml(Path(root) / rel)
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
-        rows.append(_row(spec.get("id", rel), spec["metric"], cfg, work, sizes))
+        row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes)
+        rows.append(row | {"unavailable": unavailable_cells(spec)})
     metrics = cfg["metrics"]
     work = []
     for c in all_cells(cfg):
@@ -189,14 +211,15 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
             work.append((False, c.model, c.sampler, c.K))
         if "nll" in metrics and "nll" in cfg["samplers"][c.sampler]:
             work.append((True, c.model, c.sampler, c.K))
-    rows.append(_row("total", "", cfg, work, sizes))
+    unavailable = sum(r["unavailable"] for r in rows)
+    rows.append(_row("total", "", cfg, work, sizes) | {"unavailable": unavailable})
     return rows
 
 
 def format_plan(rows: list[dict]) -> str:
     """The plan as an aligned text table (integers with thousands separators, hours to 3 digits)."""
-    header = ["table", "metric", "cells", "jobs", "samples", "NFE", "hours"]
-    counts = ("cells", "jobs", "samples", "nfe")
+    header = ["table", "metric", "cells", "unavailable", "jobs", "samples", "NFE", "hours"]
+    counts = ("cells", "unavailable", "jobs", "samples", "nfe")
     body = [[str(r["table"]), str(r["metric"]), *(f"{r[k]:,}" for k in counts), f"{r['hours']:.3g}"] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
 

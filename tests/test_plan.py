@@ -101,6 +101,6 @@ def test_sampler_without_an_nfe_count_is_named(cfg):
 
 def test_format_plan_aligns_columns(cfg):
     lines = format_plan(plan(cfg, root=ROOT)).splitlines()
-    assert lines[0].split() == ["table", "metric", "cells", "jobs", "samples", "NFE", "hours"]
+    assert lines[0].split() == ["table", "metric", "cells", "unavailable", "jobs", "samples", "NFE", "hours"]
     assert len({len(line) for line in lines}) == 1
-    assert lines[-1].split() == ["total", "47", "105", "94,000", f"{TOTAL_NFE:,}", f"{TOTAL_NFE * 7e-5 / 3600:.3g}"]
+    assert lines[-1].split() == ["total", "47", "0", "105", "94,000", f"{TOTAL_NFE:,}", f"{TOTAL_NFE * 7e-5 / 3600:.3g}"]

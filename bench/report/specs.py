@@ -36,6 +36,20 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
         "decimals": {"type": "integer", "minimum": 0, "maximum": 6},
         "dataset": _TEXT,
         "paper_label": _TEXT,
+        # How the paper measured its numbers (sample count, reference split, step spacing, clipping...).
+        "protocol": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "source": _TEXT,
+                "samples": {"type": ["integer", "string"]},
+                "reference": _TEXT,
+                "spacing": _TEXT,
+                "clipping": _TEXT,
+                "implementation": _TEXT,
+                "note": _TEXT,
+            },
+        },
         "columns": {
             "type": "object",
             "required": ["field", "values", "label"],
@@ -65,6 +79,14 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     "K": {"type": "integer", "minimum": 1},
                     # YAML gives integer keys for K columns, so key names are checked in Python.
                     "paper": {"type": "object", "additionalProperties": {"type": "number"}},
+                    # The paper's entry as printed, where it is not a plain number ("3.01*", "7.28±0.10").
+                    "paper_text": {"type": "object", "additionalProperties": {"type": "string"}},
+                    # A planned row the product cannot produce (no checkpoint, no method): shown as missing.
+                    "unavailable": _TEXT,
+                    # Columns of an otherwise producible row that are not (column value -> reason).
+                    "unavailable_at": {"type": "object", "additionalProperties": _TEXT},
+                    # The source row ("<model> | <sampler>") of a generated spec, for tracing it back.
+                    "csv": {"type": "string"},
                 },
             },
         },
@@ -84,6 +106,12 @@ class RowSpec:
     latex: str | None
     selectors: dict[str, str | int]
     paper: dict[int | str, float]
+    unavailable: str | None = None
+    unavailable_at: dict[int | str, str] | None = None
+
+    def unavailable_reason(self, column: int | str) -> str | None:
+        """Why this row has no result at ``column`` by design (None: it is planned to run)."""
+        return self.unavailable or (self.unavailable_at or {}).get(column)
 
 
 @dataclass(frozen=True)
@@ -145,17 +173,17 @@ def _check_semantics(source: Path, raw: dict[str, Any]) -> None:
     by_text = {str(v): v for v in values}
     for i, row in enumerate(raw["rows"]):
         choices = [f for f in SELECTOR_FIELDS if f != "dataset"]
-        if not any(f in row for f in choices):
+        if "unavailable" not in row and not any(f in row for f in choices):
             raise _fail(
                 source, f"rows[{i}]",
-                f"row {row['label']!r} selects nothing; give at least one of {choices}",
+                f"row {row['label']!r} selects nothing; give at least one of {choices} or 'unavailable: <reason>'",
             )
         if field in row:
             raise _fail(
                 source, f"rows[{i}].{field}",
                 f"{row[field]!r}: rows may not select the column field {field!r}",
             )
-        for key in row.get("paper", {}):
+        for key in [*row.get("paper", {}), *row.get("paper_text", {}), *row.get("unavailable_at", {})]:
             if str(key) not in by_text:
                 raise _fail(
                     source, f"rows[{i}].paper",
@@ -171,6 +199,8 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
             latex=row.get("latex"),
             selectors={f: row[f] for f in SELECTOR_FIELDS if f in row},
             paper={by_text[str(k)]: float(v) for k, v in row.get("paper", {}).items()},
+            unavailable=row.get("unavailable"),
+            unavailable_at={by_text[str(k)]: v for k, v in row.get("unavailable_at", {}).items()},
         )
         for row in raw["rows"]
     )

@@ -160,6 +160,10 @@ def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:
     for i, row in enumerate(spec.rows):
         cells = []
         for value in spec.column_values:
+            if row.unavailable_reason(value) is not None:
+                # Planned but not producible here: a missing cell, never matched against results.
+                cells.append(_summarise([], row.paper.get(value), {}, spec))
+                continue
             selectors: dict[str, str | int] = {
                 **spec.row_selectors(row), spec.column_field: value,
             }

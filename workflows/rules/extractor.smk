@@ -2,6 +2,8 @@
 
 
 rule train_extractor:
+    input:
+        data=lambda w: data_check(config["extractors"][w.extractor]["dataset"]),
     output:
         f"{RESULTS}/extractors/{{extractor}}.pt",
     params:

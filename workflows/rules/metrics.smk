@@ -12,6 +12,7 @@ rule fd_is:
     input:
         shards=cell_shards,
         extractor=lambda w: f"{RESULTS}/extractors/{config['metrics']['fd_is']['extractor']}.pt",
+        data=lambda w: data_check(w.dataset),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/fd_is.json",
     params:
@@ -38,7 +39,7 @@ def nll_variances(model: str, grid: str) -> list[str]:
 
 rule nll:
     input:
-        unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt"}
+        unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt", "data": data_check(w.dataset)}
                | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid))),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",

@@ -1,9 +1,31 @@
-# Models: trained here (embedded default); official checkpoints come with the paper profile.
+# Models: trained here (`train:`) or converted from an official checkpoint (`checkpoint:`, paper profile).
+# Both write results/models/{model}.pt in our format, so every later rule is the same.
+
+TRAINED = [m for m, spec in config["models"].items() if "train" in spec]
+CONVERTED = [m for m, spec in config["models"].items() if "checkpoint" in spec]
+CHECKPOINTS = "resources/checkpoints"
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard regex matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def registry_entry(name: str) -> dict:
+    from dataclasses import asdict
+
+    from bench.checkpoints.registry import get_checkpoint
+
+    return asdict(get_checkpoint(name))
 
 
 rule train_model:
+    input:
+        data=lambda w: data_check(dataset_of(w.model)),
     output:
         f"{RESULTS}/models/{{model}}.pt",
+    wildcard_constraints:
+        model=one_of(TRAINED),
     params:
         spec=lambda w: J(
             {
@@ -16,3 +38,35 @@ rule train_model:
     threads: 1
     shell:
         "OMP_NUM_THREADS={threads} {PY} -m bench train --spec {params.spec:q} --threads {threads} --out {output}"
+
+
+rule fetch_checkpoint:
+    output:
+        f"{CHECKPOINTS}/{{checkpoint}}.ckpt",
+    params:
+        spec=lambda w: J({"checkpoint": registry_entry(w.checkpoint)}),
+        lock=lambda w: f"{CHECKPOINTS}/{w.checkpoint}.lock.json",
+    threads: 1
+    shell:
+        "{PY} -m bench fetch-checkpoint --spec {params.spec:q} --lock {params.lock} --out {output}"
+
+
+rule convert_checkpoint:
+    input:
+        checkpoint=lambda w: f"{CHECKPOINTS}/{config['models'][w.model]['checkpoint']}.ckpt",
+        data=lambda w: data_check(dataset_of(w.model)),
+    output:
+        f"{RESULTS}/models/{{model}}.pt",
+    wildcard_constraints:
+        model=one_of(CONVERTED),
+    params:
+        spec=lambda w: J(
+            {
+                "model": config["models"][w.model],
+                "dataset": config["datasets"][dataset_of(w.model)],
+                "checkpoint": registry_entry(config["models"][w.model]["checkpoint"]),
+            }
+        ),
+    threads: 1
+    shell:
+        "{PY} -m bench convert-checkpoint --spec {params.spec:q} --checkpoint {input.checkpoint} --out {output}"

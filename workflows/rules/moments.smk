@@ -4,6 +4,7 @@
 rule moments:
     input:
         model=f"{RESULTS}/models/{{model}}.pt",
+        data=lambda w: data_check(dataset_of(w.model)),
     output:
         f"{RESULTS}/moments/{{model}}.npz",
     params:
