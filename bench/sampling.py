@@ -52,8 +52,9 @@ def generate(
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
         noise = NoiseSource(batch, shape, torch.float64, "cpu")
+        x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent() * scale
         try:
-            x = fn(model, noise.latent() * scale, grid, noise=noise, **sampler.get("options", {}))
+            x = fn(model, x_T, grid, noise=noise, **sampler.get("options", {}))
         except NonFiniteOutputError as err:
             raise NonFiniteSampleError(
                 f"{context}: network output is not finite at step {err.step} (timestep index) for sample index "
@@ -85,13 +86,14 @@ def sample_shard(
     out_path: Path,
     context: str,
     family: str = "ddpm",
+    noise: dict | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
     A cell whose samples are not finite gets a failure record instead (``error`` holds the message,
     no images), so no metric is ever computed from it while the rest of the DAG goes on.
     """
-    denoiser = make_denoiser(family, net, schedule)
+    denoiser = make_denoiser(family, net, schedule, noise=noise)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
     t0 = time.perf_counter()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm, edm, iddpm
+from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, iddpm
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
@@ -15,6 +15,8 @@ SAMPLERS: dict[str, Callable] = {
     "edm_heun": edm.heun,
     "edm_stochastic": edm.stochastic,
     "iddpm": iddpm.sample,
+    "ddgm": ddgm.ddgm,
+    "ddgm_ddim": ddgm.ddgm_ddim,
 }
 
 
