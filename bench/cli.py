@@ -122,6 +122,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         context=spec["context"],
         family=ckpt["config"]["family"],
         clock=clock,
+        noise=ckpt["config"].get("noise"),
     )
 
 
@@ -245,7 +246,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
     split = load_dataset(spec["dataset"], spec["split"])
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level)).to(clock.device)
     grid = time_grid(spec["grid"], schedule.T, spec["K"])
-    denoiser = make_denoiser(ckpt["config"]["family"], net, schedule)
+    denoiser = make_denoiser(ckpt["config"]["family"], net, schedule, noise=ckpt["config"].get("noise"))
     seeds = (torch.arange(len(x0), dtype=torch.int64) + spec["seed"]).to(clock.device)
     variances = tuple(v for v in spec["variances"] if v not in ("analytic", "learned"))
     try:

@@ -120,6 +120,7 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'models.{name}.family': value {model['family']!r} is not allowed; "
                 f"allowed: {sorted(compat)}"
             )
+        _check_noise_and_loss(name, model)
     for name, s in cfg["samplers"].items():
         if s["fn"] not in SAMPLERS:
             raise ConfigError(
@@ -183,6 +184,32 @@ def _check_model_source(name: str, model: dict) -> None:
             f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, which no loader "
             f"reads; loadable layouts: {sorted(LOADABLE_LAYOUTS)}"
         )
+def _check_noise_and_loss(name: str, model: dict) -> None:
+    """A DDGM model needs a noise law and trains with its L1 loss; no other family takes either."""
+    from bench.ddgm import noise_law
+
+    ddgm = model["family"] == "ddgm"
+    loss = model.get("loss", {"name": "simple"})["name"]
+    if "noise" in model and not ddgm:
+        raise ConfigError(
+            f"config key 'models.{name}.noise': only family 'ddgm' takes a noise law, not family {model['family']!r}"
+        )
+    if ddgm and "noise" not in model:
+        raise ConfigError(
+            f"config key 'models.{name}.noise': missing; family 'ddgm' needs a noise law, "
+            "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>}"
+        )
+    if ddgm != (loss == "l1"):
+        need = "family 'ddgm' trains with loss 'l1' (DDGM Lemma 2)" if ddgm else "loss 'l1' needs family 'ddgm'"
+        raise ConfigError(
+            f"config key 'models.{name}.loss.name': value {loss!r} is not allowed for family "
+            f"{model['family']!r}; {need}"
+        )
+    if ddgm:
+        try:
+            noise_law(model["noise"])
+        except ValueError as err:
+            raise ConfigError(f"config key 'models.{name}.noise': {err}") from None
 
 
 def _check_tables(cfg: dict, root: Path) -> None:

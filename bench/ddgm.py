@@ -48,21 +48,31 @@ the forward process by its marginal x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) ep
 x_n = sqrt(alpha_n) x_{n-1} + sqrt(beta_n) eps_n (`mixture_forward_chain`) has no two-component
 closed form (its marginal is a 2^(n+1)-component mixture with the same mean and variance but
 another fourth cumulant). Loss: L1, as for Gamma.
+
+In the DAG a model of family ``ddgm`` names its law in ``noise:`` (``noise_law``); ``l1_loss`` trains
+it and ``DDGMDenoiser`` samples it, its ``prior`` giving x_T ~ q(x_{grid[-1]} | x_0 = 0) from the
+latent streams of ``LatentDraws``, so that x_T depends only on the sample's seed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
 from torch import nn
 
 from bench import noise as counter_noise
+from bench.families import DiscreteEpsDenoiser
 from bench.noise import NoiseSource
 from bench.schedules import DiscreteSchedule
 
 K_CONVENTIONS = ("code", "paper")
+# The keys each kind of ``models.<name>.noise`` entry takes (NAMES.md).
+NOISE_KEYS = {"gamma": ("kind", "k_t"), "gaussian_mixture": ("kind", "phi2")}
 DEFAULT_PROPOSALS = 8
 DEFAULT_THETA_0 = 0.001  # the DDGM experiments (images and speech)
 
@@ -360,3 +370,92 @@ def mixture_loss(
     eps = mixture_noise(GeneratorDraws(gen, tuple(x0.shape)), phi2=phi2, p=p)
     xt = mixture_q_sample(schedule, x0.to(torch.float64), nb, eps).to(x0.dtype)
     return (net(xt, n.to(x0.dtype)) - eps.to(x0.dtype)).abs().mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial latents
+
+
+def initial_latent(
+    noise_source: NoiseSource,
+    schedule: DiscreteSchedule,
+    theta_0: float = DEFAULT_THETA_0,
+    *,
+    k_convention: str = "code",
+    step: int | None = None,
+    proposals: int = DEFAULT_PROPOSALS,
+) -> torch.Tensor:
+    """x_T = gbar_T - kbar_T theta_T, gbar_T ~ Gamma(kbar_T, theta_T) (Alg. 4), T = ``step``."""
+    step = schedule.T - 1 if step is None else step
+    if not (isinstance(step, int) and 0 <= step < schedule.T):
+        raise ValueError(
+            f"initial-latent step {step!r} must be an integer in [0, {schedule.T - 1}]"
+        )
+    process = GammaProcess(schedule, theta_0, k_convention)
+    x = process.centred_noise(step, LatentDraws(noise_source), proposals=proposals)
+    return x.to(noise_source.dtype)
+
+
+def mixture_initial_latent(
+    noise_source: NoiseSource, *, phi2: float, p: float = 0.5
+) -> torch.Tensor:
+    """x_T ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2), the mixture noise itself (unit variance)."""
+    return mixture_noise(LatentDraws(noise_source), phi2=phi2, p=p).to(noise_source.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained DDGM model: its noise law, training objective and denoiser
+
+
+@dataclass(frozen=True)
+class NoiseLaw:
+    """The noise a DDGM model is trained and sampled with: Gamma (k_t, theta_0) or the mixture (phi2, p)."""
+
+    kind: str
+    k_t: str = "code"
+    theta_0: float = DEFAULT_THETA_0
+    phi2: float = 1.0
+    p: float = 0.5
+
+
+def noise_law(cfg: dict) -> NoiseLaw:
+    """The law of a model config's ``noise:`` entry, e.g. {kind: gamma, k_t: code}, checked."""
+    kind = cfg.get("kind") if isinstance(cfg, dict) else None
+    if kind not in NOISE_KEYS:
+        raise ValueError(f"DDGM noise kind {kind!r} is not one of {list(NOISE_KEYS)} (noise entry {cfg!r})")
+    extra = sorted(set(cfg) - set(NOISE_KEYS[kind]))
+    if extra:
+        raise ValueError(f"DDGM noise of kind {kind!r} takes keys {list(NOISE_KEYS[kind])}, not {extra}")
+    if kind == "gamma":
+        k_t = cfg.get("k_t", "code")
+        if k_t not in K_CONVENTIONS:
+            raise ValueError(f"DDGM Gamma noise k_t {k_t!r} is not one of {list(K_CONVENTIONS)}")
+        return NoiseLaw(kind, k_t=k_t)
+    if "phi2" not in cfg:
+        raise ValueError("DDGM noise of kind 'gaussian_mixture' needs phi2, the variance of each component, in (0, 1]")
+    mixture_components(cfg["phi2"])
+    return NoiseLaw(kind, phi2=float(cfg["phi2"]))
+
+
+def l1_loss(law: NoiseLaw) -> Callable[..., torch.Tensor]:
+    """The L1 objective of DDGM (Lemma 2) for ``law``: (net, schedule, x0, generator) -> loss."""
+    if law.kind == "gamma":
+        return partial(ddgm_loss, theta_0=law.theta_0, k_convention=law.k_t)
+    return partial(mixture_loss, phi2=law.phi2, p=law.p)
+
+
+class DDGMDenoiser(DiscreteEpsDenoiser):
+    """A DDGM eps network: x0 = (x_n - sqrt(1 - abar_n) eps) / sqrt(abar_n) under either law (Lemma 1)."""
+
+    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, law: NoiseLaw):
+        super().__init__(net, schedule)
+        self.noise_law = law
+
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """x_T ~ q(x_s | x_0 = 0), s = grid[-1]: centred Gamma(kbar_s, theta_s) (Alg. 4) or sqrt(1 - abar_s) eps."""
+        step = int(grid[-1])
+        law = self.noise_law
+        if law.kind == "gamma":
+            return initial_latent(noise, self.schedule, law.theta_0, k_convention=law.k_t, step=step)
+        scale = torch.sqrt(1.0 - self.alpha_bars[step])
+        return (scale * mixture_initial_latent(noise, phi2=law.phi2, p=law.p)).to(noise.dtype)

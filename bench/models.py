@@ -37,10 +37,17 @@ def build_network(network: dict, *, channels: int, image_size: int) -> nn.Module
     raise ValueError(f"network type {kind!r} is not one of ['mlp', 'ddpm_unet', 'adm_unet', 'edm_precond']")
 
 
-def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule):
-    """The denoiser that adapts a trained network of ``family`` to the samplers' interface."""
+def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule, *, noise: dict | None = None):
+    """The denoiser that adapts a trained network of ``family`` to the samplers' interface.
+
+    ``noise`` is the model config's noise law, which a DDGM denoiser needs for its prior and samplers.
+    """
     from bench.families import DiscreteEpsDenoiser
 
+    if family == "ddgm":
+        from bench.ddgm import DDGMDenoiser, noise_law
+
+        return DDGMDenoiser(net, schedule, noise_law(noise))
     if family == "iddpm":
         from bench.iddpm import LearnedVarianceDenoiser
 
@@ -59,7 +66,11 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.iddpm import HYBRID_LAMBDA, hybrid_loss
 
         return partial(hybrid_loss, max_level=max_level, lam=loss.get("lambda", HYBRID_LAMBDA))
-    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid']")
+    if loss["name"] == "l1":
+        from bench.ddgm import l1_loss, noise_law
+
+        return l1_loss(noise_law(model_cfg.get("noise")))
+    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'l1']")
 
 
 def save_model(

@@ -54,8 +54,9 @@ def generate(
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
         noise = NoiseSource(batch, shape, torch.float64, device)
+        x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent() * scale
         try:
-            x = fn(model, noise.latent() * scale, grid, noise=noise, **sampler.get("options", {}))
+            x = fn(model, x_T, grid, noise=noise, **sampler.get("options", {}))
         except NonFiniteOutputError as err:
             raise NonFiniteSampleError(
                 f"{context}: network output is not finite at step {err.step} (timestep index) for sample index "
@@ -88,6 +89,7 @@ def sample_shard(
     context: str,
     family: str = "ddpm",
     clock: StepClock | None = None,
+    noise: dict | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
@@ -97,7 +99,7 @@ def sample_shard(
     from it while the rest of the DAG goes on.
     """
     clock = clock or StepClock(cpu_choice())
-    denoiser = make_denoiser(family, net, schedule)
+    denoiser = make_denoiser(family, net, schedule, noise=noise)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
     try:
         with torch.inference_mode():

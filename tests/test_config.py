@@ -18,7 +18,8 @@ def cfg():
 
 def test_default_config_is_valid(cfg):
     validate_config(cfg, root=ROOT)
-    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4  # DDPM model: five samplers; iDDPM: two; EDM's three at four K
+    # DDPM model: five samplers; iDDPM: two; EDM's three at four K; two DDGM models: two samplers each
+    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4 + 2 * 2 * 5
     assert shard_ranges(cfg) == [(0, 2000)]
     assert shard_ranges(mutate(cfg, ("sampling", "shard_size"), 700)) == [(0, 700), (700, 1400), (1400, 2000)]
 
@@ -33,9 +34,9 @@ def mutate(cfg, path, value):
 
 
 CASES = [
-    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned'\]"),
+    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddgm_alg4', 'ddgm_ddim_eta0', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned'\]"),
     (("models", "mlp", "dataset"), "cifar11", r"models\.mlp\.dataset': unknown dataset 'cifar11'; defined: \['digits'\]"),
-    (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['iddpm', 'mlp'\]"),
+    (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['ddgm', 'ddgm_gmm', 'iddpm', 'mlp'\]"),
     (("experiments", 0, "K"), [10, 1001], r"experiments\[0\]\.K\[1\]': value 1001 is not allowed; K must be an integer in \[1, T=1000\]"),
     (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be minimum 1"),
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
@@ -65,10 +66,52 @@ def test_table_referring_to_undefined_cell(cfg):
 def test_sampler_not_valid_for_family(cfg, monkeypatch):
     import bench.config
 
-    allowed = {"ddpm": ["ddpm", "analytic_ddpm", "analytic_ddim"], "iddpm": ["iddpm", "ddim"]}
+    allowed = {"ddpm": ["ddpm", "analytic_ddpm", "analytic_ddim"], "iddpm": ["iddpm", "ddim"], "ddgm": ["ddgm"]}
     monkeypatch.setattr(bench.config, "compatibility", lambda: allowed)
     with pytest.raises(ConfigError, match=r"sampler 'ddim_eta0' \(ddim\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'analytic_ddpm', 'analytic_ddim'\]"):
         validate_config(cfg, root=ROOT)
+
+
+@pytest.mark.parametrize(
+    "model,sampler,fn,family,allowed",
+    [
+        ("ddgm", "ddpm_beta", "ddpm", "ddgm", r"\['ddgm', 'ddgm_ddim'\]"),
+        ("ddgm_gmm", "ddim_eta0", "ddim", "ddgm", r"\['ddgm', 'ddgm_ddim'\]"),
+        ("mlp", "ddgm_alg4", "ddgm", "ddpm", r"\['ddpm', 'ddim', 'analytic_ddpm'"),
+    ],
+)
+def test_gaussian_and_ddgm_samplers_do_not_cross_families(cfg, model, sampler, fn, family, allowed):
+    bad = copy.deepcopy(cfg)
+    bad["experiments"].append({"model": model, "samplers": [sampler], "K": [10]})
+    i = len(bad["experiments"]) - 1
+    with pytest.raises(
+        ConfigError,
+        match=rf"experiments\[{i}\]\.samplers\[0\]': sampler '{sampler}' \({fn}\) does not apply to model '{model}' "
+        rf"of family '{family}'; that family allows {allowed}",
+    ):
+        validate_config(bad, root=ROOT)
+
+
+NOISE_CASES = [
+    (("models", "ddgm", "noise"), None, r"models\.ddgm\.noise': missing; family 'ddgm' needs a noise law"),
+    (("models", "mlp", "noise"), {"kind": "gamma"}, r"models\.mlp\.noise': only family 'ddgm' takes a noise law, not family 'ddpm'"),
+    (("models", "ddgm", "loss"), {"name": "simple"}, r"models\.ddgm\.loss\.name': value 'simple' is not allowed for family 'ddgm'; family 'ddgm' trains with loss 'l1'"),
+    (("models", "mlp", "loss"), {"name": "l1"}, r"models\.mlp\.loss\.name': value 'l1' is not allowed for family 'ddpm'; loss 'l1' needs family 'ddgm'"),
+    (("models", "ddgm", "noise"), {"kind": "laplace"}, r"models\.ddgm\.noise\.kind': value 'laplace' is not allowed; allowed: \['gamma', 'gaussian_mixture'\]"),
+    (("models", "ddgm", "noise"), {"kind": "gamma", "k_t": "alpha"}, r"noise\.k_t': value 'alpha' is not allowed; allowed: \['code', 'paper'\]"),
+    (("models", "ddgm", "noise"), {"kind": "gamma", "phi2": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2'\]"),
+    (("models", "ddgm_gmm", "noise"), {"kind": "gaussian_mixture"}, r"models\.ddgm_gmm\.noise': DDGM noise of kind 'gaussian_mixture' needs phi2"),
+    (("models", "ddgm_gmm", "noise", "phi2"), 1.5, r"models\.ddgm_gmm\.noise\.phi2': value 1\.5 must be maximum 1"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", NOISE_CASES, ids=[c[2][:40] for c in NOISE_CASES])
+def test_ddgm_noise_law_and_loss_are_checked(cfg, path, value, message):
+    bad = mutate(cfg, path, value)
+    if value is None:
+        del bad["models"][path[1]][path[2]]
+    with pytest.raises(ConfigError, match=message):
+        validate_config(bad, root=ROOT)
 
 
 def test_analytic_sampler_without_moments(cfg):

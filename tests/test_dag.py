@@ -21,8 +21,8 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 47  # 47 cells x 1 shard of 2000 samples
-    assert counts["fd_is"] == 47 and counts["train_model"] == 2 and counts["moments"] == 1
+    assert counts["sample_shard"] == 67  # 67 cells x 1 shard of 2000 samples
+    assert counts["fd_is"] == 67 and counts["train_model"] == 4 and counts["moments"] == 1
     # one per model and K on the even grid: beta, beta-tilde and analytic share the DDPM model's
     assert counts["nll"] == 2 * 5
     assert counts["report"] == 1 and counts["collect"] == 1
@@ -48,10 +48,10 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         typed = {k: int(v) if k in ints else float(v) if k in floats else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
-    # 5 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K; DDIM and EDM have no VLB.
-    assert len(rows) == 5 * 2 * 2 + 3 * 2
+    # 6 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K; DDIM, EDM and DDGM have no VLB.
+    assert len(rows) == 6 * 2 * 2 + 3 * 2
     nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows}
-    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "iddpm_learned")
+    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "iddpm_learned", "ddgm_alg4")
     assert nfe == {(s, k, k) for s in discrete for k in ("2", "5")} | {
         ("edm_heun", "2", "3"), ("edm_heun", "5", "9")}  # Heun: 2N - 1
     cells = tiny_run / "results/cells/digits/mlp"

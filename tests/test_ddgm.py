@@ -19,8 +19,10 @@ from bench.ddgm import (
     ddgm_loss,
     forward_chain,
     gamma_sample,
+    initial_latent,
     mixture_components,
     mixture_forward_chain,
+    mixture_initial_latent,
     mixture_loss,
     mixture_noise,
     mixture_q_sample,
@@ -188,15 +190,15 @@ def test_initial_latent_is_the_centred_gamma_of_the_top_step_and_uses_its_own_st
     noise = NoiseSource(torch.arange(20_000), (5,), F64, "cpu")
     for step in (None, 40):
         n = 99 if step is None else step
-        x = samplers.initial_latent(noise, schedule, 0.05, step=step)
+        x = initial_latent(noise, schedule, 0.05, step=step)
         var, k3 = gamma_cumulants(process, n)
         assert_moment(x, 0.0, 1, 0.0, f"x_T at {n}")
         assert_moment(x, 0.0, 2, var, f"x_T at {n}")
         assert_moment(x, 0.0, 3, k3, f"x_T at {n}")
     one = NoiseSource(torch.tensor([17]), (5,), F64, "cpu")
     torch.testing.assert_close(
-        samplers.initial_latent(one, schedule, 0.05)[0],
-        samplers.initial_latent(noise, schedule, 0.05)[17],
+        initial_latent(one, schedule, 0.05)[0],
+        initial_latent(noise, schedule, 0.05)[17],
         rtol=0,
         atol=0,
     )
@@ -302,11 +304,11 @@ def test_samplers_with_exact_eps_follow_the_closed_form_moments_and_return_the_d
     noise = NoiseSource(torch.arange(N), (1, 2, 2), F64, "cpu")
     if noise_kind == "gamma":
         process = GammaProcess(schedule, theta_0=0.05)  # kbar_0 ~ 0.4: strongly skewed noise
-        x_T = samplers.initial_latent(noise, schedule, 0.05, step=int(grid[-1]))
+        x_T = initial_latent(noise, schedule, 0.05, step=int(grid[-1]))
         top = process.marginal_variance()[grid[-1]].item()
         extra = {"theta_0": 0.05}
     else:
-        x_T = samplers.mixture_initial_latent(noise, phi2=0.1, p=0.3)
+        x_T = mixture_initial_latent(noise, phi2=0.1, p=0.3)
         top = 1.0
         extra = {"phi2": 0.1, "p": 0.3}
     den = Recording(DiscreteEpsDenoiser(PointMassEpsNetwork(C, schedule), schedule))
@@ -354,9 +356,9 @@ def test_a_sample_depends_only_on_its_own_seed(fn, options):
         noise = NoiseSource(torch.tensor(seeds), (4,), F64, "cpu")
         den = DiscreteEpsDenoiser(ElementwiseEpsNetwork(), schedule)
         if "theta_0" in options:
-            x_T = samplers.initial_latent(noise, schedule, options["theta_0"])
+            x_T = initial_latent(noise, schedule, options["theta_0"])
         else:
-            x_T = samplers.mixture_initial_latent(noise, phi2=options["phi2"])
+            x_T = mixture_initial_latent(noise, phi2=options["phi2"])
         return fn(den, x_T, grid, noise=noise, **options)
 
     torch.testing.assert_close(run([3, 4, 5])[2], run([5])[0], rtol=0, atol=0)
@@ -466,7 +468,7 @@ def test_bad_arguments_are_rejected_with_the_allowed_values():
     with pytest.raises(ValueError, match=r"p=1.0 must lie in \(0, 1\)"):
         mixture_components(0.5, 1.0)
     with pytest.raises(ValueError, match=r"step 100 must be an integer in \[0, 99\]"):
-        samplers.initial_latent(noise, schedule, 0.001, step=100)
+        initial_latent(noise, schedule, 0.001, step=100)
     den = DiscreteEpsDenoiser(PointMassEpsNetwork(C, schedule), schedule)
     grid = time_grid("even", 100, 5)
     x_T = torch.zeros(2, 1, 2, 2, dtype=F64)

@@ -15,8 +15,8 @@ SAMPLERS: dict[str, Callable] = {
     "edm_heun": edm.heun,
     "edm_stochastic": edm.stochastic,
     "iddpm": iddpm.sample,
-    "ddgm": ddgm.sample,
-    "ddgm_ddim": ddgm.sample_ddim,
+    "ddgm": ddgm.ddgm,
+    "ddgm_ddim": ddgm.ddgm_ddim,
 }
 
 

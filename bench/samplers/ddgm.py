@@ -8,9 +8,9 @@ variance in the code convention. The last move returns the x0 prediction, no noi
 z = 0 at t = 1). Alg. 4 as printed divides by sqrt(1 - abar_t) (a variance (1 - abar_s) /
 (1 - abar_t) < 1); the code's sqrt(1 - abar_s) is kept, the one that makes z unit-variance.
 
-x_T: the DAG calls ``initial_latent`` (Gamma) or ``mixture_initial_latent`` instead of
-``NoiseSource.latent``; pass ``step=int(grid[-1])`` when the grid does not end at T - 1 (DDIM's
-'uniform' grid), so that x_T follows q(x_{grid[-1]} | x_0 = 0).
+x_T: ``bench.ddgm.initial_latent`` (Gamma) or ``mixture_initial_latent``, which the DAG reaches
+through ``DDGMDenoiser.prior``. ``ddgm`` and ``ddgm_ddim`` are the registered samplers: they take
+the noise law from the denoiser, the law the model was trained with.
 """
 
 from __future__ import annotations
@@ -23,14 +23,13 @@ from bench.ddgm import (
     DEFAULT_PROPOSALS,
     DEFAULT_THETA_0,
     GammaProcess,
-    LatentDraws,
     StepDraws,
     mixture_components,
     mixture_noise,
 )
 from bench.families import predict
 from bench.noise import NoiseSource
-from bench.schedules import DiscreteSchedule, posterior_coefficients
+from bench.schedules import posterior_coefficients
 
 VARIANCES = ("beta", "beta_tilde")
 
@@ -154,28 +153,39 @@ def sample_mixture_ddim(
     return _ddim(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), eta, clip_x0)
 
 
-def initial_latent(
-    noise_source: NoiseSource,
-    schedule: DiscreteSchedule,
-    theta_0: float = DEFAULT_THETA_0,
-    *,
-    k_convention: str = "code",
-    step: int | None = None,
-    proposals: int = DEFAULT_PROPOSALS,
-) -> torch.Tensor:
-    """x_T = gbar_T - kbar_T theta_T, gbar_T ~ Gamma(kbar_T, theta_T) (Alg. 4), T = ``step``."""
-    step = schedule.T - 1 if step is None else step
-    if not (isinstance(step, int) and 0 <= step < schedule.T):
+def _law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
+    law = getattr(denoiser, "noise_law", None)
+    if law is None:
         raise ValueError(
-            f"initial-latent step {step!r} must be an integer in [0, {schedule.T - 1}]"
+            f"DDGM samplers need a denoiser of family 'ddgm' (one with a noise law), got "
+            f"{type(denoiser).__name__}"
         )
-    process = GammaProcess(schedule, theta_0, k_convention)
-    x = process.centred_noise(step, LatentDraws(noise_source), proposals=proposals)
-    return x.to(noise_source.dtype)
+    if law.kind == "gamma":
+        return _gamma_noise_at(denoiser, noise, law.theta_0, law.k_t, DEFAULT_PROPOSALS)
+    return _mixture_noise_at(noise, law.phi2, law.p)
 
 
-def mixture_initial_latent(
-    noise_source: NoiseSource, *, phi2: float, p: float = 0.5
+def ddgm(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    variance: str = "beta",
+    clip_x0: bool = True,
 ) -> torch.Tensor:
-    """x_T ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2), the mixture noise itself (unit variance)."""
-    return mixture_noise(LatentDraws(noise_source), phi2=phi2, p=p).to(noise_source.dtype)
+    """DDGM Alg. 4 with the denoiser's own noise law (Gamma, or the two-Gaussian mixture)."""
+    return _ancestral(denoiser, x_T, grid, _law_noise_at(denoiser, noise), variance, clip_x0)
+
+
+def ddgm_ddim(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """DDIM Eq. 12 with sigma(eta), z the denoiser's own normalised noise (code: generalized_gamma)."""
+    return _ddim(denoiser, x_T, grid, _law_noise_at(denoiser, noise), eta, clip_x0)
