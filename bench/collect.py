@@ -35,8 +35,21 @@ SOURCE_DIR = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "torch-fidelity", "snakemake", "dpm-bench")
 
 
+def ode_nll_row(cell: dict, results: Path) -> dict:
+    """The ode_nll_bpd row of a model: K and nfe are the measured NFE of its adaptive PF-ODE solve."""
+    r = load_json(results / cell["ode_nll"])
+    row = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid")}
+    row |= {"K": r["nfe"], "nfe": r["nfe"], "metric": "ode_nll_bpd", "seed": cell["seed"], "replicate": 0}
+    row |= {"n_samples": r["n_images"], "wall_seconds": round(r["wall_seconds"], 3)}
+    if r.get("status") == "failed":
+        return row | {"status": "failed", "value": ""}
+    return row | {"status": "ok", "value": r["bpd"]}
+
+
 def metric_rows(cell: dict, results: Path) -> list[dict]:
-    """The metrics.csv rows of one cell, from its fd_is and nll result files."""
+    """The metrics.csv rows of one cell, from its fd_is and nll result files (or a model's ode_nll file)."""
+    if "ode_nll" in cell:
+        return [ode_nll_row(cell, results)]
     base = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid", "K")}
     base |= {"seed": cell["seed"], "replicate": 0}
     rows = []

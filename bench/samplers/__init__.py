@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm, edm, iddpm
+from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm, edm, iddpm, langevin, pc
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
@@ -15,7 +15,14 @@ SAMPLERS: dict[str, Callable] = {
     "edm_heun": edm.heun,
     "edm_stochastic": edm.stochastic,
     "iddpm": iddpm.sample,
+    "langevin": langevin.sample,
+    "pc": pc.sample,
 }
+# Samplers over a score function's table of noise levels (bench.ncsn.ScoreFn): their grid is the
+# table's indices, and the config's sigma grid with K entries becomes the table itself.
+LEVEL_SAMPLERS = ("langevin", "pc")
+# Samplers in EDM's sigma space (bench.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
+SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic")
 
 
 def get_sampler(name: str) -> Callable:
