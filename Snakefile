@@ -9,7 +9,16 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from bench.config import ConfigError, cells, config_hash, read_yaml, shard_ranges, validate_config
+from bench.config import (
+    PF_ODE,
+    ConfigError,
+    cells,
+    config_hash,
+    ode_nll_models,
+    read_yaml,
+    shard_ranges,
+    validate_config,
+)
 
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))

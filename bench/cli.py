@@ -44,8 +44,7 @@ def cmd_train_extractor(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.models import build_network, save_model, training_loss
-    from bench.schedules import DiscreteSchedule
+    from bench.models import build_network, build_schedule, save_model, training_loss
     from bench.training import TrainConfig, train_eps_model
 
     spec = _spec(args.spec)
@@ -57,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     shape = tuple(data.shape[1:])
     torch.manual_seed(model_cfg["train"]["seed"])  # the initial weights are part of the seeded run
     net = build_network(model_cfg["network"], channels=shape[0], image_size=shape[1]).to(clock.device)
-    schedule = DiscreteSchedule.named(model_cfg["schedule"]["name"], model_cfg["schedule"]["T"])
+    schedule = build_schedule(model_cfg["schedule"])
     out = Path(args.out)
     ema, losses = train_eps_model(
         net,
@@ -294,6 +293,57 @@ def cmd_nll(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_ode_nll(args: argparse.Namespace) -> None:
+    from bench.data import load_dataset
+    from bench.data.digits import levels_to_unit
+    from bench.metrics.ode_nll import ode_nll
+    from bench.models import load_model, make_denoiser
+
+    spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
+    clock = StepClock.start()
+    net, schedule, ckpt = load_model(Path(args.model))
+    net = net.to(clock.device)
+    score = make_denoiser(ckpt["config"]["family"], net, schedule, tuple(ckpt["data_shape"])).as_score()
+    split = load_dataset(spec["dataset"], spec["split"])
+    x = torch.from_numpy(levels_to_unit(split.images, split.max_level)).to(torch.float64)[: spec.get("n_images")]
+    x = x.to(clock.device)
+    seeds = (torch.arange(len(x), dtype=torch.int64) + spec["seed"]).to(clock.device)
+    batch = spec.get("batch_size") or len(x)
+    options = {k: spec[k] for k in ("rtol", "atol", "method", "estimator", "dequantization") if k in spec}
+    parts = [
+        ode_nll(score, x[i : i + batch], seeds[i : i + batch], max_level=split.max_level, **options)
+        for i in range(0, len(x), batch)
+    ]
+    bpd = torch.cat([p["bpd"] for p in parts])
+    # every image of a batch shares that batch's solve, so its NFE is the batch's
+    nfe = sum(p["nfe"] * len(p["bpd"]) for p in parts) / len(x)
+    record = {k: parts[0][k] for k in ("estimator", "dequantization", "offset_bits", "rtol", "atol", "method")}
+    record |= {
+        "n_images": len(x),
+        "split": spec["split"],
+        "max_level": split.max_level,
+        "sigma_min": parts[0]["sigma_min"],
+        "sigma_max": parts[0]["sigma_max"],
+        "nfe": round(nfe),
+        "nfe_per_batch": [p["nfe"] for p in parts],
+        "batch_size": batch,
+    }
+    record |= clock.record()
+    if not bool(torch.isfinite(bpd).all()):
+        bad = int(torch.nonzero(~torch.isfinite(bpd))[0])
+        message = (
+            f"PF-ODE NLL of model {args.model}: not finite for {spec['split']} image {bad} (seed {int(seeds[bad])})"
+        )
+        print(f"error: {message}", file=sys.stderr)
+        atomic_json({"status": "failed", "error": message, **record}, Path(args.out))
+        return
+    atomic_json(
+        {"status": "ok", "bpd": float(bpd.mean()), "bpd_sem": float(bpd.std() / len(bpd) ** 0.5), **record},
+        Path(args.out),
+    )
+
+
 def cmd_collect(args: argparse.Namespace) -> None:
     from bench.collect import collect_metrics
 
@@ -345,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, default=1)
         if fn is not cmd_moments:
             sp.add_argument("--moments", help="Analytic-DPM moments artifact, for samplers that need Gamma_n")
+    sp = step("ode-nll", cmd_ode_nll)
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--threads", type=int, default=1)
     sp = step("fd-is", cmd_fd_is)
     sp.add_argument("--extractor", required=True)
     sp.add_argument("--shards", nargs="+", required=True)

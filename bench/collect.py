@@ -49,8 +49,20 @@ def _step_fields(record: dict) -> dict:
     }
 
 
+def ode_nll_row(cell: dict, r: dict) -> dict:
+    """The ode_nll_bpd row of a model: K and nfe are the measured NFE of its adaptive PF-ODE solve."""
+    row = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid")}
+    row |= {"metric": "ode_nll_bpd", "seed": cell["seed"], "replicate": 0, "reference_stats_sha256": ""}
+    row |= {"n_samples": r.get("n_images", "")} | _step_fields(r)
+    if r.get("status") == "failed":
+        return row | {"K": "", "nfe": "", "status": "failed", "value": ""}
+    return row | {"K": r["nfe"], "nfe": r["nfe"], "status": "ok", "value": r["bpd"]}
+
+
 def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
-    """The metrics.csv rows of one cell, from its fd_is and nll records (by kind)."""
+    """The metrics.csv rows of one cell, from its fd_is and nll records (or a model's ode_nll record), by kind."""
+    if "ode_nll" in records:
+        return [ode_nll_row(cell, records["ode_nll"])]
     base = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid", "K")}
     base |= {"seed": cell["seed"], "replicate": 0, "reference_stats_sha256": ""}
     failed = {"nfe": "", "n_samples": "", "status": "failed", "value": ""}
@@ -89,7 +101,7 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
 
 def cell_records(cell: dict, results: Path) -> dict[str, dict]:
     """The result records of one cell by kind ('fd_is', 'nll')."""
-    return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll") if kind in cell}
+    return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
 
 
 def collect_metrics(spec: dict, results: Path, out: Path) -> Path:

@@ -17,8 +17,12 @@ import yaml
 
 from bench.grids import GRIDS, time_grid
 
-# Digits metrics (embedded default) and the papers' Inception FID / IS (paper profile).
-METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "fid", "is")
+# Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
+METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
+# Families with a continuous-time score, whose likelihood the probability-flow ODE gives (metrics.ode_nll).
+CONTINUOUS_FAMILIES = ("ve", "edm")
+# The `sampler` of an ode_nll_bpd row in metrics.csv and in table specs: the PF-ODE solve itself.
+PF_ODE = "pf_ode"
 
 
 class ConfigError(ValueError):
@@ -106,8 +110,40 @@ def _need(name: str, table: dict, key: str, what: str) -> None:
         raise ConfigError(f"config key '{key}': unknown {what} {name!r}; defined: {sorted(table)}")
 
 
+def ode_nll_models(cfg: dict) -> list[str]:
+    """The models that get a PF-ODE likelihood: every continuous-time model, when metrics.ode_nll is set."""
+    if "ode_nll" not in cfg["metrics"]:
+        return []
+    return [name for name, m in cfg["models"].items() if m["family"] in CONTINUOUS_FAMILIES]
+
+
+def _check_model(name: str, model: dict) -> None:
+    from bench.models import FAMILY_LOSSES, FAMILY_SCHEDULES
+
+    family = model["family"]
+    schedules = FAMILY_SCHEDULES.get(family)
+    if schedules is not None and model["schedule"]["name"] not in schedules:
+        raise ConfigError(
+            f"config key 'models.{name}.schedule.name': value {model['schedule']['name']!r} does not apply to "
+            f"family {family!r}; allowed: {list(schedules)}"
+        )
+    losses = FAMILY_LOSSES.get(family)
+    if losses is not None and "loss" in model and model["loss"]["name"] not in losses:
+        raise ConfigError(
+            f"config key 'models.{name}.loss.name': value {model['loss']['name']!r} does not apply to "
+            f"family {family!r}; allowed: {list(losses)}"
+        )
+    s = model["schedule"]
+    if "sigma_min" in s and not s["sigma_min"] < s["sigma_max"]:
+        raise ConfigError(
+            f"config key 'models.{name}.schedule': sigma_min={s['sigma_min']!r} must be below "
+            f"sigma_max={s['sigma_max']!r}"
+        )
+
+
 def _check_references(cfg: dict) -> None:
-    from bench.samplers import SAMPLERS
+    from bench.edm import SIGMA_GRIDS
+    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS
 
     compat = compatibility()
     for name, ext in cfg["extractors"].items():
@@ -120,11 +156,17 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'models.{name}.family': value {model['family']!r} is not allowed; "
                 f"allowed: {sorted(compat)}"
             )
-        _check_noise_and_loss(name, model)
+        _check_noise(name, model)
+        _check_model(name, model)
     for name, s in cfg["samplers"].items():
         if s["fn"] not in SAMPLERS:
             raise ConfigError(
                 f"config key 'samplers.{name}.fn': value {s['fn']!r} is not allowed; allowed: {sorted(SAMPLERS)}"
+            )
+        if s["fn"] in LEVEL_SAMPLERS + SIGMA_SAMPLERS and s["grid"] not in SIGMA_GRIDS:
+            raise ConfigError(
+                f"config key 'samplers.{name}.grid': value {s['grid']!r} is not a sigma grid, which sampler "
+                f"function {s['fn']!r} needs; allowed: {list(SIGMA_GRIDS)}"
             )
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
@@ -138,9 +180,11 @@ def _check_references(cfg: dict) -> None:
                     f"model {exp['model']!r} of family {model['family']!r}; that family allows "
                     f"{compat[model['family']]}"
                 )
-        # Continuous-sigma models (schedule edm) have no T: K is the number of sigma steps.
-        T = model["schedule"].get("T", max(exp["K"]))
+        # Continuous-time models have no T: K counts their sigma steps or levels.
+        T = model["schedule"].get("T")
         for j, K in enumerate(exp["K"]):
+            if T is None:
+                continue
             if not 1 <= K <= T:
                 raise ConfigError(
                     f"config key 'experiments[{i}].K[{j}]': value {K} is not allowed; K must be an "
@@ -184,12 +228,11 @@ def _check_model_source(name: str, model: dict) -> None:
             f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, which no loader "
             f"reads; loadable layouts: {sorted(LOADABLE_LAYOUTS)}"
         )
-def _check_noise_and_loss(name: str, model: dict) -> None:
-    """A DDGM model needs a noise law and trains with its L1 loss; no other family takes either."""
+def _check_noise(name: str, model: dict) -> None:
+    """A DDGM model needs a noise law; no other family takes one (its L1 loss is checked with the others')."""
     from bench.ddgm import noise_law
 
     ddgm = model["family"] == "ddgm"
-    loss = model.get("loss", {"name": "simple"})["name"]
     if "noise" in model and not ddgm:
         raise ConfigError(
             f"config key 'models.{name}.noise': only family 'ddgm' takes a noise law, not family {model['family']!r}"
@@ -198,12 +241,6 @@ def _check_noise_and_loss(name: str, model: dict) -> None:
         raise ConfigError(
             f"config key 'models.{name}.noise': missing; family 'ddgm' needs a noise law, "
             "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>}"
-        )
-    if ddgm != (loss == "l1"):
-        need = "family 'ddgm' trains with loss 'l1' (DDGM Lemma 2)" if ddgm else "loss 'l1' needs family 'ddgm'"
-        raise ConfigError(
-            f"config key 'models.{name}.loss.name': value {loss!r} is not allowed for family "
-            f"{model['family']!r}; {need}"
         )
     if ddgm:
         try:
@@ -225,14 +262,24 @@ def _check_tables(cfg: dict, root: Path) -> None:
         if metric not in METRIC_NAMES and not planned_only:
             raise ConfigError(f"table spec {rel}: metric {metric!r} is not allowed; allowed: {list(METRIC_NAMES)}")
         field = spec["columns"]["field"]
+        pf_ode_models = ode_nll_models(cfg)
         for r, row in enumerate(spec.get("rows", [])):
             if "unavailable" in row:
                 continue
             for value in spec["columns"]["values"]:
                 if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
                     continue
-                cell = {**row, field: value}
-                cell = (cell.get("model"), cell.get("sampler"), cell.get("K"))
+                selected = {**row, field: value}
+                if metric == "ode_nll_bpd":
+                    if selected.get("model") not in pf_ode_models or selected.get("sampler", PF_ODE) != PF_ODE:
+                        raise ConfigError(
+                            f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at "
+                            f"{field}={value} selects model={selected.get('model')!r}, "
+                            f"sampler={selected.get('sampler')!r}; PF-ODE likelihoods exist for sampler "
+                            f"{PF_ODE!r} of models {pf_ode_models} (continuous-time models, with metrics.ode_nll)"
+                        )
+                    continue
+                cell = (selected.get("model"), selected.get("sampler"), selected.get("K"))
                 if cell not in defined:
                     raise ConfigError(
                         f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from bench.families import DiscreteEpsDenoiser
 from bench.nets.edm_precond import EDMPrecond
 from bench.nets.mlp import MLPDenoiser
+from bench.noise import NoiseSource
 from bench.schedules import DiscreteSchedule, sigma_of_alpha_bar
 
 SIGMA_GRIDS = ("edm", "vp", "ve", "iddpm")
@@ -248,6 +250,10 @@ class DiscreteVPAsSigma:
         eps = self.denoiser(x / torch.sqrt(1 + sigma**2), n).eps
         return x - sigma * eps
 
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
+        return grid[0] * noise.latent()
+
 
 # ---------------------------------------------------------------------------------------------
 # EDM training
@@ -274,6 +280,71 @@ def edm_mlp(*, channels: int = 1, image_size: int = 8, sigma_data: float = 0.5, 
     return EDMPrecond(TimeConditionedBackbone(mlp), image_size, channels, sigma_data=sigma_data)
 
 
+@dataclass(frozen=True)
+class EDMSchedule:
+    """The ``edm`` family's noise range and data scale (EDM Table 1: sigma in [0.002, 80], sigma_data = 0.5)."""
+
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (0 < self.sigma_min < self.sigma_max < math.inf and self.sigma_data > 0):
+            raise ValueError(
+                f"EDM schedule sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}, "
+                f"sigma_data={self.sigma_data!r} must satisfy 0 < sigma_min < sigma_max < inf, sigma_data > 0"
+            )
+
+    def precond(self, net: nn.Module, data_shape: tuple[int, ...]) -> EDMPrecond:
+        """``net(x, t)`` (our MLP) behind EDM's preconditioning: D = c_skip x + c_out F(c_in x; ln(sigma)/4) (Eq. 7).
+
+        ``data_shape`` is (channels, height, width) of one image.
+        """
+        return EDMPrecond(
+            TimeConditionedBackbone(net),
+            data_shape[-1],
+            data_shape[0],
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            sigma_data=self.sigma_data,
+        )
+
+
+class EDMNetworkDenoiser:
+    """The ``edm`` family's adapter: a trained EDMPrecond as a float64 SigmaDenoiser on [sigma_min, sigma_max].
+
+    Unlike PrecondDenoiser it leaves autograd alone (the caller picks inference_mode), so the
+    PF-ODE likelihood can take the divergence of D through it.
+    """
+
+    def __init__(self, net: EDMPrecond):
+        self.net = net
+        self.sigma_min = float(net.sigma_min)
+        self.sigma_max = float(net.sigma_max)
+        self.nfe = 0
+
+    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(sigma, dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        sigma = _scalar_sigma(sigma)
+        self.nfe += 1
+        return self.net(x, sigma.to(x.device)).to(torch.float64)
+
+    def as_sigma_denoiser(self) -> EDMNetworkDenoiser:
+        return self
+
+    def as_score(self):
+        """The score (D - x) / sigma^2 on 1000 geometric levels of the range (a bench.ncsn.ScoreFn), for the PF-ODE."""
+        from bench.ncsn import VEDenoiserScore
+
+        return VEDenoiserScore(self)
+
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
+        return grid[0] * noise.latent()
+
+
 def edm_training_sigmas(n: int, gen: torch.Generator, *, P_mean: float = P_MEAN, P_std: float = P_STD) -> torch.Tensor:
     """Training noise levels, ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1), float32 [n]."""
     if not P_std > 0:
@@ -295,3 +366,16 @@ def edm_loss(
     weight = (sigma**2 + net.sigma_data**2) / (sigma * net.sigma_data) ** 2
     denoised = net(y + sigma * noise.to(device=y.device, dtype=y.dtype), sigma)
     return (weight * (denoised - y) ** 2).mean()
+
+
+def edm_family_loss(
+    net: nn.Module,
+    schedule: EDMSchedule,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    P_mean: float = P_MEAN,
+    P_std: float = P_STD,
+) -> torch.Tensor:
+    """``edm_loss`` of ``net(x, t)`` behind the schedule's preconditioning (EDM Eq. 2 and 8), as a training loss_fn."""
+    return edm_loss(schedule.precond(net, tuple(y.shape[1:])), y, gen, P_mean=P_mean, P_std=P_std)

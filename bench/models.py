@@ -37,10 +37,43 @@ def build_network(network: dict, *, channels: int, image_size: int) -> nn.Module
     raise ValueError(f"network type {kind!r} is not one of ['mlp', 'ddpm_unet', 'adm_unet', 'edm_precond']")
 
 
-def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule, *, noise: dict | None = None):
+# Schedules and training losses each family accepts (the first loss is its default), checked with the config.
+FAMILY_SCHEDULES: dict[str, tuple[str, ...]] = {
+    "ddpm": ("linear", "cosine"),
+    "iddpm": ("linear", "cosine"),
+    "ve": ("ve",),
+    "edm": ("edm",),
+    "ddgm": ("linear", "cosine"),
+}
+FAMILY_LOSSES: dict[str, tuple[str, ...]] = {
+    "ddpm": ("simple", "hybrid"),
+    "iddpm": ("simple", "hybrid"),
+    "ve": ("dsm",),
+    "edm": ("edm",),
+    "ddgm": ("l1",),
+}
+
+
+def build_schedule(schedule: dict):
+    """The noise schedule of a model config: a discrete chain, the VE sigma range or EDM's sigma range."""
+    if schedule["name"] == "ve":
+        from bench.ncsn import VESchedule
+
+        return VESchedule(schedule["sigma_min"], schedule["sigma_max"])
+    if schedule["name"] == "edm":
+        from bench.edm import EDMSchedule
+
+        return EDMSchedule(schedule["sigma_min"], schedule["sigma_max"], schedule.get("sigma_data", 0.5))
+    return DiscreteSchedule.named(schedule["name"], schedule["T"])
+
+
+def make_denoiser(
+    family: str, net: nn.Module, schedule, data_shape: tuple[int, ...] | None = None, *, noise: dict | None = None
+):
     """The denoiser that adapts a trained network of ``family`` to the samplers' interface.
 
-    ``noise`` is the model config's noise law, which a DDGM denoiser needs for its prior and samplers.
+    ``data_shape`` (channels, height, width) is needed by the ``edm`` family's preconditioning, ``noise``
+    (the model config's noise law) by a DDGM denoiser for its prior and samplers.
     """
     from bench.families import DiscreteEpsDenoiser
 
@@ -48,6 +81,17 @@ def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule, *, no
         from bench.ddgm import DDGMDenoiser, noise_law
 
         return DDGMDenoiser(net, schedule, noise_law(noise))
+
+    if family == "ve":
+        from bench.ncsn import VENetworkScore
+
+        return VENetworkScore(net, schedule)
+    if family == "edm":
+        from bench.edm import EDMNetworkDenoiser
+
+        if data_shape is None:
+            raise ValueError("the edm family's denoiser needs the data shape (channels, height, width)")
+        return EDMNetworkDenoiser(schedule.precond(net, tuple(data_shape)))
     if family == "iddpm":
         from bench.iddpm import LearnedVarianceDenoiser
 
@@ -57,7 +101,15 @@ def make_denoiser(family: str, net: nn.Module, schedule: DiscreteSchedule, *, no
 
 def training_loss(model_cfg: dict, max_level: int):
     """The training objective of a model config: (net, schedule, x0, generator) -> scalar loss."""
-    loss = model_cfg.get("loss", {"name": "simple"})
+    loss = model_cfg.get("loss", {"name": FAMILY_LOSSES.get(model_cfg["family"], ("simple",))[0]})
+    if loss["name"] == "dsm":
+        from bench.ncsn import dsm_loss
+
+        return dsm_loss
+    if loss["name"] == "edm":
+        from bench.edm import P_MEAN, P_STD, edm_family_loss
+
+        return partial(edm_family_loss, P_mean=loss.get("P_mean", P_MEAN), P_std=loss.get("P_std", P_STD))
     if loss["name"] == "simple":
         from bench.training import simple_loss
 
@@ -70,7 +122,7 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.ddgm import l1_loss, noise_law
 
         return l1_loss(noise_law(model_cfg.get("noise")))
-    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'l1']")
+    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'dsm', 'edm', 'l1']")
 
 
 def save_model(
@@ -90,7 +142,7 @@ def save_model(
     )
 
 
-def load_model(path: Path) -> tuple[nn.Module, DiscreteSchedule, dict[str, Any]]:
+def load_model(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Rebuild (network in eval mode, schedule, checkpoint dict) from a file written by save_model."""
     ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -104,5 +156,5 @@ def load_model(path: Path) -> tuple[nn.Module, DiscreteSchedule, dict[str, Any]]
             f"{path}: state dict does not match network {cfg['network']['type']!r}: missing keys "
             f"{result.missing_keys}, unexpected keys {result.unexpected_keys}"
         )
-    schedule = DiscreteSchedule.named(cfg["schedule"]["name"], cfg["schedule"]["T"])
+    schedule = build_schedule(cfg["schedule"])
     return net.eval().requires_grad_(False), schedule, ckpt

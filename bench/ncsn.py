@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from bench.noise import NoiseSource
 from bench.schedules import DiscreteSchedule, alpha_bar_of_sigma, sigma_of_alpha_bar, timestep_of_sigma
 
 # Our VE networks see c_noise = 999 t, t in [0, 1] the log-sigma position (score-SDE feeds t * 999 to
@@ -219,7 +220,11 @@ class VPEpsScore:
 
 
 class VENetworkScore:
-    """Our VE model: score(x, sigma) = F(x, 999 t(sigma)) / sigma, F trained by ``dsm_loss`` (NCSNv2 Technique 3)."""
+    """Our VE model: score(x, sigma) = F(x, 999 t(sigma)) / sigma, F trained by ``dsm_loss`` (NCSNv2 Technique 3).
+
+    The ``ve`` family's adapter: the level samplers read it through ``with_levels`` and EDM's
+    samplers through ``as_sigma_denoiser``; both views count their calls in this object's ``nfe``.
+    """
 
     def __init__(
         self,
@@ -243,6 +248,74 @@ class VENetworkScore:
         out = self.net(x.to(self._dtype), t).to(torch.float64)
         self.nfe += 1
         return out / s
+
+    @property
+    def sigma_min(self) -> float:
+        return self.schedule.sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self.schedule.sigma_max
+
+    def as_score(self) -> VENetworkScore:
+        """The ScoreFn view (this object): what the PF-ODE likelihood integrates."""
+        return self
+
+    def with_levels(self, sigmas: torch.Tensor) -> LevelScore:
+        """This score on the level table ``sigmas`` (what annealed Langevin and PC index)."""
+        return LevelScore(self, sigmas)
+
+    def as_sigma_denoiser(self) -> ScoreAsSigmaDenoiser:
+        """This score as EDM's D(x; sigma), for EDM's samplers (EDM Table 2, VE column)."""
+        return ScoreAsSigmaDenoiser(self, self.sigma_min, self.sigma_max)
+
+
+class LevelScore:
+    """A ScoreFn read on its own level table: calls (and NFE) go to ``score``; x_T ~ N(0, sigma_max^2 I)."""
+
+    def __init__(self, score: ScoreFn, sigmas: torch.Tensor):
+        self.score = score
+        self.sigmas = _ascending_table(sigmas)
+
+    @property
+    def nfe(self) -> int:
+        return self.score.nfe
+
+    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        return self.score(x, sigma)
+
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """The VE prior at the largest visited level (score-SDE ``prior_sampling``), per-sample seeded."""
+        return self.sigmas[check_level_grid(grid, len(self.sigmas))[-1]] * noise.latent()
+
+
+class ScoreAsSigmaDenoiser:
+    """D(x; sigma) = x + sigma^2 score(x, sigma), the VE score in EDM's sigma space (Tweedie; EDM Eq. 3).
+
+    Continuous in sigma (``round_sigma`` is the identity) on [sigma_min, sigma_max]; calls and NFE
+    go to ``score``.
+    """
+
+    def __init__(self, score: ScoreFn, sigma_min: float, sigma_max: float):
+        _check_range(sigma_min, sigma_max)
+        self.score = score
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+
+    @property
+    def nfe(self) -> int:
+        return self.score.nfe
+
+    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(sigma, dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        s = as_level(sigma)
+        return x + s**2 * self.score(x, s)
+
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
+        return grid[0] * noise.latent()
 
 
 def _ascending_table(sigmas: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ evaluations (NFE) and estimated device hours.
   test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
   images.
+- ode_nll (metric ode_nll_bpd): one job per continuous-time model, ``ODE_NLL_NFE`` per image.
 - hours: NFE times the model's seconds per NFE per sample: ``plan.seconds_per_nfe.<model>`` in
   the configuration, else ``SECONDS_PER_NFE`` by network type, else ``DEFAULT_SECONDS_PER_NFE``.
 The last row, ``total``, is the whole run: every cell of the experiments (tables may show fewer)
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.config import ConfigError, read_yaml, shard_ranges
+from bench.config import ConfigError, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
 
 # Seconds per network evaluation per sample, by network type.
@@ -45,7 +46,14 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
     "edm_euler": lambda K, options: K,
     "edm_heun": lambda K, options: 2 * K - 1,
     "edm_stochastic": lambda K, options: 2 * K - 1,
+    # K noise levels: n_steps_each Langevin steps each, plus Tweedie's final denoising step (NCSN Alg. 1).
+    "langevin": lambda K, options: K * options.get("n_steps_each", 100) + int(options.get("denoise", False)),
+    # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
+    "pc": lambda K, options: K * (1 + options.get("n_steps_each", 1)),
 }
+# Network evaluations of one adaptive PF-ODE likelihood solve (each with one backward pass for the
+# Hutchinson trace); measured on the embedded ncsn and edm models with dopri5 at rtol = atol = 1e-3.
+ODE_NLL_NFE = 55
 
 # Images per split of the datasets that are not loaded to count them.
 # Published split sizes; lsun counts its `max_images` (the scene training sets have millions).
@@ -174,9 +182,27 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     return jobs, {(model, sampler_name, K): cfg["sampling"]["n_samples"]}
 
 
-def _row(name: str, metric: str, cfg: dict, work: list[tuple[bool, str, str, int]], sizes: _Sizes) -> dict:
-    """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once."""
-    jobs: dict = {}
+def _ode_nll_jobs(cfg: dict, models: set[str], sizes: _Sizes) -> dict:
+    """One PF-ODE likelihood job per model: ODE_NLL_NFE evaluations for each of its images."""
+    o = cfg["metrics"]["ode_nll"]
+    jobs = {}
+    for model in sorted(models):
+        n = o.get("n_images") or sizes(cfg["models"][model]["dataset"], o["split"])
+        jobs[("ode_nll", model)] = (model, n * ODE_NLL_NFE)
+    return jobs
+
+
+def _row(
+    name: str,
+    metric: str,
+    cfg: dict,
+    work: list[tuple[bool, str, str, int]],
+    sizes: _Sizes,
+    ode_nll_models: set[str] = frozenset(),
+) -> dict:
+    """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once, and the
+    PF-ODE likelihood jobs of ``ode_nll_models``."""
+    jobs: dict = _ode_nll_jobs(cfg, ode_nll_models, sizes) if ode_nll_models else {}
     samples: dict = {}
     for nll, model, sampler, K in work:
         cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes)
@@ -186,7 +212,7 @@ def _row(name: str, metric: str, cfg: dict, work: list[tuple[bool, str, str, int
     return {
         "table": name,
         "metric": metric,
-        "cells": len({(model, sampler, K) for _, model, sampler, K in work}),
+        "cells": len({(model, sampler, K) for _, model, sampler, K in work}) + len(ode_nll_models),
         "jobs": len(jobs),
         "samples": sum(samples.values()),
         "nfe": sum(nfe for _, nfe in jobs.values()),
@@ -200,6 +226,11 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
     rows = []
     for rel in cfg["tables"]:
         spec = read_yaml(Path(root) / rel)
+        if spec["metric"] == "ode_nll_bpd":
+            field = spec["columns"]["field"]
+            models = {{**row, field: v}.get("model") for row in spec["rows"] for v in spec["columns"]["values"]}
+            rows.append(_row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models) | {"unavailable": 0})
+            continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
         row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes)
@@ -212,7 +243,7 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         if "nll" in metrics and "nll" in cfg["samplers"][c.sampler]:
             work.append((True, c.model, c.sampler, c.K))
     unavailable = sum(r["unavailable"] for r in rows)
-    rows.append(_row("total", "", cfg, work, sizes) | {"unavailable": unavailable})
+    rows.append(_row("total", "", cfg, work, sizes, set(ode_nll_models(cfg))) | {"unavailable": unavailable})
     return rows
 
 

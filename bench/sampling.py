@@ -16,12 +16,38 @@ from bench.grids import time_grid
 from bench.io import atomic_npz
 from bench.models import make_denoiser
 from bench.noise import NoiseSource
-from bench.samplers import get_sampler
+from bench.samplers import LEVEL_SAMPLERS, get_sampler
 from bench.stepclock import StepClock
 
 
 class NonFiniteSampleError(RuntimeError):
     """A sampler produced NaN or Inf: no metric may be computed from such a cell."""
+
+
+def sigma_view(denoiser):
+    """The denoiser in EDM's sigma space: the family's own view where it has one, else the discrete VP chain's."""
+    own = getattr(denoiser, "as_sigma_denoiser", None)
+    return own() if own is not None else DiscreteVPAsSigma(denoiser)
+
+
+def sampler_view(denoiser, sampler: dict, K: int) -> tuple[object, torch.Tensor]:
+    """(what the sampler calls, its realised grid) for K steps of ``sampler`` on a family's denoiser.
+
+    Level samplers (annealed Langevin, PC) get the model's score on the K levels of the sampler's
+    sigma grid, spanning the model's own [sigma_min, sigma_max] unless grid_options say otherwise
+    (NCSN's levels are the model's), and the indices 0..K-1. EDM's samplers get the sigma view
+    and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid.
+    """
+    options = sampler.get("grid_options", {})
+    if sampler["fn"] in LEVEL_SAMPLERS:
+        view = sigma_view(denoiser)
+        options = {"sigma_min": view.sigma_min, "sigma_max": view.sigma_max, **options}
+        levels = sigma_grid(sampler["grid"], K, denoiser=view, **options)[:-1].flip(0)
+        return denoiser.with_levels(levels), torch.arange(K)
+    if sampler["grid"] in SIGMA_GRIDS:
+        view = sigma_view(denoiser)
+        return view, sigma_grid(sampler["grid"], K, denoiser=view, **options)
+    return denoiser, time_grid(sampler["grid"], denoiser.schedule.T, K)
 
 
 def generate(
@@ -38,23 +64,17 @@ def generate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples (float64 [N, *shape], on ``device``, the network's) for ``seeds``; returns (samples, realised grid).
 
+    The realised grid of a level sampler is its levels in the order visited (descending sigmas).
+
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell.
     """
     fn = get_sampler(sampler["fn"])
-    model = denoiser
-    if sampler["grid"] in SIGMA_GRIDS:
-        # EDM-type samplers see the discrete chain in sigma space (EDM Table 2, VP models); x_T ~ N(0, sigma_0^2 I).
-        model = DiscreteVPAsSigma(denoiser)
-        grid = sigma_grid(sampler["grid"], K, denoiser=model, **sampler.get("grid_options", {}))
-        scale = grid[0]
-    else:
-        grid = time_grid(sampler["grid"], denoiser.schedule.T, K)
-        scale = 1.0
+    model, grid = sampler_view(denoiser, sampler, K)
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
         noise = NoiseSource(batch, shape, torch.float64, device)
-        x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent() * scale
+        x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent()
         try:
             x = fn(model, x_T, grid, noise=noise, **sampler.get("options", {}))
         except NonFiniteOutputError as err:
@@ -70,7 +90,8 @@ def generate(
                 f"(seed {int(batch[idx])})"
             )
         out.append(x)
-    return torch.cat(out), grid
+    realised = model.sigmas[grid].flip(0) if sampler["fn"] in LEVEL_SAMPLERS else grid
+    return torch.cat(out), realised
 
 
 def sample_shard(
@@ -99,7 +120,7 @@ def sample_shard(
     from it while the rest of the DAG goes on.
     """
     clock = clock or StepClock(cpu_choice())
-    denoiser = make_denoiser(family, net, schedule, noise=noise)
+    denoiser = make_denoiser(family, net, schedule, shape, noise=noise)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
     try:
         with torch.inference_mode():

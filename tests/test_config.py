@@ -1,6 +1,7 @@
 """A configuration is rejected before any job, with the key, the value and what is allowed."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ def cfg():
 
 def test_default_config_is_valid(cfg):
     validate_config(cfg, root=ROOT)
-    # DDPM model: five samplers; iDDPM: two; EDM's three at four K; two DDGM models: two samplers each
-    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4 + 2 * 2 * 5
+    # DDPM model: five samplers; iDDPM: two; EDM's three at four K; two DDGM models: two samplers each;
+    # VE model: PC at five K, Langevin and EDM Heun at four; EDM-trained model: three samplers at four K
+    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4 + 2 * 2 * 5 + 5 + 2 * 4 + 3 * 4
     assert shard_ranges(cfg) == [(0, 2000)]
     assert shard_ranges(mutate(cfg, ("sampling", "shard_size"), 700)) == [(0, 700), (700, 1400), (1400, 2000)]
 
@@ -34,18 +36,18 @@ def mutate(cfg, path, value):
 
 
 CASES = [
-    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddgm_alg4', 'ddgm_ddim_eta0', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned'\]"),
+    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddgm_alg4', 'ddgm_ddim_eta0', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned', 'langevin', 'pc'\]"),
     (("models", "mlp", "dataset"), "cifar11", r"models\.mlp\.dataset': unknown dataset 'cifar11'; defined: \['digits'\]"),
-    (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['ddgm', 'ddgm_gmm', 'iddpm', 'mlp'\]"),
+    (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['ddgm', 'ddgm_gmm', 'edm', 'iddpm', 'mlp', 'ncsn'\]"),
     (("experiments", 0, "K"), [10, 1001], r"experiments\[0\]\.K\[1\]': value 1001 is not allowed; K must be an integer in \[1, T=1000\]"),
     (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be minimum 1"),
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
     (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be minimum 1"),
-    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm'\]"),
+    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc'\]"),
     (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'edm', 'vp', 've', 'iddpm', 'optimal', 'respace'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits', 'cifar10', 'celeba64', 'imagenet64', 'lsun'\]"),
-    (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm'\]"),
-    (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 'edm'\]"),
+    (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 've'\]"),
+    (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 've', 'edm'\]"),
     (("metrics", "fd_is", "extractor"), "inception", r"metrics\.fd_is\.extractor': unknown extractor 'inception'; defined: \['digits_cnn'\]"),
     (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size'\]"),
 ]
@@ -66,7 +68,7 @@ def test_table_referring_to_undefined_cell(cfg):
 def test_sampler_not_valid_for_family(cfg, monkeypatch):
     import bench.config
 
-    allowed = {"ddpm": ["ddpm", "analytic_ddpm", "analytic_ddim"], "iddpm": ["iddpm", "ddim"], "ddgm": ["ddgm"]}
+    allowed = {"ddpm": ["ddpm", "analytic_ddpm", "analytic_ddim"], "iddpm": ["iddpm", "ddim"], "ddgm": ["ddgm"], "ve": ["pc", "langevin", "edm_heun"], "edm": ["edm_euler", "edm_heun", "edm_stochastic"]}
     monkeypatch.setattr(bench.config, "compatibility", lambda: allowed)
     with pytest.raises(ConfigError, match=r"sampler 'ddim_eta0' \(ddim\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'analytic_ddpm', 'analytic_ddim'\]"):
         validate_config(cfg, root=ROOT)
@@ -95,8 +97,8 @@ def test_gaussian_and_ddgm_samplers_do_not_cross_families(cfg, model, sampler, f
 NOISE_CASES = [
     (("models", "ddgm", "noise"), None, r"models\.ddgm\.noise': missing; family 'ddgm' needs a noise law"),
     (("models", "mlp", "noise"), {"kind": "gamma"}, r"models\.mlp\.noise': only family 'ddgm' takes a noise law, not family 'ddpm'"),
-    (("models", "ddgm", "loss"), {"name": "simple"}, r"models\.ddgm\.loss\.name': value 'simple' is not allowed for family 'ddgm'; family 'ddgm' trains with loss 'l1'"),
-    (("models", "mlp", "loss"), {"name": "l1"}, r"models\.mlp\.loss\.name': value 'l1' is not allowed for family 'ddpm'; loss 'l1' needs family 'ddgm'"),
+    (("models", "ddgm", "loss"), {"name": "simple"}, r"models\.ddgm\.loss\.name': value 'simple' does not apply to family 'ddgm'; allowed: \['l1'\]"),
+    (("models", "mlp", "loss"), {"name": "l1"}, r"models\.mlp\.loss\.name': value 'l1' does not apply to family 'ddpm'; allowed: \['simple', 'hybrid'\]"),
     (("models", "ddgm", "noise"), {"kind": "laplace"}, r"models\.ddgm\.noise\.kind': value 'laplace' is not allowed; allowed: \['gamma', 'gaussian_mixture'\]"),
     (("models", "ddgm", "noise"), {"kind": "gamma", "k_t": "alpha"}, r"noise\.k_t': value 'alpha' is not allowed; allowed: \['code', 'paper'\]"),
     (("models", "ddgm", "noise"), {"kind": "gamma", "phi2": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2'\]"),
@@ -112,6 +114,54 @@ def test_ddgm_noise_law_and_loss_are_checked(cfg, path, value, message):
         del bad["models"][path[1]][path[2]]
     with pytest.raises(ConfigError, match=message):
         validate_config(bad, root=ROOT)
+
+
+FAMILY_SAMPLER_CASES = [
+    ("ncsn", "ddpm_beta", "ddpm", "ve", "['langevin', 'pc', 'edm_euler', 'edm_heun', 'edm_stochastic']"),
+    ("edm", "langevin", "langevin", "edm", "['edm_euler', 'edm_heun', 'edm_stochastic']"),
+    ("mlp", "pc", "pc", "ddpm", "['ddpm', 'ddim', 'analytic_ddpm', 'analytic_ddim', 'edm_euler', 'edm_heun', 'edm_stochastic']"),
+]
+
+
+@pytest.mark.parametrize("model,sampler,fn,family,allowed", FAMILY_SAMPLER_CASES, ids=[c[0] for c in FAMILY_SAMPLER_CASES])
+def test_invalid_family_sampler_pair_names_both(cfg, model, sampler, fn, family, allowed):
+    bad = copy.deepcopy(cfg)
+    bad["experiments"].append({"model": model, "samplers": [sampler], "K": [10]})
+    i = len(bad["experiments"]) - 1
+    message = (f"experiments[{i}].samplers[0]': sampler '{sampler}' ({fn}) does not apply to model '{model}' of "
+               f"family '{family}'; that family allows {allowed}")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(bad, root=ROOT)
+
+
+MODEL_CASES = [
+    (("models", "ncsn", "schedule"), {"name": "linear", "T": 1000}, r"models\.ncsn\.schedule\.name': value 'linear' does not apply to family 've'; allowed: \['ve'\]"),
+    (("models", "mlp", "schedule"), {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0}, r"models\.mlp\.schedule\.name': value 'edm' does not apply to family 'ddpm'; allowed: \['linear', 'cosine'\]"),
+    (("models", "ncsn", "loss"), {"name": "simple"}, r"models\.ncsn\.loss\.name': value 'simple' does not apply to family 've'; allowed: \['dsm'\]"),
+    (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01}, r"models\.ncsn\.schedule': 'sigma_max' is a required property"),
+    (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0, "T": 5}, r"models\.ncsn\.schedule': Additional properties are not allowed \('T' was unexpected\)"),
+    (("models", "edm", "schedule", "sigma_min"), 20.0, r"models\.edm\.schedule': sigma_min=20\.0 must be below sigma_max=10\.0"),
+    (("samplers", "pc", "grid"), "even", r"samplers\.pc\.grid': value 'even' is not a sigma grid, which sampler function 'pc' needs; allowed: \['edm', 'vp', 've', 'iddpm'\]"),
+    (("metrics", "ode_nll", "rtol"), 0, r"metrics\.ode_nll\.rtol': value 0 must be exclusiveMinimum 0"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", MODEL_CASES, ids=[str(c[1]) for c in MODEL_CASES])
+def test_continuous_family_settings_are_checked(cfg, path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(mutate(cfg, path, value), root=ROOT)
+
+
+def test_ode_nll_table_needs_a_continuous_model_and_the_metric(cfg):
+    bad = mutate(cfg, ("models", "edm"), copy.deepcopy(cfg["models"]["mlp"]))  # edm becomes a discrete model
+    bad["experiments"] = [e for e in bad["experiments"] if e["model"] != "edm"]
+    bad["tables"] = [t for t in bad["tables"] if "edm_fd" not in t]
+    with pytest.raises(ConfigError, match=r"embedded_ode_nll\.yaml: rows\[0\] .* at model=edm selects model='edm', sampler='pf_ode'; PF-ODE likelihoods exist for sampler 'pf_ode' of models \['ncsn'\]"):
+        validate_config(bad, root=ROOT)
+    no_metric = copy.deepcopy(cfg)
+    del no_metric["metrics"]["ode_nll"]
+    with pytest.raises(ConfigError, match=r"of models \[\] \(continuous-time models, with metrics\.ode_nll\)"):
+        validate_config(no_metric, root=ROOT)
 
 
 def test_analytic_sampler_without_moments(cfg):

@@ -21,8 +21,9 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 67  # 67 cells x 1 shard of 2000 samples
-    assert counts["fd_is"] == 67 and counts["train_model"] == 4 and counts["moments"] == 1
+    assert counts["sample_shard"] == 92  # 92 cells x 1 shard of 2000 samples
+    assert counts["fd_is"] == 92 and counts["train_model"] == 6 and counts["moments"] == 1
+    assert counts["ode_nll"] == 2  # the continuous-time models ncsn (ve) and edm
     # one per model and K on the even grid: beta, beta-tilde and analytic share the DDPM model's
     assert counts["nll"] == 2 * 5
     assert counts["report"] == 1 and counts["collect"] == 1
@@ -48,24 +49,36 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         typed = {k: int(v) if k in ints else float(v) if k in floats else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
-    # 6 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K; DDIM, EDM and DDGM have no VLB.
-    assert len(rows) == 6 * 2 * 2 + 3 * 2
-    nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows}
+    # 8 (model, sampler) x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K (DDIM, EDM, DDGM and PC have no
+    # VLB) + the PF-ODE NLL of the ve and edm models.
+    assert len(rows) == 8 * 2 * 2 + 3 * 2 + 2
+    pf_ode = [r for r in rows if r["sampler"] == "pf_ode"]
+    assert {(r["model"], r["family"], r["metric"], r["grid"]) for r in pf_ode} == {
+        ("ncsn", "ve", "ode_nll_bpd", "adaptive"), ("edm", "edm", "ode_nll_bpd", "adaptive")}
+    assert all(r["K"] == r["nfe"] and int(r["n_samples"]) == 16 for r in pf_ode)  # K of a PF-ODE row = its NFE
+    nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows if r["sampler"] != "pf_ode"}
     discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "iddpm_learned", "ddgm_alg4")
     assert nfe == {(s, k, k) for s in discrete for k in ("2", "5")} | {
-        ("edm_heun", "2", "3"), ("edm_heun", "5", "9")}  # Heun: 2N - 1
+        ("edm_heun", "2", "3"), ("edm_heun", "5", "9"),  # Heun: 2N - 1
+        ("pc", "2", "4"), ("pc", "5", "10")}  # PC: a predictor and a corrector step per level
     cells = tiny_run / "results/cells/digits/mlp"
     for path in cells.glob("*/K*/fd_is.json"):
         jsonschema.validate(json.loads(path.read_text()), schema("fd_is"))
     for path in cells.glob("nll-*/K*.json"):
         jsonschema.validate(json.loads(path.read_text()), schema("nll"))
+    for model in ("ncsn", "edm"):
+        record = json.loads((tiny_run / f"results/cells/digits/{model}/ode_nll.json").read_text())
+        jsonschema.validate(record, schema("ode_nll"))
+        assert record["n_images"] == 16 and record["dequantization"] == "uniform"
+    for path in (tiny_run / "results/cells/digits").glob("*/*/K*/fd_is.json"):
+        jsonschema.validate(json.loads(path.read_text()), schema("fd_is"))
     jsonschema.validate(json.loads((tiny_run / "results/provenance.json").read_text()), schema("provenance"))
 
 
 def test_tiny_run_report_and_rerun_is_a_no_op(tiny_run):
     assert (tiny_run / "reports/index.html").stat().st_size > 0
     assert {p.name for p in (tiny_run / "reports/tables").glob("*.tex")} == {"tiny_fd_digits.tex", "tiny_nll.tex",
-                                                                             "all.tex"}
+                                                                             "tiny_ode_nll.tex", "all.tex"}
     r = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--directory",
                   str(tiny_run), cwd=ROOT)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr

@@ -1,4 +1,5 @@
-# Metrics per cell: FD / IS from the cell's samples; NLL (VLB) from the model on the test split.
+# Metrics per cell: FD / IS from the cell's samples; NLL (VLB) from the model on the test split;
+# PF-ODE NLL once per continuous-time model.
 
 
 def cell_shards(w) -> list[str]:
@@ -62,6 +63,35 @@ rule nll:
         " {params.moments}"
 
 
+rule ode_nll:
+    input:
+        model=f"{RESULTS}/models/{{model}}.pt",
+    output:
+        f"{RESULTS}/cells/{{dataset}}/{{model}}/ode_nll.json",
+    params:
+        spec=lambda w: J(
+            {"dataset": config["datasets"][w.dataset], "seed": config["seed"], **config["metrics"]["ode_nll"]}
+        ),
+    threads: 1
+    shell:
+        "{PY} -m bench ode-nll --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
+
+
+def ode_nll_record(model: str) -> dict:
+    """A PF-ODE likelihood row of metrics.csv: sampler `pf_ode`, grid `adaptive`, K = the solve's measured NFE."""
+    o = config["metrics"]["ode_nll"]
+    return {
+        "dataset": dataset_of(model),
+        "model": model,
+        "family": config["models"][model]["family"],
+        "sampler": PF_ODE,
+        "sampler_label": f"PF-ODE, rtol={o['rtol']}, atol={o['atol']}",
+        "grid": "adaptive",
+        "seed": config["seed"],
+        "ode_nll": f"cells/{dataset_of(model)}/{model}/ode_nll.json",
+    }
+
+
 def cell_record(c) -> dict:
     sampler = config["samplers"][c.sampler]
     dataset = dataset_of(c.model)
@@ -83,7 +113,7 @@ def cell_record(c) -> dict:
     return rec
 
 
-CELL_RECORDS = [cell_record(c) for c in CELLS]
+CELL_RECORDS = [cell_record(c) for c in CELLS] + [ode_nll_record(m) for m in ode_nll_models(config)]
 
 
 def run_seeds() -> dict:
@@ -98,7 +128,7 @@ def run_seeds() -> dict:
 
 rule collect:
     input:
-        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll") if k in r],
+        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll") if k in r],
     output:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
