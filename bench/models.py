@@ -91,7 +91,10 @@ def make_denoiser(
 
         if data_shape is None:
             raise ValueError("the edm family's denoiser needs the data shape (channels, height, width)")
-        return EDMNetworkDenoiser(schedule.precond(net, tuple(data_shape)))
+        from bench.nets.edm_precond import Preconditioner
+
+        # An official EDM network (converted pickle) carries its own preconditioning; ours is a bare backbone.
+        return EDMNetworkDenoiser(net if isinstance(net, Preconditioner) else schedule.precond(net, tuple(data_shape)))
     if family == "iddpm":
         from bench.iddpm import LearnedVarianceDenoiser
 

@@ -26,7 +26,7 @@ class PrecondCoefficients(NamedTuple):
     c_noise: torch.Tensor
 
 
-class _Precond(nn.Module):
+class Preconditioner(nn.Module):
     """Shared forward pass; subclasses supply the coefficients of EDM Table 1."""
 
     # Constructor keywords that belong to the wrapper rather than the backbone.
@@ -94,7 +94,7 @@ class _Precond(nn.Module):
         return c.c_skip * x + c.c_out * F_x[:, : self.img_channels].to(torch.float32)
 
 
-class EDMPrecond(_Precond):
+class EDMPrecond(Preconditioner):
     """EDM preconditioning: c_in = 1/sqrt(sigma^2+sigma_data^2), c_noise = ln(sigma)/4."""
 
     HYPERPARAMETERS = ("sigma_min", "sigma_max", "sigma_data")
@@ -127,7 +127,7 @@ class EDMPrecond(_Precond):
         )
 
 
-class VPPrecond(_Precond):
+class VPPrecond(Preconditioner):
     """Variance-preserving preconditioning (EDM Table 1, 'VP' column); F predicts epsilon."""
 
     HYPERPARAMETERS = ("beta_d", "beta_min", "M", "epsilon_t")
@@ -173,7 +173,7 @@ class VPPrecond(_Precond):
         )
 
 
-class VEPrecond(_Precond):
+class VEPrecond(Preconditioner):
     """Variance-exploding preconditioning (EDM Table 1, 'VE' column); F predicts sigma*score."""
 
     HYPERPARAMETERS = ("sigma_min", "sigma_max")
@@ -202,7 +202,7 @@ class VEPrecond(_Precond):
         )
 
 
-class iDDPMPrecond(_Precond):
+class iDDPMPrecond(Preconditioner):
     """Improved-DDPM preconditioning on the discrete grid u_0 > ... > u_M = 0 (EDM Table 1).
 
     u_{j-1} = sqrt((u_j^2 + 1) / max(alpha_bar(j-1) / alpha_bar(j), C_1) - 1) with the
@@ -263,7 +263,7 @@ class iDDPMPrecond(_Precond):
         )
 
 
-PRECONDITIONERS: dict[str, type[_Precond]] = {
+PRECONDITIONERS: dict[str, type[Preconditioner]] = {
     "EDMPrecond": EDMPrecond,
     "VPPrecond": VPPrecond,
     "VEPrecond": VEPrecond,
