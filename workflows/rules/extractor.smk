@@ -4,6 +4,8 @@
 rule train_extractor:
     output:
         f"{RESULTS}/extractors/{{extractor}}.pt",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_extractor/{{extractor}}.tsv"
     params:
         spec=lambda w: J(
             {

@@ -14,6 +14,8 @@ rule fd_is:
         extractor=lambda w: f"{RESULTS}/extractors/{config['metrics']['fd_is']['extractor']}.pt",
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/fd_is.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/fd_is/{{dataset}}/{{model}}/{{sampler}}/K{{K}}.tsv"
     params:
         spec=lambda w: J(
             {
@@ -42,6 +44,8 @@ rule nll:
                | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid))),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/nll/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.tsv"
     params:
         spec=lambda w: J(
             {
@@ -91,6 +95,8 @@ rule collect:
     output:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect/collect.tsv"
     params:
         spec=J(
             {

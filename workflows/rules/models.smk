@@ -4,6 +4,8 @@
 rule train_model:
     output:
         f"{RESULTS}/models/{{model}}.pt",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_model/{{model}}.tsv"
     params:
         spec=lambda w: J(
             {

@@ -6,6 +6,8 @@ rule moments:
         model=f"{RESULTS}/models/{{model}}.pt",
     output:
         f"{RESULTS}/moments/{{model}}.npz",
+    benchmark:
+        f"{RESULTS}/benchmarks/moments/{{model}}.tsv"
     params:
         spec=lambda w: J({**config["moments"], "dataset": config["datasets"][dataset_of(w.model)]}),
     threads: 1
