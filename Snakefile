@@ -78,6 +78,15 @@ include: "workflows/rules/metrics.smk"
 include: "workflows/rules/report.smk"
 
 
+onsuccess:
+    from bench.stage_times import format_stage_times, stage_times, write_stage_times
+
+    STAGE_ROWS = stage_times(Path(RESULTS) / "benchmarks")
+    write_stage_times(STAGE_ROWS, Path(RESULTS) / "stage_times.csv")
+    print(f"dpm-bench stage times (summed job wall seconds, {RESULTS}/stage_times.csv):")
+    print(format_stage_times(STAGE_ROWS))
+
+
 rule all:
     default_target: True
     input:

@@ -1,7 +1,9 @@
 """``python -m bench <step>``: each Snakemake rule calls one step; every step also runs by hand.
 
 Steps take a JSON ``--spec`` holding exactly the settings that determine their output, so that
-Snakemake reruns a job when, and only when, something it depends on changed.
+Snakemake reruns a job when, and only when, something it depends on changed. Each step imports
+what it needs inside its function, so that a short job does not pay for torch, scikit-learn or
+torchvision when it uses none of them.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bench.io import atomic_json, load_npz
 from bench.stepclock import StepClock
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _spec(text: str) -> dict:
@@ -42,6 +47,8 @@ def cmd_train_extractor(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.models import build_network, build_schedule, save_model, training_loss
@@ -95,6 +102,8 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
     from bench.models import load_model
     from bench.sampling import sample_shard
 
@@ -135,6 +144,8 @@ def _gamma(path: str | None, net: torch.nn.Module) -> torch.Tensor:
 
 
 def cmd_moments(args: argparse.Namespace) -> None:
+    import torch
+
     from bench.analytic import estimate_gamma, model_hash, save_moments
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
@@ -229,6 +240,8 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
 
 
 def cmd_nll(args: argparse.Namespace) -> None:
+    import torch
+
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.families import NonFiniteOutputError

@@ -54,12 +54,15 @@ class DiscreteEpsDenoiser:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, n: int) -> Prediction:
         t = torch.full((x.shape[0],), float(n) * self.time_scale, device=x.device)
-        eps = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(torch.float64)
+        out = self.net(x.to(self._param.dtype), t.to(self._param.dtype))
         self.nfe += 1
-        check_finite(eps, n)
+        check_finite(out, n)  # before the cast to float64, which keeps every value finite or not: half the bytes
+        eps = out.to(torch.float64)
         abar = self.alpha_bars[n]
-        x0 = (x - torch.sqrt(1.0 - abar) * eps) / torch.sqrt(abar)
-        return Prediction(eps=eps, x0=x0)
+        # (x - sqrt(1 - abar) eps) / sqrt(abar) in one buffer: the same operations, no temporaries.
+        x0 = torch.mul(eps, torch.sqrt(1.0 - abar))
+        torch.sub(x, x0, out=x0)
+        return Prediction(eps=eps, x0=x0.div_(torch.sqrt(abar)))
 
 
 def clip_prediction(pred: Prediction, x: torch.Tensor, abar: torch.Tensor) -> Prediction:

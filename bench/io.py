@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 class CorruptFileError(RuntimeError):
@@ -36,6 +36,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> Path:
+    import torch  # here, not at the top: steps that write no torch file start without torch
+
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -60,6 +62,8 @@ def atomic_text(text: str, path: Path) -> Path:
 
 def load_torch_file(path: Path) -> Any:
     """torch.load with weights_only=True, turning any read failure into an error naming the file."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -95,8 +99,14 @@ def load_json(path: Path) -> Any:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, (np.ndarray, torch.Tensor)):
+    if isinstance(obj, np.ndarray) or _is_torch_tensor(obj):
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def _is_torch_tensor(obj: Any) -> bool:
+    """Whether obj is a torch.Tensor, without importing torch (a process that has none made no tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)

@@ -21,4 +21,5 @@ def run_tiny(work: Path) -> Path:
     """Run tests/configs/tiny.yaml to its report in ``work``; returns ``work``."""
     r = snakemake("--cores", "2", "--configfile", str(TINY_CONFIG), "--directory", str(work), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
+    (work / "snakemake.log").write_text(r.stdout + r.stderr)
     return work

@@ -5,6 +5,7 @@ import json
 
 import jsonschema
 import numpy as np
+import pytest
 import yaml
 from dag import ROOT, snakemake
 
@@ -82,3 +83,36 @@ def test_tiny_run_report_and_rerun_is_a_no_op(tiny_run):
     r = snakemake("-n", "--cores", "2", "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--directory",
                   str(tiny_run), cwd=ROOT)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_tiny_run_stage_times_sum_the_job_benchmarks(tiny_run):
+    from bench.stage_times import RULE_STAGES, STAGES, job_seconds
+
+    results = tiny_run / "results"
+    with open(results / "stage_times.csv", newline="") as f:
+        rows = {r["stage"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [*STAGES, "total"]
+    files = {stage: [] for stage in STAGES}
+    for path in (results / "benchmarks").rglob("*.tsv"):
+        files[RULE_STAGES[path.relative_to(results / "benchmarks").parts[0]]].append(path)
+    # One benchmark file per job: as many as the jobs' outputs.
+    n_outputs = {
+        "train": len(list((results / "models").glob("*.pt"))) + len(list((results / "extractors").glob("*.pt"))),
+        "moments": len(list((results / "moments").glob("*.npz"))),
+        "sample": len(list((results / "samples").rglob("shard*.npz"))),
+        "metrics": len(list((results / "cells").rglob("*.json"))),
+        "report": 2,  # collect and report
+    }
+    for stage in STAGES:
+        assert int(rows[stage]["jobs"]) == len(files[stage]) == n_outputs[stage] > 0, stage
+        seconds = sum(job_seconds(p) for p in files[stage])
+        assert float(rows[stage]["seconds"]) == pytest.approx(seconds, abs=1e-3) and seconds > 0, stage
+    total = float(rows["total"]["seconds"])
+    assert total == pytest.approx(sum(float(rows[s]["seconds"]) for s in STAGES), abs=5e-3)
+    assert sum(float(rows[s]["share"]) for s in STAGES) == pytest.approx(1.0, abs=1e-3)
+    assert int(rows["total"]["jobs"]) == sum(n_outputs.values())
+    # Printed at the end of the run, and shown in the report (without the report job, still running then).
+    log = (tiny_run / "snakemake.log").read_text()
+    assert "dpm-bench stage times" in log and f"total    {sum(n_outputs.values()):>5}" in log
+    html = (tiny_run / "reports/index.html").read_text()
+    assert 'id="stage-times"' in html and "<td>sample</td><td>" + str(n_outputs["sample"]) + "</td>" in html

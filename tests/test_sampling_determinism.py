@@ -56,3 +56,26 @@ def test_same_seed_same_sample_across_thread_counts(net, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(a["images"], b["images"])
+
+
+@pytest.mark.parametrize("network", [{"width": 64, "depth": 2, "emb_dim": 16}, {"width": 256, "depth": 4, "emb_dim": 128}])
+def test_mlp_rows_of_a_mixed_t_batch_equal_the_rows_computed_one_by_one(network):
+    """The time embedding runs once per distinct t; no row's output may depend on what shares its call."""
+    torch.manual_seed(1)
+    mlp = build_network({"type": "mlp", **network}, channels=1, image_size=8)
+    torch.nn.init.normal_(mlp.out.weight, std=0.05)
+    mlp.eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 1, 8, 8, generator=gen)
+    t = torch.tensor([3.0, 999.0, 3.0, 500.0, 0.0] * 8)
+    with torch.inference_mode():
+        batch = mlp(x, t)
+        for i in range(len(x)):
+            assert torch.equal(mlp(x[i : i + 1], t[i : i + 1]), batch[i : i + 1]), f"row {i}"
+        # A one-t batch (the sampling case, embedding broadcast) and small mixed batches agree too.
+        same_t = mlp(x, torch.full((40,), 3.0))
+        assert torch.equal(same_t[t == 3.0], batch[t == 3.0])
+        assert torch.equal(mlp(x[:3], t[:3]), batch[:3]) and torch.equal(mlp(x[1:4], t[1:4]), batch[1:4])
+        # Training mode embeds each row separately: the same outputs.
+        mlp.train()
+        assert torch.equal(mlp(x, t), batch)

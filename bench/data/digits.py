@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 MAX_LEVEL = 16
 SPLITS = ("train", "test")
@@ -26,6 +25,8 @@ def load_digits_split(split: str, *, test_fraction: float = 0.2, seed: int = 0) 
         raise ValueError(f"digits split {split!r} is not one of {list(SPLITS)}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction {test_fraction!r} must lie in (0, 1)")
+    from sklearn.datasets import load_digits  # here: scikit-learn takes a second to import, and only loading needs it
+
     bunch = load_digits()
     images = bunch.images.astype(np.uint8)[:, None, :, :]
     labels = bunch.target.astype(np.int64)

@@ -1,5 +1,1 @@
-"""Sample-quality metrics; torchvision is made importable before the metric libraries load it."""
-
-from bench.compat import import_torchvision
-
-import_torchvision()
+"""Sample-quality metrics: FD / IS (fid_is), the VLB (nll), PF-ODE likelihoods (ode_nll), the digits classifier."""

@@ -15,13 +15,17 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import torch
-import torch_fidelity
 from torch.utils.data import Dataset
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from bench.compat import import_torchvision
 from bench.data.digits import levels_to_unit
 from bench.io import CorruptFileError, atomic_npz, load_npz
 from bench.metrics.classifier import DigitsClassifier, load_classifier
+
+import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs bench.compat's nms first
+
+import torch_fidelity  # noqa: E402
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY  # noqa: E402
 
 FEATURE_EXTRACTOR_NAME = "digits-cnn"
 FEATURES_LAYER = "digits_features"

@@ -7,6 +7,11 @@ import math
 import torch
 from torch import nn
 
+# MKL's matrix products of at most 3 rows sum in another order than those of more rows (torch
+# 2.13, AVX-512: a row's output then depends on the size of its batch). Every product here gets at
+# least this many rows, so that each row's output is the same bits whatever shares its call.
+MIN_MATMUL_ROWS = 8
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """[sin(t w_i), cos(t w_i)] with w_i = 10000^(-i/(dim/2 - 1)) (Transformer / DDPM time embedding)."""
@@ -26,8 +31,9 @@ class ResidualBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, width)
         self.fc2 = nn.Linear(width, width)
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        z = self.fc1(nn.functional.silu(self.norm(h))) + self.emb(temb)
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, rows: slice | torch.Tensor) -> torch.Tensor:
+        """``rows`` picks each row's embedding from ``self.emb(temb)``: an index, or a slice that broadcasts."""
+        z = self.fc1(nn.functional.silu(self.norm(h))) + self.emb(temb)[rows]
         return h + self.fc2(nn.functional.silu(z))
 
 
@@ -61,9 +67,25 @@ class MLPDenoiser(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        temb = self.time_mlp(sinusoidal_embedding(t, self.emb_dim))
-        h = self.inp(x.flatten(1))
+        n = x.shape[0]
+        if self.training:
+            # Per-row embeddings: the weight gradients sum over the batch exactly as they always did.
+            times, rows = t, slice(None)
+        else:
+            # Sampling calls the network with one t for the whole batch: the time MLP and each block's
+            # emb Linear run once per distinct t, and their rows are shared out.
+            times, index = torch.unique(t, return_inverse=True)
+            rows = slice(0, 1) if len(times) == 1 else _pad_rows(index)
+        temb = self.time_mlp(sinusoidal_embedding(_pad_rows(times), self.emb_dim))
+        h = self.inp(_pad_rows(x.flatten(1)))
         for block in self.blocks:
-            h = block(h, temb)
-        out = self.out(nn.functional.silu(self.out_norm(h)))
-        return out.view(x.shape[0], self.out_channels, self.image_size, self.image_size)
+            h = block(h, temb, rows)
+        out = self.out(nn.functional.silu(self.out_norm(h)))[:n]
+        return out.view(n, self.out_channels, self.image_size, self.image_size)
+
+
+def _pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """x with copies of its first row appended up to MIN_MATMUL_ROWS rows (at least one row)."""
+    if len(x) >= MIN_MATMUL_ROWS:
+        return x
+    return torch.cat([x, x[:1].expand(MIN_MATMUL_ROWS - len(x), *x.shape[1:])])

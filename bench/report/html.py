@@ -13,6 +13,7 @@ import jinja2
 from bench.report.grids import SampleGrid
 from bench.report.specs import TableSpec
 from bench.report.tables import Cell, SampleKey, TableData, format_delta, format_nfe, format_value
+from bench.stage_times import StageTime
 
 # Provenance keys summarised at the top of every page when present with a scalar value; the
 # index lists every key in full.
@@ -50,6 +51,7 @@ class ReportInputs:
     metrics_sha256: str
     metrics_rows: int
     spec_paths: tuple[str, ...]
+    stage_times: tuple[StageTime, ...] = ()
 
 
 @dataclass(frozen=True)

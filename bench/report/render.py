@@ -13,11 +13,13 @@ from bench.report.latex import write_latex_tables
 from bench.report.results import read_metrics, read_provenance
 from bench.report.specs import load_table_specs
 from bench.report.tables import build_table
+from bench.stage_times import stage_times
 
 
 def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path) -> Path:
     """Read results_dir/{metrics.csv, provenance.json, samples/}, write out_dir; return index.html.
 
+    Stage times come from results_dir/benchmarks (the jobs that finished before this one).
     Outputs: index.html, table_<id>.html, figures/<id>.svg, tables/<id>.tex, tables/all.tex and
     samples/<dataset>/<model>/<sampler>/K<K>.png, all linked by relative paths.
     """
@@ -43,5 +45,6 @@ def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path)
         metrics_sha256=hashlib.sha256(metrics_path.read_bytes()).hexdigest(),
         metrics_rows=len(records),
         spec_paths=tuple(str(spec.source) for spec in specs),
+        stage_times=tuple(r for r in stage_times(results_dir / "benchmarks") if r.jobs),
     )
     return write_html_report(tables, provenance, grids, figures, latex, inputs, out_dir)

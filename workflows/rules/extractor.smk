@@ -6,6 +6,8 @@ rule train_extractor:
         data=lambda w: data_check(config["extractors"][w.extractor]["dataset"]),
     output:
         f"{RESULTS}/extractors/{{extractor}}.pt",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_extractor/{{extractor}}.tsv"
     params:
         spec=lambda w: J(
             {

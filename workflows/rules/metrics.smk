@@ -16,6 +16,8 @@ rule fd_is:
         data=lambda w: data_check(w.dataset),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/fd_is.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/fd_is/{{dataset}}/{{model}}/{{sampler}}/K{{K}}.tsv"
     params:
         spec=lambda w: J(
             {
@@ -44,6 +46,8 @@ rule nll:
                | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid))),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/nll/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.tsv"
     params:
         spec=lambda w: J(
             {
@@ -132,6 +136,8 @@ rule collect:
     output:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect/collect.tsv"
     params:
         spec=J(
             {

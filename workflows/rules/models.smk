@@ -26,6 +26,8 @@ rule train_model:
         f"{RESULTS}/models/{{model}}.pt",
     wildcard_constraints:
         model=one_of(TRAINED),
+    benchmark:
+        f"{RESULTS}/benchmarks/train_model/{{model}}.tsv"
     params:
         spec=lambda w: J(
             {

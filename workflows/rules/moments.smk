@@ -7,6 +7,8 @@ rule moments:
         data=lambda w: data_check(dataset_of(w.model)),
     output:
         f"{RESULTS}/moments/{{model}}.npz",
+    benchmark:
+        f"{RESULTS}/benchmarks/moments/{{model}}.tsv"
     params:
         spec=lambda w: J({**config["moments"], "dataset": config["datasets"][dataset_of(w.model)]}),
     threads: 1

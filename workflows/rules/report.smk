@@ -12,5 +12,7 @@ rule report:
         ],
     output:
         f"{REPORTS}/index.html",
+    benchmark:
+        f"{RESULTS}/benchmarks/report/report.tsv"
     shell:
         "{PY} -m bench report --results {RESULTS} --tables {input.tables} --out {REPORTS}"

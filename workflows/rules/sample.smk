@@ -21,6 +21,8 @@ rule sample_shard:
         unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt"} | moments_arg(w.model, needs_moments(w.sampler))),
     output:
         f"{RESULTS}/samples/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
+    benchmark:
+        f"{RESULTS}/benchmarks/sample_shard/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.tsv"
     params:
         spec=sample_spec,
         moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
