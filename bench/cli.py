@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.io import atomic_json, load_npz
+from bench.io import CorruptFileError, OutputWriteError, atomic_json, load_npz
 
 
 def _spec(text: str) -> dict:
@@ -302,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return perf_main(argv[1:])
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (CorruptFileError, OutputWriteError) as err:
+        # A bad input file or a failed write is the user's to fix: name it, without torch's or numpy's traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -50,9 +50,14 @@ def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error names the file, line and column."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start]
+        raise ConfigError(f"config file {path} is not UTF-8 text: byte {err.start} is {bad:#04x}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
@@ -96,6 +101,7 @@ def validate_config(cfg: Any, *, root: Path = Path(".")) -> dict:
     if errors:
         raise ConfigError(_schema_error_message(errors[0]))
     _check_references(cfg)
+    _check_dataset_paths(cfg, root)
     _check_tables(cfg, root)
     return cfg
 
@@ -157,6 +163,19 @@ def _check_references(cfg: dict) -> None:
     fd = cfg["metrics"].get("fd_is")
     if fd:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")
+
+
+def _check_dataset_paths(cfg: dict, root: Path) -> None:
+    """A dataset read from user files (``root:``) must point at an existing directory before any job starts."""
+    for name, ds in cfg["datasets"].items():
+        if "root" not in ds:
+            continue
+        where = Path(root) / Path(ds["root"]).expanduser()
+        if not where.is_dir():
+            raise ConfigError(
+                f"config key 'datasets.{name}.root': path {ds['root']!r} ({where}) is not an existing directory; "
+                f"allowed: the directory that holds the {ds['kind']!r} files"
+            )
 
 
 def _check_tables(cfg: dict, root: Path) -> None:

@@ -93,6 +93,8 @@ def sample_shard(
     """
     denoiser = make_denoiser(family, net, schedule)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
+    # The job log shows when sampling (the long part of a job) starts, after the model has loaded.
+    print(f"{context}: sampling indices [{start}, {stop}) in batches of {batch_size}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
