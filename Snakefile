@@ -13,6 +13,7 @@ from bench.config import (
     PF_ODE,
     ConfigError,
     cells,
+    check_dataset_paths,
     config_hash,
     ode_nll_models,
     read_yaml,
@@ -23,9 +24,18 @@ from bench.config import (
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
 try:
-    validate_config(config, root=Path(workflow.basedir))
+    # User data directories are checked in onstart, which a dry run (planning without data) skips.
+    validate_config(config, root=Path(workflow.basedir), check_paths=False)
 except ConfigError as err:
     raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
+
+
+onstart:
+    try:
+        check_dataset_paths(config, Path(workflow.basedir))
+    except ConfigError as err:
+        raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
+
 
 PY = sys.executable
 RESULTS = "results"

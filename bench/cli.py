@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.io import atomic_json, load_npz
+from bench.io import CorruptFileError, OutputWriteError, atomic_json, load_npz
 from bench.stepclock import StepClock
 
 if TYPE_CHECKING:
@@ -373,7 +373,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from bench.config import load_config
     from bench.plan import format_plan, plan
 
-    print(format_plan(plan(load_config(Path(args.config)))), end="")
+    print(format_plan(plan(load_config(Path(args.config), check_paths=False))), end="")
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -434,7 +434,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return perf_main(argv[1:])
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (CorruptFileError, OutputWriteError) as err:
+        # A bad input file or a failed write is the user's to fix: name it, without torch's or numpy's traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

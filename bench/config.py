@@ -55,9 +55,14 @@ def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error names the file, line and column."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start]
+        raise ConfigError(f"config file {path} is not UTF-8 text: byte {err.start} is {bad:#04x}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
         return yaml.safe_load(text)
     except yaml.MarkedYAMLError as err:
@@ -92,8 +97,11 @@ def _schema_error_message(err: jsonschema.ValidationError) -> str:
     return f"config key '{key}': value {err.instance!r}: {err.message}"
 
 
-def validate_config(cfg: Any, *, root: Path = Path(".")) -> dict:
-    """Check ``cfg`` against the schema and every cross-reference; return it unchanged if valid."""
+def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = True) -> dict:
+    """Check ``cfg`` against the schema and every cross-reference; return it unchanged if valid.
+
+    ``check_paths=False`` skips the check that user data directories exist (a dry run plans without data).
+    """
     if not isinstance(cfg, dict):
         raise ConfigError(f"config must be a mapping, got {type(cfg).__name__}")
     validator = jsonschema.Draft202012Validator(_schema())
@@ -101,6 +109,8 @@ def validate_config(cfg: Any, *, root: Path = Path(".")) -> dict:
     if errors:
         raise ConfigError(_schema_error_message(errors[0]))
     _check_references(cfg)
+    if check_paths:
+        check_dataset_paths(cfg, root)
     _check_tables(cfg, root)
     return cfg
 
@@ -249,6 +259,19 @@ def _check_noise(name: str, model: dict) -> None:
             raise ConfigError(f"config key 'models.{name}.noise': {err}") from None
 
 
+def check_dataset_paths(cfg: dict, root: Path) -> None:
+    """A dataset read from user files (``root:``) must point at an existing directory before any job starts."""
+    for name, ds in cfg["datasets"].items():
+        if "root" not in ds or ds.get("download"):
+            continue
+        where = Path(root) / Path(ds["root"]).expanduser()
+        if not where.is_dir():
+            raise ConfigError(
+                f"config key 'datasets.{name}.root': path {ds['root']!r} ({where}) is not an existing directory; "
+                f"allowed: the directory that holds the {ds['kind']!r} files"
+            )
+
+
 def _check_tables(cfg: dict, root: Path) -> None:
     defined = {(c.model, c.sampler, c.K) for c in cells(cfg)}
     for i, rel in enumerate(cfg["tables"]):
@@ -288,9 +311,9 @@ def _check_tables(cfg: dict, root: Path) -> None:
                     )
 
 
-def load_config(path: Path | str, *, root: Path | None = None) -> dict:
+def load_config(path: Path | str, *, root: Path | None = None, check_paths: bool = True) -> dict:
     """Read and validate a config file (table spec paths are relative to ``root``, default the cwd)."""
-    return validate_config(read_yaml(Path(path)), root=root or Path("."))
+    return validate_config(read_yaml(Path(path)), root=root or Path("."), check_paths=check_paths)
 
 
 def cells(cfg: dict) -> list[Cell]:

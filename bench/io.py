@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -17,10 +18,20 @@ class CorruptFileError(RuntimeError):
     """A results file that exists but cannot be read: truncated, corrupted or of the wrong kind."""
 
 
+class OutputWriteError(OSError):
+    """An output could not be written (disk full, file size limit, permissions); nothing was left in its place."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it into place.
+
+    Temporary files of ``path`` left by a killed writer are removed first: each output has one
+    writer at a time (Snakemake runs one job per output), so none of them belongs to a live one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -29,6 +40,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        raise OutputWriteError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

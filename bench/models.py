@@ -150,10 +150,18 @@ def load_model(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CorruptFileError(f"{path} is not a {FORMAT} checkpoint")
+    lacking = [k for k in ("config", "data_shape", "max_level", "state_dict") if k not in ckpt]
+    if lacking:
+        raise CorruptFileError(f"{path} lacks the checkpoint entries {lacking}")
     cfg = ckpt["config"]
     channels, size, _ = ckpt["data_shape"]
     net = build_network(cfg["network"], channels=channels, image_size=size)
-    result = net.load_state_dict(ckpt["state_dict"], strict=False)
+    try:
+        result = net.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # tensors of the wrong shape: torch lists each one
+        reason = " ".join(str(err).split())
+        kind = cfg["network"]["type"]
+        raise CorruptFileError(f"{path}: state dict does not match network {kind!r}: {reason}") from None
     if result.missing_keys or result.unexpected_keys:
         raise CorruptFileError(
             f"{path}: state dict does not match network {cfg['network']['type']!r}: missing keys "

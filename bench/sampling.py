@@ -122,6 +122,8 @@ def sample_shard(
     clock = clock or StepClock(cpu_choice())
     denoiser = make_denoiser(family, net, schedule, shape, noise=noise)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
+    # The job log shows when sampling (the long part of a job) starts, after the model has loaded.
+    print(f"{context}: sampling indices [{start}, {stop}) in batches of {batch_size}", file=sys.stderr, flush=True)
     try:
         with torch.inference_mode():
             x, grid = generate(

@@ -49,6 +49,9 @@ CASES = [
     (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 've'\]"),
     (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 've', 'edm'\]"),
     (("metrics", "fd_is", "extractor"), "inception", r"metrics\.fd_is\.extractor': unknown extractor 'inception'; defined: \['digits_cnn'\]"),
+    (("metrics", "fid"), {"extractor": "digits_cnn"}, r"config key 'metrics': Additional properties are not allowed \('fid' was unexpected\); allowed keys: \['fd_is', 'nll', 'ode_nll'\]"),
+    (("samplers", "ddim_eta0", "fn"), "iddpm", r"experiments\[0\]\.samplers\[2\]': sampler 'ddim_eta0' \(iddpm\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'ddim', 'analytic_ddpm'"),
+    (("datasets", "digits", "root"), "no/such/dir", r"datasets\.digits\.root': path 'no/such/dir' \(.*no/such/dir\) is not an existing directory; allowed: the directory that holds the 'digits' files"),
     (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size'\]"),
 ]
 
@@ -188,3 +191,18 @@ def test_config_hash_changes_with_content(cfg):
 
     assert config_hash(cfg) == config_hash(yaml.safe_load(yaml.safe_dump(cfg)))
     assert config_hash(cfg) != config_hash(mutate(cfg, ("seed",), 1))
+
+
+def test_table_with_unknown_metric(cfg, tmp_path):
+    spec = read_yaml(ROOT / cfg["tables"][0]) | {"metric": "kid"}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    bad = mutate(cfg, ("tables",), [str(tmp_path / "t.yaml")])
+    with pytest.raises(ConfigError, match=r"table spec .*t\.yaml: metric 'kid' is not allowed; allowed: \['fd_digits', 'is_digits', 'nll_bpd', 'ode_nll_bpd', 'fid', 'is'\]"):
+        validate_config(bad, root=ROOT)
+
+
+def test_non_utf8_file(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("profile: embedded\nlabel: \"σ\"\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text: byte 0 is 0xff"):
+        load_config(p)

@@ -142,7 +142,11 @@ def load_classifier(path: Path) -> DigitsClassifier:
             f"{path} is not a digits classifier checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}"
         )
     model = DigitsClassifier(ClassifierConfig(**payload["config"]))
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors: torch lists each one
+        reason = " ".join(str(err).split())
+        raise CorruptFileError(f"{path}: state dict does not match the digits classifier: {reason}") from None
     model.eval()
     model.requires_grad_(False)
     return model

@@ -69,8 +69,11 @@ def grid_image(images: np.ndarray, max_level: int, *, columns: int = 8, min_cell
     return canvas
 
 
-def _load_shard(shard: Path, limit: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _load_shard(shard: Path, limit: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(images, seeds, max_level) of a shard; None for a failed cell's record (an ``error``, no images)."""
     with np.load(shard) as data:
+        if "error" in data.files:
+            return None
         missing = {"images", "seeds", "max_level"} - set(data.files)
         if missing:
             raise ResultsError(f"{shard}: lacks {sorted(missing)}; a shard holds images, "
@@ -99,7 +102,10 @@ def write_sample_grids(samples_dir: Path, report_dir: Path, *, n_images: int = 6
     """Write report_dir/samples/{dataset}/{model}/{sampler}/K{K}.png for every cell with a shard."""
     grids: dict[SampleKey, SampleGrid] = {}
     for key, shard in first_shards(Path(samples_dir)).items():
-        images, seeds, max_level = _load_shard(shard, n_images)
+        loaded = _load_shard(shard, n_images)
+        if loaded is None:
+            continue  # the table marks the failed cell; there are no samples to show
+        images, seeds, max_level = loaded
         dataset, model, sampler, k = key
         relpath = f"samples/{dataset}/{model}/{sampler}/K{k}.png"
         target = Path(report_dir) / relpath
