@@ -9,6 +9,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from bench.config import ConfigError, cells, config_hash, read_yaml, shard_ranges, validate_config
+from bench.checkpoints.references import default_weights
 
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))

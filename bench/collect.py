@@ -32,7 +32,36 @@ COLUMNS = (
     "status",
 )
 SOURCE_DIR = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "torch-fidelity", "snakemake", "dpm-bench")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "torch-fidelity",
+    "clean-fid",
+    "snakemake",
+    "dpm-bench",
+)
+
+
+def metric_names(extractor: str) -> tuple[str, str]:
+    """metrics.csv names of FD and IS: Inception FID / IS, or fd_digits / is_digits for the digits CNN."""
+    return ("fid", "is") if extractor.startswith("inception_v3") else ("fd_digits", "is_digits")
+
+
+def fd_protocols(spec: dict, results: Path) -> list[dict]:
+    """The distinct FD / IS protocols of the run's cells: backend, mode, reference and its statistics' sha256."""
+    keys = ("extractor", "backend", "backend_version", "mode", "reference", "reference_n", "reference_stats_sha256")
+    seen = []
+    for cell in spec["cells"]:
+        if "fd_is" not in cell:
+            continue
+        r = load_json(results / cell["fd_is"])
+        protocol = {k: r[k] for k in keys if k in r}
+        if r.get("status") != "failed" and protocol not in seen:
+            seen.append(protocol)
+    return seen
 
 
 def metric_rows(cell: dict, results: Path) -> list[dict]:
@@ -42,9 +71,10 @@ def metric_rows(cell: dict, results: Path) -> list[dict]:
     rows = []
     if "fd_is" in cell:
         r = load_json(results / cell["fd_is"])
+        fd_name, is_name = metric_names(r.get("extractor", cell.get("fd_extractor", "")))
         if r.get("status") == "failed":
             failed = base | {"nfe": "", "n_samples": "", "status": "failed", "value": "", "wall_seconds": ""}
-            rows.extend(failed | {"metric": m} for m in ("fd_digits", "is_digits"))
+            rows.extend(failed | {"metric": m} for m in (fd_name, is_name))
             return rows
         common = base | {
             "nfe": r["nfe"],
@@ -52,8 +82,8 @@ def metric_rows(cell: dict, results: Path) -> list[dict]:
             "status": "ok",
             "wall_seconds": round(r["sample_wall_seconds"] + r["metric_wall_seconds"], 3),
         }
-        rows.append(common | {"metric": "fd_digits", "value": r["fd"]})
-        rows.append(common | {"metric": "is_digits", "value": r["is_mean"]})
+        rows.append(common | {"metric": fd_name, "value": r["fd"]})
+        rows.append(common | {"metric": is_name, "value": r["is_mean"]})
     if "nll" in cell:
         r = load_json(results / cell["nll"])
         if r.get("status") == "failed":
@@ -84,7 +114,7 @@ def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     atomic_text(buf.getvalue(), out)
-    atomic_json(provenance(spec), out.with_name("provenance.json"))
+    atomic_json(provenance(spec) | {"fd_is": fd_protocols(spec, results)}, out.with_name("provenance.json"))
     return out
 
 

@@ -40,14 +40,14 @@ def counts(row):
 def test_embedded_default_against_a_hand_count(cfg):
     rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
     assert list(rows) == ["embedded_fd_digits", "embedded_is_digits", "embedded_nll", "embedded_edm_fd_digits", "total"]
-    # FD and IS: 7 rows x 5 K; per cell one sample_shard and one fd_is job; mlp's moments job.
+    # FD and IS: 7 rows x 5 K; per cell one sample_shard, one features and one fd_is job; mlp's moments job.
     for table in ("embedded_fd_digits", "embedded_is_digits"):
-        assert counts(rows[table]) == {"cells": 35, "jobs": 71, "samples": 70_000, "nfe": MAIN_NFE + MOMENTS_NFE}
+        assert counts(rows[table]) == {"cells": 35, "jobs": 35 * 3 + 1, "samples": 70_000, "nfe": MAIN_NFE + MOMENTS_NFE}
     # NLL: 4 rows x 5 K; one nll job per model and K (the samplers of a grid share it), and the moments.
     assert counts(rows["embedded_nll"]) == {"cells": 20, "jobs": 11, "samples": 0, "nfe": NLL_NFE + MOMENTS_NFE}
-    assert counts(rows["embedded_edm_fd_digits"]) == {"cells": 16, "jobs": 32, "samples": 32_000, "nfe": EDM_NFE}
+    assert counts(rows["embedded_edm_fd_digits"]) == {"cells": 16, "jobs": 16 * 3, "samples": 32_000, "nfe": EDM_NFE}
     # The whole run: 25 + 10 + 12 distinct cells, every job and NFE once.
-    assert counts(rows["total"]) == {"cells": 47, "jobs": 47 * 2 + 10 + 1, "samples": 94_000, "nfe": TOTAL_NFE}
+    assert counts(rows["total"]) == {"cells": 47, "jobs": 47 * 3 + 10 + 1, "samples": 94_000, "nfe": TOTAL_NFE}
     assert rows["total"]["hours"] == pytest.approx(TOTAL_NFE * SECONDS_PER_NFE["mlp"] / 3600)
 
 
@@ -72,7 +72,7 @@ def test_shards_change_jobs_not_samples_or_nfe(cfg):
     c = copy.deepcopy(cfg)
     c["sampling"]["shard_size"] = 300  # 2000 samples: 7 shards
     fd = plan(c, root=ROOT)[0]
-    assert counts(fd) == {"cells": 35, "jobs": 35 * 7 + 35 + 1, "samples": 70_000, "nfe": MAIN_NFE + MOMENTS_NFE}
+    assert counts(fd) == {"cells": 35, "jobs": 35 * 7 * 2 + 35 + 1, "samples": 70_000, "nfe": MAIN_NFE + MOMENTS_NFE}
 
 
 def test_moments_from_m_images(cfg):
@@ -88,8 +88,8 @@ def test_total_covers_cells_no_table_shows(cfg, tmp_path):
     c = copy.deepcopy(cfg)
     c["tables"] = [str(tmp_path / "one_row.yaml")]
     table, total = plan(c, root=ROOT)
-    assert counts(table) == {"cells": 5, "jobs": 10, "samples": 10_000, "nfe": 2000 * SUM_K}
-    assert counts(total) == {"cells": 47, "jobs": 105, "samples": 94_000, "nfe": TOTAL_NFE}
+    assert counts(table) == {"cells": 5, "jobs": 15, "samples": 10_000, "nfe": 2000 * SUM_K}
+    assert counts(total) == {"cells": 47, "jobs": 152, "samples": 94_000, "nfe": TOTAL_NFE}
 
 
 def test_sampler_without_an_nfe_count_is_named(cfg):
@@ -103,4 +103,4 @@ def test_format_plan_aligns_columns(cfg):
     lines = format_plan(plan(cfg, root=ROOT)).splitlines()
     assert lines[0].split() == ["table", "metric", "cells", "jobs", "samples", "NFE", "hours"]
     assert len({len(line) for line in lines}) == 1
-    assert lines[-1].split() == ["total", "47", "105", "94,000", f"{TOTAL_NFE:,}", f"{TOTAL_NFE * 7e-5 / 3600:.3g}"]
+    assert lines[-1].split() == ["total", "47", "152", "94,000", f"{TOTAL_NFE:,}", f"{TOTAL_NFE * 7e-5 / 3600:.3g}"]
