@@ -9,6 +9,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from bench.checkpoints.references import default_weights
 from bench.config import (
     PF_ODE,
     ConfigError,

@@ -172,71 +172,176 @@ def cmd_moments(args: argparse.Namespace) -> None:
 SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_seconds", "device")
 
 
-def _reference_stats_sha256(images: np.ndarray, max_level: int, extractor: Path, device: torch.device) -> str:
-    """Content hash of the reference images' feature statistics (bench.metrics.fid_is.FeatureStats)."""
-    from bench.metrics.classifier import load_classifier
-    from bench.metrics.fid_is import FeatureStats, extract
+def cmd_features(args: argparse.Namespace) -> None:
+    import torch
 
-    features, _ = extract(images, max_level, load_classifier(extractor).to(device))
-    return FeatureStats.from_features(features).content_hash()
+    from bench.metrics.extractors import extract_outputs, signature
+    from bench.metrics.shard_features import ShardFeatures, exact_stats, save_failed_shard
+
+    spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
+    shard = load_npz(Path(args.shard), ("seeds",))
+    if "error" in shard:
+        save_failed_shard(Path(args.out), str(shard["error"]))
+        return
+    missing = [k for k in SHARD_ARRAYS if k not in shard]
+    if missing:
+        raise SystemExit(f"sample shard {args.shard} lacks arrays {missing}: it is not a complete shard")
+    clock = StepClock.start()
+    features, is_kind, is_values = extract_outputs(
+        spec["extractor"], Path(args.extractor), shard["images"], int(shard["max_level"])
+    )
+    timing = clock.record()
+    ShardFeatures(
+        stats=exact_stats(features),
+        is_kind=is_kind,
+        is_values=is_values,
+        seeds=shard["seeds"],
+        extractor=signature(spec["extractor"]),
+        nfe=int(shard["nfe"]),
+        grid=shard["grid"],
+        sample_wall_seconds=float(shard["wall_seconds"]),
+        feature_wall_seconds=timing["wall_seconds"],
+        sample_device_seconds=float(shard["device_seconds"]),
+        feature_device_seconds=timing["device_seconds"],
+        devices=tuple(sorted({str(shard["device"]), timing["device"]})),
+    ).save(Path(args.out))
+
+
+def cmd_reference_stats(args: argparse.Namespace) -> None:
+    import torch
+
+    from bench.metrics.extractors import backend_and_mode, signature
+
+    spec = _spec(args.spec)
+    torch.set_num_threads(args.threads)
+    backend, mode = backend_and_mode(spec["extractor"])
+    clock = StepClock.start()
+    if "reference" in spec:
+        from bench.checkpoints.references import statistics_entry
+        from bench.metrics.reference_stats import fetch_statistics
+
+        entry = statistics_entry(spec["reference"])
+        if entry.mode != mode:
+            raise SystemExit(
+                f"reference statistics {entry.name!r} were made in mode {entry.mode!r}; "
+                f"the extractor runs in mode {mode!r}"
+            )
+        stats, digest = fetch_statistics(entry, Path(args.cache), Path(args.lock))
+        meta = {"reference": entry.name, "url": entry.url, "source": entry.source}
+    else:
+        from bench.data import load_dataset
+        from bench.metrics.extractors import extract_outputs
+        from bench.metrics.fid_is import FeatureStats
+        from bench.metrics.shard_features import fixed_point
+
+        split = load_dataset(spec["dataset"], spec["split"])
+        features, _, _ = extract_outputs(spec["extractor"], Path(args.extractor), split.images, split.max_level)
+        stats = FeatureStats.from_features(fixed_point(features))
+        digest = stats.content_hash()
+        meta = {"reference": spec["split"]}
+    stats.save(Path(args.out))
+    meta |= {
+        "n_images": stats.n,
+        "reference_stats_sha256": digest,
+        "extractor": signature(spec["extractor"]),
+        "backend": backend,
+        "mode": mode,
+        **clock.record(),
+    }
+    atomic_json(meta, Path(args.out).with_suffix(".json"))
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> None:
+    from bench.checkpoints.references import fetch_weights, weights_entry
+
+    entry = weights_entry(_spec(args.spec)["weights"])
+    fetched = fetch_weights(entry, Path(args.cache), Path(args.lock))
+    if fetched.resolve() != Path(args.out).resolve():
+        raise SystemExit(f"weights {entry.name!r} were fetched to {fetched}, not to --out {args.out}")
 
 
 def cmd_fd_is(args: argparse.Namespace) -> None:
-    from bench.data import load_dataset
-    from bench.metrics.fid_is import compute_fd_is
+    from bench.io import load_json
+    from bench.metrics.extractors import backend_and_mode, signature
+    from bench.metrics.fid_is import (
+        FeatureStats,
+        frechet_distance_of_backend,
+        inception_score,
+        inception_score_from_probs,
+    )
+    from bench.metrics.shard_features import ShardFailed, ShardFeatures, merge_shards
 
     spec = _spec(args.spec)
-    clock = StepClock.start()
-    shards = [load_npz(Path(p), ("seeds",)) for p in args.shards]
-    errors = [str(s["error"]) for s in shards if "error" in s]
-    if errors:
-        atomic_json({"status": "failed", "error": errors[0], **clock.record()}, Path(args.out))
+    try:
+        shards = [ShardFeatures.load(Path(p)) for p in args.features]
+    except ShardFailed as err:
+        atomic_json({"status": "failed", "error": str(err)}, Path(args.out))
         return
-    for path, shard in zip(args.shards, shards, strict=True):
-        missing = [k for k in SHARD_ARRAYS if k not in shard]
-        if missing:
-            raise SystemExit(f"sample shard {path} lacks arrays {missing}: it is not a complete shard")
-    images = np.concatenate([s["images"] for s in shards])
-    seeds = np.concatenate([s["seeds"] for s in shards])
-    if len(images) != spec["n_samples"] or len(np.unique(seeds)) != len(seeds):
+    cell = merge_shards(shards)
+    if cell.stats.n != spec["n_samples"] or len(np.unique(cell.seeds)) != len(cell.seeds):
         raise SystemExit(
-            f"cell {spec['context']}: shards hold {len(images)} samples ({len(np.unique(seeds))} distinct seeds), "
-            f"expected exactly {spec['n_samples']}"
+            f"cell {spec['context']}: shards hold {cell.stats.n} samples "
+            f"({len(np.unique(cell.seeds))} distinct seeds), expected exactly {spec['n_samples']}"
         )
-    ref = load_dataset(spec["dataset"], spec["reference_split"])
-    max_level = int(shards[0]["max_level"])
-    on_gpu = clock.device.type == "cuda"
-    result = compute_fd_is(images, max_level, ref.images, Path(args.extractor), cuda=on_gpu)
-    reference_sha = _reference_stats_sha256(ref.images, max_level, Path(args.extractor), clock.device)
+    if cell.extractor != signature(spec["extractor"]):
+        raise SystemExit(
+            f"cell {spec['context']}: features from {cell.extractor!r}, expected {signature(spec['extractor'])!r}"
+        )
+    reference = FeatureStats.load(Path(args.reference))
+    ref_meta = load_json(Path(args.reference).with_suffix(".json"))
+    if ref_meta["extractor"] != cell.extractor:
+        raise SystemExit(
+            f"reference statistics {args.reference} come from {ref_meta['extractor']!r}, not {cell.extractor!r}"
+        )
+    backend, mode = backend_and_mode(spec["extractor"])
+    clock = StepClock.start()
+    fd = frechet_distance_of_backend(backend, cell.stats, reference)
+    splits = spec.get("is_splits", 10)
+    if cell.is_kind == "logits":
+        is_mean, is_std = inception_score(cell.is_values, splits=splits)
+    else:
+        is_mean, is_std = inception_score_from_probs(cell.is_values, splits=splits)
     metric = clock.record()
-    sample_wall = float(sum(s["wall_seconds"] for s in shards))
-    sample_device = float(sum(s["device_seconds"] for s in shards))
+    metric_wall = cell.feature_wall_seconds + metric["wall_seconds"]
+    metric_device = cell.feature_device_seconds + metric["device_seconds"]
     atomic_json(
         {
-            "fd": result["fd"],
-            "is_mean": result["is_mean"],
-            "is_std": result["is_std"],
-            "n": result["n"],
-            "backend": result["backend"],
-            "backend_version": result["backend_version"],
-            "mode": "levels-no-resize",  # uint8 levels mapped linearly to [-1, 1], no resize, no JPEG
-            "reference_split": spec["reference_split"],
-            "reference_n": len(ref.images),
-            "reference_stats_sha256": reference_sha,
-            "nfe": int(shards[0]["nfe"]),
-            "grid": shards[0]["grid"].tolist(),
+            "status": "ok",
+            "fd": fd,
+            "is_mean": is_mean,
+            "is_std": is_std,
+            "is_splits": splits,
+            "n": cell.stats.n,
+            "n_images": cell.stats.n,
+            "backend": backend,
+            "backend_version": _version(backend),
+            "mode": mode,
+            "extractor": cell.extractor,
+            "reference": ref_meta["reference"],
+            "reference_n": ref_meta["n_images"],
+            "reference_stats_sha256": ref_meta["reference_stats_sha256"],
+            "nfe": cell.nfe,
+            "grid": cell.grid.tolist(),
             **metric,
-            # The cell's totals: its sample shards plus this step; the parts are kept beside them.
-            "wall_seconds": sample_wall + metric["wall_seconds"],
-            "device_seconds": sample_device + metric["device_seconds"],
-            "sample_wall_seconds": sample_wall,
-            "sample_device_seconds": sample_device,
-            "metric_wall_seconds": metric["wall_seconds"],
-            "metric_device_seconds": metric["device_seconds"],
-            "devices": sorted({str(s["device"]) for s in shards} | {metric["device"]}),
+            # The cell's totals: sampling, feature extraction and this step; the parts are kept beside them.
+            "wall_seconds": cell.sample_wall_seconds + metric_wall,
+            "device_seconds": cell.sample_device_seconds + metric_device,
+            "sample_wall_seconds": cell.sample_wall_seconds,
+            "sample_device_seconds": cell.sample_device_seconds,
+            "feature_wall_seconds": cell.feature_wall_seconds,
+            "metric_wall_seconds": metric_wall,
+            "metric_device_seconds": metric_device,
+            "devices": sorted(set(cell.devices) | {metric["device"]}),
         },
         Path(args.out),
     )
+
+
+def _version(backend: str) -> str:
+    from importlib import metadata
+
+    return metadata.version({"torch-fidelity": "torch-fidelity", "clean-fid": "clean-fid"}[backend])
 
 
 def cmd_nll(args: argparse.Namespace) -> None:
@@ -307,6 +412,8 @@ def cmd_nll(args: argparse.Namespace) -> None:
 
 
 def cmd_ode_nll(args: argparse.Namespace) -> None:
+    import torch
+
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.metrics.ode_nll import ode_nll
@@ -411,9 +518,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("ode-nll", cmd_ode_nll)
     sp.add_argument("--model", required=True)
     sp.add_argument("--threads", type=int, default=1)
+    sp = step("features", cmd_features)
+    sp.add_argument("--extractor", required=True, help="extractor weights (digits classifier or Inception file)")
+    sp.add_argument("--shard", required=True)
+    sp.add_argument("--threads", type=int, default=1)
+    sp = step("reference-stats", cmd_reference_stats)
+    sp.add_argument("--extractor", help="extractor weights, to compute statistics of a dataset split")
+    sp.add_argument("--cache", default="resources/references", help="download folder of published statistics")
+    sp.add_argument("--lock", default="resources/references.lock.json", help="sha256 pins of unhashed downloads")
+    sp.add_argument("--threads", type=int, default=1)
+    sp = step("fetch-weights", cmd_fetch_weights)
+    sp.add_argument("--cache", default="resources/inception", help="download folder of Inception weights")
+    sp.add_argument("--lock", default="resources/references.lock.json", help="sha256 pins of unhashed downloads")
     sp = step("fd-is", cmd_fd_is)
-    sp.add_argument("--extractor", required=True)
-    sp.add_argument("--shards", nargs="+", required=True)
+    sp.add_argument("--features", nargs="+", required=True, help="the cell's per-shard features files, in seed order")
+    sp.add_argument("--reference", required=True, help="reference statistics written by reference-stats")
     sp = step("collect", cmd_collect)
     sp.add_argument("--results", required=True)
     sp = step("report", cmd_report, spec=False)

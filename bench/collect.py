@@ -36,7 +36,36 @@ COLUMNS = (
     "reference_stats_sha256",
 )
 SOURCE_DIR = Path(__file__).resolve().parents[1]
-PACKAGES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "torch-fidelity", "snakemake", "dpm-bench")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "torch-fidelity",
+    "clean-fid",
+    "snakemake",
+    "dpm-bench",
+)
+
+
+def metric_names(extractor: str) -> tuple[str, str]:
+    """metrics.csv names of FD and IS: Inception FID / IS, or fd_digits / is_digits for the digits CNN."""
+    return ("fid", "is") if extractor.startswith("inception_v3") else ("fd_digits", "is_digits")
+
+
+def fd_protocols(spec: dict, results: Path) -> list[dict]:
+    """The distinct FD / IS protocols of the run's cells: backend, mode, reference and its statistics' sha256."""
+    keys = ("extractor", "backend", "backend_version", "mode", "reference", "reference_n", "reference_stats_sha256")
+    seen = []
+    for cell in spec["cells"]:
+        if "fd_is" not in cell:
+            continue
+        r = load_json(results / cell["fd_is"])
+        protocol = {k: r[k] for k in keys if k in r}
+        if r.get("status") != "failed" and protocol not in seen:
+            seen.append(protocol)
+    return seen
 
 
 def _step_fields(record: dict) -> dict:
@@ -69,8 +98,9 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     rows = []
     if "fd_is" in records:
         r = records["fd_is"]
+        fd_name, is_name = metric_names(r.get("extractor", cell.get("fd_extractor", "")))
         if r.get("status") == "failed":
-            rows.extend(base | _step_fields(r) | failed | {"metric": m} for m in ("fd_digits", "is_digits"))
+            rows.extend(base | _step_fields(r) | failed | {"metric": m} for m in (fd_name, is_name))
             return rows
         common = base | _step_fields(r) | {
             "nfe": r["nfe"],
@@ -78,8 +108,8 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
             "status": "ok",
             "reference_stats_sha256": r["reference_stats_sha256"],
         }
-        rows.append(common | {"metric": "fd_digits", "value": r["fd"]})
-        rows.append(common | {"metric": "is_digits", "value": r["is_mean"]})
+        rows.append(common | {"metric": fd_name, "value": r["fd"]})
+        rows.append(common | {"metric": is_name, "value": r["is_mean"]})
     if "nll" in records:
         r = records["nll"]
         if r.get("status") == "failed":
@@ -113,7 +143,7 @@ def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     atomic_text(buf.getvalue(), out)
-    atomic_json(provenance(spec, records), out.with_name("provenance.json"))
+    atomic_json(provenance(spec, records) | {"fd_is": fd_protocols(spec, results)}, out.with_name("provenance.json"))
     return out
 
 
@@ -128,7 +158,7 @@ def run_summary(records: list[tuple[dict, dict[str, dict]]]) -> dict:
     steps = [r for _, by_kind in records for r in by_kind.values()]
     references: dict[str, set[str]] = {}
     for cell, r in fd:
-        references.setdefault(f"{cell['dataset']}/{r['reference_split']}", set()).add(r["reference_stats_sha256"])
+        references.setdefault(f"{cell['dataset']}/{r['reference']}", set()).add(r["reference_stats_sha256"])
     return {
         "device": _distinct(d for r in steps for d in r.get("devices", [r["device"]] if "device" in r else [])),
         "device_clock": _distinct(r["device_clock"] for r in steps if "device_clock" in r),

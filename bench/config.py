@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bench.checkpoints.references import BACKEND_MODES, DEFAULT_MODE, load_references
 from bench.grids import GRIDS, time_grid
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
@@ -157,7 +158,15 @@ def _check_references(cfg: dict) -> None:
 
     compat = compatibility()
     for name, ext in cfg["extractors"].items():
-        _need(ext["dataset"], cfg["datasets"], f"extractors.{name}.dataset", "dataset")
+        if ext["kind"] == "digits_cnn":
+            _need(ext["dataset"], cfg["datasets"], f"extractors.{name}.dataset", "dataset")
+            continue
+        backend = ext.get("backend", "torch-fidelity")
+        if ext.get("mode", DEFAULT_MODE[backend]) not in BACKEND_MODES[backend]:
+            raise ConfigError(
+                f"config key 'extractors.{name}.mode': value {ext['mode']!r} is not allowed with backend "
+                f"{backend!r}; allowed: {list(BACKEND_MODES[backend])}"
+            )
     for name, model in cfg["models"].items():
         _need(model["dataset"], cfg["datasets"], f"models.{name}.dataset", "dataset")
         _check_model_source(name, model)
@@ -215,6 +224,26 @@ def _check_references(cfg: dict) -> None:
     fd = cfg["metrics"].get("fd_is")
     if fd:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")
+        if "reference_stats" in fd:
+            _check_published_reference(fd["reference_stats"], cfg["extractors"][fd["extractor"]])
+
+
+def _check_published_reference(name: str, extractor: dict) -> None:
+    """Published statistics exist in the registry and come from the extractor's Inception mode."""
+    stats = load_references().statistics
+    _need(name, stats, "metrics.fd_is.reference_stats", "reference statistics")
+    if extractor["kind"] != "inception_v3":
+        raise ConfigError(
+            f"config key 'metrics.fd_is.reference_stats': published statistics {name!r} are Inception statistics; "
+            f"the extractor is {extractor['kind']!r}"
+        )
+    backend = extractor.get("backend", "torch-fidelity")
+    mode = extractor.get("mode", DEFAULT_MODE[backend])
+    if stats[name].mode != mode:
+        raise ConfigError(
+            f"config key 'metrics.fd_is.reference_stats': {name!r} was made in mode {stats[name].mode!r}, "
+            f"but the extractor runs {backend} in mode {mode!r}"
+        )
 
 
 def _check_model_source(name: str, model: dict) -> None:

@@ -2,8 +2,8 @@
 evaluations (NFE) and estimated device hours.
 
 - jobs: the sampling, metric and moments jobs of the table's cells (model training, extractor,
-  collect and report jobs are shared by every table and not counted). A FD / IS cell is
-  ``n_shards`` sample_shard jobs and one fd_is job; an NLL cell is one nll job per
+  collect, report and reference-statistics jobs are shared by every table and not counted). A FD / IS
+  cell is ``n_shards`` sample_shard and features jobs and one fd_is job; an NLL cell is one nll job per
   (dataset, model, grid, K), shared by the samplers of that grid; a cell whose sampler needs
   Analytic-DPM's Gamma_n adds the model's one moments job.
 - NFE: network evaluations summed over the jobs: ``nfe(K)`` per sample of a shard; ``K`` per
@@ -178,6 +178,7 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     per_sample = nfe_per_sample(sampler, K)
     for i, (start, stop) in enumerate(shard_ranges(cfg)):
         jobs[("sample_shard", model, sampler_name, K, i)] = (model, (stop - start) * per_sample)
+        jobs[("features", model, sampler_name, K, i)] = (model, 0)
     jobs[("fd_is", model, sampler_name, K)] = (model, 0)
     return jobs, {(model, sampler_name, K): cfg["sampling"]["n_samples"]}
 

@@ -21,8 +21,11 @@ RULE_STAGES = {
     "train_model": "train",
     "moments": "moments",
     "sample_shard": "sample",
+    "reference_stats": "metrics",
+    "features": "metrics",
     "fd_is": "metrics",
     "nll": "metrics",
+    "ode_nll": "metrics",
     "collect": "report",
     "report": "report",
 }

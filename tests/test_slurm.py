@@ -24,7 +24,7 @@ pytest_plugins = ["slurm_cluster"]
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "slurm/config.yaml"
 TINY = ROOT / "tests/configs/tiny.yaml"
-GPU_RULES = ("train_model", "sample_shard", "fd_is", "nll")
+GPU_RULES = ("train_model", "sample_shard", "features", "fd_is", "nll")
 SITE_ENV = ("DPM_SLURM_PARTITION", "DPM_SLURM_GPU_PARTITION", "DPM_SLURM_ACCOUNT", "DPM_SLURM_GPU_MODEL")
 
 
@@ -39,7 +39,8 @@ def planned_group_jobs(cfg: dict) -> dict[str, int]:
     nll_jobs = {(c.model, cfg["samplers"][c.sampler]["grid"], c.K) for c in cs if "nll" in cfg["samplers"][c.sampler]}
     return {
         "sample": math.ceil(len(cs) * len(shard_ranges(cfg)) / per_group["sample"]),
-        "metrics": math.ceil((len(cs) + len(nll_jobs)) / per_group["metrics"]),
+        # One features job per shard, one fd_is job per cell, one nll job per (model, grid, K).
+        "metrics": math.ceil((len(cs) * len(shard_ranges(cfg)) + len(cs) + len(nll_jobs)) / per_group["metrics"]),
     }
 
 
@@ -236,8 +237,8 @@ def test_samples_and_metrics_do_not_depend_on_the_number_of_shards(tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=1800)
         assert r.returncode == 0, r.stderr[-3000:]
         # The new shard ranges change every shard's spec, so all shards and both FD / IS jobs rerun.
-        stats = dict(re.findall(r"^(sample_shard|fd_is)\s+(\d+)$", r.stdout + r.stderr, re.MULTILINE))
-        assert stats == {"sample_shard": str(2 * n_shards), "fd_is": "2"}, r.stderr[-3000:]
+        stats = dict(re.findall(r"^(sample_shard|features|fd_is)\s+(\d+)$", r.stdout + r.stderr, re.MULTILINE))
+        assert stats == {"sample_shard": str(2 * n_shards), "features": str(2 * n_shards), "fd_is": "2"}, r.stderr[-3000:]
         images = {}
         for c in names:
             files = [work / f"results/samples/digits/mlp/{c}/shard{i:04d}.npz" for i in range(n_shards)]

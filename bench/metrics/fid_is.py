@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import scipy.special
 import torch
 from torch.utils.data import Dataset
 
@@ -68,6 +69,19 @@ class FeatureStats:
         if x.ndim != 2:
             raise ValueError(f"features must be a [N, F] matrix, got shape {list(x.shape)}")
         return cls(n=x.shape[0], sum=x.sum(axis=0), sum_outer=x.T @ x)
+
+    @classmethod
+    def from_moments(cls, mean: np.ndarray, cov: np.ndarray, n: int) -> FeatureStats:
+        """Sums that give back `mean` and the unbiased `cov` of n samples: n mu and (n - 1) S + n mu mu^T."""
+        if int(n) != n or n < 2:
+            raise ValueError(f"from_moments needs a sample count n >= 2, got {n!r}")
+        mu = np.asarray(mean, dtype=np.float64)
+        sigma = np.asarray(cov, dtype=np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+            raise ValueError(
+                f"from_moments needs mean [F] and cov [F, F], got {list(mu.shape)} and {list(sigma.shape)}"
+            )
+        return cls(n=int(n), sum=n * mu, sum_outer=(n - 1) * sigma + n * np.outer(mu, mu))
 
     @property
     def dim(self) -> int:
@@ -203,6 +217,39 @@ def inception_score(
         kl = (p[rows] * (log_p[rows] - log_marginal)).sum(dim=1)
         scores.append(float(kl.mean().exp()))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def inception_score_from_probs(probs: np.ndarray, *, splits: int = 10) -> tuple[float, float]:
+    """IS of class probabilities p(y|x) (Salimans et al. 2016), as StyleGAN2-ADA / EDM compute it.
+
+    Split i is rows [i N / splits, (i + 1) N / splits) without shuffling; terms with p = 0 count 0.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be a [N, C] matrix, got shape {list(p.shape)}")
+    n = p.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must lie in 1..{n} (the number of samples), got {splits}")
+    scores = []
+    for i in range(splits):
+        part = p[i * n // splits : (i + 1) * n // splits]
+        marginal = part.mean(axis=0, keepdims=True)
+        kl = scipy.special.xlogy(part, part) - scipy.special.xlogy(part, np.broadcast_to(marginal, part.shape))
+        scores.append(float(np.exp(kl.sum(axis=1).mean())))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def frechet_distance_of_backend(backend: str, stats1: FeatureStats, stats2: FeatureStats) -> float:
+    """FD of two sets of statistics with the backend's own formula (torch-fidelity: eigenvalues; clean-fid: sqrtm)."""
+    mu1, sigma1, mu2, sigma2 = stats1.mean, stats1.cov, stats2.mean, stats2.cov
+    if backend == "torch-fidelity":
+        from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+        result = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, verbose=False)
+        return float(result[KEY_METRIC_FID])
+    if backend == "clean-fid":
+        return frechet_distance_cleanfid(mu1, sigma1, mu2, sigma2)
+    raise ValueError(f"FD backend {backend!r} is not allowed; allowed: ['clean-fid', 'torch-fidelity']")
 
 
 # ---------------------------------------------------------------------------------------------

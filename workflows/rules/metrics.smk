@@ -1,19 +1,103 @@
-# Metrics per cell: FD / IS from the cell's samples; NLL (VLB) from the model on the test split;
-# PF-ODE NLL once per continuous-time model.
+# Metrics per cell: FD / IS from per-shard feature sums (one features job per sample shard, merged
+# exactly by the cell fd_is job) against reference statistics made once per dataset, split and
+# extractor (or published ones); NLL (VLB) from the model on the test split; PF-ODE NLL once per
+# continuous-time model.
 
 
-def cell_shards(w) -> list[str]:
+FD_IS = config["metrics"].get("fd_is", {})
+
+
+def fd_extractor() -> dict:
+    return config["extractors"][FD_IS["extractor"]]
+
+
+def extractor_weights(name: str) -> str:
+    """The file an extractor loads: a trained digits classifier, a local Inception file, or the registry's."""
+    ext = config["extractors"][name]
+    if ext["kind"] == "digits_cnn":
+        return f"{RESULTS}/extractors/{name}.pt"
+    if "weights_path" in ext:
+        return ext["weights_path"]
+    entry = default_weights(ext.get("backend", "torch-fidelity"))
+    return f"resources/inception/{entry.name}/{entry.file}"
+
+
+def reference_stats_file(dataset: str) -> str:
+    """Reference statistics of the fd_is metric: published (by registry name) or computed once per split."""
+    if "reference_stats" in FD_IS:
+        return f"{RESULTS}/refs/published/{FD_IS['reference_stats']}-{FD_IS['extractor']}.npz"
+    return f"{RESULTS}/refs/{dataset}-{FD_IS['reference_split']}-{FD_IS['extractor']}.npz"
+
+
+def cell_features(w) -> list[str]:
     return [
-        f"{RESULTS}/samples/{w.dataset}/{w.model}/{w.sampler}/K{w.K}/shard{i:04d}.npz"
+        f"{RESULTS}/features/{w.dataset}/{w.model}/{w.sampler}/K{w.K}/shard{i:04d}.npz"
         for i in range(len(SHARDS))
     ]
 
 
+rule fetch_inception_weights:
+    output:
+        "resources/inception/{weights}/{file}",
+    params:
+        spec=lambda w: J({"weights": w.weights}),
+    shell:
+        "{PY} -m bench fetch-weights --spec {params.spec:q} --out {output}"
+
+
+rule reference_stats:
+    input:
+        extractor=lambda w: extractor_weights(w.extractor),
+        data=lambda w: data_check(w.dataset),
+    output:
+        stats=f"{RESULTS}/refs/{{dataset}}-{{split}}-{{extractor}}.npz",
+        meta=f"{RESULTS}/refs/{{dataset}}-{{split}}-{{extractor}}.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/reference_stats/{{dataset}}-{{split}}-{{extractor}}.tsv"
+    wildcard_constraints:
+        dataset=r"[A-Za-z0-9_]+",
+        split=r"train|test",
+    params:
+        spec=lambda w: J(
+            {"extractor": config["extractors"][w.extractor], "dataset": config["datasets"][w.dataset], "split": w.split}
+        ),
+    threads: 1
+    shell:
+        "{PY} -m bench reference-stats --spec {params.spec:q} --extractor {input.extractor} --out {output.stats}"
+
+
+rule published_reference_stats:
+    output:
+        stats=f"{RESULTS}/refs/published/{{reference}}-{{extractor}}.npz",
+        meta=f"{RESULTS}/refs/published/{{reference}}-{{extractor}}.json",
+    wildcard_constraints:
+        reference=r"[a-z0-9_]+",
+    params:
+        spec=lambda w: J({"extractor": config["extractors"][w.extractor], "reference": w.reference}),
+    shell:
+        "{PY} -m bench reference-stats --spec {params.spec:q} --out {output.stats}"
+
+
+rule features:
+    input:
+        shard=f"{RESULTS}/samples/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
+        extractor=lambda w: extractor_weights(FD_IS["extractor"]),
+    output:
+        f"{RESULTS}/features/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
+    benchmark:
+        f"{RESULTS}/benchmarks/features/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.tsv"
+    params:
+        spec=lambda w: J({"extractor": fd_extractor()}),
+    threads: 1
+    shell:
+        "{PY} -m bench features --spec {params.spec:q} --extractor {input.extractor} --shard {input.shard} "
+        "--threads {threads} --out {output}"
+
+
 rule fd_is:
     input:
-        shards=cell_shards,
-        extractor=lambda w: f"{RESULTS}/extractors/{config['metrics']['fd_is']['extractor']}.pt",
-        data=lambda w: data_check(w.dataset),
+        features=cell_features,
+        reference=lambda w: reference_stats_file(w.dataset),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/fd_is.json",
     benchmark:
@@ -21,16 +105,16 @@ rule fd_is:
     params:
         spec=lambda w: J(
             {
-                "dataset": config["datasets"][w.dataset],
-                "reference_split": config["metrics"]["fd_is"]["reference_split"],
+                "extractor": fd_extractor(),
                 "n_samples": config["sampling"]["n_samples"],
+                "is_splits": FD_IS.get("is_splits", 10),
                 "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
             }
         ),
     threads: 1
     shell:
-        "{PY} -m bench fd-is --spec {params.spec:q} --extractor {input.extractor} "
-        "--shards {input.shards} --out {output}"
+        "{PY} -m bench fd-is --spec {params.spec:q} --features {input.features} --reference {input.reference} "
+        "--out {output}"
 
 
 def nll_variances(model: str, grid: str) -> list[str]:
@@ -70,8 +154,11 @@ rule nll:
 rule ode_nll:
     input:
         model=f"{RESULTS}/models/{{model}}.pt",
+        data=lambda w: data_check(w.dataset),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/ode_nll.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/ode_nll/{{dataset}}/{{model}}.tsv"
     params:
         spec=lambda w: J(
             {"dataset": config["datasets"][w.dataset], "seed": config["seed"], **config["metrics"]["ode_nll"]}
