@@ -8,7 +8,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from bench.config import ConfigError, cells, config_hash, read_yaml, shard_ranges, validate_config
+from bench.config import ConfigError, cells, config_hash, nll_grid_options, read_yaml, shard_ranges, validate_config
+from bench.grids import MOMENT_GRIDS
 
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
@@ -41,7 +42,7 @@ def has_nll(sampler: str) -> bool:
 
 def needs_moments(sampler: str) -> bool:
     s = config["samplers"][sampler]
-    return s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
+    return s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic" or s["grid"] in MOMENT_GRIDS
 
 
 def moments_arg(model: str, wanted: bool) -> dict:

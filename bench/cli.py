@@ -72,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from bench.grids import MOMENT_GRIDS
     from bench.models import load_model
     from bench.sampling import sample_shard
 
@@ -79,8 +80,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     net, schedule, ckpt = load_model(Path(args.model))
     sampler = dict(spec["sampler"])
+    gamma = None
+    if sampler.get("inputs", {}).get("gamma") == "moments" or sampler["grid"] in MOMENT_GRIDS:
+        gamma = _gamma(args.moments, net)
     if sampler.get("inputs", {}).get("gamma") == "moments":
-        sampler["options"] = {**sampler.get("options", {}), "gamma": _gamma(args.moments, net)}
+        sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
     sample_shard(
         net,
         schedule,
@@ -95,6 +99,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         out_path=Path(args.out),
         context=spec["context"],
         family=ckpt["config"]["family"],
+        gamma=gamma,
     )
 
 
@@ -172,7 +177,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.families import NonFiniteOutputError
-    from bench.grids import time_grid
+    from bench.grids import MOMENT_GRIDS, time_grid
     from bench.metrics.nll import vlb_bits_per_dim
     from bench.models import load_model, make_denoiser
 
@@ -181,7 +186,12 @@ def cmd_nll(args: argparse.Namespace) -> None:
     net, schedule, ckpt = load_model(Path(args.model))
     split = load_dataset(spec["dataset"], spec["split"])
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))
-    grid = time_grid(spec["grid"], schedule.T, spec["K"])
+    gamma = None
+    if "analytic" in spec["variances"] or spec["grid"] in MOMENT_GRIDS:
+        gamma = _gamma(args.moments, net)
+    grid = time_grid(
+        spec["grid"], schedule.T, spec["K"], alpha_bars=schedule.alpha_bars, gamma=gamma, **spec.get("grid_options", {})
+    )
     denoiser = make_denoiser(ckpt["config"]["family"], net, schedule)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     t0 = time.perf_counter()
@@ -206,7 +216,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
                     x0,
                     grid,
                     seeds,
-                    gamma=_gamma(args.moments, net),
+                    gamma=gamma,
                     max_level=split.max_level,
                     clip_x0=spec["clip_x0"],
                 )

@@ -33,10 +33,12 @@ def generate(
     batch_size: int,
     context: str = "",
     first_index: int = 0,
+    gamma: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples (float64 [N, *shape]) for ``seeds``; returns (samples, realised grid).
 
-    ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell.
+    ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell;
+    ``gamma`` is the model's Gamma_n, for grids chosen from it (bench.grids.MOMENT_GRIDS).
     """
     fn = get_sampler(sampler["fn"])
     model = denoiser
@@ -46,7 +48,14 @@ def generate(
         grid = sigma_grid(sampler["grid"], K, denoiser=model, **sampler.get("grid_options", {}))
         scale = grid[0]
     else:
-        grid = time_grid(sampler["grid"], denoiser.schedule.T, K)
+        grid = time_grid(
+            sampler["grid"],
+            denoiser.schedule.T,
+            K,
+            alpha_bars=denoiser.alpha_bars,
+            gamma=gamma,
+            **sampler.get("grid_options", {}),
+        )
         scale = 1.0
     out = []
     for start in range(0, len(seeds), batch_size):
@@ -85,11 +94,13 @@ def sample_shard(
     out_path: Path,
     context: str,
     family: str = "ddpm",
+    gamma: torch.Tensor | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
     A cell whose samples are not finite gets a failure record instead (``error`` holds the message,
-    no images), so no metric is ever computed from it while the rest of the DAG goes on.
+    no images), so no metric is ever computed from it while the rest of the DAG goes on. ``gamma``: as
+    in generate.
     """
     denoiser = make_denoiser(family, net, schedule)
     seeds = torch.arange(start, stop, dtype=torch.int64) + base_seed
@@ -97,7 +108,15 @@ def sample_shard(
     try:
         with torch.inference_mode():
             x, grid = generate(
-                denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start
+                denoiser,
+                sampler,
+                K,
+                seeds,
+                shape,
+                batch_size=batch_size,
+                context=context,
+                first_index=start,
+                gamma=gamma,
             )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)

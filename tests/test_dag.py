@@ -32,10 +32,11 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 47  # 47 cells x 1 shard of 2000 samples
-    assert counts["fd_is"] == 47 and counts["train_model"] == 2 and counts["moments"] == 1
-    # one per model and K on the even grid: beta, beta-tilde and analytic share the DDPM model's
-    assert counts["nll"] == 2 * 5
+    assert counts["sample_shard"] == 57  # 57 cells x 1 shard of 2000 samples
+    assert counts["fd_is"] == 57 and counts["train_model"] == 2 and counts["moments"] == 1
+    # one per model, grid and K: beta, beta-tilde and analytic share the DDPM model's even grid; the OT
+    # bound has its own grid; iDDPM's learned bound is on the respaced grid
+    assert counts["nll"] == 3 * 5
     assert counts["report"] == 1 and counts["collect"] == 1
 
 
@@ -67,10 +68,11 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         typed = {k: int(v) if k in ints else float(v) if k in ("value", "wall_seconds") else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
-    # 5 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K; DDIM and EDM have no VLB.
-    assert len(rows) == 5 * 2 * 2 + 3 * 2
+    # 6 samplers x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM (even, OT) and iDDPM at 2 K; DDIM and EDM
+    # have no VLB.
+    assert len(rows) == 6 * 2 * 2 + 4 * 2
     nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows}
-    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "iddpm_learned")
+    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "analytic_ddpm_ot", "iddpm_learned")
     assert nfe == {(s, k, k) for s in discrete for k in ("2", "5")} | {
         ("edm_heun", "2", "3"), ("edm_heun", "5", "9")}  # Heun: 2N - 1
     cells = tiny_run / "results/cells/digits/mlp"
@@ -79,6 +81,22 @@ def test_tiny_run_metrics_match_schema(tiny_run):
     for path in cells.glob("nll-*/K*.json"):
         jsonschema.validate(json.loads(path.read_text()), schema("nll"))
     jsonschema.validate(json.loads((tiny_run / "results/provenance.json").read_text()), schema("provenance"))
+
+
+def test_tiny_run_ot_cells_visit_the_dp_trajectory_of_the_model_moments(tiny_run):
+    from bench.analytic import load_moments, optimal_trajectory
+    from bench.schedules import DiscreteSchedule
+
+    gamma = load_moments(tiny_run / "results/moments/mlp.npz").gamma
+    alpha_bars = DiscreteSchedule.named("linear", 100).alpha_bars
+    cells = tiny_run / "results/cells/digits/mlp"
+    for K in (2, 5):
+        dp = optimal_trajectory(alpha_bars, gamma, K).tolist()
+        shard = np.load(tiny_run / f"results/samples/digits/mlp/analytic_ddpm_ot/K{K}/shard0000.npz")
+        assert shard["grid"].tolist() == dp
+        assert json.loads((cells / f"analytic_ddpm_ot/K{K}/fd_is.json").read_text())["grid"] == dp
+        assert json.loads((cells / f"nll-optimal/K{K}.json").read_text())["grid"] == dp
+    assert dp != json.loads((cells / "nll-even/K5.json").read_text())["grid"]
 
 
 def test_tiny_run_report_and_rerun_is_a_no_op(tiny_run):

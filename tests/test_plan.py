@@ -12,6 +12,7 @@ from bench.plan import DEFAULT_SECONDS_PER_NFE, SECONDS_PER_NFE, format_plan, pl
 ROOT = Path(__file__).resolve().parents[1]
 # The embedded default: 2000 samples per cell in one shard; models mlp and iddpm, both T = 1000.
 #   mlp   x {ddpm_beta, ddpm_beta_tilde, ddim_eta0, analytic_ddpm, analytic_ddim} x K in {10, 25, 50, 100, 1000}
+#   mlp   x {analytic_ddpm_ot, analytic_ddim_ot} x the same K
 #   iddpm x {iddpm_learned, iddpm_ddim} x the same K
 #   mlp   x {ddim_eta0, edm_euler, edm_heun, edm_stochastic} x K in {10, 25, 50, 100} (ddim_eta0 already above)
 SUM_K = 10 + 25 + 50 + 100 + 1000
@@ -20,11 +21,11 @@ HEUN_K4 = sum(2 * K - 1 for K in (10, 25, 50, 100))  # EDM Heun and stochastic: 
 N_TEST = 359  # digits test split: round(0.2 * n) of each class
 N_TRAIN = 1797 - N_TEST
 MOMENTS_NFE = N_TRAIN * 1000  # mlp's Gamma_n from the whole train split at all T = 1000 steps
-MAIN_NFE = 2000 * (5 + 2) * SUM_K  # the two 5-K experiments, K NFE per sample
+MAIN_NFE = 2000 * (5 + 2 + 2) * SUM_K  # the three 5-K experiments, K NFE per sample
 EDM_NFE = 2000 * (SUM_K4 + SUM_K4 + 2 * HEUN_K4)  # ddim_eta0, edm_euler, edm_heun, edm_stochastic
-# nll jobs per K: mlp on the even grid (beta and beta-tilde in one pass, analytic in another) and
-# iddpm on the even grid (learned).
-NLL_NFE = N_TEST * SUM_K * (2 + 1)
+# nll jobs per K: mlp on the even grid (beta and beta-tilde in one pass, analytic in another), mlp on
+# the optimal grid (analytic) and iddpm on the respaced grid (learned).
+NLL_NFE = N_TEST * SUM_K * (2 + 1 + 1)
 TOTAL_NFE = MAIN_NFE + (EDM_NFE - 2000 * SUM_K4) + NLL_NFE + MOMENTS_NFE
 
 
@@ -40,14 +41,14 @@ def counts(row):
 def test_embedded_default_against_a_hand_count(cfg):
     rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
     assert list(rows) == ["embedded_fd_digits", "embedded_is_digits", "embedded_nll", "embedded_edm_fd_digits", "total"]
-    # FD and IS: 7 rows x 5 K; per cell one sample_shard and one fd_is job; mlp's moments job.
+    # FD and IS: 9 rows x 5 K; per cell one sample_shard and one fd_is job; mlp's moments job.
     for table in ("embedded_fd_digits", "embedded_is_digits"):
-        assert counts(rows[table]) == {"cells": 35, "jobs": 71, "samples": 70_000, "nfe": MAIN_NFE + MOMENTS_NFE}
-    # NLL: 4 rows x 5 K; one nll job per model and K (the samplers of a grid share it), and the moments.
-    assert counts(rows["embedded_nll"]) == {"cells": 20, "jobs": 11, "samples": 0, "nfe": NLL_NFE + MOMENTS_NFE}
+        assert counts(rows[table]) == {"cells": 45, "jobs": 91, "samples": 90_000, "nfe": MAIN_NFE + MOMENTS_NFE}
+    # NLL: 5 rows x 5 K; one nll job per model, grid and K (the samplers of a grid share it), and the moments.
+    assert counts(rows["embedded_nll"]) == {"cells": 25, "jobs": 16, "samples": 0, "nfe": NLL_NFE + MOMENTS_NFE}
     assert counts(rows["embedded_edm_fd_digits"]) == {"cells": 16, "jobs": 32, "samples": 32_000, "nfe": EDM_NFE}
-    # The whole run: 25 + 10 + 12 distinct cells, every job and NFE once.
-    assert counts(rows["total"]) == {"cells": 47, "jobs": 47 * 2 + 10 + 1, "samples": 94_000, "nfe": TOTAL_NFE}
+    # The whole run: 25 + 10 + 10 + 12 distinct cells, every job and NFE once.
+    assert counts(rows["total"]) == {"cells": 57, "jobs": 57 * 2 + 15 + 1, "samples": 114_000, "nfe": TOTAL_NFE}
     assert rows["total"]["hours"] == pytest.approx(TOTAL_NFE * SECONDS_PER_NFE["mlp"] / 3600)
 
 
@@ -72,7 +73,7 @@ def test_shards_change_jobs_not_samples_or_nfe(cfg):
     c = copy.deepcopy(cfg)
     c["sampling"]["shard_size"] = 300  # 2000 samples: 7 shards
     fd = plan(c, root=ROOT)[0]
-    assert counts(fd) == {"cells": 35, "jobs": 35 * 7 + 35 + 1, "samples": 70_000, "nfe": MAIN_NFE + MOMENTS_NFE}
+    assert counts(fd) == {"cells": 45, "jobs": 45 * 7 + 45 + 1, "samples": 90_000, "nfe": MAIN_NFE + MOMENTS_NFE}
 
 
 def test_moments_from_m_images(cfg):
@@ -89,7 +90,7 @@ def test_total_covers_cells_no_table_shows(cfg, tmp_path):
     c["tables"] = [str(tmp_path / "one_row.yaml")]
     table, total = plan(c, root=ROOT)
     assert counts(table) == {"cells": 5, "jobs": 10, "samples": 10_000, "nfe": 2000 * SUM_K}
-    assert counts(total) == {"cells": 47, "jobs": 105, "samples": 94_000, "nfe": TOTAL_NFE}
+    assert counts(total) == {"cells": 57, "jobs": 130, "samples": 114_000, "nfe": TOTAL_NFE}
 
 
 def test_sampler_without_an_nfe_count_is_named(cfg):
@@ -103,4 +104,4 @@ def test_format_plan_aligns_columns(cfg):
     lines = format_plan(plan(cfg, root=ROOT)).splitlines()
     assert lines[0].split() == ["table", "metric", "cells", "jobs", "samples", "NFE", "hours"]
     assert len({len(line) for line in lines}) == 1
-    assert lines[-1].split() == ["total", "47", "105", "94,000", f"{TOTAL_NFE:,}", f"{TOTAL_NFE * 7e-5 / 3600:.3g}"]
+    assert lines[-1].split() == ["total", "57", "130", "114,000", f"{TOTAL_NFE:,}", f"{TOTAL_NFE * 7e-5 / 3600:.3g}"]
