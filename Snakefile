@@ -16,11 +16,13 @@ from bench.config import (
     cells,
     check_dataset_paths,
     config_hash,
+    nll_grid_options,
     ode_nll_models,
     read_yaml,
     shard_ranges,
     validate_config,
 )
+from bench.grids import MOMENT_GRIDS
 
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
@@ -67,7 +69,7 @@ def has_nll(sampler: str) -> bool:
 
 def needs_moments(sampler: str) -> bool:
     s = config["samplers"][sampler]
-    return s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
+    return s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic" or s["grid"] in MOMENT_GRIDS
 
 
 def moments_arg(model: str, wanted: bool) -> dict:

@@ -240,6 +240,22 @@ def _gamma_on(gamma, T: int, steps: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def pair_variances(
+    alpha_bars: torch.Tensor,
+    s: torch.Tensor,
+    t: torch.Tensor,
+    gamma: torch.Tensor,
+    *,
+    form: str,
+    clip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigma-hat^2, lambda^2) of the reverse steps t -> s, s < t elementwise: Eq. 9 from gamma_t, Theorem 2 clip."""
+    g = _gamma_on(gamma, len(alpha_bars), torch.unique(t))
+    abar_s, abar_t = alpha_bars[s], alpha_bars[t]
+    lam2 = forward_lambda2(abar_s, abar_t, form)
+    return clipped_analytic_variance(abar_s, abar_t, g[t], lam2, clip=clip), lam2
+
+
 def trajectory_variances(
     alpha_bars: torch.Tensor,
     grid: torch.Tensor,
@@ -252,10 +268,7 @@ def trajectory_variances(
     grid = torch.as_tensor(grid, dtype=torch.int64)
     if len(grid) < 2:
         return torch.zeros(0, dtype=torch.float64)
-    g = _gamma_on(gamma, len(alpha_bars), grid[1:])
-    abar = alpha_bars[grid]
-    lam2 = forward_lambda2(abar[:-1], abar[1:], form)
-    return clipped_analytic_variance(abar[:-1], abar[1:], g[grid[1:]], lam2, clip=clip)
+    return pair_variances(alpha_bars, grid[:-1], grid[1:], gamma, form=form, clip=clip)[0]
 
 
 def sampling_variances(
@@ -268,7 +281,11 @@ def sampling_variances(
     sigma2_clip_pixel: float | None = None,
     pixel_quantum: float = PAPER_PIXEL_QUANTUM,
 ) -> torch.Tensor:
-    """trajectory_variances, with sigma_2^2 (the step to tau_1) capped by pixel_variance_threshold (App. F.2)."""
+    """The reverse variances of Analytic-DPM's samplers and bound: Eq. 9 per step, Theorem 2 clip, App. F.2 cap.
+
+    trajectory_variances, with sigma_2^2 (the step to tau_1) capped by pixel_variance_threshold when
+    ``sigma2_clip_pixel`` is given (sampling only; the bound of Table 1 leaves it out).
+    """
     var = trajectory_variances(alpha_bars, grid, gamma, form=form, clip=clip)
     if sigma2_clip_pixel is not None and len(var):
         var = var.clone()
@@ -297,11 +314,8 @@ def even_trajectory(T: int, K: int) -> torch.Tensor:
 def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
     """J(s, t) = log(sigma-hat^2_{s|t} / lambda^2_{s|t}), lambda^2 = beta-tilde (Eq. 14); [T, T], +inf for s >= t."""
     T = len(alpha_bars)
-    g = _gamma_on(gamma, T, torch.arange(1, T))
     s, t = torch.triu_indices(T, T, offset=1)
-    abar_s, abar_t = alpha_bars[s], alpha_bars[t]
-    lam2 = forward_lambda2(abar_s, abar_t, "ddpm")
-    var = clipped_analytic_variance(abar_s, abar_t, g[t], lam2, clip=clip)
+    var, lam2 = pair_variances(alpha_bars, s, t, gamma, form="ddpm", clip=clip)
     cost = torch.full((T, T), math.inf, dtype=torch.float64)
     cost[s, t] = torch.log(var / lam2)
     return cost
@@ -310,25 +324,33 @@ def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor, *, clip: bool
 def least_cost_trajectory(cost: torch.Tensor, K: int) -> torch.Tensor:
     """The K nodes 0 = tau_1 < ... < tau_K = N - 1 minimising sum_k cost[tau_{k-1}, tau_k] (App. B, Alg. 1).
 
-    Dynamic programming in O(K N^2): best[n] after k transitions is the least cost of reaching n.
+    Dynamic programming over node positions; position k of a K-node path can only hold nodes
+    k..N-K+k, so each of the K - 1 transitions is a (N-K+1)^2 block: O(K (N-K+1)^2) in all,
+    at most about 0.15 N^3 (K = N/3) and O(N) for K = N.
     """
     N = cost.shape[0]
     if cost.shape != (N, N):
         raise ValueError(f"cost matrix of shape {tuple(cost.shape)} must be square")
     if not isinstance(K, int) or isinstance(K, bool) or not 2 <= K <= N:
         raise ValueError(f"number of steps K={K!r} must be an integer in [2, N={N}]")
-    forward = torch.triu(torch.ones(N, N, dtype=torch.bool), diagonal=1)
-    cost = torch.where(forward, cost.to(torch.float64), torch.full((), math.inf, dtype=torch.float64))
-    if torch.isnan(cost).any():
+    c = np.asarray(torch.as_tensor(cost, dtype=torch.float64).cpu())
+    c = np.where(np.triu(np.ones((N, N), dtype=bool), k=1), c, math.inf)
+    if np.isnan(c).any():
         raise ValueError("cost matrix holds NaN")
-    best = torch.full((N,), math.inf, dtype=torch.float64)
-    best[0] = 0.0
-    back = torch.zeros(K, N, dtype=torch.int64)
-    for k in range(1, K):
-        best, back[k] = (best[:, None] + cost).min(dim=0)
+    into = np.ascontiguousarray(c.T)  # into[t, s] = cost[s, t]: each target's minimum runs over contiguous memory
+    W = N - K + 1
+    rows = np.arange(W)
+    best = into[1 : 1 + W, 0].copy()  # least cost of reaching node 1 + j at position 1
+    back = np.zeros((K, W), dtype=np.int64)  # back[k, j]: the node before node k + j at position k
+    total = np.empty((W, W))
+    for k in range(2, K):
+        np.add(into[k : k + W, k - 1 : k - 1 + W], best[None, :], out=total)
+        arg = total.argmin(axis=1)
+        best = total[rows, arg]
+        back[k] = arg + k - 1
     path = [N - 1]
     for k in range(K - 1, 0, -1):
-        path.append(int(back[k, path[-1]]))
+        path.append(int(back[k, path[-1] - k]))
     return torch.tensor(path[::-1], dtype=torch.int64)
 
 
@@ -390,7 +412,7 @@ def vlb_bits_per_dim_analytic(
     grid = torch.as_tensor(grid, dtype=torch.int64)
     abar = denoiser.alpha_bars[grid]
     K = len(grid)
-    var_p = trajectory_variances(denoiser.alpha_bars, grid, gamma, form="ddpm", clip=clip)
+    var_p = sampling_variances(denoiser.alpha_bars, grid, gamma, form="ddpm", clip=clip)
     a_T = abar[-1]
     total = gaussian_kl(torch.sqrt(a_T) * x0, 1.0 - a_T, torch.zeros(()), torch.ones(())).reshape(B, -1).sum(1)
     for k in range(K - 1, -1, -1):

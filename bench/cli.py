@@ -104,6 +104,7 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.grids import MOMENT_GRIDS
     from bench.models import load_model
     from bench.sampling import sample_shard
 
@@ -112,8 +113,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     clock = StepClock.start()
     net, schedule, ckpt = load_model(Path(args.model))
     sampler = dict(spec["sampler"])
+    gamma = None
+    if sampler.get("inputs", {}).get("gamma") == "moments" or sampler["grid"] in MOMENT_GRIDS:
+        gamma = _gamma(args.moments, net)
     if sampler.get("inputs", {}).get("gamma") == "moments":
-        sampler["options"] = {**sampler.get("options", {}), "gamma": _gamma(args.moments, net)}
+        sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
     net = net.to(clock.device)
     sample_shard(
         net,
@@ -131,6 +135,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         family=ckpt["config"]["family"],
         clock=clock,
         noise=ckpt["config"].get("noise"),
+        gamma=gamma,
     )
 
 
@@ -350,7 +355,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.families import NonFiniteOutputError
-    from bench.grids import time_grid
+    from bench.grids import MOMENT_GRIDS, time_grid
     from bench.metrics.nll import vlb_bits_per_dim
     from bench.models import load_model, make_denoiser
 
@@ -358,11 +363,15 @@ def cmd_nll(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     clock = StepClock.start()
     net, schedule, ckpt = load_model(Path(args.model))
-    gamma = _gamma(args.moments, net) if "analytic" in spec["variances"] else None
+    gamma = None
+    if "analytic" in spec["variances"] or spec["grid"] in MOMENT_GRIDS:
+        gamma = _gamma(args.moments, net)
     net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level)).to(clock.device)
-    grid = time_grid(spec["grid"], schedule.T, spec["K"])
+    grid = time_grid(
+        spec["grid"], schedule.T, spec["K"], alpha_bars=schedule.alpha_bars, gamma=gamma, **spec.get("grid_options", {})
+    )
     denoiser = make_denoiser(ckpt["config"]["family"], net, schedule, noise=ckpt["config"].get("noise"))
     seeds = (torch.arange(len(x0), dtype=torch.int64) + spec["seed"]).to(clock.device)
     variances = tuple(v for v in spec["variances"] if v not in ("analytic", "learned"))

@@ -16,7 +16,7 @@ import jsonschema
 import yaml
 
 from bench.checkpoints.references import BACKEND_MODES, DEFAULT_MODE, load_references
-from bench.grids import GRIDS, time_grid
+from bench.grids import GRIDS, MOMENT_GRIDS, check_time_grid
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
@@ -210,17 +210,20 @@ def _check_references(cfg: dict) -> None:
                     f"integer in [1, T={T}] for model {exp['model']!r}"
                 )
             for s in exp["samplers"]:
-                if cfg["samplers"][s]["grid"] not in GRIDS:
+                sampler = cfg["samplers"][s]
+                if sampler["grid"] not in GRIDS:
                     continue
                 try:
-                    time_grid(cfg["samplers"][s]["grid"], T, K)
+                    check_time_grid(sampler["grid"], T, K, **sampler.get("grid_options", {}))
                 except ValueError as err:
                     raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
     for name, s in cfg["samplers"].items():
-        if (s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic") and "moments" not in cfg:
+        uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
+        if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
             raise ConfigError(
                 f"config key 'samplers.{name}': needs the Analytic-DPM moments, but the config has no 'moments' key"
             )
+    _check_shared_nll_grids(cfg)
     fd = cfg["metrics"].get("fd_is")
     if fd:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")
@@ -299,6 +302,34 @@ def check_dataset_paths(cfg: dict, root: Path) -> None:
                 f"config key 'datasets.{name}.root': path {ds['root']!r} ({where}) is not an existing directory; "
                 f"allowed: the directory that holds the {ds['kind']!r} files"
             )
+
+
+def _check_shared_nll_grids(cfg: dict) -> None:
+    """The samplers of a model that share one NLL job (same grid name) must realise the same grid."""
+    seen: dict[tuple[str, str], tuple[str, dict]] = {}
+    for exp in cfg["experiments"]:
+        for name in exp["samplers"]:
+            s = cfg["samplers"][name]
+            if "nll" not in s:
+                continue
+            options = s.get("grid_options", {})
+            first = seen.setdefault((exp["model"], s["grid"]), (name, options))
+            if first[1] != options:
+                raise ConfigError(
+                    f"config key 'samplers.{name}.grid_options': {options} differ from {first[1]} of sampler "
+                    f"{first[0]!r}, which shares the NLL job of model {exp['model']!r} on grid {s['grid']!r}"
+                )
+
+
+def nll_grid_options(cfg: dict, model: str, grid: str) -> dict:
+    """The grid options of the NLL job of (model, grid), common to its samplers (see _check_shared_nll_grids)."""
+    for exp in cfg["experiments"]:
+        if exp["model"] == model:
+            for name in exp["samplers"]:
+                s = cfg["samplers"][name]
+                if "nll" in s and s["grid"] == grid:
+                    return s.get("grid_options", {})
+    return {}
 
 
 def _check_tables(cfg: dict, root: Path) -> None:

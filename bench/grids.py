@@ -7,27 +7,66 @@ The convention of each paper's code is kept exactly, since it changes the number
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-GRIDS = ("uniform", "quad", "even")
+GRIDS = ("uniform", "quad", "even", "respace", "optimal")
+# Grids chosen from a model's Analytic-DPM moments (Gamma_n): realised only once the moments exist.
+MOMENT_GRIDS = ("optimal",)
 
 
-def time_grid(kind: str, T: int, K: int) -> torch.Tensor:
-    """The realised grid of ``kind`` for K steps out of T, as ascending unique 0-based int64 indices."""
-    if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= T:
-        raise ValueError(f"number of steps K={K!r} must be an integer in [1, T={T}]")
+def time_grid(
+    kind: str,
+    T: int,
+    K: int,
+    *,
+    alpha_bars: torch.Tensor | None = None,
+    gamma: torch.Tensor | None = None,
+    **options,
+) -> torch.Tensor:
+    """The realised grid of ``kind`` for K steps out of T, as ascending unique 0-based int64 indices.
+
+    ``options`` are the sampler's ``grid_options`` (``respace``: ``section_counts``); ``alpha_bars`` and
+    ``gamma`` (the model's schedule and moments) are needed by the grids in MOMENT_GRIDS only.
+    """
+    check_time_grid(kind, T, K, **options)
     if kind == "uniform":
         grid = uniform_grid(T, K)
     elif kind == "quad":
         grid = quad_grid(T, K)
     elif kind == "even":
         grid = even_grid(T, K)
+    elif kind == "respace":
+        grid = respaced_grid(T, K, options.get("section_counts"))
     else:
-        raise ValueError(f"time grid {kind!r} is not one of {list(GRIDS)}")
+        if alpha_bars is None or gamma is None:
+            raise ValueError(f"time grid {kind!r} is chosen from the model's Gamma_n: it needs alpha_bars and gamma")
+        from bench.analytic import optimal_trajectory
+
+        grid = optimal_trajectory(alpha_bars, gamma, K)
     if torch.any(grid[1:] <= grid[:-1]):
         raise ValueError(f"time grid {kind!r} with T={T}, K={K} has repeated timesteps: {grid.tolist()}")
     return grid
+
+
+def check_time_grid(kind: str, T: int, K: int, **options) -> None:
+    """Refuse a grid, K or grid options that no model could realise, before any job runs.
+
+    Grids in MOMENT_GRIDS are checked up to what needs the moments (K and options); the others are built.
+    """
+    if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= T:
+        raise ValueError(f"number of steps K={K!r} must be an integer in [1, T={T}]")
+    if kind not in GRIDS:
+        raise ValueError(f"time grid {kind!r} is not one of {list(GRIDS)}")
+    allowed = ("section_counts",) if kind == "respace" else ()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"time grid {kind!r} takes grid_options {list(allowed)}, not {unknown}")
+    if kind == "optimal" and K < 2:
+        raise ValueError(f"time grid 'optimal' needs K >= 2 (a trajectory from step 0 to step T-1), got K={K}")
+    if kind == "respace":
+        respaced_grid(T, K, options.get("section_counts"))
 
 
 def uniform_grid(T: int, K: int) -> torch.Tensor:
@@ -42,7 +81,63 @@ def quad_grid(T: int, K: int) -> torch.Tensor:
 
 
 def even_grid(T: int, K: int) -> torch.Tensor:
-    """Both ends included, round(k (T-1)/(K-1)) (iDDPM respacing; Analytic-DPM App. F.4 'even trajectory')."""
+    """Both ends included, round(k (T-1)/(K-1)) (Analytic-DPM App. F.4 'even trajectory', 0-based).
+
+    iDDPM's one-section respacing accumulates the stride instead and differs where the sum lands off a
+    tie (T = 1000: K = 21, 23, 27, ...; not at K = 10, 25, 50, 100, 1000): see respaced_grid.
+    """
     if K == 1:
         return torch.tensor([T - 1], dtype=torch.int64)
     return torch.tensor([round(k * (T - 1) / (K - 1)) for k in range(K)], dtype=torch.int64)
+
+
+def respaced_grid(T: int, K: int, section_counts: str | Sequence[int] | None = None) -> torch.Tensor:
+    """iDDPM's respacing (respace.py ``space_timesteps``): ``section_counts`` "a,b,c" or "ddimN"; None = "K".
+
+    Sections: [0, T) cut into len(counts) parts, the first T % len(counts) one step longer; a part of
+    size S with c steps takes start + round(x), x accumulated from 0 by (S - 1)/(c - 1) in floats (stride
+    1 for c <= 1). "ddimN": range(0, T, i) for the smallest integer i giving exactly N steps, an error if none.
+    The total number of steps must equal the cell's K.
+    """
+    counts = str(K) if section_counts is None else section_counts
+    if isinstance(counts, str) and counts.startswith("ddim"):
+        N = _count(counts[len("ddim") :], counts)
+        stride = next((i for i in range(1, T) if len(range(0, T, i)) == N), None)
+        if stride is None:
+            raise ValueError(f"section_counts {counts!r}: no integer stride takes exactly {N} of T={T} steps")
+        steps = list(range(0, T, stride))
+    else:
+        parts = counts.split(",") if isinstance(counts, str) else list(counts)
+        steps = _sectioned(T, [_count(p, counts) for p in parts])
+    if len(steps) != K:
+        raise ValueError(f"section_counts {counts!r} take {len(steps)} steps, but the cell has K={K}")
+    return torch.tensor(steps, dtype=torch.int64)
+
+
+def _count(text, counts) -> int:
+    try:
+        n = int(str(text).strip())
+    except ValueError:
+        n = -1
+    if n < 0 or isinstance(text, bool | float):
+        raise ValueError(
+            f"section_counts {counts!r}: {text!r} is not a step count; give comma-separated non-negative "
+            f"integers (e.g. '10,15,20') or 'ddimN'"
+        )
+    return n
+
+
+def _sectioned(T: int, counts: list[int]) -> list[int]:
+    size_per, extra = divmod(T, len(counts))
+    steps, start = [], 0
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if count > size:
+            raise ValueError(f"section {i} of T={T} has {size} steps, fewer than the {count} asked for")
+        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        x = 0.0
+        for _ in range(count):
+            steps.append(start + round(x))
+            x += stride
+        start += size
+    return steps

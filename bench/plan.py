@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.config import ConfigError, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
+from bench.grids import MOMENT_GRIDS
 
 # Seconds per network evaluation per sample, by network type.
 # mlp: the embedded default's MLP (width 256, depth 4) sampling 1000 digits per batch on one CPU
@@ -132,8 +133,9 @@ def table_cells(spec: dict, source: str) -> list[tuple[str, str, int]]:
 
 
 def needs_moments(sampler: dict) -> bool:
-    """Whether a sampler reads Analytic-DPM's Gamma_n (for sampling or for its bound)."""
-    return sampler.get("inputs", {}).get("gamma") == "moments" or sampler.get("nll") == "analytic"
+    """Whether a sampler reads Analytic-DPM's Gamma_n (for sampling, its grid or its bound)."""
+    uses_gamma = sampler.get("inputs", {}).get("gamma") == "moments" or sampler.get("nll") == "analytic"
+    return uses_gamma or sampler["grid"] in MOMENT_GRIDS
 
 
 class _Sizes:
@@ -166,7 +168,7 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     dataset = cfg["models"][model]["dataset"]
     sampler = cfg["samplers"][sampler_name]
     jobs = {}
-    if needs_moments(sampler) and (not nll or sampler.get("nll") == "analytic"):
+    if needs_moments(sampler) and (not nll or sampler.get("nll") == "analytic" or sampler["grid"] in MOMENT_GRIDS):
         m = cfg["moments"]
         M = m.get("M") or sizes(dataset, m["split"])
         jobs[("moments", model)] = (model, M * cfg["models"][model]["schedule"]["T"])

@@ -30,13 +30,14 @@ def sigma_view(denoiser):
     return own() if own is not None else DiscreteVPAsSigma(denoiser)
 
 
-def sampler_view(denoiser, sampler: dict, K: int) -> tuple[object, torch.Tensor]:
+def sampler_view(denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None = None) -> tuple[object, torch.Tensor]:
     """(what the sampler calls, its realised grid) for K steps of ``sampler`` on a family's denoiser.
 
     Level samplers (annealed Langevin, PC) get the model's score on the K levels of the sampler's
     sigma grid, spanning the model's own [sigma_min, sigma_max] unless grid_options say otherwise
     (NCSN's levels are the model's), and the indices 0..K-1. EDM's samplers get the sigma view
-    and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid.
+    and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid (``gamma``, the
+    model's Gamma_n moments, for grids that need them: Analytic-DPM's optimal trajectory).
     """
     options = sampler.get("grid_options", {})
     if sampler["fn"] in LEVEL_SAMPLERS:
@@ -47,7 +48,8 @@ def sampler_view(denoiser, sampler: dict, K: int) -> tuple[object, torch.Tensor]
     if sampler["grid"] in SIGMA_GRIDS:
         view = sigma_view(denoiser)
         return view, sigma_grid(sampler["grid"], K, denoiser=view, **options)
-    return denoiser, time_grid(sampler["grid"], denoiser.schedule.T, K)
+    grid = time_grid(sampler["grid"], denoiser.schedule.T, K, alpha_bars=denoiser.alpha_bars, gamma=gamma, **options)
+    return denoiser, grid
 
 
 def generate(
@@ -61,15 +63,17 @@ def generate(
     context: str = "",
     first_index: int = 0,
     device: torch.device | str = "cpu",
+    gamma: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples (float64 [N, *shape], on ``device``, the network's) for ``seeds``; returns (samples, realised grid).
 
     The realised grid of a level sampler is its levels in the order visited (descending sigmas).
 
-    ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell.
+    ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell;
+    ``gamma`` is the model's Gamma_n, for grids chosen from it (bench.grids.MOMENT_GRIDS).
     """
     fn = get_sampler(sampler["fn"])
-    model, grid = sampler_view(denoiser, sampler, K)
+    model, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
@@ -111,13 +115,14 @@ def sample_shard(
     family: str = "ddpm",
     clock: StepClock | None = None,
     noise: dict | None = None,
+    gamma: torch.Tensor | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
     Sampling runs on the network's device. ``clock`` (default: one started now on the CPU) gives the
     shard's device, wall_seconds and device_seconds. A cell whose samples are not finite gets a
     failure record instead (``error`` holds the message, no images), so no metric is ever computed
-    from it while the rest of the DAG goes on.
+    from it while the rest of the DAG goes on. ``gamma``: as in generate.
     """
     clock = clock or StepClock(cpu_choice())
     denoiser = make_denoiser(family, net, schedule, shape, noise=noise)
@@ -128,7 +133,7 @@ def sample_shard(
         with torch.inference_mode():
             x, grid = generate(
                 denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start,
-                device=next(net.parameters()).device,
+                device=next(net.parameters()).device, gamma=gamma,
             )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -37,13 +37,14 @@ from bench.analytic import (
     vlb_bits_per_dim_analytic,
 )
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import even_grid
+from bench.families import DiscreteEpsDenoiser, Prediction
+from bench.grids import even_grid, time_grid
 from bench.io import CorruptFileError
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
 from bench.noise import NoiseSource
 from bench.samplers import analytic_ddim, analytic_ddpm, ddpm
+from bench.sampling import generate
 from bench.schedules import DiscreteSchedule
 
 torch.set_num_threads(1)
@@ -269,6 +270,33 @@ def test_optimal_trajectory_spaces_steps_evenly_over_an_untrusted_tail():
         optimal_trajectory(abar, gamma, 10)
 
 
+@pytest.mark.parametrize("T,K", [(1000, 10), (1000, 100), (200, 150), (200, 200)])
+def test_banded_dp_equals_the_full_dp(T, K):
+    # the full recursion over all T nodes at every position, as Alg. 1 states it (O(K T^2))
+    gamma = torch.rand(T, generator=torch.Generator().manual_seed(K), dtype=torch.float64) * 0.99
+    cost = trajectory_cost(DiscreteSchedule.named("linear", T).alpha_bars, gamma)
+    best = torch.full((T,), math.inf, dtype=torch.float64)
+    best[0] = 0.0
+    back = []
+    for _ in range(K - 1):
+        best, arg = (best[:, None] + cost).min(dim=0)
+        back.append(arg)
+    path = [T - 1]
+    for arg in reversed(back):
+        path.append(int(arg[path[-1]]))
+    assert least_cost_trajectory(cost, K).tolist() == path[::-1]
+
+
+def test_optimal_grid_of_a_sampling_cell_is_the_dp_trajectory():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    gamma = torch.tensor([_gaussian_moments(GAUSS, n)[0] for n in range(1000)], dtype=torch.float64)
+    sampler = {"fn": "analytic_ddim", "grid": "optimal", "options": {"gamma": gamma}}
+    _, grid = generate(den, sampler, 10, torch.arange(4), (3,), batch_size=4, gamma=gamma)
+    assert grid.tolist() == optimal_trajectory(ABAR, gamma, 10).tolist()
+    assert grid.tolist() == time_grid("optimal", 1000, 10, alpha_bars=ABAR, gamma=gamma).tolist()
+    assert grid.tolist() != even_grid(1000, 10).tolist()
+
+
 def test_even_trajectory_follows_the_official_code():
     assert even_trajectory(1000, 10).tolist() == even_grid(1000, 10).tolist()
     t25 = even_trajectory(1000, 25)
@@ -319,6 +347,25 @@ def test_analytic_vlb_bounds_the_exact_nll_and_beats_ddpm_variances(K):
     for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS).items():
         diff = analytic - bpd  # paired: same draws and network calls
         assert diff.mean() < -4 * diff.std() / math.sqrt(n), variance
+
+
+@pytest.mark.parametrize("K", [10, 25])
+def test_optimal_trajectory_lowers_the_vlb_of_gaussian_data(K):
+    # The DP minimises sum J = (2 / d) E[sum of the KL terms] for the exact eps and its exact gamma, so the
+    # bound on the OT is below the bound on the even trajectory (paired: the same images and seeds).
+    std = torch.tensor([0.05, 0.08], dtype=torch.float64)
+    c = std**2 + (2 / LEVELS) ** 2 / 12
+    data = GaussianMixture(torch.ones(1, dtype=torch.float64), NLL_MEAN[None], torch.diag(c)[None])
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(data, SCHED, (2,)), SCHED)
+    gamma = ((1 - ABAR)[:, None] / (ABAR[:, None] * c + (1 - ABAR)[:, None])).mean(1)  # tr(A_n) / d
+    test = _rounded(data.sample(20000, torch.Generator().manual_seed(5)))
+    seeds = torch.arange(20000)
+    ot = time_grid("optimal", 1000, K, alpha_bars=ABAR, gamma=gamma)
+    on_ot = vlb_bits_per_dim_analytic(den, test, ot, seeds, gamma=gamma, max_level=LEVELS, clip_x0=False)
+    on_even = vlb_bits_per_dim_analytic(den, test, even_grid(1000, K), seeds, gamma=gamma, max_level=LEVELS,
+                                        clip_x0=False)
+    diff = on_ot - on_even
+    assert diff.mean() < -4 * diff.std() / math.sqrt(len(diff))
 
 
 # --- samplers ----------------------------------------------------------------------------------------------
@@ -376,6 +423,51 @@ def test_a_sample_depends_only_on_its_own_seed(sampler):
     a = sampler(den, whole.latent(), grid, noise=whole, **kw)
     b = sampler(den, part.latent(), grid, noise=part, **kw)
     torch.testing.assert_close(a[11:17], b, rtol=1e-12, atol=1e-12)
+
+
+class _ZeroEps:
+    """eps_hat = 0: every reverse step is x_s = c x_t + sigma z, linear in x_t."""
+
+    alpha_bars = ABAR
+
+    def __call__(self, x: torch.Tensor, n: int) -> Prediction:
+        self.inputs.append(x.clone())
+        return Prediction(eps=torch.zeros_like(x), x0=x / torch.sqrt(ABAR[n]))
+
+
+class _ConstantNoise:
+    """Every z of a reverse step equals ``value``."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def normal(self, step: int, extra: int = 0) -> torch.Tensor:
+        return torch.full((1, 1), self.value, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sampler,form", [(analytic_ddpm.sample, "ddpm"), (analytic_ddim.sample, "ddim")])
+def test_samplers_realise_the_shared_variances(sampler, form):
+    # With z = 1 and z = 0 from the same x_T, the difference D_k of the inputs at step k obeys
+    # D_{k-1} = c_k D_k + sigma_k, and c_k is the ratio of consecutive inputs of the z = 0 run.
+    g = torch.Generator().manual_seed(11)
+    grid = torch.sort(torch.randperm(1000, generator=g)[:12]).values
+    grid[0] = 0
+    gamma = torch.rand(1000, generator=g, dtype=torch.float64) * 1.4 - 0.2  # outside [0, 1]: Theorem 2 clips
+    raw = trajectory_variances(ABAR, grid, gamma, form=form, clip=False)
+    assert not torch.equal(raw, trajectory_variances(ABAR, grid, gamma, form=form))
+    kw = {"gamma": gamma, "clip_x0": False, "sigma2_clip_pixel": 1, "pixel_quantum": 2 / 16}
+    runs = []
+    for z in (0.0, 1.0):
+        den = _ZeroEps()
+        den.inputs = []
+        sampler(den, torch.ones(1, 1, dtype=torch.float64), grid, noise=_ConstantNoise(z), **kw)
+        runs.append(torch.cat(den.inputs[::-1]).reshape(-1))  # input at grid[k], k = 0..K-1
+    still, moved = runs
+    diff = moved - still
+    sigma = diff[:-1] - still[:-1] / still[1:] * diff[1:]
+    expected = sampling_variances(ABAR, grid, gamma, form=form, sigma2_clip_pixel=1, pixel_quantum=2 / 16)
+    torch.testing.assert_close(sigma, expected.sqrt(), rtol=1e-9, atol=1e-12)
+    assert expected[0] == pixel_variance_threshold(1, 2 / 16)
 
 
 # --- the moments artifact ------------------------------------------------------------------------------------

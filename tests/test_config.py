@@ -19,9 +19,9 @@ def cfg():
 
 def test_default_config_is_valid(cfg):
     validate_config(cfg, root=ROOT)
-    # DDPM model: five samplers; iDDPM: two; EDM's three at four K; two DDGM models: two samplers each;
-    # VE model: PC at five K, Langevin and EDM Heun at four; EDM-trained model: three samplers at four K
-    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 3 * 4 + 2 * 2 * 5 + 5 + 2 * 4 + 3 * 4
+    # DDPM model: five samplers and its two OT samplers; iDDPM: two; EDM's three at four K; two DDGM models: two
+    # samplers each; VE model: PC at five K, Langevin and EDM Heun at four; EDM-trained model: three samplers at four K
+    assert len(cells(cfg)) == 5 * 5 + 2 * 5 + 2 * 5 + 3 * 4 + 2 * 2 * 5 + 5 + 2 * 4 + 3 * 4
     assert shard_ranges(cfg) == [(0, 2000)]
     assert shard_ranges(mutate(cfg, ("sampling", "shard_size"), 700)) == [(0, 700), (700, 1400), (1400, 2000)]
 
@@ -36,7 +36,7 @@ def mutate(cfg, path, value):
 
 
 CASES = [
-    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddpm', 'ddgm_alg4', 'ddgm_ddim_eta0', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned', 'langevin', 'pc'\]"),
+    (("experiments", 0, "samplers", 0), "ddpm_fast", r"experiments\[0\]\.samplers\[0\]': unknown sampler 'ddpm_fast'; defined: \['analytic_ddim', 'analytic_ddim_ot', 'analytic_ddpm', 'analytic_ddpm_ot', 'ddgm_alg4', 'ddgm_ddim_eta0', 'ddim_eta0', 'ddpm_beta', 'ddpm_beta_tilde', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm_ddim', 'iddpm_learned', 'langevin', 'pc'\]"),
     (("models", "mlp", "dataset"), "cifar11", r"models\.mlp\.dataset': unknown dataset 'cifar11'; defined: \['digits'\]"),
     (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['ddgm', 'ddgm_gmm', 'edm', 'iddpm', 'mlp', 'ncsn'\]"),
     (("experiments", 0, "K"), [10, 1001], r"experiments\[0\]\.K\[1\]': value 1001 is not allowed; K must be an integer in \[1, T=1000\]"),
@@ -44,7 +44,7 @@ CASES = [
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
     (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be minimum 1"),
     (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc'\]"),
-    (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'edm', 'vp', 've', 'iddpm', 'optimal', 'respace'\]"),
+    (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal', 'edm', 'vp', 've', 'iddpm'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits', 'cifar10', 'celeba64', 'imagenet64', 'lsun'\]"),
     (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 've'\]"),
     (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 've', 'edm'\]"),
@@ -206,3 +206,42 @@ def test_non_utf8_file(tmp_path):
     p.write_bytes("profile: embedded\nlabel: \"σ\"\n".encode("utf-16"))
     with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text: byte 0 is 0xff"):
         load_config(p)
+
+
+def test_grid_needing_the_moments_without_them(cfg):
+    bad = copy.deepcopy(cfg)
+    del bad["moments"]
+    bad["samplers"] = {"ddpm_ot": {"fn": "ddpm", "grid": "optimal", "options": {"variance": "beta"}}}
+    bad["experiments"] = [{"model": "mlp", "samplers": ["ddpm_ot"], "K": [10]}]
+    bad["tables"] = []
+    with pytest.raises(ConfigError, match=r"samplers\.ddpm_ot': needs the Analytic-DPM moments"):
+        validate_config(bad, root=ROOT)
+
+
+@pytest.mark.parametrize(
+    "grid,options,K,message",
+    [
+        ("optimal", {}, 1, r"experiments\[1\]\.K\[0\]' with sampler 'analytic_ddpm_ot': time grid 'optimal' needs K >= 2"),
+        ("respace", {"section_counts": "ddim300"}, 300, r"'ddim300': no integer stride takes exactly 300 of T=1000"),
+        ("respace", {"section_counts": "10,15"}, 10, r"section_counts '10,15' take 25 steps, but the cell has K=10"),
+        ("even", {"section_counts": "10"}, 10, r"time grid 'even' takes grid_options \[\], not \['section_counts'\]"),
+    ],
+)
+def test_bad_time_grid_of_a_cell_is_refused(cfg, grid, options, K, message):
+    bad = mutate(cfg, ("samplers", "analytic_ddpm_ot"), {**cfg["samplers"]["analytic_ddpm_ot"], "grid": grid,
+                                                         "grid_options": options})
+    bad = mutate(bad, ("experiments", 1, "K"), [K])
+    bad["tables"] = []
+    with pytest.raises(ConfigError, match=message):
+        validate_config(bad, root=ROOT)
+
+
+def test_samplers_sharing_an_nll_job_must_share_its_grid(cfg):
+    bad = mutate(cfg, ("samplers", "ddpm_beta", "grid"), "respace")
+    bad = mutate(bad, ("samplers", "ddpm_beta", "grid_options"), {"section_counts": "ddim10"})
+    bad = mutate(bad, ("samplers", "ddpm_beta_tilde", "grid"), "respace")
+    bad = mutate(bad, ("experiments", 0, "K"), [10])
+    bad["tables"] = []
+    with pytest.raises(ConfigError, match=r"samplers\.ddpm_beta_tilde\.grid_options': \{\} differ from \{'section_counts': "
+                                          r"'ddim10'\} of sampler 'ddpm_beta', which shares the NLL job of model 'mlp'"):
+        validate_config(bad, root=ROOT)

@@ -22,11 +22,12 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 92  # 92 cells x 1 shard of 2000 samples
-    assert counts["fd_is"] == 92 and counts["train_model"] == 6 and counts["moments"] == 1
+    assert counts["sample_shard"] == 102  # 102 cells x 1 shard of 2000 samples
+    assert counts["fd_is"] == 102 and counts["train_model"] == 6 and counts["moments"] == 1
     assert counts["ode_nll"] == 2  # the continuous-time models ncsn (ve) and edm
-    # one per model and K on the even grid: beta, beta-tilde and analytic share the DDPM model's
-    assert counts["nll"] == 2 * 5
+    # one per model, grid and K: beta, beta-tilde and analytic share the DDPM model's even grid; the OT
+    # bound has its own grid; iDDPM's learned bound is on the respaced grid
+    assert counts["nll"] == 3 * 5
     assert counts["report"] == 1 and counts["collect"] == 1
 
 
@@ -50,15 +51,15 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         typed = {k: int(v) if k in ints else float(v) if k in floats else v for k, v in row.items()}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
-    # 8 (model, sampler) x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM and iDDPM at 2 K (DDIM, EDM, DDGM and PC have no
-    # VLB) + the PF-ODE NLL of the ve and edm models.
-    assert len(rows) == 8 * 2 * 2 + 3 * 2 + 2
+    # 9 (model, sampler) x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM (even, OT) and iDDPM at 2 K (DDIM, EDM,
+    # DDGM and PC have no VLB) + the PF-ODE NLL of the ve and edm models.
+    assert len(rows) == 9 * 2 * 2 + 4 * 2 + 2
     pf_ode = [r for r in rows if r["sampler"] == "pf_ode"]
     assert {(r["model"], r["family"], r["metric"], r["grid"]) for r in pf_ode} == {
         ("ncsn", "ve", "ode_nll_bpd", "adaptive"), ("edm", "edm", "ode_nll_bpd", "adaptive")}
     assert all(r["K"] == r["nfe"] and int(r["n_samples"]) == 16 for r in pf_ode)  # K of a PF-ODE row = its NFE
     nfe = {(r["sampler"], r["K"], r["nfe"]) for r in rows if r["sampler"] != "pf_ode"}
-    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "iddpm_learned", "ddgm_alg4")
+    discrete = ("ddpm_beta", "ddim_eta0", "analytic_ddpm", "analytic_ddpm_ot", "iddpm_learned", "ddgm_alg4")
     assert nfe == {(s, k, k) for s in discrete for k in ("2", "5")} | {
         ("edm_heun", "2", "3"), ("edm_heun", "5", "9"),  # Heun: 2N - 1
         ("pc", "2", "4"), ("pc", "5", "10")}  # PC: a predictor and a corrector step per level
@@ -74,6 +75,22 @@ def test_tiny_run_metrics_match_schema(tiny_run):
     for path in (tiny_run / "results/cells/digits").glob("*/*/K*/fd_is.json"):
         jsonschema.validate(json.loads(path.read_text()), schema("fd_is"))
     jsonschema.validate(json.loads((tiny_run / "results/provenance.json").read_text()), schema("provenance"))
+
+
+def test_tiny_run_ot_cells_visit_the_dp_trajectory_of_the_model_moments(tiny_run):
+    from bench.analytic import load_moments, optimal_trajectory
+    from bench.schedules import DiscreteSchedule
+
+    gamma = load_moments(tiny_run / "results/moments/mlp.npz").gamma
+    alpha_bars = DiscreteSchedule.named("linear", 100).alpha_bars
+    cells = tiny_run / "results/cells/digits/mlp"
+    for K in (2, 5):
+        dp = optimal_trajectory(alpha_bars, gamma, K).tolist()
+        shard = np.load(tiny_run / f"results/samples/digits/mlp/analytic_ddpm_ot/K{K}/shard0000.npz")
+        assert shard["grid"].tolist() == dp
+        assert json.loads((cells / f"analytic_ddpm_ot/K{K}/fd_is.json").read_text())["grid"] == dp
+        assert json.loads((cells / f"nll-optimal/K{K}.json").read_text())["grid"] == dp
+    assert dp != json.loads((cells / "nll-even/K5.json").read_text())["grid"]
 
 
 def test_tiny_run_report_and_rerun_is_a_no_op(tiny_run):

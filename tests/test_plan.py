@@ -12,6 +12,7 @@ from bench.plan import DEFAULT_SECONDS_PER_NFE, ODE_NLL_NFE, SECONDS_PER_NFE, fo
 ROOT = Path(__file__).resolve().parents[1]
 # The embedded default: 2000 samples per cell in one shard; models mlp and iddpm, both T = 1000.
 #   mlp   x {ddpm_beta, ddpm_beta_tilde, ddim_eta0, analytic_ddpm, analytic_ddim} x K in {10, 25, 50, 100, 1000}
+#   mlp   x {analytic_ddpm_ot, analytic_ddim_ot} x the same K
 #   iddpm x {iddpm_learned, iddpm_ddim} x the same K
 #   mlp   x {ddim_eta0, edm_euler, edm_heun, edm_stochastic} x K in {10, 25, 50, 100} (ddim_eta0 already above)
 #   ncsn (ve) x pc x the five K; ncsn x {langevin (5 steps per level + denoising), edm_heun} x the four K
@@ -22,7 +23,7 @@ HEUN_K4 = sum(2 * K - 1 for K in (10, 25, 50, 100))  # EDM Heun and stochastic: 
 N_TEST = 359  # digits test split: round(0.2 * n) of each class
 N_TRAIN = 1797 - N_TEST
 MOMENTS_NFE = N_TRAIN * 1000  # mlp's Gamma_n from the whole train split at all T = 1000 steps
-MAIN_NFE = 2000 * (5 + 2) * SUM_K  # the two 5-K experiments, K NFE per sample
+MAIN_NFE = 2000 * (5 + 2 + 2) * SUM_K  # the three 5-K experiments, K NFE per sample
 EDM_NFE = 2000 * (SUM_K4 + SUM_K4 + 2 * HEUN_K4)  # ddim_eta0, edm_euler, edm_heun, edm_stochastic
 # nll jobs per K: mlp on the even grid (beta and beta-tilde in one pass, analytic in another) and
 # iddpm on the even grid (learned).

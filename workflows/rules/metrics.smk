@@ -127,7 +127,7 @@ def nll_variances(model: str, grid: str) -> list[str]:
 rule nll:
     input:
         unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt", "data": data_check(w.dataset)}
-               | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid))),
+               | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid) or w.grid in MOMENT_GRIDS)),
     output:
         f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",
     benchmark:
@@ -143,6 +143,8 @@ rule nll:
                 "seed": config["seed"],
                 "variances": nll_variances(w.model, w.grid),
             }
+            # grid options only when there are some, so that existing jobs keep their settings
+            | ({"grid_options": o} if (o := nll_grid_options(config, w.model, w.grid)) else {})
         ),
         moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
     threads: 1
