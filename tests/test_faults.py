@@ -154,15 +154,15 @@ def _sample_args(tmp_path: Path) -> tuple[list[str], Path]:
     return ["sample", "--spec", json.dumps(spec), "--model", str(model), "--out", str(tmp_path / "s.npz")], model
 
 
-def _fd_is_args(tmp_path: Path) -> tuple[list[str], Path]:
+def _features_args(tmp_path: Path) -> tuple[list[str], Path]:
     shard = _truncate(atomic_npz(tmp_path / "shard0000.npz", images=np.zeros((4, 1, 8, 8), np.uint8),
                                  seeds=np.arange(4)))
-    spec = {"dataset": {"kind": "digits"}, "reference_split": "train", "n_samples": 4, "context": "c"}
-    return ["fd-is", "--spec", json.dumps(spec), "--extractor", str(tmp_path / "x.pt"), "--shards", str(shard),
-            "--out", str(tmp_path / "fd_is.json")], shard
+    spec = {"extractor": {"kind": "digits_cnn", "dataset": "digits"}}
+    return ["features", "--spec", json.dumps(spec), "--extractor", str(tmp_path / "x.pt"), "--shard", str(shard),
+            "--out", str(tmp_path / "features.npz")], shard
 
 
-@pytest.mark.parametrize("step", [_sample_args, _fd_is_args], ids=["sample", "fd-is"])
+@pytest.mark.parametrize("step", [_sample_args, _features_args], ids=["sample", "features"])
 def test_job_on_damaged_input_fails_with_one_line_naming_it(tmp_path, step):
     args, damaged = step(tmp_path)
     r = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, timeout=300,
@@ -170,7 +170,7 @@ def test_job_on_damaged_input_fails_with_one_line_naming_it(tmp_path, step):
     assert r.returncode == 1
     assert r.stderr.startswith(f"error: cannot read {damaged}: ")
     assert "Traceback" not in r.stderr
-    assert not (tmp_path / "s.npz").exists() and not (tmp_path / "fd_is.json").exists()
+    assert not (tmp_path / "s.npz").exists() and not (tmp_path / "features.npz").exists()
 
 
 def test_job_killed_while_writing_leaves_no_output_and_the_rerun_clears_its_temp_file(tmp_path):
