@@ -151,14 +151,19 @@ class _Sizes:
         return self.known[(dataset, split)]
 
 
-def _nll_passes(cfg: dict, model: str, grid: str) -> int:
-    """Passes over the test split of the nll job of (model, grid): one for the fixed-variance bounds
-    (beta, beta-tilde share their network evaluations), one each for the learned and analytic bounds."""
-    variances = {
+def _nll_variances(cfg: dict, model: str, grid: str) -> set[str]:
+    """The reverse variances whose bounds the nll job of (model, grid) evaluates: those of every sampler
+    of that grid on the model, shown in a table or not."""
+    return {
         cfg["samplers"][c]["nll"]
         for exp in cfg["experiments"] if exp["model"] == model
         for c in exp["samplers"] if "nll" in cfg["samplers"][c] and cfg["samplers"][c]["grid"] == grid
     }
+
+
+def _nll_passes(variances: set[str]) -> int:
+    """Passes over the test split of an nll job: one for the fixed-variance bounds (beta, beta-tilde
+    share their network evaluations), one each for the learned and analytic bounds."""
     own_pass = {"learned", "analytic"}
     return int(bool(variances - own_pass)) + len(variances & own_pass)
 
@@ -167,15 +172,18 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     """The jobs of one cell for its NLL or its sample metrics ({job key: (model, NFE)}), its samples ({cell: n})."""
     dataset = cfg["models"][model]["dataset"]
     sampler = cfg["samplers"][sampler_name]
+    grid = sampler["grid"]
+    variances = _nll_variances(cfg, model, grid) if nll else set()
+    # An nll job reads Gamma_n when any bound it evaluates is the analytic one, whichever sampler asks for it.
+    wants_moments = ("analytic" in variances or grid in MOMENT_GRIDS) if nll else needs_moments(sampler)
     jobs = {}
-    if needs_moments(sampler) and (not nll or sampler.get("nll") == "analytic" or sampler["grid"] in MOMENT_GRIDS):
+    if wants_moments:
         m = cfg["moments"]
         M = m.get("M") or sizes(dataset, m["split"])
         jobs[("moments", model)] = (model, M * cfg["models"][model]["schedule"]["T"])
     if nll:
-        grid = sampler["grid"]
         n_eval = sizes(dataset, cfg["metrics"]["nll"]["split"])
-        jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(cfg, model, grid))
+        jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(variances))
         return jobs, {}
     per_sample = nfe_per_sample(sampler, K)
     for i, (start, stop) in enumerate(shard_ranges(cfg)):
