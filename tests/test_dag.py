@@ -117,7 +117,9 @@ def test_tiny_run_stage_times_sum_the_job_benchmarks(tiny_run):
         "train": len(list((results / "models").glob("*.pt"))) + len(list((results / "extractors").glob("*.pt"))),
         "moments": len(list((results / "moments").glob("*.npz"))),
         "sample": len(list((results / "samples").rglob("shard*.npz"))),
-        "metrics": len(list((results / "cells").rglob("*.json"))),
+        # every cell metric and model PF-ODE NLL, one features file per sample shard, and the reference statistics
+        "metrics": len(list((results / "cells").rglob("*.json"))) + len(list((results / "features").rglob("*.npz")))
+        + len(list((results / "refs").rglob("*.npz"))),
         "report": 2,  # collect and report
     }
     for stage in STAGES:
