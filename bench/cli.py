@@ -237,7 +237,7 @@ def cmd_reference_stats(args: argparse.Namespace) -> None:
     else:
         from bench.data import load_dataset
         from bench.metrics.extractors import extract_outputs
-        from bench.metrics.fid_is import FeatureStats
+        from bench.metrics.feature_stats import FeatureStats
         from bench.metrics.shard_features import fixed_point
 
         split = load_dataset(spec["dataset"], spec["split"])
@@ -269,7 +269,7 @@ def cmd_fetch_weights(args: argparse.Namespace) -> None:
 def cmd_fd_is(args: argparse.Namespace) -> None:
     from bench.io import load_json
     from bench.metrics.extractors import backend_and_mode, signature
-    from bench.metrics.fid_is import (
+    from bench.metrics.feature_stats import (
         FeatureStats,
         frechet_distance_of_backend,
         inception_score,

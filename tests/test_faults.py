@@ -72,7 +72,7 @@ def test_checkpoint_with_wrongly_shaped_tensor_names_file_and_tensor(tmp_path):
 
 
 def _stats_file(tmp_path: Path) -> Path:
-    from bench.metrics.fid_is import FeatureStats
+    from bench.metrics.feature_stats import FeatureStats
 
     feats = np.random.default_rng(0).normal(size=(20, 4))
     return FeatureStats(n=20, sum=feats.sum(0), sum_outer=feats.T @ feats).save(tmp_path / "digits-digits_cnn.npz")
@@ -91,7 +91,7 @@ def _extractor_file(tmp_path: Path) -> Path:
 
 
 def _load_stats(path: Path):
-    from bench.metrics.fid_is import FeatureStats
+    from bench.metrics.feature_stats import FeatureStats
 
     return FeatureStats.load(path)
 

@@ -7,15 +7,15 @@ import torch
 from bench.data.digits import load_digits_split
 from bench.io import CorruptFileError
 from bench.metrics.classifier import save_classifier, train_classifier
-from bench.metrics.fid_is import (
+from bench.metrics.feature_stats import (
     FeatureStats,
-    compute_fd_is,
     extract,
     fd_from_stats,
     frechet_distance,
     frechet_distance_cleanfid,
     inception_score,
 )
+from bench.metrics.fid_is import compute_fd_is
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms

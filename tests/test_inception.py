@@ -13,7 +13,7 @@ import torch
 from inception_fixtures import write_cleanfid_torchscript, write_torch_fidelity_weights
 from PIL import Image
 
-from bench.metrics.fid_is import (
+from bench.metrics.feature_stats import (
     FeatureStats,
     frechet_distance,
     frechet_distance_of_backend,

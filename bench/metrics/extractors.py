@@ -35,7 +35,7 @@ def extract_outputs(
     backend, mode = backend_and_mode(extractor)
     if extractor["kind"] == "digits_cnn":
         from bench.metrics.classifier import load_classifier
-        from bench.metrics.fid_is import extract
+        from bench.metrics.feature_stats import extract
 
         features, logits = extract(images, max_level, load_classifier(Path(weights)))
         return features, "logits", logits

@@ -9,7 +9,7 @@ import numpy as np
 from bench.checkpoints.download import fetch, file_digest
 from bench.checkpoints.references import FORMAT_KEYS, StatisticsEntry
 from bench.io import CorruptFileError, load_npz
-from bench.metrics.fid_is import FeatureStats
+from bench.metrics.feature_stats import FeatureStats
 from bench.metrics.inception import FEATURE_DIM
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.io import CorruptFileError, atomic_npz, load_npz
-from bench.metrics.fid_is import FeatureStats
+from bench.metrics.feature_stats import FeatureStats
 
 FIXED_POINT_BITS = 12
 FEATURE_LIMIT = 2.0**6
