@@ -168,6 +168,9 @@ def fd_from_stats(stats1: FeatureStats, stats2: FeatureStats) -> float:
 
 def frechet_distance_cleanfid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """The same distance computed by clean-fid's cleanfid.fid.frechet_distance."""
+    from bench.compat import import_torchvision
+
+    import_torchvision()  # clean-fid imports torchvision too
     try:
         from cleanfid import fid as cleanfid_fid
     except ImportError as error:
@@ -232,6 +235,9 @@ def frechet_distance_of_backend(backend: str, stats1: FeatureStats, stats2: Feat
     """FD of two sets of statistics with the backend's own formula (torch-fidelity: eigenvalues; clean-fid: sqrtm)."""
     mu1, sigma1, mu2, sigma2 = stats1.mean, stats1.cov, stats2.mean, stats2.cov
     if backend == "torch-fidelity":
+        from bench.compat import import_torchvision
+
+        import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs the nms shim first
         from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
         result = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, verbose=False)

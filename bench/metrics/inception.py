@@ -58,6 +58,9 @@ class TorchFidelityInception:
     backend = "torch-fidelity"
 
     def __init__(self, weights: Path, mode: str | None = None) -> None:
+        from bench.compat import import_torchvision
+
+        import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs the nms shim first
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         self.mode = resolve_mode(self.backend, mode)
@@ -85,6 +88,9 @@ class CleanFidInception:
     backend = "clean-fid"
 
     def __init__(self, weights: Path, mode: str | None = None) -> None:
+        from bench.compat import import_torchvision
+
+        import_torchvision()  # clean-fid imports torchvision too
         from cleanfid.inception_torchscript import InceptionV3W
         from cleanfid.resize import build_resizer
 
