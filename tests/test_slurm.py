@@ -187,16 +187,20 @@ def test_tiny_config_runs_through_sbatch(slurm_and_local, slurm_cluster):
     assert "localrule" not in log  # nothing ran on the submitting machine
     submitted = dict(re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", log))
     kinds = {job: Path(path).relative_to(tmp / "slurm-logs").parts[0] for job, path in submitted.items()}
-    assert sorted(kinds.values()) == sorted(
-        ["rule_train_extractor", "rule_train_model", "rule_moments", "rule_collect", "group_metrics_fd_is_nll"]
-        + ["group_sample_sample_shard"] * 2  # 6 shards, up to 4 per group job
+    single = [k for k in kinds.values() if not k.startswith("group_")]
+    assert sorted(single) == sorted(
+        ["rule_check_data", "rule_train_extractor", "rule_train_model", "rule_moments", "rule_reference_stats",
+         "rule_collect"]
     ), log[-3000:]
+    assert [k for k in kinds.values() if k.startswith("group_sample")] == ["group_sample_sample_shard"] * 2, log[-3000:]
+    # 6 features, 3 fd_is and 1 nll job, up to 8 per group job
+    assert len([k for k in kinds.values() if k.startswith("group_metrics_")]) == 2, log[-3000:]
     assert all(Path(path).is_file() for path in submitted.values())
     jobs = slurm_jobs(slurm_cluster.env, re.search(r"SLURM run ID: (\S+)", log).group(1))
     assert set(jobs) == set(submitted)
     for job, fields in jobs.items():
         assert (fields["JobState"], fields["Partition"]) == ("COMPLETED", slurm_cluster.partition)
-        gpu = kinds[job] not in ("rule_train_extractor", "rule_collect")
+        gpu = kinds[job] not in ("rule_check_data", "rule_train_extractor", "rule_reference_stats", "rule_collect")
         assert (fields.get("TresPerJob") == f"gres:gpu:{slurm_cluster.gpu_type}:1") == gpu, (kinds[job], fields)
 
 
