@@ -39,8 +39,9 @@ def planned_group_jobs(cfg: dict) -> dict[str, int]:
     nll_jobs = {(c.model, cfg["samplers"][c.sampler]["grid"], c.K) for c in cs if "nll" in cfg["samplers"][c.sampler]}
     return {
         "sample": math.ceil(len(cs) * len(shard_ranges(cfg)) / per_group["sample"]),
-        # One features job per shard, one fd_is job per cell, one nll job per (model, grid, K).
-        "metrics": math.ceil((len(cs) * len(shard_ranges(cfg)) + len(cs) + len(nll_jobs)) / per_group["metrics"]),
+        # group-components counts connected components: a cell's features jobs with its fd_is job
+        # are one, each nll job (one per model, grid and K) another.
+        "metrics": math.ceil((len(cs) + len(nll_jobs)) / per_group["metrics"]),
     }
 
 
@@ -193,8 +194,9 @@ def test_tiny_config_runs_through_sbatch(slurm_and_local, slurm_cluster):
          "rule_collect"]
     ), log[-3000:]
     assert [k for k in kinds.values() if k.startswith("group_sample")] == ["group_sample_sample_shard"] * 2, log[-3000:]
-    # 6 features, 3 fd_is and 1 nll job, up to 8 per group job
-    assert len([k for k in kinds.values() if k.startswith("group_metrics_")]) == 2, log[-3000:]
+    # 3 cells (each cell's 2 features jobs and its fd_is job are one connected component) and 1 nll
+    # job: 4 components, up to 8 per group job
+    assert len([k for k in kinds.values() if k.startswith("group_metrics_")]) == 1, log[-3000:]
     assert all(Path(path).is_file() for path in submitted.values())
     jobs = slurm_jobs(slurm_cluster.env, re.search(r"SLURM run ID: (\S+)", log).group(1))
     assert set(jobs) == set(submitted)
@@ -211,10 +213,11 @@ def test_tiny_config_through_slurm_equals_the_local_run(slurm_and_local):
     assert read_metrics(slurm / "metrics.csv") == read_metrics(local / "metrics.csv")
     # FD and IS of 3 cells, NLL of the 2 whose sampler has a bound (DDPM, Analytic-DDPM).
     assert len(read_metrics(slurm / "metrics.csv")) == 3 * 2 + 2
-    # Provenance too, but for its time stamp and the code version, read when each run's collect ran.
+    # Provenance too, but for its time stamp, the code version (read when each run's collect ran) and
+    # the seconds its cells took.
     slurm_provenance, local_provenance = (
         {k: v for k, v in json.loads((d / "provenance.json").read_text()).items()
-         if k not in ("created", "git_commit", "git_dirty")}
+         if k not in ("created", "git_commit", "git_dirty", "cells_wall_seconds", "cells_device_seconds")}
         for d in (slurm, local)
     )
     assert slurm_provenance == local_provenance
