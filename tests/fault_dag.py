@@ -50,6 +50,6 @@ def snakemake(config: Path, workdir: Path, *args: str, cores: int = 1) -> subpro
 
 
 def metric_values(path: Path) -> list[tuple]:
-    """The rows of metrics.csv without their wall times (the only column a rerun may change)."""
+    """The rows of metrics.csv without their wall and device seconds (the only columns a rerun may change)."""
     with open(path) as f:
-        return [tuple(v for k, v in row.items() if k != "wall_seconds") for row in csv.DictReader(f)]
+        return [tuple(v for k, v in row.items() if k not in ("wall_seconds", "device_seconds")) for row in csv.DictReader(f)]
