@@ -13,6 +13,7 @@ import torch
 from inception_fixtures import write_cleanfid_torchscript, write_torch_fidelity_weights
 from PIL import Image
 
+from bench.compat import import_torchvision
 from bench.metrics.feature_stats import (
     FeatureStats,
     frechet_distance,
@@ -36,6 +37,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs the nms shim first
     import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 
     monkeypatch.setattr(tf_inception, "load_state_dict_from_url", refuse)
