@@ -145,6 +145,13 @@ def _check_model(name: str, model: dict) -> None:
             f"family {family!r}; allowed: {list(losses)}"
         )
     s = model["schedule"]
+    if s["name"] in ("linear", "cosine"):
+        from bench.schedules import DiscreteSchedule
+
+        try:
+            DiscreteSchedule.named(s["name"], s["T"])
+        except ValueError as err:
+            raise ConfigError(f"config key 'models.{name}.schedule.T': {err}") from None
     if "sigma_min" in s and not s["sigma_min"] < s["sigma_max"]:
         raise ConfigError(
             f"config key 'models.{name}.schedule': sigma_min={s['sigma_min']!r} must be below "

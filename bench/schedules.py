@@ -18,6 +18,11 @@ def linear_betas(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Te
     """beta_t linear in t (Ho et al. 2020, Sec. 4), rescaled by 1000/T for other T (iDDPM)."""
     _check_T(T)
     scale = 1000.0 / T
+    if scale * beta_T >= 1.0:
+        raise ValueError(
+            f"linear schedule with T={T} has beta_T = {scale * beta_T:g} >= 1 (betas rescaled by 1000/T); "
+            f"T must be above {1000.0 * beta_T:g}"
+        )
     return torch.linspace(scale * beta_1, scale * beta_T, T, dtype=torch.float64)
 
 

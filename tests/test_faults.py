@@ -46,7 +46,7 @@ def test_checkpoint_with_unexpected_keys_lists_them(tmp_path):
     from bench.models import build_network, save_model
 
     net = build_network({"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}, channels=1, image_size=8)
-    cfg = {"network": {"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}, "schedule": {"name": "linear", "T": 10}}
+    cfg = {"network": {"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}, "schedule": {"name": "linear", "T": 100}}
     path = save_model(tmp_path / "m.pt", net, cfg, (1, 8, 8), 16, {})
     ckpt = torch.load(path, weights_only=True)
     ckpt["state_dict"]["extra.weight"] = torch.zeros(1)
