@@ -15,8 +15,6 @@ the noise law from the denoiser, the law the model was trained with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from bench.ddgm import (
@@ -27,48 +25,9 @@ from bench.ddgm import (
     mixture_components,
     mixture_noise,
 )
-from bench.families import predict
 from bench.noise import NoiseSource
-from bench.schedules import posterior_coefficients
-
-VARIANCES = ("beta", "beta_tilde")
-
-# noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s.
-NoiseAt = Callable[[int, int], torch.Tensor]
-
-
-def _ancestral(denoiser, x_T, grid, noise_at: NoiseAt, variance: str, clip_x0: bool):
-    if variance not in VARIANCES:
-        raise ValueError(f"ancestral variance {variance!r} is not one of {list(VARIANCES)}")
-    abar = denoiser.alpha_bars[grid]
-    x = x_T
-    for k in range(len(grid) - 1, -1, -1):
-        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
-        if k == 0:
-            x = pred.x0
-            break
-        c0, ct, beta_tilde = posterior_coefficients(abar[k - 1], abar[k])
-        var = beta_tilde if variance == "beta_tilde" else 1.0 - abar[k] / abar[k - 1]
-        x = c0 * pred.x0 + ct * x + torch.sqrt(var) * noise_at(k, int(grid[k - 1]))
-    return x
-
-
-def _ddim(denoiser, x_T, grid, noise_at: NoiseAt, eta: float, clip_x0: bool):
-    if not eta >= 0:
-        raise ValueError(f"DDIM eta={eta!r} must be non-negative")
-    abar = denoiser.alpha_bars[grid]
-    x = x_T
-    for k in range(len(grid) - 1, -1, -1):
-        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
-        if k == 0:
-            x = pred.x0
-            break
-        a_t, a_s = abar[k], abar[k - 1]
-        sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t)) * torch.sqrt(1 - a_t / a_s)
-        x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1 - a_s - sigma**2) * pred.eps
-        if eta > 0:
-            x = x + sigma * noise_at(k, int(grid[k - 1]))
-    return x
+from bench.samplers.ddim import generalized
+from bench.samplers.ddpm import NoiseAt, ancestral
 
 
 def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposals) -> NoiseAt:
@@ -103,7 +62,7 @@ def sample(
 ) -> torch.Tensor:
     """x_s = mu(x_t, x0_hat) + sigma z, z = (gbar_s - kbar_s theta_s) / sqrt(1 - abar_s) (Alg 4)."""
     noise_at = _gamma_noise_at(denoiser, noise, theta_0, k_convention, proposals)
-    return _ancestral(denoiser, x_T, grid, noise_at, variance, clip_x0)
+    return ancestral(denoiser, x_T, grid, noise_at, variance, clip_x0)
 
 
 def sample_ddim(
@@ -120,7 +79,7 @@ def sample_ddim(
 ) -> torch.Tensor:
     """DDIM Eq. 12, sigma(eta), z the normalised centred Gamma noise (code: generalized_gamma)."""
     noise_at = _gamma_noise_at(denoiser, noise, theta_0, k_convention, proposals)
-    return _ddim(denoiser, x_T, grid, noise_at, eta, clip_x0)
+    return generalized(denoiser, x_T, grid, noise_at, eta, clip_x0)
 
 
 def sample_mixture(
@@ -135,7 +94,7 @@ def sample_mixture(
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = mu(x_t, x0_hat) + sigma eps, eps ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2)."""
-    return _ancestral(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), variance, clip_x0)
+    return ancestral(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), variance, clip_x0)
 
 
 def sample_mixture_ddim(
@@ -150,7 +109,7 @@ def sample_mixture_ddim(
     clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM Eq. 12 with sigma(eta) and z two-Gaussian mixture noise (zero mean, unit variance)."""
-    return _ddim(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), eta, clip_x0)
+    return generalized(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), eta, clip_x0)
 
 
 def _law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
@@ -175,7 +134,7 @@ def ddgm(
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """DDGM Alg. 4 with the denoiser's own noise law (Gamma, or the two-Gaussian mixture)."""
-    return _ancestral(denoiser, x_T, grid, _law_noise_at(denoiser, noise), variance, clip_x0)
+    return ancestral(denoiser, x_T, grid, _law_noise_at(denoiser, noise), variance, clip_x0)
 
 
 def ddgm_ddim(
@@ -188,4 +147,4 @@ def ddgm_ddim(
     clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM Eq. 12 with sigma(eta), z the denoiser's own normalised noise (code: generalized_gamma)."""
-    return _ddim(denoiser, x_T, grid, _law_noise_at(denoiser, noise), eta, clip_x0)
+    return generalized(denoiser, x_T, grid, _law_noise_at(denoiser, noise), eta, clip_x0)

@@ -6,18 +6,11 @@ import torch
 
 from bench.families import predict
 from bench.noise import NoiseSource
+from bench.samplers.ddpm import NoiseAt
 
 
-def sample(
-    denoiser,
-    x_T: torch.Tensor,
-    grid: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    eta: float = 0.0,
-    clip_x0: bool = False,
-) -> torch.Tensor:
-    """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""
+def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, eta: float, clip_x0: bool):
+    """DDIM Eq. 12 with sigma(eta) of Eq. 16 for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM)."""
     if eta < 0:
         raise ValueError(f"DDIM eta={eta!r} must be non-negative")
     abar = denoiser.alpha_bars[grid]
@@ -31,5 +24,18 @@ def sample(
         sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t)) * torch.sqrt(1 - a_t / a_s)
         x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1 - a_s - sigma**2) * pred.eps
         if eta > 0:
-            x = x + sigma * noise.normal(k)
+            x = x + sigma * noise_at(k, int(grid[k - 1]))
     return x
+
+
+def sample(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    eta: float = 0.0,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""
+    return generalized(denoiser, x_T, grid, lambda k, s: noise.normal(k), eta, clip_x0)
