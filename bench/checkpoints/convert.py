@@ -12,11 +12,22 @@ from urllib.parse import urlparse
 from torch import nn
 
 from bench.checkpoints.download import DownloadError, fetch, file_digest, read_lock
-from bench.checkpoints.layouts import load_ddim_list_checkpoint, load_plain_state_dict, load_strict
+from bench.checkpoints.layouts import (
+    load_analytic_dpm_checkpoint,
+    load_ddim_list_checkpoint,
+    load_plain_state_dict,
+    load_strict,
+)
 from bench.io import atomic_json
 
 # Layouts a loader reads; score_sde_dict and unverified have none yet.
-LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle")
+LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt")
+# Layouts holding one network's state_dict, by the loader that reads it.
+STATE_DICT_LOADERS = {
+    "plain_state_dict": load_plain_state_dict,
+    "ddim_list": load_ddim_list_checkpoint,
+    "analytic_dpm_ckpt": load_analytic_dpm_checkpoint,
+}
 # Share pages, not files: such checkpoints are fetched by hand and placed at the cache path.
 MANUAL_HOSTS = ("drive.google.com",)
 
@@ -57,7 +68,7 @@ def fetch_checkpoint(entry: dict, dest: Path, lock_file: Path) -> Path:
 def _network_from_state_dict(path: Path, layout: str, network: dict, data_shape: tuple[int, ...]) -> nn.Module:
     from bench.models import build_network
 
-    state = load_plain_state_dict(path) if layout == "plain_state_dict" else load_ddim_list_checkpoint(path)
+    state = STATE_DICT_LOADERS[layout](path)
     net = build_network(network, channels=data_shape[0], image_size=data_shape[1])
     load_strict(net, state)
     return net
