@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from bench.checkpoints.convert import LOADABLE_LAYOUTS, convert_checkpoint
+from bench.checkpoints.download import DownloadError
 from bench.checkpoints.layouts import (
     CheckpointLoadError,
     StateDictMismatch,
@@ -168,6 +169,10 @@ def converted(tmp_path_factory):
     entry = dataclasses.asdict(get_checkpoint("analytic_dpm_cifar10_ls"))
     ckpt = tmp / "resources/checkpoints/analytic_dpm_cifar10_ls.ckpt"
     ckpt.parent.mkdir(parents=True)
+    with pytest.raises(DownloadError, match=r"place the file at .*analytic_dpm_cifar10_ls\.ckpt \(registry note: .*"
+                                            r"place the LS run's 400000\.ckpt\.pth itself at the cache path"):
+        main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(tmp / "l.json"),
+              "--out", str(ckpt)])
     torch.save(adpm_ckpt(raw, ema), ckpt)
     lock = tmp / "resources/checkpoints/analytic_dpm_cifar10_ls.lock.json"
     assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),

@@ -57,9 +57,11 @@ def fetch_checkpoint(entry: dict, dest: Path, lock_file: Path) -> Path:
     if not is_manual(entry["url"]):
         return fetch(entry["url"], dest, expected_hash=entry["hash"], hash_type=entry["hash_type"], lock_file=lock_file)
     if not dest.is_file():
+        # The note says which file of the share page it is (Analytic-DPM's CIFAR-10 page holds two runs).
+        note = f" (registry note: {entry['note']})" if entry.get("note") else ""
         raise DownloadError(
             f"checkpoint {entry['name']!r} is on a share page, not a direct download: fetch it by hand from "
-            f"{entry['url']} and place the file at {dest.resolve()}"
+            f"{entry['url']} and place the file at {dest.resolve()}{note}"
         )
     _pin_manual_file(entry, dest, lock_file)
     return dest
