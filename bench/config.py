@@ -16,7 +16,15 @@ import jsonschema
 import yaml
 
 from bench.checkpoints.references import BACKEND_MODES, DEFAULT_MODE, load_references
-from bench.grids import GRIDS, MOMENT_GRIDS, check_time_grid
+from bench.grids import (
+    GRIDS,
+    MOMENT_GRIDS,
+    REPEATING_GRIDS,
+    ZERO_LENGTH_STEP_SAMPLERS,
+    check_time_grid,
+    has_repeats,
+    time_grid,
+)
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
@@ -224,6 +232,7 @@ def _check_references(cfg: dict) -> None:
                     check_time_grid(sampler["grid"], T, K, **sampler.get("grid_options", {}))
                 except ValueError as err:
                     raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
+                _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
         uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
         if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
@@ -253,6 +262,23 @@ def _check_published_reference(name: str, extractor: dict) -> None:
         raise ConfigError(
             f"config key 'metrics.fd_is.reference_stats': {name!r} was made in mode {stats[name].mode!r}, "
             f"but the extractor runs {backend} in mode {mode!r}"
+        )
+
+
+def _check_repeats(sampler: dict, name: str, T: int, K: int, where: str) -> None:
+    """A grid that keeps repeated timesteps (DDIM's quad) is run only by samplers with DDIM's zero-length step."""
+    if sampler["grid"] not in REPEATING_GRIDS or not has_repeats(time_grid(sampler["grid"], T, K)):
+        return
+    if sampler["fn"] not in ZERO_LENGTH_STEP_SAMPLERS:
+        raise ConfigError(
+            f"config key '{where}' with sampler {name!r}: time grid {sampler['grid']!r} repeats timesteps at "
+            f"T={T}, K={K}, which only {list(ZERO_LENGTH_STEP_SAMPLERS)} run (as DDIM's zero-length step), "
+            f"not {sampler['fn']!r}"
+        )
+    if "nll" in sampler:
+        raise ConfigError(
+            f"config key '{where}' with sampler {name!r}: time grid {sampler['grid']!r} repeats timesteps at "
+            f"T={T}, K={K}; the variational bound (nll: {sampler['nll']}) has no term for a zero-length step"
         )
 
 

@@ -14,6 +14,14 @@ import torch
 GRIDS = ("uniform", "quad", "even", "respace", "optimal")
 # Grids chosen from a model's Analytic-DPM moments (Gamma_n): realised only once the moments exist.
 MOMENT_GRIDS = ("optimal",)
+# Grids kept exactly as their paper's code builds them, repeated timesteps included: DDIM's quad skip
+# int(linspace(0, sqrt(0.8 T), K)^2) repeats steps from K = 50 at T = 1000 (runners/diffusion.py), and
+# DDIM's loop (functions/denoising.py generalized_steps) runs each repeated pair as a zero-length step:
+# one network call, x unchanged. Every other grid refuses repeats.
+REPEATING_GRIDS = ("quad",)
+# Sampler functions that run a repeated timestep as DDIM does (a zero-length step), the only ones
+# allowed on a grid with repeats; the variational bound has no term for such a step.
+ZERO_LENGTH_STEP_SAMPLERS = ("ddim", "ddpm")
 
 
 def time_grid(
@@ -25,7 +33,10 @@ def time_grid(
     gamma: torch.Tensor | None = None,
     **options,
 ) -> torch.Tensor:
-    """The realised grid of ``kind`` for K steps out of T, as ascending unique 0-based int64 indices.
+    """The realised grid of ``kind`` for K steps out of T, as ascending 0-based int64 indices.
+
+    Indices are unique except on the grids in REPEATING_GRIDS, which keep their code's repeats
+    (non-decreasing, exactly K entries).
 
     ``options`` are the sampler's ``grid_options`` (``respace``: ``section_counts``); ``alpha_bars`` and
     ``gamma`` (the model's schedule and moments) are needed by the grids in MOMENT_GRIDS only.
@@ -45,9 +56,16 @@ def time_grid(
         from bench.analytic import optimal_trajectory
 
         grid = optimal_trajectory(alpha_bars, gamma, K)
-    if torch.any(grid[1:] <= grid[:-1]):
+    if torch.any(grid[1:] < grid[:-1]):
+        raise ValueError(f"time grid {kind!r} with T={T}, K={K} is not ascending: {grid.tolist()}")
+    if kind not in REPEATING_GRIDS and has_repeats(grid):
         raise ValueError(f"time grid {kind!r} with T={T}, K={K} has repeated timesteps: {grid.tolist()}")
     return grid
+
+
+def has_repeats(grid: torch.Tensor) -> bool:
+    """Whether an ascending grid visits some timestep twice (a zero-length step of DDIM's loop)."""
+    return bool(torch.any(grid[1:] == grid[:-1]))
 
 
 def check_time_grid(kind: str, T: int, K: int, **options) -> None:
@@ -75,9 +93,18 @@ def uniform_grid(T: int, K: int) -> torch.Tensor:
 
 
 def quad_grid(T: int, K: int) -> torch.Tensor:
-    """DDIM's 'quad' skip (App. D.2, code `int(linspace(0, sqrt(0.8 T), K)^2)`), used for CIFAR-10."""
-    s = torch.linspace(0.0, math.sqrt(0.8 * T), K, dtype=torch.float64) ** 2
-    return s.to(torch.int64)
+    """DDIM's 'quad' skip (App. D.2, code `int(linspace(0, sqrt(0.8 T), K)^2)`), used for CIFAR-10.
+
+    Kept with its repeats (T = 1000: 49 distinct steps at K = 50, 96 at 100, 688 at 1000): K entries.
+    """
+    # numpy's linspace, value by value: i * (stop / (K - 1)), the last one exactly stop. torch.linspace
+    # rounds differently in the last bit, which int() of the square turns into a different step (K = 16, ...).
+    stop = math.sqrt(T * 0.8)
+    if K == 1:
+        return torch.zeros(1, dtype=torch.int64)
+    step = stop / (K - 1)
+    points = [i * step for i in range(K - 1)] + [stop]
+    return torch.tensor([int(x * x) for x in points], dtype=torch.int64)
 
 
 def even_grid(T: int, K: int) -> torch.Tensor:

@@ -12,11 +12,22 @@ from urllib.parse import urlparse
 from torch import nn
 
 from bench.checkpoints.download import DownloadError, fetch, file_digest, read_lock
-from bench.checkpoints.layouts import load_ddim_list_checkpoint, load_plain_state_dict, load_strict
+from bench.checkpoints.layouts import (
+    load_analytic_dpm_checkpoint,
+    load_ddim_list_checkpoint,
+    load_plain_state_dict,
+    load_strict,
+)
 from bench.io import atomic_json
 
 # Layouts a loader reads; score_sde_dict and unverified have none yet.
-LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle")
+LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt")
+# Layouts holding one network's state_dict, by the loader that reads it.
+STATE_DICT_LOADERS = {
+    "plain_state_dict": load_plain_state_dict,
+    "ddim_list": load_ddim_list_checkpoint,
+    "analytic_dpm_ckpt": load_analytic_dpm_checkpoint,
+}
 # Share pages, not files: such checkpoints are fetched by hand and placed at the cache path.
 MANUAL_HOSTS = ("drive.google.com",)
 
@@ -46,9 +57,11 @@ def fetch_checkpoint(entry: dict, dest: Path, lock_file: Path) -> Path:
     if not is_manual(entry["url"]):
         return fetch(entry["url"], dest, expected_hash=entry["hash"], hash_type=entry["hash_type"], lock_file=lock_file)
     if not dest.is_file():
+        # The note says which file of the share page it is (Analytic-DPM's CIFAR-10 page holds two runs).
+        note = f" (registry note: {entry['note']})" if entry.get("note") else ""
         raise DownloadError(
             f"checkpoint {entry['name']!r} is on a share page, not a direct download: fetch it by hand from "
-            f"{entry['url']} and place the file at {dest.resolve()}"
+            f"{entry['url']} and place the file at {dest.resolve()}{note}"
         )
     _pin_manual_file(entry, dest, lock_file)
     return dest
@@ -57,7 +70,7 @@ def fetch_checkpoint(entry: dict, dest: Path, lock_file: Path) -> Path:
 def _network_from_state_dict(path: Path, layout: str, network: dict, data_shape: tuple[int, ...]) -> nn.Module:
     from bench.models import build_network
 
-    state = load_plain_state_dict(path) if layout == "plain_state_dict" else load_ddim_list_checkpoint(path)
+    state = STATE_DICT_LOADERS[layout](path)
     net = build_network(network, channels=data_shape[0], image_size=data_shape[1])
     load_strict(net, state)
     return net

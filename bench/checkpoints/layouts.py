@@ -172,3 +172,39 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Non
     if missing or unexpected or mismatched:
         raise StateDictMismatch(missing, unexpected, mismatched, type(model).__name__)
     model.load_state_dict(state_dict, strict=True)
+
+
+# What Analytic-DPM's CKPT.save writes (baofff/Analytic-DPM cifar_imagenet_codes/interface/utils/ckpt.py).
+ANALYTIC_DPM_CKPT_KEYS = (
+    "it", "best_val_loss", "models_states", "optimizers_states", "lr_schedulers_states", "ema_models_states",
+)
+
+
+def load_analytic_dpm_checkpoint(
+    path: Path, use_ema: bool = True, model_key: str = "eps_model"
+) -> OrderedDict[str, torch.Tensor]:
+    """Read Analytic-DPM's ``<it>.ckpt.pth``: torch.save of the dict of CKPT's attributes.
+
+    {it, best_val_loss, models_states, optimizers_states, lr_schedulers_states, ema_models_states}, where
+    models_states and ema_models_states map a model's name ('eps_model' for the CIFAR-10 runs) to the bare
+    network's state_dict (no 'module.' prefix: DataParallel wraps another reference). With use_ema the EMA
+    copy is read, as every evaluation profile of the paper does ('ema': True); else the trained weights.
+    """
+    path = Path(path)
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping) or "models_states" not in obj:
+        found = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointLoadError(
+            f"{path} should hold Analytic-DPM's checkpoint dict with keys {list(ANALYTIC_DPM_CKPT_KEYS)}; "
+            f"found {found}"
+        )
+    which = "ema_models_states" if use_ema else "models_states"
+    states = obj.get(which)
+    if not isinstance(states, Mapping):
+        hint = "; pass use_ema=False for the trained weights" if use_ema else ""
+        raise CheckpointLoadError(
+            f"{path}: {which!r} is {type(states).__name__}, not a mapping of model name -> state_dict{hint}"
+        )
+    if model_key not in states:
+        raise CheckpointLoadError(f"{path}: {which!r} has no model {model_key!r}; it names {sorted(map(str, states))}")
+    return _as_state_dict(states[model_key], path, f"{which}[{model_key!r}]")

@@ -12,7 +12,7 @@ import yaml
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 
 HASH_TYPES = ("md5", "sha256", "none")
-LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "score_sde_dict", "unverified")
+LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt", "score_sde_dict", "unverified")
 _HEX_LENGTH = {"md5": 32, "sha256": 64}
 
 _NON_EMPTY = {"type": "string", "minLength": 1}

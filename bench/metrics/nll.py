@@ -51,6 +51,8 @@ def vlb_bits_per_dim(
     for v in variances:
         if v not in VARIANCES:
             raise ValueError(f"NLL variance {v!r} is not one of {list(VARIANCES)}")
+    if bool(torch.any(grid[1:] <= grid[:-1])):
+        raise ValueError(f"the variational bound needs strictly ascending timesteps; grid {grid.tolist()} repeats some")
     x0 = x0.to(torch.float64)
     B = x0.shape[0]
     dims = x0[0].numel()

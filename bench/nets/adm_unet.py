@@ -176,6 +176,9 @@ class ADMUNet(nn.Module):
     `use_checkpoint` is accepted for signature compatibility and ignored: gradient checkpointing
     only trades memory for recomputation and changes no parameter or output value.
     `attention_resolutions` are downsample rates (1, 2, 4, ...), not pixel sizes.
+    `time_offset` is added to the timestep input before its embedding (not a parameter): the convention
+    of checkpoints trained on another index than the caller's, e.g. 1 for Analytic-DPM's CIFAR-10 models,
+    whose network receives the 1-based chain index n = t + 1 (criterions/ddpm.py, inference/utils.py).
     """
 
     def __init__(
@@ -193,6 +196,7 @@ class ADMUNet(nn.Module):
         num_heads: int = 1,
         num_heads_upsample: int = -1,
         use_scale_shift_norm: bool = False,
+        time_offset: float = 0.0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -222,6 +226,7 @@ class ADMUNet(nn.Module):
             raise ValueError(f"dropout {dropout!r} must lie in [0, 1)")
 
         self.in_channels = in_channels
+        self.time_offset = float(time_offset)
         self.model_channels = model_channels
         self.out_channels = out_channels
         self.num_classes = num_classes
@@ -298,6 +303,8 @@ class ADMUNet(nn.Module):
             )
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape [{x.shape[0]}], got {tuple(t.shape)}")
+        if self.time_offset:
+            t = t + self.time_offset
         emb = self.time_embed(
             adm_timestep_embedding(t, self.model_channels).to(self.out[2].weight.dtype)
         )

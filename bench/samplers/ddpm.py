@@ -18,7 +18,10 @@ NoiseAt = Callable[[int, int], torch.Tensor]
 
 
 def ancestral(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, variance: str, clip_x0: bool):
-    """x_s = mu(x_t, x0_hat) + sigma z for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM)."""
+    """x_s = mu(x_t, x0_hat) + sigma z for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM).
+
+    A repeated timestep (bench.grids.REPEATING_GRIDS) is a zero-length step: one network call, x unchanged.
+    """
     if variance not in VARIANCES:
         raise ValueError(f"DDPM variance {variance!r} is not one of {list(VARIANCES)}")
     abar = denoiser.alpha_bars[grid]
@@ -28,6 +31,10 @@ def ancestral(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt
         if k == 0:
             x = pred.x0
             break
+        if grid[k] == grid[k - 1]:
+            # A repeated timestep (DDIM's quad grid): DDIM's ddpm_steps has beta_{t|s} = 0 there, so its
+            # mean is x and its variance 0: one network call, x unchanged.
+            continue
         c0, ct, beta_tilde = posterior_coefficients(abar[k - 1], abar[k])
         var = beta_tilde if variance == "beta_tilde" else 1.0 - abar[k] / abar[k - 1]
         x = c0 * pred.x0 + ct * x + torch.sqrt(var) * noise_at(k, int(grid[k - 1]))
