@@ -159,9 +159,32 @@ def _check_model(name: str, model: dict) -> None:
         )
 
 
+VP_SDE_GRID = "vp_sde"
+VP_SDE_GRID_OPTIONS = ("beta_min", "beta_max", "eps")
+
+
+def _check_vp_sde_grid(name: str, options: dict) -> None:
+    """grid_options of the VP SDE time grid: beta_min, beta_max (score-SDE's model.*) and the end time eps."""
+    from bench.vpsde import VPSDE
+
+    unknown = sorted(set(options) - set(VP_SDE_GRID_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config key 'samplers.{name}.grid_options': {unknown} not allowed for grid {VP_SDE_GRID!r}; "
+            f"allowed: {list(VP_SDE_GRID_OPTIONS)}"
+        )
+    try:
+        VPSDE(**{k: float(v) for k, v in options.items() if k != "eps"})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
+    eps = options.get("eps", 1e-3)
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ConfigError(f"config key 'samplers.{name}.grid_options.eps': value {eps!r} must lie in (0, 1)")
+
+
 def _check_references(cfg: dict) -> None:
     from bench.edm import SIGMA_GRIDS
-    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS
+    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
 
     compat = compatibility()
     for name, ext in cfg["extractors"].items():
@@ -194,6 +217,13 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'samplers.{name}.grid': value {s['grid']!r} is not a sigma grid, which sampler "
                 f"function {s['fn']!r} needs; allowed: {list(SIGMA_GRIDS)}"
             )
+        if (s["fn"] in VP_SDE_SAMPLERS) != (s["grid"] == VP_SDE_GRID):
+            raise ConfigError(
+                f"config key 'samplers.{name}.grid': value {s['grid']!r} with sampler function {s['fn']!r}: "
+                f"grid {VP_SDE_GRID!r} (VP SDE times) is the grid of, and only of, {list(VP_SDE_SAMPLERS)}"
+            )
+        if s["grid"] == VP_SDE_GRID:
+            _check_vp_sde_grid(name, s.get("grid_options", {}))
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]

@@ -51,6 +51,8 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
     "langevin": lambda K, options: K * options.get("n_steps_each", 100) + int(options.get("denoise", False)),
     # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
     "pc": lambda K, options: K * (1 + options.get("n_steps_each", 1)),
+    # K Euler-Maruyama steps of the reverse VP SDE, one network call each.
+    "vp_euler_maruyama": lambda K, options: K,
 }
 # Network evaluations of one adaptive PF-ODE likelihood solve (each with one backward pass for the
 # Hutchinson trace); measured on the embedded ncsn and edm models with dopri5 at rtol = atol = 1e-3.
