@@ -122,10 +122,27 @@ def _need(name: str, table: dict, key: str, what: str) -> None:
 
 
 def ode_nll_models(cfg: dict) -> list[str]:
-    """The models that get a PF-ODE likelihood: every continuous-time model, when metrics.ode_nll is set."""
+    """The models that get a PF-ODE likelihood, when metrics.ode_nll is set: those of its ``models``
+    list, else every continuous-time model."""
     if "ode_nll" not in cfg["metrics"]:
         return []
-    return [name for name, m in cfg["models"].items() if m["family"] in CONTINUOUS_FAMILIES]
+    chosen = cfg["metrics"]["ode_nll"].get("models")
+    return [
+        name for name, m in cfg["models"].items()
+        if m["family"] in CONTINUOUS_FAMILIES and (chosen is None or name in chosen)
+    ]
+
+
+def _check_ode_nll_models(cfg: dict) -> None:
+    chosen = cfg["metrics"].get("ode_nll", {}).get("models", [])
+    for i, name in enumerate(chosen):
+        _need(name, cfg["models"], f"metrics.ode_nll.models[{i}]", "model")
+        family = cfg["models"][name]["family"]
+        if family not in CONTINUOUS_FAMILIES:
+            raise ConfigError(
+                f"config key 'metrics.ode_nll.models[{i}]': model {name!r} of family {family!r} has no "
+                f"PF-ODE likelihood; allowed: models of the families {list(CONTINUOUS_FAMILIES)}"
+            )
 
 
 def _check_model(name: str, model: dict) -> None:
@@ -261,6 +278,7 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'samplers.{name}': needs the Analytic-DPM moments, but the config has no 'moments' key"
             )
     _check_shared_nll_grids(cfg)
+    _check_ode_nll_models(cfg)
     fd = cfg["metrics"].get("fd_is")
     if fd:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")

@@ -241,8 +241,12 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         spec = read_yaml(Path(root) / rel)
         if spec["metric"] == "ode_nll_bpd":
             field = spec["columns"]["field"]
-            models = {{**row, field: v}.get("model") for row in spec["rows"] for v in spec["columns"]["values"]}
-            rows.append(_row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models) | {"unavailable": 0})
+            models = {
+                {**row, field: v}.get("model")
+                for row in spec["rows"] for v in spec["columns"]["values"] if not is_unavailable(row, v)
+            }
+            row = _row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models)
+            rows.append(row | {"unavailable": unavailable_cells(spec)})
             continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]

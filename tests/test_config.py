@@ -246,3 +246,18 @@ def test_samplers_sharing_an_nll_job_must_share_its_grid(cfg):
     with pytest.raises(ConfigError, match=r"samplers\.ddpm_beta_tilde\.grid_options': \{\} differ from \{'section_counts': "
                                           r"'ddim10'\} of sampler 'ddpm_beta', which shares the NLL job of model 'mlp'"):
         validate_config(bad, root=ROOT)
+
+
+def test_ode_nll_models_narrow_the_pf_ode_likelihoods(cfg):
+    from bench.config import ode_nll_models
+
+    assert ode_nll_models(validate_config(copy.deepcopy(cfg), root=ROOT)) == ["ncsn", "edm"]
+    both = mutate(cfg, ("metrics", "ode_nll", "models"), ["edm", "ncsn"])
+    assert ode_nll_models(validate_config(both, root=ROOT)) == ["ncsn", "edm"]
+    # A table that shows a model's PF-ODE likelihood needs that model in the list.
+    with pytest.raises(ConfigError, match=re.escape("of models ['edm'] (continuous-time models, with metrics.ode_nll)")):
+        validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["edm"]), root=ROOT)
+    with pytest.raises(ConfigError, match=re.escape("'metrics.ode_nll.models[0]': model 'mlp' of family 'ddpm' has no")):
+        validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["mlp"]), root=ROOT)
+    with pytest.raises(ConfigError, match=re.escape("'metrics.ode_nll.models[0]': unknown model 'unet'")):
+        validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["unet"]), root=ROOT)
