@@ -53,7 +53,11 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
     "pc": lambda K, options: K * (1 + options.get("n_steps_each", 1)),
     # K Euler-Maruyama steps of the reverse VP SDE, one network call each.
     "vp_euler_maruyama": lambda K, options: K,
+    # Adaptive: no count is known before the solve (the shards record the measured NFE). A planning
+    # assumption, not a measurement: VP_ODE_NFE solver evaluations, plus one for the denoising step.
+    "vp_probability_flow": lambda K, options: VP_ODE_NFE + int(options.get("denoise", True)),
 }
+VP_ODE_NFE = 200
 # Network evaluations of one adaptive PF-ODE likelihood solve (each with one backward pass for the
 # Hutchinson trace); measured on the embedded ncsn and edm models with dopri5 at rtol = atol = 1e-3.
 ODE_NLL_NFE = 55

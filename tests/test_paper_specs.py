@@ -138,11 +138,15 @@ def test_score_sde_rows_run_edm_conversions_with_score_sde_samplers(cfg):
                 assert sampler_text.startswith("probability-flow ODE (uniformly")
                 assert (row["model"], row["sampler"], row["paper"]) == (model, "pf_ode", {"cifar10": 3.16})
                 continue
+            if sampler_text.startswith("probability-flow ODE, black-box"):
+                assert (row["model"], row["sampler"], row["paper"]) == (model, "sde_ode_vp", {1000: 3.93})
+                producible.add(("ode_fid", config))
+                continue
             assert sampler_text.startswith("PC / SDE sampler") and spec["metric"] in ("fid", "is")
             assert (row["model"], row["sampler"]) == (model, sampler)
             assert row["paper"] == {1000: paper[(spec["metric"], config[:2])]}
     vp = "vp/cifar10_ddpmpp_continuous"
-    assert producible == {(m, c) for m in ("fid", "is") for c in want} | {("ode_nll_bpd", vp)}
+    assert producible == {(m, c) for m in ("fid", "is") for c in want} | {("ode_nll_bpd", vp), ("ode_fid", vp)}
     # The PF-ODE likelihood runs for that model only (not for EDM's other continuous-time models).
     assert ode_nll_models(cfg) == ["edm_baseline_cifar10_vp"]
     assert cfg["models"]["edm_baseline_cifar10_ve"]["checkpoint"] == "edm_baseline_cifar10_uncond_ve"
@@ -151,5 +155,6 @@ def test_score_sde_rows_run_edm_conversions_with_score_sde_samplers(cfg):
     assert (pc["fn"], pc["options"]) == ("pc", {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin", "denoise": True})
     assert (em["fn"], em["grid_options"]) == ("vp_euler_maruyama", {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
     rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
-    # PC: one corrector + one predictor call per level (2000 NFE); Euler-Maruyama: 1000; 50k samples each.
-    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (2, 3000 * 50_000)
+    # PC: one corrector + one predictor call per level (2000 NFE); Euler-Maruyama: 1000; the PF-ODE's planning
+    # assumption (VP_ODE_NFE + 1 for denoising); 50k samples each.
+    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (3, (3000 + 201) * 50_000)

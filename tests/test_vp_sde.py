@@ -11,7 +11,7 @@ from bench.data.gaussian_mixture import GaussianMixture
 from bench.edm import EDMNetworkDenoiser
 from bench.noise import NoiseSource
 from bench.samplers import get_sampler
-from bench.samplers.vp_sde import euler_maruyama
+from bench.samplers.vp_sde import denoising_beta, euler_maruyama, probability_flow
 from bench.sampling import generate, sampler_view
 from bench.vpsde import VPSDE, VPTimeScore
 
@@ -236,3 +236,54 @@ def test_samples_depend_only_on_their_own_seed():
     b, _ = generate(den, EM_VP, 50, torch.arange(5, 10), SHAPE, batch_size=3)
     torch.testing.assert_close(a[5:], b, rtol=1e-12, atol=1e-12)
     assert get_sampler("vp_euler_maruyama") is euler_maruyama
+
+
+# ---------------------------------------------------------------------------------------------
+# The probability-flow ODE sampler
+
+
+def _gauss_cov(sde: VPSDE, t) -> torch.Tensor:
+    s = sde.scale(torch.as_tensor(t, dtype=torch.float64))
+    return s**2 * GAUSS.covs[0] + (1 - s**2) * torch.eye(2, dtype=torch.float64)
+
+
+def _sqrtm(m: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(m)
+    return vecs @ torch.diag(vals.sqrt()) @ vecs.T
+
+
+def test_denoising_beta_is_score_sde_first_discrete_beta():
+    # eps = 1e-3, N = 1000: index floor(0.999) = 0, beta_min / N.
+    assert denoising_beta(VPSDE(), 1000, 1e-3) == pytest.approx(1e-4, rel=1e-12)
+    # index 1 of linspace(beta_min / N, beta_max / N, N).
+    want = float(torch.linspace(0.1 / 100, 20.0 / 100, 100, dtype=torch.float64)[1])
+    assert denoising_beta(VPSDE(), 100, 0.015) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("denoise", [False, True])
+def test_probability_flow_on_a_gaussian_is_the_exact_linear_flow(denoise):
+    """For one Gaussian the PF-ODE map from t = 1 to eps is x -> s_e m + C_e^(1/2) C_1^(-1/2) (x - s_1 m), C_t the
+    marginal covariances (which commute); each sample must land there within the solver's tolerance."""
+    sde = VPSDE()
+    grid = sde.time_grid(1000, 1e-3)
+    score = VPTimeScore(exact_denoiser(GAUSS), sde)
+    noise = NoiseSource(torch.arange(64), SHAPE, torch.float64, "cpu")
+    x_T = noise.latent()
+    got = probability_flow(score, x_T, grid, noise=noise, rtol=1e-7, atol=1e-7, denoise=denoise)
+    m = GAUSS.means[0]
+    A = _sqrtm(_gauss_cov(sde, 1e-3)) @ torch.linalg.inv(_sqrtm(_gauss_cov(sde, 1.0)))
+    want = sde.scale(1e-3) * m + (x_T - sde.scale(1.0) * m) @ A.T
+    if denoise:
+        b = 1e-4
+        P = torch.linalg.inv(_gauss_cov(sde, 1e-3))
+        want = (2 - math.sqrt(1 - b)) * want + b * (sde.scale(1e-3) * m - want) @ P.T
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+    assert 20 < score.nfe < 2000
+
+
+def test_probability_flow_reproduces_the_mixture_through_the_sampler_view():
+    den = exact_denoiser()
+    ode = {"fn": "vp_probability_flow", "grid": "vp_sde", "options": {"rtol": 1e-5, "atol": 1e-5}}
+    x, grid = generate(den, ode, 1000, torch.arange(N), SHAPE, batch_size=N)
+    assert len(grid) == 1001 and den.nfe > 20
+    assert max(moment_z(x, MIX)) < 4.5

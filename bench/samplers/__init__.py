@@ -20,6 +20,7 @@ SAMPLERS: dict[str, Callable] = {
     "langevin": langevin.sample,
     "pc": pc.sample,
     "vp_euler_maruyama": vp_sde.euler_maruyama,
+    "vp_probability_flow": vp_sde.probability_flow,
 }
 # Samplers over a score function's table of noise levels (bench.ncsn.ScoreFn): their grid is the
 # table's indices, and the config's sigma grid with K entries becomes the table itself.
@@ -27,7 +28,7 @@ LEVEL_SAMPLERS = ("langevin", "pc")
 # Samplers in EDM's sigma space (bench.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
 SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic")
 # Samplers of score-SDE's VP SDE in its own time t (bench.vpsde.VPTimeScore), on the `vp_sde` time grid.
-VP_SDE_SAMPLERS = ("vp_euler_maruyama",)
+VP_SDE_SAMPLERS = ("vp_euler_maruyama", "vp_probability_flow")
 
 
 def get_sampler(name: str) -> Callable:
