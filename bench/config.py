@@ -322,8 +322,8 @@ def _check_model_source(name: str, model: dict) -> None:
         raise ConfigError(f"config key 'models.{name}.checkpoint': {err}") from None
     if entry.layout not in LOADABLE_LAYOUTS:
         raise ConfigError(
-            f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, which no loader "
-            f"reads; loadable layouts: {sorted(LOADABLE_LAYOUTS)}"
+            f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, from which no "
+            f"model converts yet; convertible layouts: {sorted(LOADABLE_LAYOUTS)}"
         )
 def _check_noise(name: str, model: dict) -> None:
     """A DDGM model needs a noise law; no other family takes one (its L1 loss is checked with the others')."""

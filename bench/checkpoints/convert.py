@@ -15,7 +15,9 @@ from bench.checkpoints.download import DownloadError, fetch, file_digest, read_l
 from bench.checkpoints.layouts import load_ddim_list_checkpoint, load_plain_state_dict, load_strict
 from bench.io import atomic_json
 
-# Layouts a loader reads; score_sde_dict and unverified have none yet.
+# Layouts a model can be converted from. score_sde_dict files are read by
+# layouts.load_score_sde_checkpoint, but no network here takes their keys (score-SDE's own NCSN++ /
+# DDPM++ / DDPM modules), so no model converts from them yet; unverified has no loader.
 LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle")
 # Share pages, not files: such checkpoints are fetched by hand and placed at the cache path.
 MANUAL_HOSTS = ("drive.google.com",)
