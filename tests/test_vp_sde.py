@@ -287,3 +287,40 @@ def test_probability_flow_reproduces_the_mixture_through_the_sampler_view():
     x, grid = generate(den, ode, 1000, torch.arange(N), SHAPE, batch_size=N)
     assert len(grid) == 1001 and den.nfe > 20
     assert max(moment_z(x, MIX)) < 4.5
+
+
+# ---------------------------------------------------------------------------------------------
+# The DAG's sampling job on EDM's real preconditioners (small SongUNets, random weights)
+
+
+@pytest.mark.parametrize(
+    ("precond", "sampler", "K", "nfe"),
+    [
+        ("VPPrecond", EM_VP, 4, 4),
+        ("VPPrecond", {**EM_VP, "fn": "vp_probability_flow", "options": {"rtol": 1e-2, "atol": 1e-2}}, 1000, None),
+        ("VEPrecond", {**PC_VE, "options": {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin"}}, 4, 8),
+    ],
+    ids=["vp-em", "vp-ode", "ve-pc"],
+)
+def test_sample_shard_runs_score_sde_samplers_on_edm_preconditioners(tmp_path, precond, sampler, K, nfe):
+    import numpy as np
+
+    from bench.edm import EDMSchedule
+    from bench.nets.edm_networks import build_edm_network
+    from bench.sampling import sample_shard
+
+    torch.manual_seed(0)
+    net = build_edm_network(dict(
+        class_name=precond, model_type="SongUNet", img_resolution=8, img_channels=3, model_channels=16,
+        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+    )).eval()
+    out = sample_shard(
+        net, EDMSchedule(0.002, 80.0), sampler, K, 0, 3, base_seed=0, shape=(3, 8, 8), max_level=255,
+        batch_size=3, out_path=tmp_path / "shard.npz", context="test", family="edm",
+    )
+    record = np.load(out)
+    assert "error" not in record and record["images"].shape == (3, 3, 8, 8)
+    if nfe is None:
+        assert record["nfe"] > 5
+    else:
+        assert record["nfe"] == nfe
