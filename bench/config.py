@@ -130,10 +130,27 @@ def _need(name: str, table: dict, key: str, what: str) -> None:
 
 
 def ode_nll_models(cfg: dict) -> list[str]:
-    """The models that get a PF-ODE likelihood: every continuous-time model, when metrics.ode_nll is set."""
+    """The models that get a PF-ODE likelihood, when metrics.ode_nll is set: those of its ``models``
+    list, else every continuous-time model."""
     if "ode_nll" not in cfg["metrics"]:
         return []
-    return [name for name, m in cfg["models"].items() if m["family"] in CONTINUOUS_FAMILIES]
+    chosen = cfg["metrics"]["ode_nll"].get("models")
+    return [
+        name for name, m in cfg["models"].items()
+        if m["family"] in CONTINUOUS_FAMILIES and (chosen is None or name in chosen)
+    ]
+
+
+def _check_ode_nll_models(cfg: dict) -> None:
+    chosen = cfg["metrics"].get("ode_nll", {}).get("models", [])
+    for i, name in enumerate(chosen):
+        _need(name, cfg["models"], f"metrics.ode_nll.models[{i}]", "model")
+        family = cfg["models"][name]["family"]
+        if family not in CONTINUOUS_FAMILIES:
+            raise ConfigError(
+                f"config key 'metrics.ode_nll.models[{i}]': model {name!r} of family {family!r} has no "
+                f"PF-ODE likelihood; allowed: models of the families {list(CONTINUOUS_FAMILIES)}"
+            )
 
 
 def _check_model(name: str, model: dict) -> None:
@@ -167,9 +184,32 @@ def _check_model(name: str, model: dict) -> None:
         )
 
 
+VP_SDE_GRID = "vp_sde"
+VP_SDE_GRID_OPTIONS = ("beta_min", "beta_max", "eps")
+
+
+def _check_vp_sde_grid(name: str, options: dict) -> None:
+    """grid_options of the VP SDE time grid: beta_min, beta_max (score-SDE's model.*) and the end time eps."""
+    from bench.vpsde import VPSDE
+
+    unknown = sorted(set(options) - set(VP_SDE_GRID_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"config key 'samplers.{name}.grid_options': {unknown} not allowed for grid {VP_SDE_GRID!r}; "
+            f"allowed: {list(VP_SDE_GRID_OPTIONS)}"
+        )
+    try:
+        VPSDE(**{k: float(v) for k, v in options.items() if k != "eps"})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
+    eps = options.get("eps", 1e-3)
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ConfigError(f"config key 'samplers.{name}.grid_options.eps': value {eps!r} must lie in (0, 1)")
+
+
 def _check_references(cfg: dict) -> None:
     from bench.edm import SIGMA_GRIDS
-    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS
+    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
 
     compat = compatibility()
     for name, ext in cfg["extractors"].items():
@@ -202,6 +242,13 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'samplers.{name}.grid': value {s['grid']!r} is not a sigma grid, which sampler "
                 f"function {s['fn']!r} needs; allowed: {list(SIGMA_GRIDS)}"
             )
+        if (s["fn"] in VP_SDE_SAMPLERS) != (s["grid"] == VP_SDE_GRID):
+            raise ConfigError(
+                f"config key 'samplers.{name}.grid': value {s['grid']!r} with sampler function {s['fn']!r}: "
+                f"grid {VP_SDE_GRID!r} (VP SDE times) is the grid of, and only of, {list(VP_SDE_SAMPLERS)}"
+            )
+        if s["grid"] == VP_SDE_GRID:
+            _check_vp_sde_grid(name, s.get("grid_options", {}))
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]
@@ -240,6 +287,7 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'samplers.{name}': needs the Analytic-DPM moments, but the config has no 'moments' key"
             )
     _check_shared_nll_grids(cfg)
+    _check_ode_nll_models(cfg)
     fd = cfg["metrics"].get("fd_is")
     if fd:
         _need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")
@@ -300,8 +348,8 @@ def _check_model_source(name: str, model: dict) -> None:
         raise ConfigError(f"config key 'models.{name}.checkpoint': {err}") from None
     if entry.layout not in LOADABLE_LAYOUTS:
         raise ConfigError(
-            f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, which no loader "
-            f"reads; loadable layouts: {sorted(LOADABLE_LAYOUTS)}"
+            f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, from which no "
+            f"model converts yet; convertible layouts: {sorted(LOADABLE_LAYOUTS)}"
         )
 def _check_noise(name: str, model: dict) -> None:
     """A DDGM model needs a noise law; no other family takes one (its L1 loss is checked with the others')."""

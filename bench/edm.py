@@ -340,6 +340,15 @@ class EDMNetworkDenoiser:
 
         return VEDenoiserScore(self)
 
+    def with_levels(self, sigmas: torch.Tensor):
+        """The score (D - x) / sigma^2 on the level table ``sigmas``, for score-SDE's PC sampler (its VE view).
+
+        NFE stays counted here, in this denoiser's ``nfe``.
+        """
+        from bench.ncsn import LevelScore, VEDenoiserScore
+
+        return LevelScore(VEDenoiserScore(self, sigmas), sigmas)
+
     def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
         """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
         return grid[0] * noise.latent()

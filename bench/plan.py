@@ -51,7 +51,13 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
     "langevin": lambda K, options: K * options.get("n_steps_each", 100) + int(options.get("denoise", False)),
     # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
     "pc": lambda K, options: K * (1 + options.get("n_steps_each", 1)),
+    # K Euler-Maruyama steps of the reverse VP SDE, one network call each.
+    "vp_euler_maruyama": lambda K, options: K,
+    # Adaptive: no count is known before the solve (the shards record the measured NFE). A planning
+    # assumption, not a measurement: VP_ODE_NFE solver evaluations, plus one for the denoising step.
+    "vp_probability_flow": lambda K, options: VP_ODE_NFE + int(options.get("denoise", True)),
 }
+VP_ODE_NFE = 200
 # Network evaluations of one adaptive PF-ODE likelihood solve (each with one backward pass for the
 # Hutchinson trace); measured on the embedded ncsn and edm models with dopri5 at rtol = atol = 1e-3.
 ODE_NLL_NFE = 55
@@ -239,8 +245,12 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         spec = read_yaml(Path(root) / rel)
         if spec["metric"] == "ode_nll_bpd":
             field = spec["columns"]["field"]
-            models = {{**row, field: v}.get("model") for row in spec["rows"] for v in spec["columns"]["values"]}
-            rows.append(_row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models) | {"unavailable": 0})
+            models = {
+                {**row, field: v}.get("model")
+                for row in spec["rows"] for v in spec["columns"]["values"] if not is_unavailable(row, v)
+            }
+            row = _row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models)
+            rows.append(row | {"unavailable": unavailable_cells(spec)})
             continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]

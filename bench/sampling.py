@@ -16,7 +16,7 @@ from bench.grids import time_grid
 from bench.io import atomic_npz
 from bench.models import make_denoiser
 from bench.noise import NoiseSource
-from bench.samplers import LEVEL_SAMPLERS, get_sampler
+from bench.samplers import LEVEL_SAMPLERS, VP_SDE_SAMPLERS, get_sampler
 from bench.stepclock import StepClock
 
 
@@ -45,6 +45,14 @@ def sampler_view(denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None 
         options = {"sigma_min": view.sigma_min, "sigma_max": view.sigma_max, **options}
         levels = sigma_grid(sampler["grid"], K, denoiser=view, **options)[:-1].flip(0)
         return denoiser.with_levels(levels), torch.arange(K)
+    if sampler["fn"] in VP_SDE_SAMPLERS:
+        from bench.vpsde import SAMPLING_EPS, VPSDE, VPTimeScore
+
+        sde = VPSDE(**{k: v for k, v in options.items() if k in ("beta_min", "beta_max")})
+        view = VPTimeScore(sigma_view(denoiser), sde)
+        times = sde.time_grid(K, options.get("eps", SAMPLING_EPS))
+        view.check_times(times[:-1])
+        return view, times
     if sampler["grid"] in SIGMA_GRIDS:
         view = sigma_view(denoiser)
         return view, sigma_grid(sampler["grid"], K, denoiser=view, **options)

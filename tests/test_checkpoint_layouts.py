@@ -1,4 +1,4 @@
-"""Checkpoint layout loaders: plain state_dict and the DDIM/NCSNv2 list, with clear failures."""
+"""Checkpoint layout loaders: plain state_dict, the DDIM/NCSNv2 list and score_sde's dict, with clear failures."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bench.checkpoints.layouts import (
     StateDictMismatch,
     load_ddim_list_checkpoint,
     load_plain_state_dict,
+    load_score_sde_checkpoint,
     load_strict,
 )
 
@@ -163,3 +164,77 @@ def test_load_strict_shortens_long_key_lists():
     model = nn.Sequential(*[nn.Linear(1, 1) for _ in range(30)])
     with pytest.raises(StateDictMismatch, match=r"missing keys \(60\): 0\.weight.*and 40 more"):
         load_strict(model, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# score_sde_pytorch's checkpoint_N.pth: dict(optimizer, model, ema, step)
+
+
+class _ScoreSdeLike(nn.Module):
+    """Parameters around a `sigmas` buffer, as score_sde's networks register it; one frozen parameter-free layer."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.register_buffer("sigmas", torch.linspace(50.0, 0.01, 7))
+        self.all_modules = nn.ModuleList([nn.Linear(4, 8), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 3)])
+
+
+def _score_sde_file(path: Path, model: nn.Module, *, shadow_offset: float = 1.0) -> list[torch.Tensor]:
+    """Save as score_sde's utils.save_checkpoint would: DataParallel keys, Adam state, EMA of trainable params."""
+    wrapped = nn.DataParallel(model)
+    optimizer = torch.optim.Adam(wrapped.parameters())
+    shadow = [p.detach().clone() + shadow_offset for p in wrapped.parameters() if p.requires_grad]
+    ema = {"decay": 0.999, "num_updates": 3, "shadow_params": shadow}
+    torch.save({"optimizer": optimizer.state_dict(), "model": wrapped.state_dict(), "ema": ema, "step": 950001}, path)
+    return shadow
+
+
+def test_score_sde_dict_uses_ema_for_parameters_and_keeps_buffers(tmp_path):
+    model = _ScoreSdeLike()
+    path = tmp_path / "checkpoint_8.pth"
+    shadow = _score_sde_file(path, model)
+    loaded = load_score_sde_checkpoint(path)
+    assert list(loaded) == list(model.state_dict())  # 'module.' stripped, order kept
+    params = [name for name, _ in model.named_parameters()]
+    for name, want in zip(params, shadow, strict=True):
+        assert torch.equal(loaded[name], want), name
+    assert torch.equal(loaded["sigmas"], model.sigmas)
+    fresh = _ScoreSdeLike(seed=1)
+    load_strict(fresh, loaded)
+    assert torch.equal(fresh.all_modules[2].weight, model.all_modules[2].weight + 1.0)
+    # The same with the target network's parameter names, and the raw weights without the EMA.
+    assert all(torch.equal(a, b) for a, b in zip(
+        load_score_sde_checkpoint(path, parameter_names=params).values(), loaded.values(), strict=True))
+    raw = load_score_sde_checkpoint(path, use_ema=False)
+    assert all(torch.equal(raw[k], v) for k, v in model.state_dict().items())
+
+
+def test_score_sde_dict_refuses_a_shadow_that_does_not_line_up(tmp_path):
+    model = _ScoreSdeLike()
+    path = tmp_path / "checkpoint_8.pth"
+    _score_sde_file(path, model)
+    # Taking `sigmas` for a parameter gives one entry too many: refused, not shifted.
+    with pytest.raises(CheckpointLoadError, match=r"has 6 shadow parameters but 'model' has 7 parameter entries"):
+        load_score_sde_checkpoint(path, buffers=())
+    with pytest.raises(CheckpointLoadError, match="shape mismatches"):
+        names = [n for n, _ in model.named_parameters()]
+        load_score_sde_checkpoint(path, parameter_names=[names[1], names[0], *names[2:]])
+    with pytest.raises(CheckpointLoadError, match="absent from 'model'"):
+        load_score_sde_checkpoint(path, parameter_names=["nope.weight"])
+
+
+def test_score_sde_dict_and_other_layouts_are_not_confused(tmp_path):
+    model = _small_model()
+    plain = tmp_path / "plain.pth"
+    torch.save(model.state_dict(), plain)
+    with pytest.raises(CheckpointLoadError, match=r"score_sde's dict with keys \['optimizer', 'model', 'ema', 'step'\]"):
+        load_score_sde_checkpoint(plain)
+    listed = tmp_path / "list.pth"
+    torch.save(_ddim_list(model, _shadow(model)), listed)
+    with pytest.raises(CheckpointLoadError, match="found list"):
+        load_score_sde_checkpoint(listed)
+    bad_ema = tmp_path / "bad_ema.pth"
+    torch.save({"optimizer": {}, "model": model.state_dict(), "ema": {"decay": 0.9}, "step": 1}, bad_ema)
+    with pytest.raises(CheckpointLoadError, match="shadow_params"):
+        load_score_sde_checkpoint(bad_ema)

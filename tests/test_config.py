@@ -43,8 +43,8 @@ CASES = [
     (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be minimum 1"),
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
     (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be minimum 1"),
-    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc'\]"),
-    (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal', 'edm', 'vp', 've', 'iddpm'\]"),
+    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc', 'vp_euler_maruyama', 'vp_probability_flow'\]"),
+    (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal', 'edm', 'vp', 've', 'iddpm', 'vp_sde'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits', 'cifar10', 'celeba64', 'imagenet64', 'lsun'\]"),
     (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 've'\]"),
     (("models", "mlp", "schedule", "T"), 20, r"models\.mlp\.schedule\.T': linear schedule with T=20 has beta_T = 1 >= 1 \(betas rescaled by 1000/T\); T must be above 20"),
@@ -122,7 +122,7 @@ def test_ddgm_noise_law_and_loss_are_checked(cfg, path, value, message):
 
 FAMILY_SAMPLER_CASES = [
     ("ncsn", "ddpm_beta", "ddpm", "ve", "['langevin', 'pc', 'edm_euler', 'edm_heun', 'edm_stochastic']"),
-    ("edm", "langevin", "langevin", "edm", "['edm_euler', 'edm_heun', 'edm_stochastic']"),
+    ("edm", "langevin", "langevin", "edm", "['edm_euler', 'edm_heun', 'edm_stochastic', 'pc', 'vp_euler_maruyama', 'vp_probability_flow']"),
     ("mlp", "pc", "pc", "ddpm", "['ddpm', 'ddim', 'analytic_ddpm', 'analytic_ddim', 'edm_euler', 'edm_heun', 'edm_stochastic']"),
 ]
 
@@ -246,3 +246,18 @@ def test_samplers_sharing_an_nll_job_must_share_its_grid(cfg):
     with pytest.raises(ConfigError, match=r"samplers\.ddpm_beta_tilde\.grid_options': \{\} differ from \{'section_counts': "
                                           r"'ddim10'\} of sampler 'ddpm_beta', which shares the NLL job of model 'mlp'"):
         validate_config(bad, root=ROOT)
+
+
+def test_ode_nll_models_narrow_the_pf_ode_likelihoods(cfg):
+    from bench.config import ode_nll_models
+
+    assert ode_nll_models(validate_config(copy.deepcopy(cfg), root=ROOT)) == ["ncsn", "edm"]
+    both = mutate(cfg, ("metrics", "ode_nll", "models"), ["edm", "ncsn"])
+    assert ode_nll_models(validate_config(both, root=ROOT)) == ["ncsn", "edm"]
+    # A table that shows a model's PF-ODE likelihood needs that model in the list.
+    with pytest.raises(ConfigError, match=re.escape("of models ['edm'] (continuous-time models, with metrics.ode_nll)")):
+        validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["edm"]), root=ROOT)
+    with pytest.raises(ConfigError, match=re.escape("'metrics.ode_nll.models[0]': model 'mlp' of family 'ddpm' has no")):
+        validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["mlp"]), root=ROOT)
+    with pytest.raises(ConfigError, match=re.escape("'metrics.ode_nll.models[0]': unknown model 'unet'")):
+        validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["unet"]), root=ROOT)

@@ -126,7 +126,7 @@ def paper_cfg():
          "give exactly one of 'train'"),
         (lambda m: m.update(checkpoint="ddpm_cifar100"), "unknown checkpoint 'ddpm_cifar100'; known checkpoints: "),
         (lambda m: m.update(checkpoint="score_sde_checkpoints"),
-         "'score_sde_checkpoints' has layout 'score_sde_dict', which no loader reads"),
+         "'score_sde_checkpoints' has layout 'score_sde_dict', from which no model converts yet"),
     ],
 )
 def test_model_sources_are_checked_when_the_config_is_validated(paper_cfg, change, message):

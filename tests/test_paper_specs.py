@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import cells, load_config
+from bench.config import cells, load_config, ode_nll_models
 from bench.plan import plan
 from bench.report.specs import load_table_spec
 from bench.report.tables import MISSING, build_table
@@ -105,9 +105,56 @@ def test_specs_load_and_unavailable_cells_show_as_missing():
 def test_plan_counts_every_producible_cell_once(cfg):
     rows = plan(cfg, root=ROOT)
     total = rows[-1]
-    assert total["cells"] == len(cells(cfg))
+    # Every cell of the experiments, and one PF-ODE likelihood per model of metrics.ode_nll.
+    assert total["cells"] == len(cells(cfg)) + len(ode_nll_models(cfg))
     assert total["samples"] == len(cells(cfg)) * cfg["sampling"]["n_samples"]
     assert total["unavailable"] == sum(r["unavailable"] for r in rows[:-1]) > 0
     edm = next(r for r in rows if r["table"] == "paper_edm_t2_cifar10_uncond")
     # Four models x N = 18 Heun steps (2N - 1 = 35 NFE) x 50k samples; configs B-E (8 cells) unavailable.
     assert (edm["cells"], edm["unavailable"], edm["nfe"]) == (4, 8, 4 * 35 * 50_000)
+
+
+def test_score_sde_rows_run_edm_conversions_with_score_sde_samplers(cfg):
+    """NCSN++ cont. (VE) and DDPM++ cont. (VP) FID / IS run EDM's converted weights with score-SDE's own samplers
+    at N = 1000, DDPM++ cont. (VP) NLL its PF-ODE likelihood; they keep the paper's values and say so; every other
+    score-SDE row stays unavailable with a reason."""
+    want = {
+        "ve/cifar10_ncsnpp_continuous": ("edm_baseline_cifar10_ve", "sde_pc_ve", "baseline-cifar10-32x32-uncond-ve.pkl"),
+        "vp/cifar10_ddpmpp_continuous": ("edm_baseline_cifar10_vp", "sde_em_vp", "baseline-cifar10-32x32-uncond-vp.pkl"),
+    }
+    paper = {("fid", "ve"): 2.38, ("fid", "vp"): 2.55, ("is", "ve"): 9.83, ("is", "vp"): 9.58}
+    producible = set()
+    for name in ("fid", "is", "nll"):
+        spec = yaml.safe_load((ROOT / f"workflows/config/tables/paper_score_sde_{name}.yaml").read_text(encoding="utf-8"))
+        for row in spec["rows"]:
+            config, sampler_text = row["csv"].split(" | ")
+            if "unavailable" in row:
+                assert len(row["unavailable"]) > 40, row
+                continue
+            model, sampler, pickle = want[config]
+            assert "EDM" in row["label"] and pickle in row["note"]
+            producible.add((spec["metric"], config))
+            if spec["metric"] == "ode_nll_bpd":
+                assert sampler_text.startswith("probability-flow ODE (uniformly")
+                assert (row["model"], row["sampler"], row["paper"]) == (model, "pf_ode", {"cifar10": 3.16})
+                continue
+            if sampler_text.startswith("probability-flow ODE, black-box"):
+                assert (row["model"], row["sampler"], row["paper"]) == (model, "sde_ode_vp", {1000: 3.93})
+                producible.add(("ode_fid", config))
+                continue
+            assert sampler_text.startswith("PC / SDE sampler") and spec["metric"] in ("fid", "is")
+            assert (row["model"], row["sampler"]) == (model, sampler)
+            assert row["paper"] == {1000: paper[(spec["metric"], config[:2])]}
+    vp = "vp/cifar10_ddpmpp_continuous"
+    assert producible == {(m, c) for m in ("fid", "is") for c in want} | {("ode_nll_bpd", vp), ("ode_fid", vp)}
+    # The PF-ODE likelihood runs for that model only (not for EDM's other continuous-time models).
+    assert ode_nll_models(cfg) == ["edm_baseline_cifar10_vp"]
+    assert cfg["models"]["edm_baseline_cifar10_ve"]["checkpoint"] == "edm_baseline_cifar10_uncond_ve"
+    assert cfg["models"]["edm_baseline_cifar10_vp"]["checkpoint"] == "edm_baseline_cifar10_uncond_vp"
+    pc, em = cfg["samplers"]["sde_pc_ve"], cfg["samplers"]["sde_em_vp"]
+    assert (pc["fn"], pc["options"]) == ("pc", {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin", "denoise": True})
+    assert (em["fn"], em["grid_options"]) == ("vp_euler_maruyama", {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
+    rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
+    # PC: one corrector + one predictor call per level (2000 NFE); Euler-Maruyama: 1000; the PF-ODE's planning
+    # assumption (VP_ODE_NFE + 1 for denoising); 50k samples each.
+    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (3, (3000 + 201) * 50_000)

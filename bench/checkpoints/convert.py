@@ -20,7 +20,9 @@ from bench.checkpoints.layouts import (
 )
 from bench.io import atomic_json
 
-# Layouts a loader reads; score_sde_dict and unverified have none yet.
+# Layouts a model can be converted from. score_sde_dict files are read by
+# layouts.load_score_sde_checkpoint, but no network here takes their keys (score-SDE's own NCSN++ /
+# DDPM++ / DDPM modules), so no model converts from them yet; unverified has no loader.
 LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt")
 # Layouts holding one network's state_dict, by the loader that reads it.
 STATE_DICT_LOADERS = {

@@ -208,3 +208,65 @@ def load_analytic_dpm_checkpoint(
     if model_key not in states:
         raise CheckpointLoadError(f"{path}: {which!r} has no model {model_key!r}; it names {sorted(map(str, states))}")
     return _as_state_dict(states[model_key], path, f"{which}[{model_key!r}]")
+
+
+# Buffers of score_sde_pytorch's networks (NCSN, NCSNv2, DDPM, NCSN++ / DDPM++ register the noise
+# table `sigmas`): state_dict entries that are not parameters, so not in the EMA's shadow_params.
+SCORE_SDE_BUFFERS = ("sigmas",)
+SCORE_SDE_KEYS = ("optimizer", "model", "ema", "step")
+
+
+def load_score_sde_checkpoint(
+    path: Path,
+    use_ema: bool = True,
+    *,
+    parameter_names: list[str] | None = None,
+    buffers: tuple[str, ...] = SCORE_SDE_BUFFERS,
+) -> OrderedDict[str, torch.Tensor]:
+    """Read score_sde_pytorch's checkpoint_N.pth: dict(optimizer, model, ema, step) (utils.save_checkpoint).
+
+    'model' is the DataParallel-wrapped network's state_dict ('module.' prefix, stripped here);
+    'ema' is ExponentialMovingAverage.state_dict(), dict(decay, num_updates, shadow_params) with
+    shadow_params a list of tensors in the order of the network's trainable parameters. With use_ema
+    the shadow replaces those parameters and buffers stay. Which entries are parameters: the
+    ``parameter_names`` given (the target network's trainable parameters, in order, unprefixed),
+    else every entry whose last name part is not in ``buffers``; the count and every shape are
+    checked, so a wrong guess fails instead of shifting weights.
+    """
+    path = Path(path)
+    obj = _torch_load(path)
+    if not isinstance(obj, Mapping) or not {"model", "ema"} <= set(obj):
+        found = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointLoadError(
+            f"{path} should hold score_sde's dict with keys {list(SCORE_SDE_KEYS)}, found {found}"
+        )
+    state = _strip_data_parallel(_as_state_dict(obj["model"], path, "'model'"), path, "'model'")
+    if not use_ema:
+        return state
+    ema = obj["ema"]
+    shadow = ema.get("shadow_params") if isinstance(ema, Mapping) else None
+    if not isinstance(shadow, (list, tuple)) or not all(torch.is_tensor(t) for t in shadow):
+        raise CheckpointLoadError(
+            f"'ema' in {path} should be ExponentialMovingAverage.state_dict() with a list of tensors "
+            f"'shadow_params'; found {type(shadow).__name__ if isinstance(ema, Mapping) else type(ema).__name__}"
+        )
+    if parameter_names is None:
+        names = [k for k in state if k.rsplit(".", 1)[-1] not in buffers]
+    else:
+        names = list(parameter_names)
+        unknown = [k for k in names if k not in state]
+        if unknown:
+            raise CheckpointLoadError(f"parameter names absent from 'model' in {path}: {_shorten(unknown)}")
+    if len(names) != len(shadow):
+        raise CheckpointLoadError(
+            f"'ema' in {path} has {len(shadow)} shadow parameters but 'model' has {len(names)} parameter "
+            f"entries (buffers taken as {list(buffers)}); pass the network's parameter_names"
+        )
+    wrong = [f"{k}: {list(t.shape)} vs {list(state[k].shape)}" for k, t in zip(names, shadow, strict=True)
+             if t.shape != state[k].shape]
+    if wrong:
+        raise CheckpointLoadError(
+            f"EMA shadow in {path} does not line up with 'model' (shape mismatches): {_shorten(wrong)}"
+        )
+    averaged = dict(zip(names, shadow, strict=True))
+    return OrderedDict((k, averaged.get(k, v)) for k, v in state.items())

@@ -87,6 +87,8 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     "unavailable_at": {"type": "object", "additionalProperties": _TEXT},
                     # The source row ("<model> | <sampler>") of a generated spec, for tracing it back.
                     "csv": {"type": "string"},
+                    # How this row departs from the paper's own setup (e.g. converted weights).
+                    "note": _TEXT,
                 },
             },
         },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, iddpm, langevin, pc
+from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, iddpm, langevin, pc, vp_sde
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
@@ -19,12 +19,16 @@ SAMPLERS: dict[str, Callable] = {
     "ddgm_ddim": ddgm.ddgm_ddim,
     "langevin": langevin.sample,
     "pc": pc.sample,
+    "vp_euler_maruyama": vp_sde.euler_maruyama,
+    "vp_probability_flow": vp_sde.probability_flow,
 }
 # Samplers over a score function's table of noise levels (bench.ncsn.ScoreFn): their grid is the
 # table's indices, and the config's sigma grid with K entries becomes the table itself.
 LEVEL_SAMPLERS = ("langevin", "pc")
 # Samplers in EDM's sigma space (bench.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
 SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic")
+# Samplers of score-SDE's VP SDE in its own time t (bench.vpsde.VPTimeScore), on the `vp_sde` time grid.
+VP_SDE_SAMPLERS = ("vp_euler_maruyama", "vp_probability_flow")
 
 
 def get_sampler(name: str) -> Callable:

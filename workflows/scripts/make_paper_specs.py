@@ -79,6 +79,8 @@ def build_spec(entry: dict, csv_rows: list[dict[str, str]]) -> dict:
                     row["unavailable_at"] = mapped["unavailable_at"]
             else:
                 row["unavailable"] = mapped.get("unavailable") or entry["unavailable"]
+            if "note" in mapped:
+                row["note"] = mapped["note"]
             row["csv"] = key
             rows[key] = row
         number = paper_number(r["value"])

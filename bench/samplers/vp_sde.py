@@ -1,0 +1,96 @@
+"""score-SDE's VP SDE samplers (Song et al. 2021, VP SDE of Eq. 11): Euler-Maruyama on the reverse-time SDE
+(Eq. 6) and the black-box probability-flow ODE sampler (Eq. 13).
+
+``score_fn`` is a bench.vpsde.VPTimeScore (``score_fn(x, t)`` and ``score_fn.sde.beta(t)``),
+``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.vpsde.VPSDE.time_grid). Who draws x_T:
+the caller, from the VP prior N(0, I) (``score_fn.prior``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.noise import NoiseSource
+
+
+def _check_time_grid(grid: torch.Tensor) -> torch.Tensor:
+    g = torch.as_tensor(grid, dtype=torch.float64)
+    if g.dim() != 1 or g.numel() < 2 or not torch.all(torch.isfinite(g)) or torch.any(g[1:] >= g[:-1]):
+        raise ValueError(f"VP SDE time grid must be 1-D, finite, strictly descending, >= 2 times; got {g.tolist()}")
+    return g
+
+
+@torch.no_grad()
+def euler_maruyama(
+    score_fn, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource, denoise: bool = True
+) -> torch.Tensor:
+    """Per step k, h = t_k - t_{k+1}: x <- x + h beta(t_k) (x / 2 + score(x, t_k)) + sqrt(h beta(t_k)) z.
+
+    The reverse SDE's drift is f - g^2 score = -beta x / 2 - beta score, integrated backwards by
+    -h (score-SDE's EulerMaruyamaPredictor, no corrector: configs/vp/cifar10_ddpmpp_continuous.py).
+    ``denoise`` returns the last step's mean, without its noise (score-SDE ``noise_removal``).
+    Noise: step k draws ``noise.normal(k)``. One network call per step: NFE = K.
+    """
+    times = _check_time_grid(grid)
+    x = x_T.to(torch.float64)
+    x_mean = x
+    for k in range(len(times) - 1):
+        t = times[k]
+        h = t - times[k + 1]
+        bh = score_fn.sde.beta(t) * h
+        x_mean = x + bh * (0.5 * x + score_fn(x, t))
+        x = x_mean + torch.sqrt(bh) * noise.normal(k)
+    return x_mean if denoise else x
+
+
+def denoising_beta(sde, N: int, eps: float) -> float:
+    """The discrete beta score-SDE's final denoising step uses at t = eps: its table
+    linspace(beta_min / N, beta_max / N, N) read at index floor(eps (N - 1)) (``VPSDE.discretize``)."""
+    index = math.floor(eps * (N - 1))
+    return sde.beta_min / N + index * (sde.beta_max - sde.beta_min) / (N * (N - 1))
+
+
+@torch.no_grad()
+def probability_flow(
+    score_fn,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    *,
+    noise: NoiseSource,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    denoise: bool = True,
+) -> torch.Tensor:
+    """score-SDE's black-box ODE sampler: dx/dt = -beta(t) (x + score(x, t)) / 2 from t = 1 to eps, adaptive.
+
+    The VP probability-flow ODE (score-SDE Eq. 13) is solved by torchdiffeq's ``method`` (dopri5 is
+    the Dormand-Prince 5(4) pair of scipy's RK45, which score-SDE's ``get_ode_sampler`` calls with
+    rtol = atol = 1e-5) from ``grid[0]`` to ``grid[-2]`` (the vp_sde grid's t = 1 and eps; the
+    steps between are the solver's own, so the grid's only other use is its K = N). As in score-SDE
+    one adaptive step size serves the whole batch (an RMS error norm over it), so a sample depends
+    on its batch within the tolerances. ``denoise`` (score-SDE ``noise_removal``) ends with its
+    reverse-diffusion step at eps without noise, x <- (2 - sqrt(1 - b)) x + b score(x, eps), b the
+    discrete beta of ``denoising_beta`` for N = K = len(grid) - 1. ``noise`` is unused (x_T is the
+    only randomness). NFE: measured (the solver's evaluations, plus one for denoising).
+    """
+    from torchdiffeq import odeint
+
+    times = _check_time_grid(grid)
+    if len(times) < 3:
+        raise ValueError(f"the vp_sde grid has K + 1 >= 3 times (1, ..., eps, 0); got {times.tolist()}")
+    t0, eps = times[0], times[-2]
+
+    def drift(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return -0.5 * score_fn.sde.beta(t) * (x + score_fn(x, t))
+
+    span = torch.stack([t0, eps]).to(x_T.device)
+    # Pin the first step (torchdiffeq's automatic guess probes past the interval) and end a step at eps.
+    options = {"first_step": 1e-2 * (t0 - eps), "step_t": span[1:]}
+    x = odeint(drift, x_T.to(torch.float64), span, rtol=rtol, atol=atol, method=method, options=options)[-1]
+    if denoise:
+        b = denoising_beta(score_fn.sde, len(times) - 1, float(eps))
+        x = (2.0 - math.sqrt(1.0 - b)) * x + b * score_fn(x, eps)
+    return x

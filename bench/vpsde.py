@@ -1,0 +1,116 @@
+"""score-SDE's VP SDE (Song et al. 2021, Eq. 11) and a sigma-space denoiser read in its coordinates.
+
+dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1].
+Its marginal is x_t = s(t) x_0 + sqrt(1 - s(t)^2) z with s(t) = exp(-1/2 int_0^t beta), so
+x_t / s(t) = x_0 + sigma(t) z with sigma(t)^2 = exp(int_0^t beta) - 1 (EDM Eq. 4 and Table 1, VP:
+beta_d = beta_max - beta_min). Any EDM-space denoiser D(x; sigma) therefore gives the VP score
+
+    grad log p_t(x) = (s D(x / s; sigma(t)) - x) / (1 - s^2),
+
+which for EDM's VPPrecond (D = x - sigma F) is score-SDE's own -F / sqrt(1 - s^2) (score = -eps / std).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.noise import NoiseSource
+
+# score-SDE configs/default_cifar10_configs.py (model.beta_min, model.beta_max) and the sampling
+# eps of its run_lib.py for the VP SDE (sampling_eps = 1e-3).
+BETA_MIN = 0.1
+BETA_MAX = 20.0
+SAMPLING_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class VPSDE:
+    """beta(t) = beta_min + t (beta_max - beta_min) on t in [0, 1] (score-SDE ``sde_lib.VPSDE``)."""
+
+    beta_min: float = BETA_MIN
+    beta_max: float = BETA_MAX
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.beta_min) and math.isfinite(self.beta_max) and 0 < self.beta_min <= self.beta_max):
+            raise ValueError(
+                f"VP SDE beta_min={self.beta_min!r}, beta_max={self.beta_max!r} must satisfy 0 < beta_min <= beta_max"
+            )
+
+    def beta(self, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral(self, t: torch.Tensor | float) -> torch.Tensor:
+        """int_0^t beta = beta_min t + 1/2 (beta_max - beta_min) t^2."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def scale(self, t: torch.Tensor | float) -> torch.Tensor:
+        """s(t) = exp(-1/2 int_0^t beta), the signal coefficient of the marginal."""
+        return torch.exp(-0.5 * self.integral(t))
+
+    def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
+        """sigma(t) = sqrt(exp(int_0^t beta) - 1), the noise level of x_t / s(t) (EDM Table 1, VP)."""
+        return torch.sqrt(torch.expm1(self.integral(t)))
+
+    def time_grid(self, K: int, eps: float = SAMPLING_EPS) -> torch.Tensor:
+        """K + 1 descending times: score-SDE's evaluation times linspace(1, eps, K), then t_K = 0.
+
+        The sampler steps from t_k to t_{k+1}. score-SDE's EulerMaruyamaPredictor steps every time by
+        dt = -1/K; the two agree exactly when eps = 1/K, as for its VP runs (eps = 1e-3, K = N = 1000).
+        """
+        if not isinstance(K, int) or isinstance(K, bool) or K < 2:
+            raise ValueError(f"number of VP SDE steps K={K!r} must be an integer >= 2")
+        if not 0 < eps < 1:
+            raise ValueError(f"VP SDE sampling eps={eps!r} must lie in (0, 1)")
+        times = torch.linspace(1.0, eps, K, dtype=torch.float64)
+        times[-1] = eps  # linspace's last entry can be off in the last bit
+        return torch.cat([times, torch.zeros(1, dtype=torch.float64)])
+
+
+class VPTimeScore:
+    """The VP-SDE score grad log p_t(x) of an EDM-space denoiser D(x; sigma), for the VP SDE samplers.
+
+    ``denoiser`` follows bench.edm.SigmaDenoiser (float64 in and out, one scalar sigma per call);
+    every time the sampler visits must map into its [sigma_min, sigma_max] (relative slack ``rtol``,
+    for ranges the network stores in float32), else the call is refused. Calls and NFE go to it.
+    """
+
+    def __init__(self, denoiser, sde: VPSDE, *, rtol: float = 1e-5):
+        self.denoiser = denoiser
+        self.sde = sde
+        self._lo = float(denoiser.sigma_min) * (1 - rtol)
+        self._hi = float(denoiser.sigma_max) * (1 + rtol)
+
+    @property
+    def nfe(self) -> int:
+        return self.denoiser.nfe
+
+    def check_times(self, times: torch.Tensor) -> None:
+        """Refuse times whose sigma(t) lies outside the denoiser's noise range."""
+        sig = self.sde.sigma(times)
+        if torch.any(sig < self._lo) or torch.any(sig > self._hi):
+            raise ValueError(
+                f"VP SDE times [{float(times.min())!r}, {float(times.max())!r}] map to sigma in "
+                f"[{float(sig.min())!r}, {float(sig.max())!r}], outside the denoiser's range "
+                f"[{float(self.denoiser.sigma_min)!r}, {float(self.denoiser.sigma_max)!r}]"
+            )
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if t.numel() != 1:
+            raise ValueError(f"one time per call, got {t.tolist()}")
+        t = t.reshape(())
+        self.check_times(t)
+        sigma = self.sde.sigma(t)
+        s = self.sde.scale(t)
+        d = self.denoiser(x.to(torch.float64) / s, sigma).to(torch.float64)
+        # 1 - s^2 = -expm1(-int beta), exact for small t.
+        return (s * d - x) / (-torch.expm1(-self.sde.integral(t)))
+
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """x_1 ~ N(0, I), score-SDE's ``VPSDE.prior_sampling``."""
+        return noise.latent()
