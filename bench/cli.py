@@ -300,7 +300,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             f"reference statistics {args.reference} come from {ref_meta['extractor']!r}, not {cell.extractor!r}"
         )
     backend, mode = backend_and_mode(spec["extractor"])
-    clock = StepClock.start()
+    clock = StepClock.on_host()
     fd = frechet_distance_of_backend(backend, cell.stats, reference)
     splits = spec.get("is_splits", 10)
     if cell.is_kind == "logits":
@@ -346,7 +346,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
 def _version(backend: str) -> str:
     from importlib import metadata
 
-    return metadata.version({"torch-fidelity": "torch-fidelity", "clean-fid": "clean-fid"}[backend])
+    return metadata.version(backend)  # each FD backend is named after its distribution
 
 
 def cmd_nll(args: argparse.Namespace) -> None:

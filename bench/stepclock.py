@@ -13,11 +13,14 @@ Every step that runs a network starts a StepClock right after choosing its devic
 
 from __future__ import annotations
 
+import platform
 import time
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from bench.device import DeviceChoice, device_label, select_device
+    from bench.device import DeviceChoice
 
 GPU_HELD_WALL = "gpu_held_wall"
 PROCESS_CPU = "process_cpu"
@@ -26,7 +29,8 @@ PROCESS_CPU = "process_cpu"
 class StepClock:
     """Wall and device seconds of one step on one device, from construction to ``record()``."""
 
-    def __init__(self, choice: DeviceChoice) -> None:
+    def __init__(self, choice: DeviceChoice | None) -> None:
+        """``choice``: the step's device; None for a step on the host alone (``on_host``)."""
         self.choice = choice
         self._wall0 = time.perf_counter()
         self._cpu0 = time.process_time()
@@ -34,20 +38,43 @@ class StepClock:
     @classmethod
     def start(cls) -> StepClock:
         """Choose this process's device (bench.device.select_device), make it current, start timing."""
+        import torch
+
+        from bench.device import select_device
+
         choice = select_device()
         if choice.device.type == "cuda":
             # Libraries that call .cuda() without an index (torch-fidelity) then use the claimed GPU.
             torch.cuda.set_device(choice.device)
         return cls(choice)
 
+    @classmethod
+    def on_host(cls) -> StepClock:
+        """A clock for a step that runs no network (numpy on the CPU): it imports no torch, claims no GPU."""
+        return cls(None)
+
     @property
     def device(self) -> torch.device:
+        if self.choice is None:
+            raise RuntimeError("a host-only StepClock (StepClock.on_host) has no torch device")
         return self.choice.device
 
     def record(self) -> dict[str, str | float]:
         """device, device_detail, wall_seconds, device_seconds and device_clock, measured up to now."""
+        if self.choice is None:
+            return {
+                "device": "cpu",
+                "device_detail": f"cpu ({platform.processor() or platform.machine()}, numpy)",
+                "wall_seconds": time.perf_counter() - self._wall0,
+                "device_seconds": time.process_time() - self._cpu0,
+                "device_clock": PROCESS_CPU,
+            }
+        from bench.device import device_label
+
         on_gpu = self.device.type == "cuda"
         if on_gpu:
+            import torch
+
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - self._wall0
         return {

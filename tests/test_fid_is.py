@@ -6,10 +6,9 @@ import torch
 
 from bench.data.digits import load_digits_split
 from bench.io import CorruptFileError
-from bench.metrics.classifier import save_classifier, train_classifier
+from bench.metrics.classifier import extract, save_classifier, train_classifier
 from bench.metrics.feature_stats import (
     FeatureStats,
-    extract,
     fd_from_stats,
     frechet_distance,
     frechet_distance_cleanfid,

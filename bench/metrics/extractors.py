@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.metrics.inception import load_inception, resolve_mode
+from bench.metrics.feature_stats import OWN_BACKEND
 
-# FD and IS formulas of the digits CNN are torch-fidelity's; its inputs are level images, not resized.
-DIGITS_BACKEND, DIGITS_MODE = "torch-fidelity", "native"
+# FD and IS formulas of the digits CNN are our own (equal to torch-fidelity's: bench.metrics.feature_stats);
+# its inputs are level images, not resized.
+DIGITS_BACKEND, DIGITS_MODE = OWN_BACKEND, "native"
 
 
 def backend_and_mode(extractor: dict) -> tuple[str, str]:
@@ -18,6 +19,8 @@ def backend_and_mode(extractor: dict) -> tuple[str, str]:
     if kind == "digits_cnn":
         return DIGITS_BACKEND, DIGITS_MODE
     if kind == "inception_v3":
+        from bench.metrics.inception import resolve_mode
+
         backend = extractor.get("backend", "torch-fidelity")
         return backend, resolve_mode(backend, extractor.get("mode"))
     raise ValueError(f"extractor kind {kind!r} is not allowed; allowed: ['digits_cnn', 'inception_v3']")
@@ -34,12 +37,13 @@ def extract_outputs(
     """Pool features [N, F], the IS input kind ('logits' or 'probs') and its values [N, C], all float64."""
     backend, mode = backend_and_mode(extractor)
     if extractor["kind"] == "digits_cnn":
-        from bench.metrics.classifier import load_classifier
-        from bench.metrics.feature_stats import extract
+        from bench.metrics.classifier import extract, load_classifier
 
         features, logits = extract(images, max_level, load_classifier(Path(weights)))
         return features, "logits", logits
     if max_level != 255:
         raise ValueError(f"Inception features need 8-bit images (max_level 255), got max_level {max_level}")
+    from bench.metrics.inception import load_inception
+
     outputs = load_inception(backend, mode, Path(weights))(images)
     return outputs.features, outputs.is_kind, outputs.is_values

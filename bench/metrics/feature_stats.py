@@ -1,7 +1,8 @@
-"""Mergeable feature statistics, Frechet distances, Inception Scores and the digits-CNN feature loop.
+"""Mergeable feature statistics, Frechet distances and Inception Scores, in numpy and scipy.
 
-Nothing here imports torch-fidelity or clean-fid at module level, so the per-shard features and the
-per-cell FD/IS jobs start fast; a backend's own FD formula is imported only when it is asked for.
+Nothing here imports torch, torch-fidelity or clean-fid at module level: the per-cell FD/IS job of
+the digits CNN runs on numpy alone (importing torch costs a short job more than its work), and a
+backend's own FD formula is imported only when it is asked for.
 """
 
 from __future__ import annotations
@@ -14,11 +15,8 @@ from pathlib import Path
 import numpy as np
 import scipy.linalg
 import scipy.special
-import torch
 
-from bench.data.digits import levels_to_unit
 from bench.io import CorruptFileError, atomic_npz, load_npz
-from bench.metrics.classifier import DigitsClassifier
 
 # torch-fidelity's default rng_seed: the permutation applied before splitting for IS.
 IS_SHUFFLE_SEED = 2020
@@ -192,22 +190,22 @@ def inception_score(
     keeps the order), split i is rows [i N / splits, (i + 1) N / splits), p(y) is the split's
     mean prediction, and the std is the population std of the per-split scores.
     """
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    if z.dim() != 2:
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2:
         raise ValueError(f"logits must be a [N, C] matrix, got shape {list(z.shape)}")
     n = z.shape[0]
     if not 1 <= splits <= n:
         raise ValueError(f"splits must lie in 1..{n} (the number of samples), got {splits}")
     if shuffle_seed is not None:
-        z = z[torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(n))]
-    p = z.softmax(dim=1)
-    log_p = z.log_softmax(dim=1)
+        z = z[np.random.RandomState(shuffle_seed).permutation(n)]
+    p = scipy.special.softmax(z, axis=1)
+    log_p = scipy.special.log_softmax(z, axis=1)
     scores = []
     for i in range(splits):
         rows = slice(i * n // splits, (i + 1) * n // splits)
-        log_marginal = p[rows].mean(dim=0, keepdim=True).log()
-        kl = (p[rows] * (log_p[rows] - log_marginal)).sum(dim=1)
-        scores.append(float(kl.mean().exp()))
+        log_marginal = np.log(p[rows].mean(axis=0, keepdims=True))
+        kl = (p[rows] * (log_p[rows] - log_marginal)).sum(axis=1)
+        scores.append(float(np.exp(kl.mean())))
     return float(np.mean(scores)), float(np.std(scores))
 
 
@@ -231,9 +229,18 @@ def inception_score_from_probs(probs: np.ndarray, *, splits: int = 10) -> tuple[
     return float(np.mean(scores)), float(np.std(scores))
 
 
+# The digits CNN's FD backend: frechet_distance above, which tests/test_fid_is.py pins to the FD that
+# torch-fidelity's calculate_metrics gives with the same CNN as a custom feature extractor (and to
+# clean-fid's formula), so a per-cell job needs neither library (their imports cost it seconds).
+OWN_BACKEND = "dpm-bench"
+FD_BACKENDS = (OWN_BACKEND, "clean-fid", "torch-fidelity")
+
+
 def frechet_distance_of_backend(backend: str, stats1: FeatureStats, stats2: FeatureStats) -> float:
     """FD of two sets of statistics with the backend's own formula (torch-fidelity: eigenvalues; clean-fid: sqrtm)."""
     mu1, sigma1, mu2, sigma2 = stats1.mean, stats1.cov, stats2.mean, stats2.cov
+    if backend == OWN_BACKEND:
+        return frechet_distance(mu1, sigma1, mu2, sigma2)
     if backend == "torch-fidelity":
         from bench.compat import import_torchvision
 
@@ -244,11 +251,11 @@ def frechet_distance_of_backend(backend: str, stats1: FeatureStats, stats2: Feat
         return float(result[KEY_METRIC_FID])
     if backend == "clean-fid":
         return frechet_distance_cleanfid(mu1, sigma1, mu2, sigma2)
-    raise ValueError(f"FD backend {backend!r} is not allowed; allowed: ['clean-fid', 'torch-fidelity']")
+    raise ValueError(f"FD backend {backend!r} is not allowed; allowed: {list(FD_BACKENDS)}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Our own extraction loop
+# Inputs of the extractors
 
 
 def check_level_images(images: np.ndarray, max_level: int, what: str = "images") -> None:
@@ -263,22 +270,3 @@ def check_level_images(images: np.ndarray, max_level: int, what: str = "images")
     top = int(images.max())
     if top > max_level:
         raise ValueError(f"{what} hold level {top}, above max_level {max_level}")
-
-
-@torch.no_grad()
-def extract(
-    images: np.ndarray, max_level: int, classifier: DigitsClassifier, *, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features and logits of level images (computed on the classifier's device), float64 [N, F], [N, C]."""
-    check_level_images(images, max_level)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    classifier.eval()
-    device = next(classifier.parameters()).device
-    features, logits = [], []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(levels_to_unit(images[start : start + batch_size], max_level)).to(device)
-        h = classifier.features(x)
-        features.append(h.double().cpu().numpy())
-        logits.append(classifier.head(h).double().cpu().numpy())
-    return np.concatenate(features), np.concatenate(logits)
