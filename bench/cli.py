@@ -178,13 +178,10 @@ SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_se
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    import torch
-
     from bench.metrics.extractors import extract_outputs, signature
     from bench.metrics.shard_features import ShardFeatures, exact_stats, save_failed_shard
 
     spec = _spec(args.spec)
-    torch.set_num_threads(args.threads)
     shard = load_npz(Path(args.shard), ("seeds",))
     if "error" in shard:
         save_failed_shard(Path(args.out), str(shard["error"]))
@@ -192,7 +189,7 @@ def cmd_features(args: argparse.Namespace) -> None:
     missing = [k for k in SHARD_ARRAYS if k not in shard]
     if missing:
         raise SystemExit(f"sample shard {args.shard} lacks arrays {missing}: it is not a complete shard")
-    clock = StepClock.start()
+    clock = _extractor_clock(spec["extractor"], args.threads)
     features, is_kind, is_values = extract_outputs(
         spec["extractor"], Path(args.extractor), shard["images"], int(shard["max_level"])
     )
@@ -213,15 +210,24 @@ def cmd_features(args: argparse.Namespace) -> None:
     ).save(Path(args.out))
 
 
-def cmd_reference_stats(args: argparse.Namespace) -> None:
+def _extractor_clock(extractor: dict, threads: int) -> StepClock:
+    """The clock of a step that runs ``extractor``: on the host for numpy's digits CNN, else on a chosen device."""
+    from bench.metrics.extractors import runs_on_host
+
+    if runs_on_host(extractor):
+        return StepClock.on_host()
     import torch
 
+    torch.set_num_threads(threads)
+    return StepClock.start()
+
+
+def cmd_reference_stats(args: argparse.Namespace) -> None:
     from bench.metrics.extractors import backend_and_mode, signature
 
     spec = _spec(args.spec)
-    torch.set_num_threads(args.threads)
     backend, mode = backend_and_mode(spec["extractor"])
-    clock = StepClock.start()
+    clock = _extractor_clock(spec["extractor"], args.threads)
     if "reference" in spec:
         from bench.checkpoints.references import statistics_entry
         from bench.metrics.reference_stats import fetch_statistics

@@ -1,5 +1,6 @@
 """The digits CNN used as FD/IS feature extractor: accuracy, determinism, checkpoint round trip."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from bench.metrics.classifier import (
     save_classifier,
     train_classifier,
 )
+from bench.metrics.digits_cnn import features_and_logits, load_weights
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +53,9 @@ def test_training_leaves_global_rng_untouched(train_split):
 
 
 def test_save_load_round_trip(classifier, train_split, tmp_path):
-    path = tmp_path / "sub" / "digits_cnn.pt"
+    path = tmp_path / "sub" / "digits_cnn.npz"
     save_classifier(classifier, path)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["digits_cnn.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["digits_cnn.npz"]
     loaded = load_classifier(path)
     x = torch.from_numpy(levels_to_unit(train_split.images[:32], train_split.max_level))
     with torch.no_grad():
@@ -63,10 +65,30 @@ def test_save_load_round_trip(classifier, train_split, tmp_path):
 
 
 def test_load_rejects_other_checkpoints(tmp_path):
-    path = tmp_path / "other.pt"
-    torch.save({"state_dict": {}}, path)
+    path = tmp_path / "other.npz"
+    np.savez(path, state_dict=np.zeros(3))
     with pytest.raises(CorruptFileError, match="not a digits classifier checkpoint: format None"):
         load_classifier(path)
+    torch.save({"state_dict": {}}, tmp_path / "torch.pt")  # a zip archive too, read without unpickling
+    with pytest.raises(CorruptFileError, match=r"torch\.pt is not a digits classifier checkpoint: format None"):
+        load_classifier(tmp_path / "torch.pt")
+
+
+def test_numpy_forward_equals_the_torch_network(classifier, train_split, tmp_path):
+    """The features jobs' numpy pass (bench.metrics.digits_cnn) computes DigitsClassifier.features / .logits."""
+    path = save_classifier(classifier, tmp_path / "digits_cnn.npz")
+    images = train_split.images[:300]
+    features, logits = features_and_logits(images, train_split.max_level, load_weights(path), batch_size=128)
+    x = torch.from_numpy(levels_to_unit(images, train_split.max_level))
+    with torch.no_grad():
+        want_features = classifier.features(x).double().numpy()
+        want_logits = classifier.logits(x).double().numpy()
+    assert features.shape == (300, 64) and logits.shape == (300, 10)
+    np.testing.assert_allclose(features, want_features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    # each image's outputs are its own, whatever shares its batch
+    alone, _ = features_and_logits(images[7:8], train_split.max_level, load_weights(path))
+    np.testing.assert_array_equal(alone[0], features[7])
 
 
 def test_bad_input_and_arguments_are_named(train_split):

@@ -114,7 +114,7 @@ def test_tiny_run_stage_times_sum_the_job_benchmarks(tiny_run):
         files[RULE_STAGES[path.relative_to(results / "benchmarks").parts[0]]].append(path)
     # One benchmark file per job: as many as the jobs' outputs.
     n_outputs = {
-        "train": len(list((results / "models").glob("*.pt"))) + len(list((results / "extractors").glob("*.pt"))),
+        "train": len(list((results / "models").glob("*.pt"))) + len(list((results / "extractors").glob("*.npz"))),
         "moments": len(list((results / "moments").glob("*.npz"))),
         "sample": len(list((results / "samples").rglob("shard*.npz"))),
         # every cell metric and model PF-ODE NLL, one features file per sample shard, and the reference statistics

@@ -87,7 +87,7 @@ def _moments_file(tmp_path: Path) -> Path:
 def _extractor_file(tmp_path: Path) -> Path:
     from bench.metrics.classifier import ClassifierConfig, DigitsClassifier, save_classifier
 
-    return save_classifier(DigitsClassifier(ClassifierConfig()), tmp_path / "digits_cnn.pt")
+    return save_classifier(DigitsClassifier(ClassifierConfig()), tmp_path / "digits_cnn.npz")
 
 
 def _load_stats(path: Path):

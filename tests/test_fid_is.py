@@ -128,7 +128,7 @@ def classifier(digits):
 
 @pytest.fixture(scope="module")
 def classifier_path(classifier, tmp_path_factory):
-    return save_classifier(classifier, tmp_path_factory.mktemp("clf") / "digits_cnn.pt")
+    return save_classifier(classifier, tmp_path_factory.mktemp("clf") / "digits_cnn.npz")
 
 
 def _stats(images, classifier):

@@ -11,10 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.data.digits import ImageSplit, levels_to_unit
-from bench.io import CorruptFileError, atomic_torch_save, load_torch_file
+from bench.io import CorruptFileError
+from bench.metrics.digits_cnn import load_weights, save_weights
 from bench.metrics.feature_stats import check_level_images
-
-CHECKPOINT_FORMAT = "dpm-bench-digits-classifier-v1"
 
 
 @dataclass(frozen=True)
@@ -125,27 +124,18 @@ def accuracy(model: DigitsClassifier, split: ImageSplit) -> float:
 
 
 def save_classifier(model: DigitsClassifier, path: Path) -> Path:
-    """Write weights and config atomically (temp file beside `path`, then os.replace)."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": asdict(model.config),
-        "state_dict": model.state_dict(),
-    }
-    return atomic_torch_save(payload, Path(path))
+    """Write weights and config atomically as the .npz that numpy's features jobs read (bench.metrics.digits_cnn)."""
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return save_weights(asdict(model.config), state, Path(path))
 
 
 def load_classifier(path: Path) -> DigitsClassifier:
-    """Load a checkpoint written by save_classifier (weights_only, so no code runs on load)."""
-    payload = load_torch_file(Path(path))
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CorruptFileError(
-            f"{path} is not a digits classifier checkpoint: format {found!r}, expected {CHECKPOINT_FORMAT!r}"
-        )
-    model = DigitsClassifier(ClassifierConfig(**payload["config"]))
+    """Load a file written by save_classifier (an .npz without pickles: no code runs on load)."""
+    weights = load_weights(Path(path))
+    model = DigitsClassifier(ClassifierConfig(**weights.config))
     try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:  # missing, unexpected or mis-shaped tensors: torch lists each one
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.arrays.items()})
+    except RuntimeError as err:  # mis-shaped tensors: torch lists each one
         reason = " ".join(str(err).split())
         raise CorruptFileError(f"{path}: state dict does not match the digits classifier: {reason}") from None
     model.eval()

@@ -26,6 +26,11 @@ def backend_and_mode(extractor: dict) -> tuple[str, str]:
     raise ValueError(f"extractor kind {kind!r} is not allowed; allowed: ['digits_cnn', 'inception_v3']")
 
 
+def runs_on_host(extractor: dict) -> bool:
+    """Whether the extractor computes in numpy on the CPU (the digits CNN), so its jobs import no torch."""
+    return extractor.get("kind") == "digits_cnn"
+
+
 def signature(extractor: dict) -> str:
     """kind/backend/mode: features from extractors of different signatures are never merged."""
     return "/".join((extractor["kind"], *backend_and_mode(extractor)))
@@ -37,9 +42,9 @@ def extract_outputs(
     """Pool features [N, F], the IS input kind ('logits' or 'probs') and its values [N, C], all float64."""
     backend, mode = backend_and_mode(extractor)
     if extractor["kind"] == "digits_cnn":
-        from bench.metrics.classifier import extract, load_classifier
+        from bench.metrics.digits_cnn import features_and_logits, load_weights
 
-        features, logits = extract(images, max_level, load_classifier(Path(weights)))
+        features, logits = features_and_logits(images, max_level, load_weights(Path(weights)))
         return features, "logits", logits
     if max_level != 255:
         raise ValueError(f"Inception features need 8-bit images (max_level 255), got max_level {max_level}")

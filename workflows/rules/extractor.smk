@@ -5,7 +5,7 @@ rule train_extractor:
     input:
         data=lambda w: data_check(config["extractors"][w.extractor]["dataset"]),
     output:
-        f"{RESULTS}/extractors/{{extractor}}.pt",
+        f"{RESULTS}/extractors/{{extractor}}.npz",
     benchmark:
         f"{RESULTS}/benchmarks/train_extractor/{{extractor}}.tsv"
     params:

@@ -15,7 +15,7 @@ def extractor_weights(name: str) -> str:
     """The file an extractor loads: a trained digits classifier, a local Inception file, or the registry's."""
     ext = config["extractors"][name]
     if ext["kind"] == "digits_cnn":
-        return f"{RESULTS}/extractors/{name}.pt"
+        return f"{RESULTS}/extractors/{name}.npz"
     if "weights_path" in ext:
         return ext["weights_path"]
     entry = default_weights(ext.get("backend", "torch-fidelity"))
