@@ -27,13 +27,7 @@ N = 2000
 SHAPE = (2,)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_distributions():
-    """Argument validation of torch.distributions dominates the oracle's cost; the oracle is exact anyway."""
-    torch.set_num_threads(1)
-    torch.distributions.Distribution.set_default_validate_args(False)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(True)
+pytestmark = pytest.mark.usefixtures("fast_distributions")
 
 
 @pytest.fixture(scope="module")

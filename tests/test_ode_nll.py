@@ -18,12 +18,7 @@ GAUSS = GaussianMixture(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_distributions():
-    torch.set_num_threads(1)
-    torch.distributions.Distribution.set_default_validate_args(False)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(True)
+pytestmark = pytest.mark.usefixtures("fast_distributions")
 
 
 class ExactVEScore:

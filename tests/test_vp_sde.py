@@ -19,12 +19,7 @@ N = 2000
 SHAPE = (2,)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_distributions():
-    torch.set_num_threads(1)
-    torch.distributions.Distribution.set_default_validate_args(False)
-    yield
-    torch.distributions.Distribution.set_default_validate_args(True)
+pytestmark = pytest.mark.usefixtures("fast_distributions")
 
 
 MIX = GaussianMixture.random(3, 2, seed=1)
