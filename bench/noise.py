@@ -71,16 +71,22 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
 
 
 def stream_keys(keys: torch.Tensor, stream: int) -> torch.Tensor:
-    """bench.noise._keys(seeds, stream) as int32 lanes [2, B], from the per-seed keys."""
-    stream_lo, stream_hi = _signed32(stream), _signed32(stream >> 32)
-    k = keys.clone()
+    """bench.noise._keys(seeds, stream) as int32 lanes [2, B], from the per-seed keys.
+
+    Each lane's xor with a stream word is one broadcast op against a [2, 1] column: a step's keys
+    cost about 25 small ops, where indexing the lanes one by one (k[0] ^= ...) cost twice as many.
+    """
+    lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
+    k = keys ^ _lane_column(keys, lo, hi ^ 0x68E31DA4)
     tmp = torch.empty_like(k)
-    k[0] ^= stream_lo
-    k[1] ^= _signed32(stream_hi ^ 0x68E31DA4)
     _hash32_(k, tmp)
-    k[0] ^= stream_hi
-    k[1] ^= stream_lo
+    k ^= _lane_column(keys, hi, lo)
     return _hash32_(k, tmp)
+
+
+def _lane_column(keys: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """[[a], [b]] as int32 bit patterns on the keys' device, to xor lane a and lane b of [2, B] keys."""
+    return torch.tensor([[_signed32(a)], [_signed32(b)]], dtype=torch.int32, device=keys.device)
 
 
 class _Workspace:
