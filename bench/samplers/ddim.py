@@ -22,7 +22,7 @@ def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: Noise
         # sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps (+ sigma z), left to right, into the first product's buffer.
         x = torch.mul(pred.x0, c_x0[k - 1]).add_(torch.mul(pred.eps, c_eps[k - 1]))
         if eta > 0:
-            x = x.add_(torch.mul(noise_at(k, steps[k - 1]), sigma[k - 1]))
+            x = x.add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
     return predict(denoiser, x, steps[0], abar[0], clip_x0=clip_x0).x0
 
 

@@ -13,7 +13,8 @@ from bench.schedules import posterior_coefficients
 VARIANCES = ("beta", "beta_tilde")
 
 
-# noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s.
+# noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s, a fresh
+# tensor (the samplers scale it in place).
 NoiseAt = Callable[[int, int], torch.Tensor]
 
 
@@ -26,9 +27,9 @@ def ancestral(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt
     x = x_T
     for k in range(len(steps) - 1, 0, -1):
         x0 = predict_x0(denoiser, x, steps[k], clip_x0=clip_x0)
-        # c0 x0 + ct x + sigma z, summed left to right as written, into the first product's buffer.
-        z = noise_at(k, steps[k - 1])
-        x = torch.mul(x0, c0[k - 1]).add_(torch.mul(x, ct[k - 1])).add_(torch.mul(z, sigma[k - 1]))
+        # c0 x0 + ct x + sigma z, summed left to right as written; x_t and z are overwritten (never x_T).
+        ct_x = torch.mul(x, ct[k - 1]) if x is x_T else x.mul_(ct[k - 1])
+        x = torch.mul(x0, c0[k - 1]).add_(ct_x).add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
     return predict_x0(denoiser, x, steps[0], clip_x0=clip_x0)
 
 
