@@ -6,6 +6,7 @@ Discrete VP families (DDPM, DDIM, iDDPM, Analytic-DPM) map (x_n, n) to predictio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +26,9 @@ class NonFiniteOutputError(RuntimeError):
 
 def check_finite(out: torch.Tensor, step: int) -> None:
     """Raise NonFiniteOutputError naming the step and the first sample whose output is NaN or Inf."""
-    if bool(torch.isfinite(out.amax())) and bool(torch.isfinite(out.amin())):
-        return  # the common case costs two reductions; locate the bad sample only on failure
+    low, high = torch.aminmax(out)
+    if math.isfinite(low.item()) and math.isfinite(high.item()):
+        return  # the common case costs one reduction (NaN propagates to both); locate the bad sample only on failure
     finite = torch.isfinite(out.reshape(out.shape[0], -1)).all(dim=1)
     if not bool(finite.all()):
         raise NonFiniteOutputError(step, int(torch.nonzero(~finite)[0]))
@@ -50,6 +52,9 @@ class DiscreteEpsDenoiser:
         self.time_scale = time_scale
         self.nfe = 0
         self._param = next(net.parameters())
+        # sqrt(abar_n) and sqrt(1 - abar_n) per step, once: the doubles the 0-d tensor ops gave at every call.
+        self._sqrt_abar = torch.sqrt(self.alpha_bars).tolist()
+        self._sqrt_one_minus_abar = torch.sqrt(1.0 - self.alpha_bars).tolist()
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, n: int) -> Prediction:
@@ -58,11 +63,10 @@ class DiscreteEpsDenoiser:
         self.nfe += 1
         check_finite(out, n)  # before the cast to float64, which keeps every value finite or not: half the bytes
         eps = out.to(torch.float64)
-        abar = self.alpha_bars[n]
         # (x - sqrt(1 - abar) eps) / sqrt(abar) in one buffer: the same operations, no temporaries.
-        x0 = torch.mul(eps, torch.sqrt(1.0 - abar))
+        x0 = torch.mul(eps, self._sqrt_one_minus_abar[n])
         torch.sub(x, x0, out=x0)
-        return Prediction(eps=eps, x0=x0.div_(torch.sqrt(abar)))
+        return Prediction(eps=eps, x0=x0.div_(self._sqrt_abar[n]))
 
 
 def clip_prediction(pred: Prediction, x: torch.Tensor, abar: torch.Tensor) -> Prediction:
@@ -76,3 +80,9 @@ def predict(denoiser, x: torch.Tensor, n: int, abar: torch.Tensor, *, clip_x0: b
     """One denoiser call at step n, with x0 optionally clipped (the first move of every reverse step)."""
     pred = denoiser(x, n)
     return clip_prediction(pred, x, abar) if clip_x0 else pred
+
+
+def predict_x0(denoiser, x: torch.Tensor, n: int, *, clip_x0: bool) -> torch.Tensor:
+    """x0_hat of one denoiser call at step n, clipped to [-1, 1] when asked (DDPM's mean needs no eps)."""
+    x0 = denoiser(x, n).x0
+    return x0.clamp(-1.0, 1.0) if clip_x0 else x0

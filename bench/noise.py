@@ -8,33 +8,39 @@ The hash is Wellons' lowbias32 over two 32-bit key lanes (a 64-bit key per (seed
 distinct pairs do not collide), and normals come by Box-Muller. For speed (the noise of a DDPM
 step must cost little beside the network):
 
-- 32-bit lanes (int32 tensors holding the bit patterns) instead of int64, with in-place ops on
-  two work buffers, so the elementwise hash moves half the bytes and allocates nothing;
-- the multiply mod 2^32 is one wrapping int32 multiply (torch's integer multiply wraps on every
-  backend, as the hardware does), and a logical right shift is an arithmetic shift then a mask;
+- 32-bit lanes instead of int64, with in-place ops on two work buffers, so the elementwise hash
+  moves half the bytes and allocates nothing: on CPU numpy uint32 arrays, whose right shift is
+  logical and whose small ops cost a third of torch's dispatch; on other devices int32 tensors
+  holding the bit patterns, where a logical right shift is an arithmetic shift then a mask;
+- the multiply mod 2^32 is one wrapping 32-bit multiply (numpy's and torch's integer multiplies
+  wrap, as the hardware does);
 - ``NoiseSource`` hashes the per-seed half of the keys once and keeps its work buffers, so a
   sampler step only pays for the per-stream half and the elementwise work;
-- the uniform is built with exact steps only ((bits + 0.5) * 2^-32 is exact in float64), and the
-  inexact functions (log, sqrt, cos) and the final products are the same torch ops on the same
-  values as in bench.noise; the two uniform blocks of Box-Muller are contiguous here (strided
+- the uniform is built with exact steps only ((bits + 0.5) * 2^-32 is exact in float64; so is
+  (bits + 0.5) * (2 pi 2^-32), the same real as u * 2 pi, rounded once), and the inexact functions
+  (log, sqrt, cos) and the final products are the same torch ops on the same values as in the
+  reference; the two uniform blocks of Box-Muller are contiguous here (strided
   there), which torch's elementwise kernels do not let change a result.
 
 tests/perf/test_noise_fast.py checks torch.equal against the first, plain implementation
-(tests/perf/noise_reference.py) over many seeds, streams and shapes on CPU. The int32 multiply
-wraps in two's complement on CPU and CUDA alike, but the CUDA path has not been compared here.
+(tests/perf/noise_reference.py) over many seeds, streams and shapes on CPU, with numpy lanes and
+with the tensor lanes (tests/perf/test_noise_lanes.py). The int32 multiply wraps in two's
+complement on CPU and CUDA alike, but the CUDA path has not been compared here.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 _MASK32 = 0xFFFFFFFF
 _MULT_A = 0x7FEB352D
-_MULT_B = 0x846CA68B - (1 << 32)  # the same multiplier mod 2^32, as a signed 32-bit constant
+_MULT_B = 0x846CA68B
 _LANE_MULT = 0x61C88647
-_TWO_PI = 2.0 * math.pi
+_UNIT = 2.0**-32
+_TWO_PI_UNIT = 2.0 * math.pi * _UNIT  # exact: a power-of-two multiple of the double 2 pi
 
 
 def _signed32(value: int) -> int:
@@ -48,18 +54,35 @@ def _to_lanes(x: torch.Tensor) -> torch.Tensor:
     return (x - ((x >> 31) << 32)).to(torch.int32)
 
 
-def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """lowbias32 of bench.noise._hash32 in place on int32 lanes; ``tmp`` is scratch of x's shape."""
+def _numpy_lanes(device) -> bool:
+    """Whether the lanes on ``device`` are numpy uint32 arrays (CPU) rather than int32 tensors."""
+    return torch.device(device).type == "cpu"
+
+
+def _lanes(x: torch.Tensor) -> np.ndarray | torch.Tensor:
+    """int32 bit patterns as the lanes of their device: a uint32 view of CPU memory, else the tensor."""
+    return x.numpy().view(np.uint32) if _numpy_lanes(x.device) else x
+
+
+def _shift_right(x, shift: int, out):
+    """Logical x >>> shift into ``out``: numpy's uint32 shift is; torch's int32 shift needs its sign bits masked."""
+    if isinstance(x, np.ndarray):
+        return np.right_shift(x, shift, out=out)
+    return torch.bitwise_right_shift(x, shift, out=out).bitwise_and_((1 << (32 - shift)) - 1)
+
+
+def _hash32_(x, tmp):
+    """lowbias32 of the reference's _hash32 in place on 32-bit lanes; ``tmp`` is scratch of x's shape."""
+    numpy_lanes = isinstance(x, np.ndarray)
     for shift, mult in ((16, _MULT_A), (15, _MULT_B)):
-        torch.bitwise_right_shift(x, shift, out=tmp)
-        x.bitwise_xor_(tmp.bitwise_and_((1 << (32 - shift)) - 1))
-        x.mul_(mult)
-    torch.bitwise_right_shift(x, 16, out=tmp)
-    return x.bitwise_xor_(tmp.bitwise_and_(0xFFFF))
+        x ^= _shift_right(x, shift, tmp)
+        x *= np.uint32(mult) if numpy_lanes else _signed32(mult)
+    x ^= _shift_right(x, 16, tmp)
+    return x
 
 
 def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
-    """The per-seed half of bench.noise._keys as int32 lanes [2, B] (rows: lane a, lane b)."""
+    """The per-seed half of the reference's _keys as int32 lanes [2, B] (rows: lane a, lane b)."""
     s = seeds.to(torch.int64)
     lo, hi = _to_lanes(s & _MASK32), _to_lanes((s >> 32) & _MASK32)
     k = torch.stack([lo ^ 0x2545F491, hi ^ _signed32(0x9E3779B9)])
@@ -70,75 +93,88 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
     return _hash32_(k, tmp)
 
 
-def stream_keys(keys: torch.Tensor, stream: int) -> torch.Tensor:
-    """bench.noise._keys(seeds, stream) as int32 lanes [2, B], from the per-seed keys."""
-    stream_lo, stream_hi = _signed32(stream), _signed32(stream >> 32)
-    k = keys.clone()
-    tmp = torch.empty_like(k)
-    k[0] ^= stream_lo
-    k[1] ^= _signed32(stream_hi ^ 0x68E31DA4)
+def stream_keys(keys, stream: int):
+    """The reference's _keys(seeds, stream) as lanes [2, B], from the per-seed keys (lanes of their device).
+
+    Each lane's xor with a stream word is one broadcast op against a [2, 1] column: a step's keys
+    cost about 25 small ops, where indexing the lanes one by one (k[0] ^= ...) cost twice as many.
+    """
+    lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
+    k = keys ^ _lane_column(keys, lo, hi ^ 0x68E31DA4)
+    tmp = np.empty_like(k) if isinstance(k, np.ndarray) else torch.empty_like(k)
     _hash32_(k, tmp)
-    k[0] ^= stream_hi
-    k[1] ^= stream_lo
+    k ^= _lane_column(keys, hi, lo)
     return _hash32_(k, tmp)
+
+
+def _lane_column(keys, a: int, b: int):
+    """[[a], [b]] as lanes like ``keys``, to xor lane a and lane b of [2, B] keys."""
+    if isinstance(keys, np.ndarray):
+        return np.array([[a], [b]], dtype=np.uint32)
+    return torch.tensor([[_signed32(a)], [_signed32(b)]], dtype=torch.int32, device=keys.device)
 
 
 class _Workspace:
     """Reused buffers for ``draws`` blocks of n values per sample, laid out [draws, B, n].
 
-    Value j = h n + i of a sample (bench.noise's counter) sits at [h, sample, i], so each of
+    Value j = h n + i of a sample (the reference's counter) sits at [h, sample, i], so each of
     Box-Muller's two uniform blocks is contiguous; hashing is elementwise, so layout changes no bit.
+    ``bits`` are lanes of the device; ``bits_u32`` is the same memory as a torch uint32 tensor.
     """
 
     def __init__(self, batch: int, n: int, draws: int, device):
         j = torch.arange(draws * n, dtype=torch.int64, device=device).reshape(draws, 1, n)
-        self.counter = j.to(torch.int32)
-        self.counter_salt = _to_lanes((j * _LANE_MULT) & _MASK32)
-        self.bits = torch.empty(draws, batch, n, dtype=torch.int32, device=device)
-        self.scratch = torch.empty_like(self.bits)
+        self.counter = _lanes(j.to(torch.int32))
+        self.counter_salt = _lanes(_to_lanes((j * _LANE_MULT) & _MASK32))
+        bits = torch.empty(draws, batch, n, dtype=torch.int32, device=device)
+        self.bits, self.scratch = _lanes(bits), _lanes(torch.empty_like(bits))
+        self.bits_u32 = bits.view(torch.uint32)
         self.uniform = torch.empty(draws, batch, n, dtype=torch.float64, device=device)
 
 
-def _bits_into(keys: torch.Tensor, work: _Workspace) -> torch.Tensor:
-    """bench.noise.uniform_bits as int32 bit patterns, written into work.bits [draws, B, n]."""
-    x = torch.bitwise_xor(keys[0][None, :, None], work.counter, out=work.bits)
+def _bits_into(keys, work: _Workspace) -> torch.Tensor:
+    """The reference's uniform_bits as 32-bit patterns in work.bits [draws, B, n]; returns work.bits_u32."""
+    x = work.bits
+    x[...] = work.counter
+    x ^= keys[0][None, :, None]
     _hash32_(x, work.scratch)
     x ^= keys[1][None, :, None]
     x ^= work.counter_salt
-    return _hash32_(x, work.scratch)
+    _hash32_(x, work.scratch)
+    return work.bits_u32
 
 
-def _uniform_into(bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """(bits + 0.5) / 2^32 into float64 ``out``: every step is exact, so any order gives the same doubles."""
-    out.copy_(bits.view(torch.uint32))
-    return out.add_(0.5).mul_(2.0**-32)
+def _uniform_into(bits: torch.Tensor, out: torch.Tensor, scale: float = _UNIT) -> torch.Tensor:
+    """(bits + 0.5) * scale into float64 ``out``: exact for scale 2^-32, so any order gives the same doubles."""
+    out.copy_(bits)
+    return out.add_(0.5).mul_(scale)
 
 
-def _box_muller(u: torch.Tensor) -> torch.Tensor:
-    """sqrt(-2 log u[0]) cos(2 pi u[1]) from u [2, B, n], as bench.noise.normal; overwrites u[1]."""
-    z = torch.log(u[0]).mul_(-2.0).sqrt_()
-    return z.mul_(u[1].mul_(_TWO_PI).cos_())
+def _box_muller(bits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """sqrt(-2 log u0) cos(2 pi u1) from bits [2, B, n], as the reference's normal; u [2, B, n] is scratch."""
+    out = u.copy_(bits).add_(0.5)
+    z = torch.log(out[0].mul_(_UNIT)).mul_(-2.0).sqrt_()
+    return z.mul_(out[1].mul_(_TWO_PI_UNIT).cos_())
 
 
 def uniform_bits(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    """bench.noise.uniform_bits: count 32-bit random integers per seed, as int64 [B, count]."""
+    """The reference's uniform_bits: count 32-bit random integers per seed, as int64 [B, count]."""
     work = _Workspace(len(seeds), count, 1, seeds.device)
-    bits = _bits_into(stream_keys(seed_keys(seeds), stream), work)
-    return bits[0].view(torch.uint32).to(torch.int64)
+    return _bits_into(stream_keys(_lanes(seed_keys(seeds)), stream), work)[0].to(torch.int64)
 
 
 def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """bench.noise.uniform: U(0, 1) noise, open interval, float64 [B, *shape]."""
+    """The reference's uniform: U(0, 1) noise, open interval, float64 [B, *shape]."""
     work = _Workspace(len(seeds), math.prod(shape), 1, seeds.device)
-    _bits_into(stream_keys(seed_keys(seeds), stream), work)
-    return _uniform_into(work.bits, work.uniform)[0].reshape(len(seeds), *shape)
+    bits = _bits_into(stream_keys(_lanes(seed_keys(seeds)), stream), work)
+    return _uniform_into(bits, work.uniform)[0].reshape(len(seeds), *shape)
 
 
 def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """bench.noise.normal: N(0, 1) noise by Box-Muller of two uniform streams, float64 [B, *shape]."""
+    """The reference's normal: N(0, 1) noise by Box-Muller of two uniform streams, float64 [B, *shape]."""
     work = _Workspace(len(seeds), math.prod(shape), 2, seeds.device)
-    _bits_into(stream_keys(seed_keys(seeds), stream), work)
-    return _box_muller(_uniform_into(work.bits, work.uniform)).reshape(len(seeds), *shape)
+    bits = _bits_into(stream_keys(_lanes(seed_keys(seeds)), stream), work)
+    return _box_muller(bits, work.uniform).reshape(len(seeds), *shape)
 
 
 class NoiseSource:
@@ -152,7 +188,7 @@ class NoiseSource:
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = device
-        self._keys = seed_keys(self.seeds)
+        self._keys = _lanes(seed_keys(self.seeds))
         self._work: dict[int, _Workspace] = {}
 
     def latent(self) -> torch.Tensor:
@@ -163,14 +199,13 @@ class NoiseSource:
 
     def uniform(self, step: int, extra: int = 0) -> torch.Tensor:
         work = self._workspace(draws=1)
-        _bits_into(stream_keys(self._keys, _stream(step, extra)), work)
+        bits = _bits_into(stream_keys(self._keys, _stream(step, extra)), work)
         u = torch.empty_like(work.uniform[0])
-        return _uniform_into(work.bits[0], u).reshape(len(self.seeds), *self.shape).to(self.dtype)
+        return _uniform_into(bits[0], u).reshape(len(self.seeds), *self.shape).to(self.dtype)
 
     def _normal(self, stream: int) -> torch.Tensor:
         work = self._workspace(draws=2)
-        _bits_into(stream_keys(self._keys, stream), work)
-        z = _box_muller(_uniform_into(work.bits, work.uniform))
+        z = _box_muller(_bits_into(stream_keys(self._keys, stream), work), work.uniform)
         return z.reshape(len(self.seeds), *self.shape).to(self.dtype)
 
     def _workspace(self, draws: int) -> _Workspace:

@@ -19,20 +19,25 @@ def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: Noise
     if eta < 0:
         raise ValueError(f"DDIM eta={eta!r} must be non-negative")
     abar = denoiser.alpha_bars[grid]
+    c_x0, c_eps, sigma = step_coefficients(abar, eta)
+    steps = grid.tolist()
     x = x_T
-    for k in range(len(grid) - 1, -1, -1):
-        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
-        if k == 0:
-            x = pred.x0
-            break
-        if grid[k] == grid[k - 1]:
+    for k in range(len(steps) - 1, 0, -1):
+        pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0)
+        if steps[k] == steps[k - 1]:
             continue  # DDIM's update at a_s = a_t returns x up to rounding: keep it exactly
-        a_t, a_s = abar[k], abar[k - 1]
-        sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t)) * torch.sqrt((1 - a_t / a_s).clamp_min(0.0))
-        x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1 - a_s - sigma**2) * pred.eps
+        # sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps (+ sigma z), left to right, into the first product's buffer.
+        x = torch.mul(pred.x0, c_x0[k - 1]).add_(torch.mul(pred.eps, c_eps[k - 1]))
         if eta > 0:
-            x = x + sigma * noise_at(k, int(grid[k - 1]))
-    return x
+            x = x.add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
+    return predict(denoiser, x, steps[0], abar[0], clip_x0=clip_x0).x0
+
+
+def step_coefficients(abar: torch.Tensor, eta: float) -> tuple[list[float], list[float], list[float]]:
+    """(sqrt(a_s), sqrt(1 - a_s - sigma^2), sigma) of each move grid[k] -> grid[k - 1] (Eqs. 12, 16), once per grid."""
+    a_t, a_s = abar[1:], abar[:-1]
+    sigma = eta * torch.sqrt((1 - a_s) / (1 - a_t)) * torch.sqrt((1 - a_t / a_s).clamp_min(0.0))
+    return torch.sqrt(a_s).tolist(), torch.sqrt(1 - a_s - sigma**2).tolist(), sigma.tolist()
 
 
 def sample(

@@ -6,14 +6,15 @@ from collections.abc import Callable
 
 import torch
 
-from bench.families import predict
+from bench.families import predict_x0
 from bench.noise import NoiseSource
 from bench.schedules import posterior_coefficients
 
 VARIANCES = ("beta", "beta_tilde")
 
 
-# noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s.
+# noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s, a fresh
+# tensor (the samplers scale it in place).
 NoiseAt = Callable[[int, int], torch.Tensor]
 
 
@@ -24,21 +25,26 @@ def ancestral(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt
     """
     if variance not in VARIANCES:
         raise ValueError(f"DDPM variance {variance!r} is not one of {list(VARIANCES)}")
-    abar = denoiser.alpha_bars[grid]
+    c0, ct, sigma = step_coefficients(denoiser.alpha_bars[grid], variance)
+    steps = grid.tolist()
     x = x_T
-    for k in range(len(grid) - 1, -1, -1):
-        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
-        if k == 0:
-            x = pred.x0
-            break
-        if grid[k] == grid[k - 1]:
+    for k in range(len(steps) - 1, 0, -1):
+        x0 = predict_x0(denoiser, x, steps[k], clip_x0=clip_x0)
+        if steps[k] == steps[k - 1]:
             # A repeated timestep (DDIM's quad grid): DDIM's ddpm_steps has beta_{t|s} = 0 there, so its
             # mean is x and its variance 0: one network call, x unchanged.
             continue
-        c0, ct, beta_tilde = posterior_coefficients(abar[k - 1], abar[k])
-        var = beta_tilde if variance == "beta_tilde" else 1.0 - abar[k] / abar[k - 1]
-        x = c0 * pred.x0 + ct * x + torch.sqrt(var) * noise_at(k, int(grid[k - 1]))
-    return x
+        # c0 x0 + ct x + sigma z, summed left to right as written; x_t and z are overwritten (never x_T).
+        ct_x = torch.mul(x, ct[k - 1]) if x is x_T else x.mul_(ct[k - 1])
+        x = torch.mul(x0, c0[k - 1]).add_(ct_x).add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
+    return predict_x0(denoiser, x, steps[0], clip_x0=clip_x0)
+
+
+def step_coefficients(abar: torch.Tensor, variance: str) -> tuple[list[float], list[float], list[float]]:
+    """(c0, ct, sigma) of every move grid[k] -> grid[k - 1] (index k - 1), DDPM Eqs. 6-7: computed once per grid."""
+    c0, ct, beta_tilde = posterior_coefficients(abar[:-1], abar[1:])
+    var = beta_tilde if variance == "beta_tilde" else 1.0 - abar[1:] / abar[:-1]
+    return c0.tolist(), ct.tolist(), torch.sqrt(var).tolist()
 
 
 def sample(
