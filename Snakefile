@@ -3,6 +3,7 @@
 # `--configfile FILE` runs another profile instead (its keys replace the default's entirely).
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -39,6 +40,14 @@ onstart:
     except ConfigError as err:
         raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
 
+
+# glibc hands each freed tensor of the small networks (a few hundred KiB to a few MiB) back to the kernel
+# and faults it in again at the next step: in a full embedded run that was 77M page faults and 15% of
+# the CPU time in the kernel. These thresholds keep freed memory in the heap; every job inherits them.
+# Measured on one sample job (mlp, DDIM, K = 100): minor faults 143k-611k -> 46k, system time
+# 0.7-2.7 s -> 0.4 s.
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**32))
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**36))
 
 PY = sys.executable
 RESULTS = "results"
