@@ -62,24 +62,19 @@ class StepClock:
     def record(self) -> dict[str, str | float]:
         """device, device_detail, wall_seconds, device_seconds and device_clock, measured up to now."""
         if self.choice is None:
-            return {
-                "device": "cpu",
-                "device_detail": f"cpu ({platform.processor() or platform.machine()}, numpy)",
-                "wall_seconds": time.perf_counter() - self._wall0,
-                "device_seconds": time.process_time() - self._cpu0,
-                "device_clock": PROCESS_CPU,
-            }
-        from bench.device import device_label
+            device, detail, on_gpu = "cpu", f"cpu ({platform.processor() or platform.machine()}, numpy)", False
+        else:
+            from bench.device import device_label
 
-        on_gpu = self.device.type == "cuda"
+            device, detail, on_gpu = device_label(self.choice), self.choice.description, self.device.type == "cuda"
         if on_gpu:
             import torch
 
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - self._wall0
         return {
-            "device": device_label(self.choice),
-            "device_detail": self.choice.description,
+            "device": device,
+            "device_detail": detail,
             "wall_seconds": wall,
             "device_seconds": wall if on_gpu else time.process_time() - self._cpu0,
             "device_clock": GPU_HELD_WALL if on_gpu else PROCESS_CPU,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data.digits import load_digits_split
+from bench.data.digits import levels_to_unit, load_digits_split
 from bench.io import CorruptFileError
-from bench.metrics.classifier import extract, save_classifier, train_classifier
+from bench.metrics.classifier import save_classifier, train_classifier
 from bench.metrics.feature_stats import (
     FeatureStats,
     fd_from_stats,
@@ -129,6 +129,14 @@ def classifier(digits):
 @pytest.fixture(scope="module")
 def classifier_path(classifier, tmp_path_factory):
     return save_classifier(classifier, tmp_path_factory.mktemp("clf") / "digits_cnn.npz")
+
+
+@torch.no_grad()
+def extract(images, max_level, classifier):
+    """Features and logits (float64) of the torch network itself, the loop torch-fidelity's is checked against."""
+    x = torch.from_numpy(levels_to_unit(images, max_level))
+    h = classifier.features(x)
+    return h.double().numpy(), classifier.head(h).double().numpy()
 
 
 def _stats(images, classifier):

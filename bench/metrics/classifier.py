@@ -13,7 +13,6 @@ from torch.nn import functional as F
 from bench.data.digits import ImageSplit, levels_to_unit
 from bench.io import CorruptFileError
 from bench.metrics.digits_cnn import load_weights, save_weights
-from bench.metrics.feature_stats import check_level_images
 
 
 @dataclass(frozen=True)
@@ -141,22 +140,3 @@ def load_classifier(path: Path) -> DigitsClassifier:
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-@torch.no_grad()
-def extract(
-    images: np.ndarray, max_level: int, classifier: DigitsClassifier, *, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features and logits of level images (computed on the classifier's device), float64 [N, F], [N, C]."""
-    check_level_images(images, max_level)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    classifier.eval()
-    device = next(classifier.parameters()).device
-    features, logits = [], []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(levels_to_unit(images[start : start + batch_size], max_level)).to(device)
-        h = classifier.features(x)
-        features.append(h.double().cpu().numpy())
-        logits.append(classifier.head(h).double().cpu().numpy())
-    return np.concatenate(features), np.concatenate(logits)
