@@ -86,9 +86,14 @@ def test_numpy_forward_equals_the_torch_network(classifier, train_split, tmp_pat
     assert features.shape == (300, 64) and logits.shape == (300, 10)
     np.testing.assert_allclose(features, want_features, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
-    # each image's outputs are its own, whatever shares its batch
-    alone, _ = features_and_logits(images[7:8], train_split.max_level, load_weights(path))
+    # each image's outputs are its own, bit for bit, whatever shares its batch and however large it is
+    alone, alone_logits = features_and_logits(images[7:8], train_split.max_level, load_weights(path))
     np.testing.assert_array_equal(alone[0], features[7])
+    np.testing.assert_array_equal(alone_logits[0], logits[7])
+    for size in (1, 7, 300):
+        other, other_logits = features_and_logits(images, train_split.max_level, load_weights(path), batch_size=size)
+        np.testing.assert_array_equal(other, features)
+        np.testing.assert_array_equal(other_logits, logits)
 
 
 def test_bad_input_and_arguments_are_named(train_split):

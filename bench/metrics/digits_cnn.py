@@ -75,7 +75,9 @@ def _conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     # windows [N, H, W, C, 3, 3] in the order of torch's weight layout [out, C, 3, 3]
     windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    columns = windows.reshape(n * h * w, c * 9)
+    # One product per image (a stacked matmul), not one over the batch: BLAS picks its kernel, and so its
+    # rounding, by the matrix shape, so an image's features would otherwise depend on its batch's size.
+    columns = windows.reshape(n, h * w, c * 9)
     out = columns @ weight.reshape(weight.shape[0], c * 9).astype(np.float64).T + bias
     return out.reshape(n, h, w, weight.shape[0])
 
@@ -88,7 +90,7 @@ def _forward(weights: CNNWeights, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     h = h.reshape(n, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))  # max_pool2d(2)
     h = _silu(_conv3x3(h, a["conv3.weight"], a["conv3.bias"]))
     features = h.mean(axis=(1, 2))
-    logits = features @ a["head.weight"].astype(np.float64).T + a["head.bias"]
+    logits = (features[:, None, :] @ a["head.weight"].astype(np.float64).T)[:, 0] + a["head.bias"]
     return features, logits
 
 
