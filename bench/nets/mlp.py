@@ -7,10 +7,11 @@ import math
 import torch
 from torch import nn
 
-# MKL's matrix products of at most 3 rows sum in another order than those of more rows (torch
-# 2.13, AVX-512: a row's output then depends on the size of its batch). Every product here gets at
-# least this many rows, so that each row's output is the same bits whatever shares its call.
-MIN_MATMUL_ROWS = 8
+# Matrix products of few rows sum in another order than those of many (torch 2.13 on one thread: at most
+# 3 rows on an AVX-512 EPYC; on a Xeon with AMX, up to 10 rows at 256 inputs and 15 at 512 to 2048), so
+# a row's output would depend on the size of its batch. Every product here gets at least this many rows,
+# so that each row's output is the same bits whatever shares its call.
+MIN_MATMUL_ROWS = 16
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
