@@ -24,6 +24,9 @@ from bench.config import (
     validate_config,
 )
 from bench.grids import MOMENT_GRIDS
+from bench.warm_worker import DISABLE_ENV_VAR as DISABLE_WORKER_VAR
+from bench.warm_worker import ENV_VAR as WORKER_VAR
+from bench.warm_worker import start_worker
 
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
@@ -34,11 +37,25 @@ except ConfigError as err:
     raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
 
 
+WARM_WORKER = []
+
+
 onstart:
     try:
         check_dataset_paths(config, Path(workflow.basedir))
     except ConfigError as err:
         raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
+    # Local jobs fork from one process that imported torch once (bench/warm_worker.py); a cluster job
+    # (no local executor) or a Snakemake started inside a job imports it as before.
+    if workflow.local_exec and workflow.is_main_process and not os.environ.get(DISABLE_WORKER_VAR):
+        WARM_WORKER.append(start_worker())
+        os.environ[WORKER_VAR] = WARM_WORKER[0].socket_path
+
+
+def stop_warm_worker() -> None:
+    while WARM_WORKER:
+        WARM_WORKER.pop().stop()
+    os.environ.pop(WORKER_VAR, None)
 
 
 # glibc hands each freed tensor of the small networks (a few hundred KiB to a few MiB) back to the kernel
@@ -100,8 +117,14 @@ include: "workflows/rules/metrics.smk"
 include: "workflows/rules/report.smk"
 
 
+onerror:
+    stop_warm_worker()
+
+
 onsuccess:
     from bench.stage_times import format_stage_times, stage_times, write_stage_times
+
+    stop_warm_worker()
 
     STAGE_ROWS = stage_times(Path(RESULTS) / "benchmarks")
     write_stage_times(STAGE_ROWS, Path(RESULTS) / "stage_times.csv")

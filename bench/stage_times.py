@@ -1,7 +1,8 @@
 """Where a run's time goes: Snakemake's per-job benchmark files summed by stage.
 
 Every rule writes ``results/benchmarks/<rule>/<wildcards>.tsv`` (its ``benchmark:`` directive; the
-``s`` column is the job's wall seconds, start-up included). A stage's seconds are the sum over its
+``s`` column is the job's wall seconds, start-up included; with the warm worker of a local run, the
+other columns measure only the job's client process). A stage's seconds are the sum over its
 jobs; its share is of the sum over all jobs, which exceeds the run's wall time when jobs run side
 by side. The Snakefile's ``onsuccess`` handler writes results/stage_times.csv and prints it.
 """
