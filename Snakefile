@@ -24,6 +24,7 @@ from bench.config import (
     validate_config,
 )
 from bench.grids import MOMENT_GRIDS
+from bench.shared_cells import shared_cells
 from bench.warm_worker import DISABLE_ENV_VAR as DISABLE_WORKER_VAR
 from bench.warm_worker import ENV_VAR as WORKER_VAR
 from bench.warm_worker import start_worker

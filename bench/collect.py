@@ -155,7 +155,8 @@ def run_summary(records: list[tuple[dict, dict[str, dict]]]) -> dict:
     """What the cells' records say about the whole run: devices, sample counts, metric backend, references."""
     fd = [(cell, r["fd_is"]) for cell, r in records if "fd_is" in r and r["fd_is"].get("status") != "failed"]
     nll = [r["nll"] for _, r in records if "nll" in r and r["nll"].get("status") != "failed"]
-    steps = [r for _, by_kind in records for r in by_kind.values()]
+    # A shared cell's records are those of the cell that computed it: counted there.
+    steps = [r for cell, by_kind in records if "computed_as" not in cell for r in by_kind.values()]
     references: dict[str, set[str]] = {}
     for cell, r in fd:
         references.setdefault(f"{cell['dataset']}/{r['reference']}", set()).add(r["reference_stats_sha256"])
@@ -205,6 +206,9 @@ def provenance(spec: dict, records: list[tuple[dict, dict[str, dict]]]) -> dict:
         "platform": platform.platform(),
         "packages": versions,
         "seeds": spec["seeds"],
+        "shared_cells": {
+            f"{c['model']}/{c['sampler']}/K{c['K']}": c["computed_as"] for c in spec["cells"] if "computed_as" in c
+        },
         **run_summary(records),
         "sampling": spec["sampling"],
         "metrics": spec["metrics"],

@@ -63,6 +63,18 @@ def time_grid(
     return grid
 
 
+def model_free_grid(kind: str, T: int, K: int, **options) -> torch.Tensor | None:
+    """The grid of ``kind`` where no model chooses it: any grid outside MOMENT_GRIDS, and a moment grid at K = T.
+
+    A strictly ascending choice of T of the T timesteps is all of them, so there the optimal trajectory
+    is the full chain; at K < T it is known only once the model's moments are. None then.
+    """
+    if kind not in MOMENT_GRIDS:
+        return time_grid(kind, T, K, **options)
+    check_time_grid(kind, T, K, **options)
+    return torch.arange(T, dtype=torch.int64) if K == T else None
+
+
 def has_repeats(grid: torch.Tensor) -> bool:
     """Whether an ascending grid visits some timestep twice (a zero-length step of DDIM's loop)."""
     return bool(torch.any(grid[1:] == grid[:-1]))

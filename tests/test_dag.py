@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import jsonschema
 import numpy as np
@@ -22,12 +23,15 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     out = r.stdout + r.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["sample_shard"] == 102  # 102 cells x 1 shard of 2000 samples
-    assert counts["fd_is"] == 102 and counts["train_model"] == 6 and counts["moments"] == 1
+    # 102 cells x 1 shard of 2000 samples, less the two OT cells at K = T = 1000, which are the even ones
+    assert counts["sample_shard"] == 100
+    assert counts["fd_is"] == 100 and counts["train_model"] == 6 and counts["moments"] == 1
     assert counts["ode_nll"] == 2  # the continuous-time models ncsn (ve) and edm
     # one per model, grid and K: beta, beta-tilde and analytic share the DDPM model's even grid; the OT
-    # bound has its own grid; iDDPM's learned bound is on the respaced grid
-    assert counts["nll"] == 3 * 5
+    # bound has its own grid but at K = 1000; iDDPM's learned bound is on the respaced grid
+    assert counts["nll"] == 3 * 5 - 1
+    out_paths = re.findall(r"^\s*output: (.+)$", out, flags=re.MULTILINE)
+    assert not [p for p in out_paths if "_ot/K1000/" in p or "nll-optimal/K1000" in p]
     assert counts["report"] == 1 and counts["collect"] == 1
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import load_config
+from bench.config import Cell, load_config
 from bench.plan import is_unavailable
+from bench.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,7 @@ def test_dry_run_of_the_paper_profile_plans_every_cell_of_every_table(tmp_path):
     outputs = set(re.findall(r"^\s*output: (.+)$", r.stdout + r.stderr, flags=re.MULTILINE))
     outputs = {path for line in outputs for path in line.split(", ")}
     wanted = set()
+    shared = shared_cells(cfg)
     for rel in cfg["tables"]:
         spec = yaml.safe_load((ROOT / rel).read_text(encoding="utf-8"))
         for row in spec["rows"]:
@@ -39,12 +41,15 @@ def test_dry_run_of_the_paper_profile_plans_every_cell_of_every_table(tmp_path):
                     wanted.add(f"results/cells/{cfg['models'][model]['dataset']}/{model}/ode_nll.json")
                     continue
                 model, sampler, K = cell["model"], cell["sampler"], cell["K"]
+                if (source := shared.get(Cell(model, sampler, K))) is not None:
+                    sampler = source.sampler  # its samples and bound are another cell's (bench/shared_cells.py)
                 dataset = cfg["models"][model]["dataset"]
                 if spec["metric"] == "nll_bpd":
                     wanted.add(f"results/cells/{dataset}/{model}/nll-{cfg['samplers'][sampler]['grid']}/K{K}.json")
                 else:
                     wanted.add(f"results/cells/{dataset}/{model}/{sampler}/K{K}/fd_is.json")
     assert wanted and not wanted - outputs
+    assert shared and not [p for p in outputs for c in shared if f"/{c.model}/{c.sampler}/K{c.K}/" in p]
     # The data checks and the checkpoint downloads are jobs of the DAG, not preconditions of planning it.
     assert {f"results/data/{d}.json" for d in cfg["datasets"]} <= outputs
     assert {f"resources/checkpoints/{m['checkpoint']}.ckpt" for m in cfg["models"].values() if "checkpoint" in m} <= outputs

@@ -120,3 +120,14 @@ def write_sample_grids(samples_dir: Path, report_dir: Path, *, n_images: int = 6
             last_seed=int(seeds[-1]),
         )
     return grids
+
+
+def shared_sample_grids(grids: dict[SampleKey, SampleGrid], shared: dict[str, str]) -> dict[SampleKey, SampleGrid]:
+    """The grid of each shared cell ('model/sampler/K', provenance's shared_cells): its computing cell's grid."""
+    by_cell = {f"{model}/{sampler}/K{k}": grid for (_, model, sampler, k), grid in grids.items()}
+    out = {}
+    for cell, source in shared.items():
+        if source in by_cell:
+            model, sampler, k = cell.split("/")
+            out[(by_cell[source].key[0], model, sampler, int(k[1:]))] = by_cell[source]
+    return out

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.report.figures import write_metric_figure
-from bench.report.grids import write_sample_grids
+from bench.report.grids import shared_sample_grids, write_sample_grids
 from bench.report.html import ReportInputs, write_html_report
 from bench.report.latex import write_latex_tables
 from bench.report.results import read_metrics, read_provenance
@@ -32,6 +32,7 @@ def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = write_sample_grids(results_dir / "samples", out_dir)
+    grids |= shared_sample_grids(grids, provenance.get("shared_cells", {}))
     figures = {}
     for table in tables:
         path = write_metric_figure(table, out_dir / "figures" / f"{table.spec.id}.svg")

@@ -185,9 +185,14 @@ def ode_nll_record(model: str) -> dict:
     }
 
 
+SHARED_CELLS = shared_cells(config)
+
+
 def cell_record(c) -> dict:
+    """A cell of metrics.csv and the result files it reads: those of the cell that computes it (bench/shared_cells.py)."""
     sampler = config["samplers"][c.sampler]
     dataset = dataset_of(c.model)
+    source = SHARED_CELLS.get(c, c)
     rec = {
         "dataset": dataset,
         "model": c.model,
@@ -199,10 +204,12 @@ def cell_record(c) -> dict:
         "seed": config["sampling"]["seed"],
     }
     if "fd_is" in config["metrics"]:
-        rec["fd_is"] = f"cells/{dataset}/{c.model}/{c.sampler}/K{c.K}/fd_is.json"
+        rec["fd_is"] = f"cells/{dataset}/{source.model}/{source.sampler}/K{source.K}/fd_is.json"
     if has_nll(c.sampler):
-        rec["nll"] = f"cells/{dataset}/{c.model}/nll-{sampler['grid']}/K{c.K}.json"
+        rec["nll"] = f"cells/{dataset}/{source.model}/nll-{config['samplers'][source.sampler]['grid']}/K{source.K}.json"
         rec["nll_variance"] = sampler["nll"]
+    if source != c:
+        rec["computed_as"] = source.key
     return rec
 
 

@@ -6,10 +6,12 @@ rule report:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
         tables=TABLES,
-        shards=[
-            f"{RESULTS}/samples/{dataset_of(c.model)}/{c.model}/{c.sampler}/K{c.K}/shard0000.npz"
-            for c in CELLS
-        ],
+        shards=sorted(
+            {
+                f"{RESULTS}/samples/{dataset_of(s.model)}/{s.model}/{s.sampler}/K{s.K}/shard0000.npz"
+                for s in (SHARED_CELLS.get(c, c) for c in CELLS)
+            }
+        ),
     output:
         f"{REPORTS}/index.html",
     benchmark:
