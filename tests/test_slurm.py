@@ -18,6 +18,7 @@ import yte
 from snakemake.profiles import ProfileConfigFileParser
 
 from bench.config import cells, read_yaml, shard_ranges
+from bench.shared_cells import shared_cells
 
 pytest_plugins = ["slurm_cluster"]
 
@@ -35,7 +36,8 @@ def snakemake_cmd(*args) -> list[str]:
 def planned_group_jobs(cfg: dict) -> dict[str, int]:
     """Group jobs the profile makes of a config's shards and metric jobs (its group-components)."""
     per_group = yaml.safe_load(PROFILE.read_text())["group-components"]
-    cs = cells(cfg)
+    shared = shared_cells(cfg)
+    cs = [c for c in cells(cfg) if c not in shared]  # a shared cell's jobs are its computing cell's
     nll_jobs = {(c.model, cfg["samplers"][c.sampler]["grid"], c.K) for c in cs if "nll" in cfg["samplers"][c.sampler]}
     return {
         "sample": math.ceil(len(cs) * len(shard_ranges(cfg)) / per_group["sample"]),
