@@ -7,7 +7,9 @@ for DDPM and DDIM the same sampler run through diffusers' ``set_timesteps`` + ``
 same network and timesteps; images per second and peak memory. Times are medians over repeats
 after warm-up, device-synchronised; the loops of one network run in interleaved rounds, so that a
 drifting machine load affects them alike. An extra instrumented run splits a sample run into network
-calls, noise draws and the rest (our arithmetic). Networks have random weights (seeded).
+calls, noise draws and the rest (our arithmetic). Networks have random weights (seeded). Then every
+(model, sampler) pair of a config (default: the embedded default) on that model's own network and
+family denoiser, as the DAG runs it (bench.perf_cells).
 
 Columns of results/perf.csv (rows are appended; the rows of one run share run_id):
   run_id            UTC time the run started (ISO 8601)
@@ -17,7 +19,7 @@ Columns of results/perf.csv (rows are appended; the rows of one run share run_id
   diffusers         diffusers version, '' when not installed
   threads           torch intra-op threads
   clock             wall: device-synchronised perf_counter; cpu: process CPU seconds (CPU only)
-  network           mlp | ddpm_unet | adm_unet | edm_songunet
+  network           mlp | ddpm_unet | adm_unet | edm_songunet | cell:<model> (a config's model, bench.perf_cells)
   shape             one sample, C x H x W
   batch             samples per network call
   loop              network (bare forward) | ours (bench.samplers) | diffusers (the peer loop)
@@ -26,6 +28,7 @@ Columns of results/perf.csv (rows are appended; the rows of one run share run_id
   nfe               network calls per sample run
   ms_per_nfe        network rows: median forward time; loops: median sample-run time / nfe
   overhead_pct      100 (ms_per_nfe / network ms_per_nfe - 1): what a loop adds per network call
+                    (cell rows: 100 (run time / network time inside the same run - 1))
   ours_over_peer    ours rows: our median sample-run time / diffusers' on the same timesteps
   images_per_s      batch / median sample-run time (network rows: / forward time)
   peak_mem_mib      largest peak memory of a timed call above the memory in use when it started
@@ -66,6 +69,7 @@ from torch import nn
 from bench.families import DiscreteEpsDenoiser
 from bench.grids import time_grid
 from bench.io import atomic_text
+from bench.perf_cells import measure_cells, redraw_zero_parameters
 from bench.samplers import SAMPLERS
 from bench.schedules import DiscreteSchedule
 from bench.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, inference_context
@@ -74,6 +78,7 @@ NETWORKS = ("mlp", "ddpm_unet", "adm_unet", "edm_songunet")
 CLOCKS = ("wall", "cpu")
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[1] / "tests" / "manifests"
 DEFAULT_OUT = Path("results/perf.csv")
+DEFAULT_CELLS = Path(__file__).resolve().parents[1] / "workflows" / "config" / "default.yaml"
 # (batch, steps) per network: the embedded sampling batch, and a CPU-sized one at CIFAR-10 scale.
 SIZES = {"mlp": (1000, 10), "ddpm_unet": (2, 4), "adm_unet": (2, 4), "edm_songunet": (2, 4)}
 # The embedded model's network (workflows/config/default.yaml, models.mlp.network).
@@ -129,6 +134,7 @@ class PerfOptions:
     noise_module: str = "bench.noise"
     manifests: Path = DEFAULT_MANIFESTS
     speed: SpeedOptions = field(default_factory=SpeedOptions)
+    cells: Path | None = None
 
     def __post_init__(self) -> None:
         self.networks = tuple(self.networks)
@@ -153,6 +159,8 @@ class PerfOptions:
             unknown = [s for s in self.samplers if s not in SAMPLERS]
             if unknown:
                 raise ValueError(f"samplers {unknown} are not registered; registered: {sorted(SAMPLERS)}")
+        if self.cells is not None and not Path(self.cells).is_file():
+            raise ValueError(f"cells config {str(self.cells)!r} is not a file")
 
 
 @dataclass
@@ -252,10 +260,7 @@ def build_perf_network(
                 from bench.nets.edm_networks import build_edm_network
 
                 net = EDMAsEps(build_edm_network(kwargs), schedule.alpha_bars)
-        with torch.no_grad():
-            for p in net.parameters():
-                if p.numel() and not p.any():
-                    p.normal_(0.0, 0.02)
+        redraw_zero_parameters(net)
     return net.eval().requires_grad_(False), shape
 
 
@@ -581,6 +586,11 @@ def run_perf(options: PerfOptions) -> list[PerfRow]:
         with inference_context():
             for name in options.networks:
                 rows += _measure_network(name, options, plans, schedule, clock, noise_cls, context)
+            if options.cells is not None:
+                batch, steps = options.batch or SIZES["mlp"][0], options.steps or SIZES["mlp"][1]
+                rows += measure_cells(options.cells, K=steps, batch=batch, repeats=options.repeats,
+                                      warmup=options.warmup, clock=clock, seed=options.seed,
+                                      context={**context, "speed": json.dumps({}), "noise_module": "bench.noise"})
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -781,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-module", default="bench.noise", help="module providing NoiseSource")
     p.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS, help="folder of the network manifests")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to append to")
+    p.add_argument("--cells", type=Path, default=DEFAULT_CELLS,
+                   help="config whose (model, sampler) pairs are timed on their own networks (default %(default)s)")
+    p.add_argument("--no-cells", dest="cells", action="store_const", const=None, help="skip the config's pairs")
     p.add_argument("--no-write", dest="write", action="store_false", help="print only")
     speed = p.add_argument_group("speed options (all off by default)")
     speed.add_argument("--channels-last", action="store_true")
@@ -816,6 +829,7 @@ def options_from_args(args: argparse.Namespace) -> PerfOptions:
         noise_module=args.noise_module,
         manifests=args.manifests,
         speed=speed,
+        cells=args.cells,
     )
 
 

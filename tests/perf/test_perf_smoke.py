@@ -11,7 +11,7 @@ from bench.grids import time_grid
 from bench.samplers import SAMPLERS
 from bench.schedules import DiscreteSchedule
 
-TINY = ["--networks", "mlp", "--batch", "8", "--steps", "2", "--repeats", "1", "--warmup", "0"]
+TINY = ["--networks", "mlp", "--batch", "8", "--steps", "2", "--repeats", "1", "--warmup", "0", "--no-cells"]
 
 
 @pytest.fixture(autouse=True)
@@ -146,3 +146,32 @@ def test_bad_options_are_rejected_with_what_is_allowed(tmp_path):
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="has columns \\['a', 'b'\\], not the perf columns"):
         perf.append_csv([], bad)
+
+
+def test_every_pair_of_the_embedded_config_is_timed_on_its_own_family_denoiser():
+    from bench.config import load_config
+    from bench.perf_cells import config_pairs
+
+    rows = perf.run_perf(perf.PerfOptions(networks=("mlp",), batch=4, steps=2, repeats=1, warmup=0, peer=False,
+                                          samplers=("ddim",), cells=perf.DEFAULT_CELLS))
+    cell_rows = [r for r in rows if r.network.startswith("cell:")]
+    pairs = config_pairs(load_config(perf.DEFAULT_CELLS, check_paths=False))
+    assert [(r.network[len("cell:"):], r.sampler) for r in cell_rows] == pairs
+    assert len(pairs) == 22 and {m for m, _ in pairs} == {"mlp", "iddpm", "ddgm", "ddgm_gmm", "ncsn", "edm"}
+    by_pair = {(r.network, r.sampler): r for r in cell_rows}
+    assert by_pair[("cell:mlp", "ddim_eta0")].nfe == 2
+    assert by_pair[("cell:edm", "edm_heun")].nfe == 3  # Heun: 2K - 1
+    assert "Gamma_n = 0.9 stand-in" in by_pair[("cell:mlp", "analytic_ddpm_ot")].note
+    assert by_pair[("cell:ddgm", "ddgm_alg4")].note.startswith("ddgm family, mlp network")
+    for r in cell_rows:
+        assert r.batch == 4 and r.shape == "1x8x8" and r.ms_per_nfe > 0
+        assert r.net_pct + r.noise_pct + r.arith_pct == pytest.approx(100.0, abs=1e-6)
+        assert 0 < r.net_pct <= 100 and r.noise_pct >= 0
+        # overhead is the rest of the run over its own network time
+        assert r.overhead_pct == pytest.approx(100.0 * (100.0 / r.net_pct - 1.0), rel=1e-9)
+    assert len(perf.format_table(rows).splitlines()) == len(rows) + 2
+
+
+def test_missing_cells_config_is_named():
+    with pytest.raises(ValueError, match=r"cells config 'no/such.yaml' is not a file"):
+        perf.PerfOptions(cells="no/such.yaml")

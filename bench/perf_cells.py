@@ -1,0 +1,141 @@
+"""The sampler cost of every (model, sampler) pair of a config, on the model's own network and family denoiser.
+
+``python -m bench perf`` times the registry's samplers on a plain eps network; this part times the
+samplers as a run uses them: each trained model of the config (its network with random weights, its
+schedule and family denoiser: DDGM's noise law, EDM's preconditioning, iDDPM's learned variance, the
+VE score) with each sampler of its experiments, through the same view the DAG's sample step gives it
+(``bench.sampling.sampler_view``: the sigma conversion for EDM's samplers on a VP chain, the levels
+of Langevin and PC). A sample run is instrumented: the time inside network calls, inside noise
+draws, and the rest; the overhead is the rest over the network time of the same run, so it needs no
+separate bare-forward timing and is unaffected by a drifting machine load. Samplers that read the
+Analytic-DPM moments get a constant Gamma_n stand-in (their cost does not depend on its values).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import cells, load_config
+from bench.grids import MOMENT_GRIDS
+from bench.models import build_network, build_schedule, make_denoiser
+from bench.noise import NoiseSource
+from bench.samplers import get_sampler
+from bench.sampling import sampler_view
+
+# Gamma_n = E||eps_hat||^2 / d of a stand-in model: inside (0, 1), where Theorem 2's clipping keeps it.
+GAMMA_STAND_IN = 0.9
+
+
+def redraw_zero_parameters(net: nn.Module, std: float = 0.02) -> nn.Module:
+    """Redraw the parameters their code zero-initialises (output layers), so that outputs depend on inputs."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.numel() and not p.any():
+                p.normal_(0.0, std)
+    return net
+
+
+def data_shape(dataset: dict) -> tuple[int, ...]:
+    """(channels, height, width) of a dataset config, read from its test split."""
+    from bench.data import load_dataset
+
+    return tuple(load_dataset(dataset, "test").images.shape[1:])
+
+
+def config_pairs(cfg: dict) -> list[tuple[str, str]]:
+    """(model, sampler) of every cell of a trained model, in the config's order, each pair once."""
+    seen: dict[tuple[str, str], None] = {}
+    for cell in cells(cfg):
+        if "network" in cfg["models"][cell.model]:
+            seen[(cell.model, cell.sampler)] = None
+    return list(seen)
+
+
+def measure_cells(
+    config: Path | dict,
+    *,
+    K: int,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    clock,
+    seed: int = 0,
+    context: dict[str, Any],
+) -> list:
+    """One bench.perf.PerfRow per (model, sampler) of ``config``: K steps on ``batch`` samples."""
+    # bench.perf runs this module's pairs after its own networks, so it is imported here, not above.
+    from bench.perf import PerfRow, TimedNetwork, TimedNoise
+
+    cfg = load_config(config, check_paths=False) if not isinstance(config, dict) else config
+    device = clock.device
+    rows = []
+    for model_name, sampler_name in config_pairs(cfg):
+        model = cfg["models"][model_name]
+        sampler = dict(cfg["samplers"][sampler_name])
+        shape = data_shape(cfg["datasets"][model["dataset"]])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_network(model["network"], channels=shape[0], image_size=shape[1])
+        net = redraw_zero_parameters(net).eval().requires_grad_(False).to(device)
+        schedule = build_schedule(model["schedule"])
+        timed_net = TimedNetwork(net, clock)
+        denoiser = make_denoiser(model["family"], timed_net, schedule, shape, noise=model.get("noise"))
+        gamma = _gamma_stand_in(sampler, schedule)
+        if sampler.get("inputs", {}).get("gamma") == "moments":
+            sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
+        view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
+        fn = get_sampler(sampler["fn"])
+        seeds = torch.arange(batch, dtype=torch.int64) + seed
+        noise = NoiseSource(seeds, shape, torch.float64, device)
+        x_T = view.prior(noise, grid) if hasattr(view, "prior") else noise.latent()
+        timed_noise = TimedNoise(noise, clock)
+        totals, nets, noises = [], [], []
+        for i in range(warmup + repeats):
+            timed_net.seconds = timed_noise.seconds = 0.0
+            before = denoiser.nfe
+            t0 = clock.now()
+            fn(view, x_T, grid, noise=timed_noise, **sampler.get("options", {}))
+            total = clock.now() - t0
+            nfe = denoiser.nfe - before
+            if i >= warmup:
+                totals.append(total)
+                nets.append(timed_net.seconds)
+                noises.append(timed_noise.seconds)
+        total, net_s, noise_s = (statistics.median(v) for v in (totals, nets, noises))
+        note = f"{model['family']} family, {model['network']['type']} network; overhead over in-run network time"
+        if gamma is not None:
+            note += f"; Gamma_n = {GAMMA_STAND_IN} stand-in"
+        rows.append(
+            PerfRow(
+                network=f"cell:{model_name}",
+                shape="x".join(map(str, shape)),
+                batch=batch,
+                loop="ours",
+                sampler=sampler_name,
+                steps=len(grid),
+                nfe=nfe,
+                ms_per_nfe=1e3 * total / nfe,
+                overhead_pct=100.0 * (total / net_s - 1.0),
+                images_per_s=batch / total,
+                net_pct=100.0 * net_s / total,
+                noise_pct=100.0 * noise_s / total,
+                arith_pct=100.0 * (total - net_s - noise_s) / total,
+                note=note,
+                context=context,
+            )
+        )
+    return rows
+
+
+def _gamma_stand_in(sampler: dict, schedule) -> torch.Tensor | None:
+    needs = (
+        sampler.get("inputs", {}).get("gamma") == "moments"
+        or sampler["grid"] in MOMENT_GRIDS
+        or sampler.get("nll") == "analytic"
+    )
+    return torch.full((schedule.T,), GAMMA_STAND_IN, dtype=torch.float64) if needs else None
