@@ -27,6 +27,7 @@ from bench.grids import MOMENT_GRIDS
 from bench.shared_cells import shared_cells
 from bench.warm_worker import DISABLE_ENV_VAR as DISABLE_WORKER_VAR
 from bench.warm_worker import ENV_VAR as WORKER_VAR
+from bench.warm_worker import SUPPORTED as WORKER_SUPPORTED
 from bench.warm_worker import start_worker
 
 if not config:
@@ -48,7 +49,7 @@ onstart:
         raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
     # Local jobs fork from one process that imported torch once (bench/warm_worker.py); a cluster job
     # (no local executor) or a Snakemake started inside a job imports it as before.
-    if workflow.local_exec and workflow.is_main_process and not os.environ.get(DISABLE_WORKER_VAR):
+    if WORKER_SUPPORTED and workflow.local_exec and workflow.is_main_process and not os.environ.get(DISABLE_WORKER_VAR):
         WARM_WORKER.append(start_worker())
         os.environ[WORKER_VAR] = WARM_WORKER[0].socket_path
 

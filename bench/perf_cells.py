@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from bench.config import cells, load_config
-from bench.grids import MOMENT_GRIDS
 from bench.models import build_network, build_schedule, make_denoiser
 from bench.noise import NoiseSource
+from bench.plan import needs_moments
 from bench.samplers import get_sampler
 from bench.sampling import sampler_view
 
@@ -74,18 +74,25 @@ def measure_cells(
     cfg = load_config(config, check_paths=False) if not isinstance(config, dict) else config
     device = clock.device
     rows = []
+    # One network and denoiser per model, shared by its samplers (each run counts its own NFE and seconds).
+    built: dict[str, tuple] = {}
     for model_name, sampler_name in config_pairs(cfg):
         model = cfg["models"][model_name]
         sampler = dict(cfg["samplers"][sampler_name])
-        shape = data_shape(cfg["datasets"][model["dataset"]])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_network(model["network"], channels=shape[0], image_size=shape[1])
-        net = redraw_zero_parameters(net).eval().requires_grad_(False).to(device)
-        schedule = build_schedule(model["schedule"])
-        timed_net = TimedNetwork(net, clock)
-        denoiser = make_denoiser(model["family"], timed_net, schedule, shape, noise=model.get("noise"))
-        gamma = _gamma_stand_in(sampler, schedule)
+        if model_name not in built:
+            shape = data_shape(cfg["datasets"][model["dataset"]])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = build_network(model["network"], channels=shape[0], image_size=shape[1])
+            net = redraw_zero_parameters(net).eval().requires_grad_(False).to(device)
+            schedule = build_schedule(model["schedule"])
+            timed_net = TimedNetwork(net, clock)
+            denoiser = make_denoiser(model["family"], timed_net, schedule, shape, noise=model.get("noise"))
+            built[model_name] = shape, schedule, timed_net, denoiser
+        shape, schedule, timed_net, denoiser = built[model_name]
+        gamma = (
+            torch.full((schedule.T,), GAMMA_STAND_IN, dtype=torch.float64) if needs_moments(sampler) else None
+        )
         if sampler.get("inputs", {}).get("gamma") == "moments":
             sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
         view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
@@ -131,11 +138,3 @@ def measure_cells(
         )
     return rows
 
-
-def _gamma_stand_in(sampler: dict, schedule) -> torch.Tensor | None:
-    needs = (
-        sampler.get("inputs", {}).get("gamma") == "moments"
-        or sampler["grid"] in MOMENT_GRIDS
-        or sampler.get("nll") == "analytic"
-    )
-    return torch.full((schedule.T,), GAMMA_STAND_IN, dtype=torch.float64) if needs else None

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# pidfd_open, PR_SET_PDEATHSIG and SOCK_SEQPACKET on AF_UNIX are Linux's; elsewhere every job imports torch itself.
+SUPPORTED = sys.platform.startswith("linux")
 ENV_VAR = "DPM_BENCH_WORKER"
 DISABLE_ENV_VAR = "DPM_BENCH_NO_WORKER"
 SOCKET_NAME = "worker.sock"
@@ -220,7 +222,7 @@ def thread_counts(env: dict[str, str], start_env: dict[str, str]) -> dict[str, i
         if value is None or not value.isdigit() or int(value) < 1:
             return None
         asked[var] = int(value)
-    torch_counts = {asked.get(var) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if var in asked}
+    torch_counts = {asked[var] for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if var in asked}
     if len(torch_counts) > 1:
         return None
     counts = {"torch": torch_counts.pop()} if torch_counts else {}

@@ -16,10 +16,11 @@ import pytest
 
 from bench.io import load_npz
 from bench.models import build_network, save_model
-from bench.warm_worker import DECLINED, ENV_VAR, start_worker, thread_counts
+from bench.warm_worker import DECLINED, ENV_VAR, SUPPORTED, start_worker, thread_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="the warm worker runs on Linux only")
 CLIENT = "import sys; from bench.warm_worker import run_in_worker; print(repr(run_in_worker(sys.argv[1], sys.argv[2:])))"
 
 
