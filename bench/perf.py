@@ -81,8 +81,6 @@ DEFAULT_OUT = Path("results/perf.csv")
 DEFAULT_CELLS = Path(__file__).resolve().parents[1] / "workflows" / "config" / "default.yaml"
 # (batch, steps) per network: the embedded sampling batch, and a CPU-sized one at CIFAR-10 scale.
 SIZES = {"mlp": (1000, 10), "ddpm_unet": (2, 4), "adm_unet": (2, 4), "edm_songunet": (2, 4)}
-# The embedded model's network (workflows/config/default.yaml, models.mlp.network).
-MLP_NETWORK = {"width": 256, "depth": 4, "emb_dim": 128}
 MANIFESTS = {
     "ddpm_unet": "ddim_cifar10.json",
     "adm_unet": "iddpm_cifar10.json",
@@ -241,9 +239,12 @@ def build_perf_network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "mlp":
+            from bench.config import read_yaml
             from bench.models import build_network
 
-            net: nn.Module = build_network({"type": "mlp", **MLP_NETWORK}, channels=1, image_size=8)
+            # The embedded default's own network (models.mlp.network), whatever its size.
+            network = read_yaml(DEFAULT_CELLS)["models"]["mlp"]["network"]
+            net: nn.Module = build_network(network, channels=1, image_size=8)
             shape = (1, 8, 8)
         else:
             kwargs = _manifest(manifests, name)["constructor_kwargs"]

@@ -27,9 +27,10 @@ from bench.config import cells as all_cells
 from bench.grids import MOMENT_GRIDS
 
 # Seconds per network evaluation per sample, by network type.
-# mlp: the embedded default's MLP (width 256, depth 4) sampling 1000 digits per batch on one CPU
-# thread, sampler included, measured on a shared 2-core VM (6e-5 to 8e-5 s).
-SECONDS_PER_NFE: dict[str, float] = {"mlp": 7e-5}
+# mlp: the embedded default's MLP (width 192, depth 3) sampling 1000 digits per batch on one CPU
+# thread, sampler included: the sample stage's seconds over its 41.8M NFE x samples in a full run on a
+# 2-core Xeon (AVX-512), two jobs side by side (9.5e-6 s); an AVX2 EPYC took about three times as long.
+SECONDS_PER_NFE: dict[str, float] = {"mlp": 1e-5}
 # DDIM (Song et al. 2021, Sec. 1): sampling 50k 32x32 images from a DDPM (1000 steps) takes about
 # 20 hours on an Nvidia 2080 Ti, i.e. 20 * 3600 / (50_000 * 1000) s per NFE per sample.
 DEFAULT_SECONDS_PER_NFE = 20 * 3600 / (50_000 * 1000)
