@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
-from bench.families import predict
 from bench.noise import NoiseSource
+from bench.samplers.ddim import generalized_steps
 
 
 def sample(
@@ -34,13 +34,6 @@ def sample(
         sigma2_clip_pixel=sigma2_clip_pixel,
         pixel_quantum=pixel_quantum,
     )
-    abar = denoiser.alpha_bars[grid]
-    x = x_T
-    for k in range(len(grid) - 1, -1, -1):
-        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
-        if k == 0:
-            x = pred.x0
-            break
-        a_s = abar[k - 1]
-        x = torch.sqrt(a_s) * pred.x0 + torch.sqrt(1.0 - a_s) * pred.eps + torch.sqrt(var[k - 1]) * noise.normal(k)
-    return x
+    a_s = denoiser.alpha_bars[grid][:-1]
+    c_x0, c_eps, sigma = torch.sqrt(a_s).tolist(), torch.sqrt(1.0 - a_s).tolist(), torch.sqrt(var).tolist()
+    return generalized_steps(denoiser, x_T, grid, lambda k, s: noise.normal(k), c_x0, c_eps, sigma, clip_x0)

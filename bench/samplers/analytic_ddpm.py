@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
-from bench.families import predict
 from bench.noise import NoiseSource
-from bench.schedules import posterior_coefficients
+from bench.samplers.ddpm import ancestral_steps, mean_coefficients
 
 
 def sample(
@@ -38,13 +37,6 @@ def sample(
         sigma2_clip_pixel=sigma2_clip_pixel,
         pixel_quantum=pixel_quantum,
     )
-    abar = denoiser.alpha_bars[grid]
-    x = x_T
-    for k in range(len(grid) - 1, -1, -1):
-        pred = predict(denoiser, x, int(grid[k]), abar[k], clip_x0=clip_x0)
-        if k == 0:
-            x = pred.x0
-            break
-        c0, ct, _ = posterior_coefficients(abar[k - 1], abar[k])
-        x = c0 * pred.x0 + ct * x + torch.sqrt(var[k - 1]) * noise.normal(k)
-    return x
+    c0, ct = mean_coefficients(denoiser.alpha_bars[grid])
+    sigma = torch.sqrt(var).tolist()
+    return ancestral_steps(denoiser, x_T, grid, lambda k, s: noise.normal(k), c0, ct, sigma, clip_x0)

@@ -10,25 +10,40 @@ from bench.samplers.ddpm import NoiseAt
 
 
 def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, eta: float, clip_x0: bool):
-    """DDIM Eq. 12 with sigma(eta) of Eq. 16 for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM).
-
-    A repeated timestep (DDIM's quad grid, bench.grids.REPEATING_GRIDS) is a zero-length step, as in
-    DDIM's generalized_steps: the network is called (and counted), x stays as it is, no noise is added
-    (sigma = 0 there for every eta).
-    """
+    """DDIM Eq. 12 with sigma(eta) of Eq. 16 for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM)."""
     if eta < 0:
         raise ValueError(f"DDIM eta={eta!r} must be non-negative")
+    c_x0, c_eps, sigma = step_coefficients(denoiser.alpha_bars[grid], eta)
+    return generalized_steps(denoiser, x_T, grid, noise_at, c_x0, c_eps, sigma, clip_x0)
+
+
+def generalized_steps(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    noise_at: NoiseAt,
+    c_x0: list[float],
+    c_eps: list[float],
+    sigma: list[float],
+    clip_x0: bool,
+):
+    """x_s = c_x0 x0_hat + c_eps eps_hat + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at k - 1.
+
+    DDIM's (Eq. 12) or Analytic-DDIM's. Noise is drawn only when some sigma is positive. A repeated
+    timestep (DDIM's quad grid, bench.grids.REPEATING_GRIDS) is a zero-length step, as in DDIM's
+    generalized_steps: the network is called (and counted), x stays as it is, no noise is added.
+    """
     abar = denoiser.alpha_bars[grid]
-    c_x0, c_eps, sigma = step_coefficients(abar, eta)
+    stochastic = any(s > 0 for s in sigma)
     steps = grid.tolist()
     x = x_T
     for k in range(len(steps) - 1, 0, -1):
         pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0)
         if steps[k] == steps[k - 1]:
             continue  # DDIM's update at a_s = a_t returns x up to rounding: keep it exactly
-        # sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps (+ sigma z), left to right, into the first product's buffer.
+        # c_x0 x0 + c_eps eps (+ sigma z), left to right, into the first product's buffer.
         x = torch.mul(pred.x0, c_x0[k - 1]).add_(torch.mul(pred.eps, c_eps[k - 1]))
-        if eta > 0:
+        if stochastic:
             x = x.add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
     return predict(denoiser, x, steps[0], abar[0], clip_x0=clip_x0).x0
 

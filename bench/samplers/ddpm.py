@@ -19,13 +19,28 @@ NoiseAt = Callable[[int, int], torch.Tensor]
 
 
 def ancestral(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, variance: str, clip_x0: bool):
-    """x_s = mu(x_t, x0_hat) + sigma z for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM).
-
-    A repeated timestep (bench.grids.REPEATING_GRIDS) is a zero-length step: one network call, x unchanged.
-    """
+    """x_s = mu(x_t, x0_hat) + sigma z for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM)."""
     if variance not in VARIANCES:
         raise ValueError(f"DDPM variance {variance!r} is not one of {list(VARIANCES)}")
     c0, ct, sigma = step_coefficients(denoiser.alpha_bars[grid], variance)
+    return ancestral_steps(denoiser, x_T, grid, noise_at, c0, ct, sigma, clip_x0)
+
+
+def ancestral_steps(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    noise_at: NoiseAt,
+    c0: list[float],
+    ct: list[float],
+    sigma: list[float],
+    clip_x0: bool,
+):
+    """x_s = c0 x0_hat + ct x_t + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at index k - 1.
+
+    DDPM's posterior mean with its own variances, or with Analytic-DPM's. A repeated timestep
+    (bench.grids.REPEATING_GRIDS) is a zero-length step: one network call, x unchanged.
+    """
     steps = grid.tolist()
     x = x_T
     for k in range(len(steps) - 1, 0, -1):
@@ -45,6 +60,12 @@ def step_coefficients(abar: torch.Tensor, variance: str) -> tuple[list[float], l
     c0, ct, beta_tilde = posterior_coefficients(abar[:-1], abar[1:])
     var = beta_tilde if variance == "beta_tilde" else 1.0 - abar[1:] / abar[:-1]
     return c0.tolist(), ct.tolist(), torch.sqrt(var).tolist()
+
+
+def mean_coefficients(abar: torch.Tensor) -> tuple[list[float], list[float]]:
+    """(c0, ct) of the posterior mean of every move grid[k] -> grid[k - 1] (index k - 1), DDPM Eq. 7."""
+    c0, ct, _ = posterior_coefficients(abar[:-1], abar[1:])
+    return c0.tolist(), ct.tolist()
 
 
 def sample(
