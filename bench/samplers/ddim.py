@@ -26,7 +26,7 @@ def generalized_steps(
     c_eps: list[float],
     sigma: list[float],
     clip_x0: bool,
-):
+) -> torch.Tensor:
     """x_s = c_x0 x0_hat + c_eps eps_hat + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at k - 1.
 
     DDIM's (Eq. 12) or Analytic-DDIM's. Noise is drawn only when some sigma is positive. A repeated

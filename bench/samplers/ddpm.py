@@ -35,7 +35,7 @@ def ancestral_steps(
     ct: list[float],
     sigma: list[float],
     clip_x0: bool,
-):
+) -> torch.Tensor:
     """x_s = c0 x0_hat + ct x_t + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at index k - 1.
 
     DDPM's posterior mean with its own variances, or with Analytic-DPM's. A repeated timestep
