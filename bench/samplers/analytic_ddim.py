@@ -7,6 +7,7 @@ import torch
 from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.noise import NoiseSource
 from bench.samplers.ddim import generalized_steps
+from bench.samplers.ddpm import gaussian_noise_at
 
 
 def sample(
@@ -36,4 +37,4 @@ def sample(
     )
     a_s = denoiser.alpha_bars[grid][:-1]
     c_x0, c_eps, sigma = torch.sqrt(a_s).tolist(), torch.sqrt(1.0 - a_s).tolist(), torch.sqrt(var).tolist()
-    return generalized_steps(denoiser, x_T, grid, lambda k, s: noise.normal(k), c_x0, c_eps, sigma, clip_x0)
+    return generalized_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c_x0, c_eps, sigma, clip_x0)

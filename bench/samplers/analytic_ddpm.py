@@ -6,7 +6,7 @@ import torch
 
 from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.noise import NoiseSource
-from bench.samplers.ddpm import ancestral_steps, mean_coefficients
+from bench.samplers.ddpm import ancestral_steps, gaussian_noise_at, mean_coefficients
 
 
 def sample(
@@ -39,4 +39,4 @@ def sample(
     )
     c0, ct = mean_coefficients(denoiser.alpha_bars[grid])
     sigma = torch.sqrt(var).tolist()
-    return ancestral_steps(denoiser, x_T, grid, lambda k, s: noise.normal(k), c0, ct, sigma, clip_x0)
+    return ancestral_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c0, ct, sigma, clip_x0)

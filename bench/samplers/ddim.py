@@ -6,7 +6,7 @@ import torch
 
 from bench.families import predict
 from bench.noise import NoiseSource
-from bench.samplers.ddpm import NoiseAt
+from bench.samplers.ddpm import NoiseAt, gaussian_noise_at
 
 
 def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, eta: float, clip_x0: bool):
@@ -65,4 +65,4 @@ def sample(
     clip_x0: bool = False,
 ) -> torch.Tensor:
     """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""
-    return generalized(denoiser, x_T, grid, lambda k, s: noise.normal(k), eta, clip_x0)
+    return generalized(denoiser, x_T, grid, gaussian_noise_at(noise), eta, clip_x0)

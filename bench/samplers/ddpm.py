@@ -18,6 +18,11 @@ VARIANCES = ("beta", "beta_tilde")
 NoiseAt = Callable[[int, int], torch.Tensor]
 
 
+def gaussian_noise_at(noise: NoiseSource) -> NoiseAt:
+    """The standard normal noise of sampler step k (stream k + 1), whatever its target step."""
+    return lambda k, s: noise.normal(k)
+
+
 def ancestral(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, variance: str, clip_x0: bool):
     """x_s = mu(x_t, x0_hat) + sigma z for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM)."""
     if variance not in VARIANCES:
@@ -78,4 +83,4 @@ def sample(
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = mu(x_t, x0_hat) + sigma z, sigma^2 = beta_{t|s} or beta-tilde_{t|s} (DDPM Sec. 3.2), mean at the end."""
-    return ancestral(denoiser, x_T, grid, lambda k, s: noise.normal(k), variance, clip_x0)
+    return ancestral(denoiser, x_T, grid, gaussian_noise_at(noise), variance, clip_x0)
