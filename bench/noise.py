@@ -5,27 +5,24 @@ it belongs to or the device (integer hashing is exact everywhere). This is what 
 resumable sampling reproduce a single run bit for bit.
 
 The hash is Wellons' lowbias32 over two 32-bit key lanes (a 64-bit key per (seed, stream), so
-distinct pairs do not collide), and normals come by Box-Muller. For speed (the noise of a DDPM
-step must cost little beside the network):
+distinct pairs do not collide). Uniform j of a sample is (bits(j) + 0.5) 2^-32, exact in float64.
+Normals come by Box-Muller with both outputs: n values take m = ceil(n / 2) pairs, the radius
+uniforms at counters [0, m), the angles at [m, 2m), and z = (r cos theta, r sin theta)[:n] with
+r = sqrt(-2 log u) in the requested dtype, so a float32 sampler pays for float32 transcendentals.
 
-- 32-bit lanes instead of int64, with in-place ops on two work buffers, so the elementwise hash
-  moves half the bytes and allocates nothing: on CPU numpy uint32 arrays, whose right shift is
-  logical and whose small ops cost a third of torch's dispatch; on other devices int32 tensors
-  holding the bit patterns, where a logical right shift is an arithmetic shift then a mask;
-- the multiply mod 2^32 is one wrapping 32-bit multiply (numpy's and torch's integer multiplies
-  wrap, as the hardware does);
-- ``NoiseSource`` hashes the per-seed half of the keys once and keeps its work buffers, so a
-  sampler step only pays for the per-stream half and the elementwise work;
-- the uniform is built with exact steps only ((bits + 0.5) * 2^-32 is exact in float64; so is
-  (bits + 0.5) * (2 pi 2^-32), the same real as u * 2 pi, rounded once), and the inexact functions
-  (log, sqrt, cos) and the final products are the same torch ops on the same values as in the
-  reference; the two uniform blocks of Box-Muller are contiguous here (strided
-  there), which torch's elementwise kernels do not let change a result.
+For speed (the noise of a DDPM step must cost little beside the network):
 
-tests/perf/test_noise_fast.py checks torch.equal against the first, plain implementation
-(tests/perf/noise_reference.py) over many seeds, streams and shapes on CPU, with numpy lanes and
-with the tensor lanes (tests/perf/test_noise_lanes.py). The int32 multiply wraps in two's
-complement on CPU and CUDA alike, but the CUDA path has not been compared here.
+- on CPU, bench.noise_kernel fuses the stream keys, both hash rounds and the uniforms in one numba
+  pass; elsewhere the hash runs as in-place int32 tensor ops on two work buffers (a logical right
+  shift is an arithmetic shift then a mask; the multiply wraps in two's complement);
+- ``NoiseSource`` hashes the per-seed half of the keys once and keeps its work buffers;
+- the angle is (bits + 0.5) (2 pi 2^-32) in float64, the same real as 2 pi u rounded once, and each
+  uniform is rounded once to the dtype, so no path can round differently.
+
+tests/perf/test_noise_fast.py checks torch.equal against the plain implementation
+(tests/perf/noise_reference.py) over many seeds, streams, shapes and dtypes on CPU, with the kernel
+and with the tensor lanes. Transcendentals (log, cos, sin) are the device's own, so a CUDA draw may
+differ from a CPU draw in the last bit.
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ _MULT_B = 0x846CA68B
 _LANE_MULT = 0x61C88647
 _UNIT = 2.0**-32
 _TWO_PI_UNIT = 2.0 * math.pi * _UNIT  # exact: a power-of-two multiple of the double 2 pi
+_NORMAL_SCALES = (_UNIT, _TWO_PI_UNIT)  # Box-Muller's radius and angle blocks
 
 
 def _signed32(value: int) -> int:
@@ -54,35 +52,27 @@ def _to_lanes(x: torch.Tensor) -> torch.Tensor:
     return (x - ((x >> 31) << 32)).to(torch.int32)
 
 
-def _numpy_lanes(device) -> bool:
-    """Whether the lanes on ``device`` are numpy uint32 arrays (CPU) rather than int32 tensors."""
+def _uses_kernel(device) -> bool:
+    """Whether noise on ``device`` comes from the fused CPU kernel (else from int32 tensor lanes)."""
     return torch.device(device).type == "cpu"
 
 
-def _lanes(x: torch.Tensor) -> np.ndarray | torch.Tensor:
-    """int32 bit patterns as the lanes of their device: a uint32 view of CPU memory, else the tensor."""
-    return x.numpy().view(np.uint32) if _numpy_lanes(x.device) else x
-
-
-def _shift_right(x, shift: int, out):
-    """Logical x >>> shift into ``out``: numpy's uint32 shift is; torch's int32 shift needs its sign bits masked."""
-    if isinstance(x, np.ndarray):
-        return np.right_shift(x, shift, out=out)
+def _shift_right(x: torch.Tensor, shift: int, out: torch.Tensor) -> torch.Tensor:
+    """Logical x >>> shift into ``out``: int32's shift is arithmetic, so its sign bits are masked off."""
     return torch.bitwise_right_shift(x, shift, out=out).bitwise_and_((1 << (32 - shift)) - 1)
 
 
-def _hash32_(x, tmp):
-    """lowbias32 of the reference's _hash32 in place on 32-bit lanes; ``tmp`` is scratch of x's shape."""
-    numpy_lanes = isinstance(x, np.ndarray)
+def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """lowbias32 in place on int32 lanes; ``tmp`` is scratch of x's shape."""
     for shift, mult in ((16, _MULT_A), (15, _MULT_B)):
         x ^= _shift_right(x, shift, tmp)
-        x *= np.uint32(mult) if numpy_lanes else _signed32(mult)
+        x *= _signed32(mult)
     x ^= _shift_right(x, 16, tmp)
     return x
 
 
 def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
-    """The per-seed half of the reference's _keys as int32 lanes [2, B] (rows: lane a, lane b)."""
+    """The per-seed half of the keys as int32 lanes [2, B] (rows: lane a, lane b)."""
     s = seeds.to(torch.int64)
     lo, hi = _to_lanes(s & _MASK32), _to_lanes((s >> 32) & _MASK32)
     k = torch.stack([lo ^ 0x2545F491, hi ^ _signed32(0x9E3779B9)])
@@ -93,94 +83,104 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
     return _hash32_(k, tmp)
 
 
-def stream_keys(keys, stream: int):
-    """The reference's _keys(seeds, stream) as lanes [2, B], from the per-seed keys (lanes of their device).
-
-    Each lane's xor with a stream word is one broadcast op against a [2, 1] column: a step's keys
-    cost about 25 small ops, where indexing the lanes one by one (k[0] ^= ...) cost twice as many.
-    """
+def stream_keys(keys: torch.Tensor, stream: int) -> torch.Tensor:
+    """The keys of (seed, stream) as int32 lanes [2, B] from the per-seed keys (bench.noise_kernel does the same)."""
     lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
     k = keys ^ _lane_column(keys, lo, hi ^ 0x68E31DA4)
-    tmp = np.empty_like(k) if isinstance(k, np.ndarray) else torch.empty_like(k)
+    tmp = torch.empty_like(k)
     _hash32_(k, tmp)
     k ^= _lane_column(keys, hi, lo)
     return _hash32_(k, tmp)
 
 
-def _lane_column(keys, a: int, b: int):
-    """[[a], [b]] as lanes like ``keys``, to xor lane a and lane b of [2, B] keys."""
-    if isinstance(keys, np.ndarray):
-        return np.array([[a], [b]], dtype=np.uint32)
+def _lane_column(keys: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """[[a], [b]] as int32 lanes, to xor lane a and lane b of [2, B] keys in one op."""
     return torch.tensor([[_signed32(a)], [_signed32(b)]], dtype=torch.int32, device=keys.device)
 
 
-class _Workspace:
-    """Reused buffers for ``draws`` blocks of n values per sample, laid out [draws, B, n].
+class _Blocks:
+    """Uniforms in ``blocks`` blocks of m per sample, [blocks, B, m], with reused buffers.
 
-    Value j = h n + i of a sample (the reference's counter) sits at [h, sample, i], so each of
-    Box-Muller's two uniform blocks is contiguous; hashing is elementwise, so layout changes no bit.
-    ``bits`` are lanes of the device; ``bits_u32`` is the same memory as a torch uint32 tensor.
+    Value j = d m + p of a sample sits at [d, sample, p], so each block is contiguous; block d is
+    scaled by scales[d]. On CPU the fused kernel fills ``out``; elsewhere the int32 lanes are hashed
+    in ``bits`` and converted through float64 ``wide``.
     """
 
-    def __init__(self, batch: int, n: int, draws: int, device):
-        j = torch.arange(draws * n, dtype=torch.int64, device=device).reshape(draws, 1, n)
-        self.counter = _lanes(j.to(torch.int32))
-        self.counter_salt = _lanes(_to_lanes((j * _LANE_MULT) & _MASK32))
-        bits = torch.empty(draws, batch, n, dtype=torch.int32, device=device)
-        self.bits, self.scratch = _lanes(bits), _lanes(torch.empty_like(bits))
-        self.bits_u32 = bits.view(torch.uint32)
-        self.uniform = torch.empty(draws, batch, n, dtype=torch.float64, device=device)
+    def __init__(self, keys: torch.Tensor, m: int, scales: tuple[float, ...], dtype: torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"noise dtype {dtype} is not one of torch.float32, torch.float64")
+        self.keys = keys
+        blocks, batch, device = len(scales), keys.shape[1], keys.device
+        self.out = torch.empty(blocks, batch, m, dtype=dtype, device=device)
+        if _uses_kernel(device):
+            # Imported here: loading numba and the compiled kernel takes most of a second, which jobs on
+            # other devices need not pay (the warm worker preloads it for local runs).
+            from bench.noise_kernel import uniform_blocks
+
+            self.kernel = uniform_blocks
+            self.key_lanes = keys.numpy().view(np.uint32)
+            self.scale_array = np.asarray(scales, dtype=np.float64)
+            self.out_array = self.out.numpy()
+        else:
+            self.counter = torch.arange(blocks * m, dtype=torch.int32, device=device).reshape(blocks, 1, m)
+            j = torch.arange(blocks * m, dtype=torch.int64, device=device).reshape(blocks, 1, m)
+            self.counter_salt = _to_lanes((j * _LANE_MULT) & _MASK32)
+            self.bits = torch.empty(blocks, batch, m, dtype=torch.int32, device=device)
+            self.scratch = torch.empty_like(self.bits)
+            self.wide = torch.empty(blocks, batch, m, dtype=torch.float64, device=device)
+            self.scale_column = torch.tensor(scales, dtype=torch.float64, device=device).reshape(blocks, 1, 1)
+
+    def fill(self, stream: int) -> torch.Tensor:
+        """The uniforms of ``stream`` in self.out (overwritten by the next fill)."""
+        if _uses_kernel(self.out.device):
+            lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
+            self.kernel(self.key_lanes[0], self.key_lanes[1], lo, hi, self.scale_array, self.out_array)
+            return self.out
+        keys, x = stream_keys(self.keys, stream), self.bits
+        x[...] = self.counter
+        x ^= keys[0][None, :, None]
+        _hash32_(x, self.scratch)
+        x ^= keys[1][None, :, None]
+        x ^= self.counter_salt
+        _hash32_(x, self.scratch)
+        self.wide.copy_(x.view(torch.uint32))
+        return self.out.copy_(self.wide.add_(0.5).mul_(self.scale_column))
 
 
-def _bits_into(keys, work: _Workspace) -> torch.Tensor:
-    """The reference's uniform_bits as 32-bit patterns in work.bits [draws, B, n]; returns work.bits_u32."""
-    x = work.bits
-    x[...] = work.counter
-    x ^= keys[0][None, :, None]
-    _hash32_(x, work.scratch)
-    x ^= keys[1][None, :, None]
-    x ^= work.counter_salt
-    _hash32_(x, work.scratch)
-    return work.bits_u32
+def _box_muller(u: torch.Tensor, n: int) -> torch.Tensor:
+    """(r cos theta, r sin theta)[:n] per sample, r = sqrt(-2 log u[0]), theta = u[1]: a fresh [B, n] tensor.
+
+    u [2, B, m] is consumed. The transcendentals run on contiguous blocks and only the products are
+    written into the halves of each row (torch's in-place ops on such strided views are several times slower).
+    """
+    m = u.shape[2]
+    r = u[0].log_().mul_(-2.0).sqrt_()
+    z = torch.empty(u.shape[1], 2 * m, dtype=u.dtype, device=u.device)
+    trig = torch.cos(u[1])
+    torch.mul(trig, r, out=z[:, :m])
+    torch.mul(torch.sin(u[1], out=trig), r, out=z[:, m:])
+    return z if n == 2 * m else z[:, :n].contiguous()
 
 
-def _uniform_into(bits: torch.Tensor, out: torch.Tensor, scale: float = _UNIT) -> torch.Tensor:
-    """(bits + 0.5) * scale into float64 ``out``: exact for scale 2^-32, so any order gives the same doubles."""
-    out.copy_(bits)
-    return out.add_(0.5).mul_(scale)
+def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float64):
+    """U(0, 1) noise, open interval: (bits + 0.5) 2^-32 rounded to ``dtype``, [B, *shape]."""
+    blocks = _Blocks(seed_keys(seeds), math.prod(shape), (_UNIT,), dtype)
+    return blocks.fill(stream)[0].reshape(len(seeds), *shape)
 
 
-def _box_muller(bits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """sqrt(-2 log u0) cos(2 pi u1) from bits [2, B, n], as the reference's normal; u [2, B, n] is scratch."""
-    out = u.copy_(bits).add_(0.5)
-    z = torch.log(out[0].mul_(_UNIT)).mul_(-2.0).sqrt_()
-    return z.mul_(out[1].mul_(_TWO_PI_UNIT).cos_())
-
-
-def uniform_bits(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    """The reference's uniform_bits: count 32-bit random integers per seed, as int64 [B, count]."""
-    work = _Workspace(len(seeds), count, 1, seeds.device)
-    return _bits_into(stream_keys(_lanes(seed_keys(seeds)), stream), work)[0].to(torch.int64)
-
-
-def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The reference's uniform: U(0, 1) noise, open interval, float64 [B, *shape]."""
-    work = _Workspace(len(seeds), math.prod(shape), 1, seeds.device)
-    bits = _bits_into(stream_keys(_lanes(seed_keys(seeds)), stream), work)
-    return _uniform_into(bits, work.uniform)[0].reshape(len(seeds), *shape)
-
-
-def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The reference's normal: N(0, 1) noise by Box-Muller of two uniform streams, float64 [B, *shape]."""
-    work = _Workspace(len(seeds), math.prod(shape), 2, seeds.device)
-    bits = _bits_into(stream_keys(_lanes(seed_keys(seeds)), stream), work)
-    return _box_muller(bits, work.uniform).reshape(len(seeds), *shape)
+def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float64):
+    """N(0, 1) noise by Box-Muller with both outputs (module docstring), in ``dtype``, [B, *shape]."""
+    n = math.prod(shape)
+    blocks = _Blocks(seed_keys(seeds), (n + 1) // 2, _NORMAL_SCALES, dtype)
+    return _box_muller(blocks.fill(stream), n).reshape(len(seeds), *shape)
 
 
 class NoiseSource:
-    """bench.noise.NoiseSource with the per-seed keys hashed once and work buffers kept between steps.
+    """The noise of one batch of samples: ``normal(step)`` gives the fresh noise of sampler step ``step``.
 
-    Not safe to share between threads (the buffers are reused); each returned tensor is fresh.
+    Stream 0 is the initial latent x_T; sampler step k uses stream k + 1 (and ``extra`` > 0 for a
+    second draw within the same step, e.g. a corrector). The per-seed keys are hashed once and the
+    work buffers kept, so a source is not safe to share between threads; each returned tensor is fresh.
     """
 
     def __init__(self, seeds: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, device):
@@ -188,8 +188,14 @@ class NoiseSource:
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = device
-        self._keys = _lanes(seed_keys(self.seeds))
-        self._work: dict[int, _Workspace] = {}
+        self._keys = seed_keys(self.seeds)
+        self._n = math.prod(self.shape)
+        self._normal_blocks = _Blocks(self._keys, (self._n + 1) // 2, _NORMAL_SCALES, dtype)
+        self._uniform_blocks: _Blocks | None = None
+
+    def with_dtype(self, dtype: torch.dtype) -> NoiseSource:
+        """The same draws (same seeds, streams and shape) in ``dtype``."""
+        return NoiseSource(self.seeds, self.shape, dtype, self.device)
 
     def latent(self) -> torch.Tensor:
         return self._normal(0)
@@ -198,20 +204,14 @@ class NoiseSource:
         return self._normal(_stream(step, extra))
 
     def uniform(self, step: int, extra: int = 0) -> torch.Tensor:
-        work = self._workspace(draws=1)
-        bits = _bits_into(stream_keys(self._keys, _stream(step, extra)), work)
-        u = torch.empty_like(work.uniform[0])
-        return _uniform_into(bits[0], u).reshape(len(self.seeds), *self.shape).to(self.dtype)
+        if self._uniform_blocks is None:
+            self._uniform_blocks = _Blocks(self._keys, self._n, (_UNIT,), self.dtype)
+        u = self._uniform_blocks.fill(_stream(step, extra))[0]
+        return u.clone().reshape(len(self.seeds), *self.shape)
 
     def _normal(self, stream: int) -> torch.Tensor:
-        work = self._workspace(draws=2)
-        z = _box_muller(_bits_into(stream_keys(self._keys, stream), work), work.uniform)
-        return z.reshape(len(self.seeds), *self.shape).to(self.dtype)
-
-    def _workspace(self, draws: int) -> _Workspace:
-        if draws not in self._work:
-            self._work[draws] = _Workspace(len(self.seeds), math.prod(self.shape), draws, self.device)
-        return self._work[draws]
+        z = _box_muller(self._normal_blocks.fill(stream), self._n)
+        return z.reshape(len(self.seeds), *self.shape)
 
 
 def _stream(step: int, extra: int) -> int:

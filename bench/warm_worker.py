@@ -58,6 +58,7 @@ PRELOAD = (
     "bench.grids",
     "bench.models",
     "bench.sampling",
+    "bench.noise_kernel",
     "bench.training",
     "bench.metrics.digits_cnn",
     "bench.metrics.extractors",

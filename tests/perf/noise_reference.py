@@ -1,4 +1,4 @@
-"""The first, plain implementation of bench.noise, kept as the reference its faster rewrite must equal.
+"""The plain implementation of bench.noise, kept as the reference its fast paths must equal.
 
 Counter-based noise: sample i's noise at stream s is a pure function of (seed_i, s, element).
 
@@ -52,18 +52,22 @@ def uniform_bits(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
     return _hash32(h ^ b[:, None] ^ ((j[None, :] * 0x61C88647) & _MASK32))
 
 
-def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """U(0, 1) noise, open interval, float64 [B, *shape]."""
+def uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+    """U(0, 1) noise, open interval: (bits + 0.5) / 2^32 in float64, then rounded to dtype, [B, *shape]."""
     n = math.prod(shape)
     bits = uniform_bits(seeds, stream, n)
-    return ((bits.to(torch.float64) + 0.5) / 2.0**32).reshape(len(seeds), *shape)
+    return ((bits.to(torch.float64) + 0.5) / 2.0**32).to(dtype).reshape(len(seeds), *shape)
 
 
-def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """N(0, 1) noise by the Box-Muller transform of two uniform streams, float64 [B, *shape]."""
+def normal(seeds: torch.Tensor, stream: int, shape: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+    """N(0, 1) noise by Box-Muller with both outputs: m = ceil(n / 2) radius uniforms, then m angles, [B, *shape]."""
     n = math.prod(shape)
-    u = uniform(seeds, stream, (2, n))
-    z = torch.sqrt(-2.0 * torch.log(u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
+    m = (n + 1) // 2
+    bits = uniform_bits(seeds, stream, 2 * m).to(torch.float64) + 0.5
+    u = (bits[:, :m] / 2.0**32).to(dtype)
+    theta = (bits[:, m:] * (2.0 * math.pi / 2.0**32)).to(dtype)
+    r = torch.sqrt(-2.0 * torch.log(u))
+    z = torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=1)[:, :n]
     return z.reshape(len(seeds), *shape)
 
 
@@ -81,13 +85,13 @@ class NoiseSource:
         self.device = device
 
     def latent(self) -> torch.Tensor:
-        return normal(self.seeds, 0, self.shape).to(self.dtype)
+        return normal(self.seeds, 0, self.shape, self.dtype)
 
     def normal(self, step: int, extra: int = 0) -> torch.Tensor:
-        return normal(self.seeds, _stream(step, extra), self.shape).to(self.dtype)
+        return normal(self.seeds, _stream(step, extra), self.shape, self.dtype)
 
     def uniform(self, step: int, extra: int = 0) -> torch.Tensor:
-        return uniform(self.seeds, _stream(step, extra), self.shape).to(self.dtype)
+        return uniform(self.seeds, _stream(step, extra), self.shape, self.dtype)
 
 
 def _stream(step: int, extra: int) -> int:

@@ -1,4 +1,4 @@
-"""bench.noise draws exactly the doubles of its plain reference implementation: same hash, same keys, same Box-Muller."""
+"""bench.noise draws exactly the values of its plain reference implementation: same hash, keys and Box-Muller."""
 
 import noise_reference as noise
 import pytest
@@ -14,48 +14,57 @@ SEED_SETS = {
 }
 STREAMS = [0, 1, 17, 2**31 - 1, 2**31, 2**32 - 1, (1 << 32) | 5, (1 << 63) - 1]
 SHAPES = [(1,), (7,), (1, 8, 8), (3, 5, 7)]
+DTYPES = [torch.float64, torch.float32]
 
 
 @pytest.mark.parametrize("name", sorted(SEED_SETS))
-def test_bits_uniform_and_normal_are_identical(name):
+def test_uniform_and_normal_are_identical(name):
     seeds = SEED_SETS[name]
     for stream in STREAMS:
         for count in (1, 13, 128):
-            assert torch.equal(noise_fast.uniform_bits(seeds, stream, count), noise.uniform_bits(seeds, stream, count))
+            # (bits + 0.5) 2^-32 in float64 is exact: equal uniforms are equal bits.
+            ref_bits = noise.uniform_bits(seeds, stream, count)
+            fast = noise_fast.uniform(seeds, stream, (count,))
+            assert torch.equal(((fast * 2.0**32) - 0.5).to(torch.int64), ref_bits)
         for shape in SHAPES:
-            fast, ref = noise_fast.uniform(seeds, stream, shape), noise.uniform(seeds, stream, shape)
-            assert fast.shape == ref.shape and torch.equal(fast, ref)
-            fast, ref = noise_fast.normal(seeds, stream, shape), noise.normal(seeds, stream, shape)
-            assert fast.dtype == ref.dtype == torch.float64 and fast.shape == ref.shape
-            assert torch.equal(fast, ref)
+            for dtype in DTYPES:
+                fast, ref = noise_fast.uniform(seeds, stream, shape, dtype), noise.uniform(seeds, stream, shape, dtype)
+                assert fast.dtype == ref.dtype == dtype and fast.shape == ref.shape and torch.equal(fast, ref)
+                fast, ref = noise_fast.normal(seeds, stream, shape, dtype), noise.normal(seeds, stream, shape, dtype)
+                assert fast.dtype == ref.dtype == dtype and fast.shape == ref.shape
+                assert torch.equal(fast, ref)
 
 
 def test_large_batches_and_images_are_identical():
     seeds = torch.arange(1000, 3000)
-    assert torch.equal(noise_fast.normal(seeds, 3, (1, 8, 8)), noise.normal(seeds, 3, (1, 8, 8)))
-    assert torch.equal(noise_fast.normal(seeds[:4], 9, (3, 32, 32)), noise.normal(seeds[:4], 9, (3, 32, 32)))
+    for dtype in DTYPES:
+        assert torch.equal(noise_fast.normal(seeds, 3, (1, 8, 8), dtype), noise.normal(seeds, 3, (1, 8, 8), dtype))
+        assert torch.equal(noise_fast.normal(seeds[:4], 9, (3, 32, 32), dtype), noise.normal(seeds[:4], 9, (3, 32, 32), dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_noise_source_is_identical_across_steps_and_draws(dtype):
     seeds = torch.arange(500, 600)
     fast = noise_fast.NoiseSource(seeds, (1, 8, 8), dtype, "cpu")
     ref = noise.NoiseSource(seeds, (1, 8, 8), dtype, "cpu")
     assert torch.equal(fast.latent(), ref.latent())
     kept = [fast.normal(k) for k in range(4)]
+    kept_uniform = [fast.uniform(k) for k in range(4)]
     for k in range(4):
         assert torch.equal(fast.normal(k, extra=2), ref.normal(k, extra=2))
-        assert torch.equal(fast.uniform(k), ref.uniform(k))
         assert torch.equal(fast.uniform(k, extra=1), ref.uniform(k, extra=1))
     # Reused work buffers must not alias what an earlier call returned.
-    for k, z in enumerate(kept):
-        assert z.dtype == dtype
+    for k, (z, u) in enumerate(zip(kept, kept_uniform, strict=True)):
+        assert z.dtype == u.dtype == dtype
         assert torch.equal(z, ref.normal(k))
+        assert torch.equal(u, ref.uniform(k))
 
 
-def test_noise_source_rejects_negative_steps_like_the_reference():
+def test_noise_source_rejects_negative_steps_and_other_dtypes():
     src = noise_fast.NoiseSource(torch.arange(3), (4,), torch.float64, "cpu")
     with pytest.raises(ValueError, match="noise step -1 and extra draw 0 must be non-negative"):
         src.normal(-1)
     with pytest.raises(ValueError, match="noise step 2 and extra draw -3 must be non-negative"):
         src.uniform(2, extra=-3)
+    with pytest.raises(ValueError, match=r"noise dtype torch.float16 is not one of torch.float32, torch.float64"):
+        noise_fast.NoiseSource(torch.arange(3), (4,), torch.float16, "cpu")

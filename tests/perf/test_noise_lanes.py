@@ -1,7 +1,6 @@
-"""bench.noise's tensor lanes (the path of non-CPU devices) draw the reference's doubles too, run here on CPU."""
+"""bench.noise's tensor lanes (the path of non-CPU devices) draw the kernel's and the reference's values, run here on CPU."""
 
 import noise_reference as noise
-import numpy as np
 import pytest
 import torch
 
@@ -9,32 +8,35 @@ from bench import noise as noise_fast
 
 SEEDS = torch.tensor([0, 1, -1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 17, 2**63 - 1, -(2**63), *range(5, 60)])
 STREAMS = [0, 1, 17, 2**32 - 1, (1 << 32) | 5, (1 << 63) - 1]
+DTYPES = [torch.float64, torch.float32]
 
 
-@pytest.fixture(params=["numpy", "tensor"])
+@pytest.fixture(params=["kernel", "tensor"])
 def lanes(request, monkeypatch):
     if request.param == "tensor":
-        monkeypatch.setattr(noise_fast, "_numpy_lanes", lambda device: False)
+        monkeypatch.setattr(noise_fast, "_uses_kernel", lambda device: False)
     return request.param
 
 
-def test_lanes_are_the_device_default_unless_forced(lanes):
-    keys = noise_fast._lanes(noise_fast.seed_keys(torch.arange(3)))
-    assert isinstance(keys, np.ndarray) == (lanes == "numpy")
+def test_the_cpu_uses_the_kernel_unless_forced(lanes):
+    blocks = noise_fast._Blocks(noise_fast.seed_keys(torch.arange(3)), 4, (1.0,), torch.float64)
+    assert hasattr(blocks, "bits") == (lanes == "tensor")
 
 
-def test_bits_uniform_and_normal_equal_the_reference(lanes):
+def test_uniform_and_normal_equal_the_reference(lanes):
     for stream in STREAMS:
-        assert torch.equal(noise_fast.uniform_bits(SEEDS, stream, 13), noise.uniform_bits(SEEDS, stream, 13))
         for shape in [(1,), (3, 5, 7)]:
-            assert torch.equal(noise_fast.uniform(SEEDS, stream, shape), noise.uniform(SEEDS, stream, shape))
-            assert torch.equal(noise_fast.normal(SEEDS, stream, shape), noise.normal(SEEDS, stream, shape))
+            for dtype in DTYPES:
+                ref = noise.uniform(SEEDS, stream, shape, dtype)
+                assert torch.equal(noise_fast.uniform(SEEDS, stream, shape, dtype), ref)
+                assert torch.equal(noise_fast.normal(SEEDS, stream, shape, dtype), noise.normal(SEEDS, stream, shape, dtype))
 
 
-def test_noise_source_equals_the_reference(lanes):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noise_source_equals_the_reference(lanes, dtype):
     seeds = torch.arange(500, 600)
-    fast = noise_fast.NoiseSource(seeds, (1, 8, 8), torch.float64, "cpu")
-    ref = noise.NoiseSource(seeds, (1, 8, 8), torch.float64, "cpu")
+    fast = noise_fast.NoiseSource(seeds, (1, 8, 8), dtype, "cpu")
+    ref = noise.NoiseSource(seeds, (1, 8, 8), dtype, "cpu")
     assert torch.equal(fast.latent(), ref.latent())
     kept = [fast.normal(k) for k in range(3)]
     for k, z in enumerate(kept):
