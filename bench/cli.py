@@ -130,6 +130,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         shape=tuple(ckpt["data_shape"]),
         max_level=ckpt["max_level"],
         batch_size=spec["batch_size"],
+        state_dtype=getattr(torch, spec.get("state_dtype", "float32")),
         out_path=Path(args.out),
         context=spec["context"],
         family=ckpt["config"]["family"],

@@ -42,6 +42,7 @@ PACKAGES = (
     "numpy",
     "scipy",
     "scikit-learn",
+    "numba",
     "torch-fidelity",
     "clean-fid",
     "snakemake",
@@ -210,6 +211,6 @@ def provenance(spec: dict, records: list[tuple[dict, dict[str, dict]]]) -> dict:
             f"{c['model']}/{c['sampler']}/K{c['K']}": c["computed_as"] for c in spec["cells"] if "computed_as" in c
         },
         **run_summary(records),
-        "sampling": spec["sampling"],
+        "sampling": {"state_dtype": "float32", **spec["sampling"]},  # the samplers' default made explicit
         "metrics": spec["metrics"],
     }

@@ -86,17 +86,21 @@ class Draws(Protocol):
 
 
 class StepDraws:
-    """Per-sample draws of sampler step ``step`` (extras 2j and 2j + 1 of the step's noise)."""
+    """Per-sample draws of sampler step ``step`` (extras 2j and 2j + 1 of the step's noise), in float64.
+
+    Whatever the sampler state's dtype: Marsaglia-Tsang's centred Gamma is a small difference of
+    large numbers at DDGM's shapes k_t, so the draws and the Gamma stay in float64.
+    """
 
     def __init__(self, source: NoiseSource, step: int):
-        self.source = source
+        self.source = source if source.dtype == torch.float64 else source.with_dtype(torch.float64)
         self.step = step
 
     def normal(self, j: int) -> torch.Tensor:
-        return self.source.normal(self.step, extra=2 * j).to(torch.float64)
+        return self.source.normal(self.step, extra=2 * j)
 
     def uniform(self, j: int) -> torch.Tensor:
-        return self.source.uniform(self.step, extra=2 * j + 1).to(torch.float64)
+        return self.source.uniform(self.step, extra=2 * j + 1)
 
 
 class LatentDraws:

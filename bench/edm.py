@@ -29,7 +29,7 @@ P_STD = 1.2
 
 
 class SigmaDenoiser(Protocol):
-    """D(x; sigma) -> estimate of the clean data (float64), with the noise range it supports."""
+    """D(x; sigma) -> estimate of the clean data in x's dtype, with the noise range it supports."""
 
     sigma_min: float
     sigma_max: float
@@ -199,7 +199,7 @@ def _scalar_sigma(sigma: torch.Tensor | float) -> torch.Tensor:
 
 
 class PrecondDenoiser:
-    """An EDM-preconditioned network (EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond) as a float64 SigmaDenoiser."""
+    """An EDM-preconditioned network (EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond) as a SigmaDenoiser."""
 
     def __init__(self, net: nn.Module):
         self.net = net
@@ -214,7 +214,7 @@ class PrecondDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _scalar_sigma(sigma)
         self.nfe += 1
-        return self.net(x, sigma.to(x.device)).to(torch.float64)
+        return self.net(x, sigma.to(x.device)).to(x.dtype)
 
 
 class DiscreteVPAsSigma:
@@ -311,7 +311,7 @@ class EDMSchedule:
 
 
 class EDMNetworkDenoiser:
-    """The ``edm`` family's adapter: a trained EDMPrecond as a float64 SigmaDenoiser on [sigma_min, sigma_max].
+    """The ``edm`` family's adapter: a trained EDMPrecond as a SigmaDenoiser on [sigma_min, sigma_max].
 
     Unlike PrecondDenoiser it leaves autograd alone (the caller picks inference_mode), so the
     PF-ODE likelihood can take the divergence of D through it.
@@ -329,7 +329,7 @@ class EDMNetworkDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _scalar_sigma(sigma)
         self.nfe += 1
-        return self.net(x, sigma.to(x.device)).to(torch.float64)
+        return self.net(x, sigma.to(x.device)).to(x.dtype)
 
     def as_sigma_denoiser(self) -> EDMNetworkDenoiser:
         return self

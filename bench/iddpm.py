@@ -148,7 +148,7 @@ def clip_variance_prediction(pred: VariancePrediction, x: torch.Tensor, abar: to
 
 
 class LearnedVarianceDenoiser(DiscreteEpsDenoiser):
-    """A [eps, v] network on a discrete chain: x0 = (x_n - sqrt(1 - abar_n) eps) / sqrt(abar_n) (DDPM Eq. 15), plus v.
+    """A [eps, v] network on a discrete chain: x0 as DiscreteEpsDenoiser.x0_of (DDPM Eq. 15), plus v.
 
     ``time_scale`` None feeds t = n * 1000 / T (rescale_timesteps=True); pass 1.0 for checkpoints
     trained with --rescale_timesteps False.
@@ -161,12 +161,10 @@ class LearnedVarianceDenoiser(DiscreteEpsDenoiser):
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, n: int) -> VariancePrediction:
         t = torch.full((x.shape[0],), float(n) * self.time_scale, device=x.device)
-        out = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(torch.float64)
+        out = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(x.dtype)
         self.nfe += 1
         eps, v = split_eps_v(out, x.shape[1])
-        abar = self.alpha_bars[n]
-        x0 = (x - torch.sqrt(1.0 - abar) * eps) / torch.sqrt(abar)
-        return VariancePrediction(eps=eps, x0=x0, v=v)
+        return VariancePrediction(eps=eps, x0=self.x0_of(x, eps, n), v=v)
 
 
 # --- the hybrid loss ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """NCSN / score-SDE (VE) family: noise levels, score adapters and the denoising score matching loss.
 
-Every adapter is a ``ScoreFn``: ``score_fn(x, sigma)`` returns grad_x log p_sigma(x) (float64) for
+Every adapter is a ``ScoreFn``: ``score_fn(x, sigma)`` returns grad_x log p_sigma(x) (in x's dtype) for
 bench data in [-1, 1], where p_sigma is the law of x0 + sigma z, z ~ N(0, I) (the VE marginal of
 Song & Ermon 2019 and of the VE SDE, Song et al. 2021). ``.sigmas`` is the ascending float64
 table of levels the samplers index (index n, larger n = more noise, as for the discrete chains:
@@ -28,7 +28,7 @@ NETWORK_TIME_SCALE = 999.0
 
 @runtime_checkable
 class ScoreFn(Protocol):
-    """What the VE samplers and the PF-ODE likelihood call: ``score_fn(x, sigma) -> score`` (float64)."""
+    """What the VE samplers and the PF-ODE likelihood call: ``score_fn(x, sigma) -> score`` (in x's dtype)."""
 
     sigmas: torch.Tensor
     nfe: int
@@ -145,13 +145,13 @@ class NoiseConditionalScore:
         y = torch.full((x.shape[0],), self.level_index(sigma), dtype=torch.int64, device=x.device)
         out = self.net((self.scale * x + self.shift).to(self._dtype), y)
         self.nfe += 1
-        return self.scale * out.to(torch.float64)
+        return self.scale * out.to(x.dtype)
 
 
 class VEDenoiserScore:
     """Score of a VE denoiser D(x; sigma) ~ E[x0 | x]: (D(x; sigma) - x) / sigma^2 (Tweedie; EDM Eq. 3).
 
-    ``denoiser`` follows bench.edm.SigmaDenoiser: float64 x and one scalar sigma in, float64 out
+    ``denoiser`` follows bench.edm.SigmaDenoiser: x and one scalar sigma in, x's dtype out
     (wrap a raw EDM network in bench.edm.PrecondDenoiser). ``sigmas`` defaults to 1000 geometric
     levels over the denoiser's [sigma_min, sigma_max].
     """
@@ -169,7 +169,7 @@ class VEDenoiserScore:
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         s = as_level(sigma)
-        d = self.denoiser(x.to(torch.float64), s).to(torch.float64)
+        d = self.denoiser(x, s).to(x.dtype)
         self.nfe += 1
         return (d - x) / s**2
 
@@ -214,7 +214,7 @@ class VPEpsScore:
         n = timestep_of_sigma(self.schedule, s)
         abar = alpha_bar_of_sigma(s)
         t = torch.full((x.shape[0],), float(n) * self.time_scale, dtype=self._dtype, device=x.device)
-        eps = self.net((torch.sqrt(abar) * x).to(self._dtype), t).to(torch.float64)
+        eps = self.net((torch.sqrt(abar) * x).to(self._dtype), t).to(x.dtype)
         self.nfe += 1
         return -eps / s
 
@@ -245,7 +245,7 @@ class VENetworkScore:
         s = as_level(sigma)
         c = self.time_scale * float(self.schedule.time_of_sigma(s))
         t = torch.full((x.shape[0],), c, dtype=self._dtype, device=x.device)
-        out = self.net(x.to(self._dtype), t).to(torch.float64)
+        out = self.net(x.to(self._dtype), t).to(x.dtype)
         self.nfe += 1
         return out / s
 

@@ -39,6 +39,7 @@ Columns of results/perf.csv (rows are appended; the rows of one run share run_id
   peer_max_rel_diff max |x0_ours - x0_peer| / max |x0_peer| for deterministic samplers (DDIM, eta=0)
   repeats, warmup   timed runs per median, untimed runs before them
   noise_module      module whose NoiseSource our samplers drew from
+  state_dtype       dtype of our samplers' state and noise (the config's sampling.state_dtype)
   speed             JSON record of the bench.speed options applied to the network
   note              why a sampler was skipped, and other remarks
 """
@@ -76,6 +77,7 @@ from bench.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, infere
 
 NETWORKS = ("mlp", "ddpm_unet", "adm_unet", "edm_songunet")
 CLOCKS = ("wall", "cpu")
+STATE_DTYPES = ("float32", "float64")
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[1] / "tests" / "manifests"
 DEFAULT_OUT = Path("results/perf.csv")
 DEFAULT_CELLS = Path(__file__).resolve().parents[1] / "workflows" / "config" / "default.yaml"
@@ -110,7 +112,7 @@ COLUMNS = (
     "run_id", "device", "device_name", "torch", "diffusers", "threads", "clock", "network", "shape", "batch",
     "loop", "sampler", "steps", "nfe", "ms_per_nfe", "overhead_pct", "ours_over_peer", "images_per_s",
     "peak_mem_mib", "mem_kind", "net_pct", "noise_pct", "arith_pct", "peer_max_rel_diff", "repeats", "warmup",
-    "noise_module", "speed", "note",
+    "noise_module", "state_dtype", "speed", "note",
 )
 
 
@@ -130,6 +132,7 @@ class PerfOptions:
     clock: str = "wall"
     seed: int = 0
     noise_module: str = "bench.noise"
+    state_dtype: str = "float32"
     manifests: Path = DEFAULT_MANIFESTS
     speed: SpeedOptions = field(default_factory=SpeedOptions)
     cells: Path | None = None
@@ -145,6 +148,8 @@ class PerfOptions:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
         if self.clock not in CLOCKS:
             raise ValueError(f"clock {self.clock!r} is not one of {list(CLOCKS)}")
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state dtype {self.state_dtype!r} is not one of {list(STATE_DTYPES)}")
         device = torch.device(self.device)
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r} must be cpu or cuda[:index]")
@@ -581,6 +586,7 @@ def run_perf(options: PerfOptions) -> list[PerfRow]:
         "repeats": options.repeats,
         "warmup": options.warmup,
         "noise_module": options.noise_module,
+        "state_dtype": options.state_dtype,
     }
     rows: list[PerfRow] = []
     try:
@@ -591,6 +597,7 @@ def run_perf(options: PerfOptions) -> list[PerfRow]:
                 batch, steps = options.batch or SIZES["mlp"][0], options.steps or SIZES["mlp"][1]
                 rows += measure_cells(options.cells, K=steps, batch=batch, repeats=options.repeats,
                                       warmup=options.warmup, clock=clock, seed=options.seed,
+                                      state_dtype=getattr(torch, options.state_dtype),
                                       context={**context, "speed": json.dumps({}), "noise_module": "bench.noise"})
     finally:
         torch.set_num_threads(threads)
@@ -605,7 +612,8 @@ def _measure_network(name, options, plans, schedule, clock, noise_cls, context) 
     context = {**context, "speed": json.dumps(speed, sort_keys=True)}
     base = {"network": name, "shape": "x".join(map(str, shape)), "batch": batch, "context": context}
     seeds = torch.arange(batch, dtype=torch.int64) + options.seed
-    x_T = noise_cls(seeds, shape, torch.float64, device).latent()
+    state_dtype = getattr(torch, options.state_dtype)
+    x_T = noise_cls(seeds, shape, state_dtype, device).latent()
     x32, t = x_T.to(torch.float32), torch.full((batch,), float(schedule.T // 2), device=device)
     peer_available = diffusers_version() != ""
 
@@ -617,7 +625,7 @@ def _measure_network(name, options, plans, schedule, clock, noise_cls, context) 
             continue
         grid = time_grid(plan.grid, schedule.T, steps)
         denoiser = DiscreteEpsDenoiser(net, schedule)
-        noise = noise_cls(seeds, shape, torch.float64, device)
+        noise = noise_cls(seeds, shape, state_dtype, device)
 
         def ours(denoiser=denoiser, noise=noise, plan=plan, grid=grid) -> torch.Tensor:
             return plan.fn(denoiser, x_T, grid, noise=noise, **plan.options)
@@ -790,6 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip diffusers' loops")
     p.add_argument("--noise-module", default="bench.noise", help="module providing NoiseSource")
+    p.add_argument("--state-dtype", choices=STATE_DTYPES, default="float32",
+                   help="dtype of the samplers' state and noise (the config's sampling.state_dtype)")
     p.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS, help="folder of the network manifests")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to append to")
     p.add_argument("--cells", type=Path, default=DEFAULT_CELLS,
@@ -828,6 +838,7 @@ def options_from_args(args: argparse.Namespace) -> PerfOptions:
         clock=args.clock,
         seed=args.seed,
         noise_module=args.noise_module,
+        state_dtype=args.state_dtype,
         manifests=args.manifests,
         speed=speed,
         cells=args.cells,

@@ -65,6 +65,7 @@ def measure_cells(
     warmup: int,
     clock,
     seed: int = 0,
+    state_dtype: torch.dtype = torch.float32,
     context: dict[str, Any],
 ) -> list:
     """One bench.perf.PerfRow per (model, sampler) of ``config``: K steps on ``batch`` samples."""
@@ -98,7 +99,7 @@ def measure_cells(
         view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
         fn = get_sampler(sampler["fn"])
         seeds = torch.arange(batch, dtype=torch.int64) + seed
-        noise = NoiseSource(seeds, shape, torch.float64, device)
+        noise = NoiseSource(seeds, shape, state_dtype, device)
         x_T = view.prior(noise, grid) if hasattr(view, "prior") else noise.latent()
         timed_noise = TimedNoise(noise, clock)
         totals, nets, noises = [], [], []

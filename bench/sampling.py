@@ -72,8 +72,9 @@ def generate(
     first_index: int = 0,
     device: torch.device | str = "cpu",
     gamma: torch.Tensor | None = None,
+    state_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples (float64 [N, *shape], on ``device``, the network's) for ``seeds``; returns (samples, realised grid).
+    """Samples ([N, *shape] in ``state_dtype``, on ``device``, the network's) for ``seeds``; returns (samples, grid).
 
     The realised grid of a level sampler is its levels in the order visited (descending sigmas).
 
@@ -85,7 +86,7 @@ def generate(
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
-        noise = NoiseSource(batch, shape, torch.float64, device)
+        noise = NoiseSource(batch, shape, state_dtype, device)
         x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent()
         try:
             x = fn(model, x_T, grid, noise=noise, **sampler.get("options", {}))
@@ -118,6 +119,7 @@ def sample_shard(
     shape: tuple[int, ...],
     max_level: int,
     batch_size: int,
+    state_dtype: torch.dtype = torch.float32,
     out_path: Path,
     context: str,
     family: str = "ddpm",
@@ -130,7 +132,7 @@ def sample_shard(
     Sampling runs on the network's device. ``clock`` (default: one started now on the CPU) gives the
     shard's device, wall_seconds and device_seconds. A cell whose samples are not finite gets a
     failure record instead (``error`` holds the message, no images), so no metric is ever computed
-    from it while the rest of the DAG goes on. ``gamma``: as in generate.
+    from it while the rest of the DAG goes on. ``gamma``, ``state_dtype``: as in generate.
     """
     clock = clock or StepClock(cpu_choice())
     denoiser = make_denoiser(family, net, schedule, shape, noise=noise)
@@ -141,7 +143,7 @@ def sample_shard(
         with torch.inference_mode():
             x, grid = generate(
                 denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start,
-                device=next(net.parameters()).device, gamma=gamma,
+                device=next(net.parameters()).device, gamma=gamma, state_dtype=state_dtype,
             )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)

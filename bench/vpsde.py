@@ -74,7 +74,7 @@ class VPSDE:
 class VPTimeScore:
     """The VP-SDE score grad log p_t(x) of an EDM-space denoiser D(x; sigma), for the VP SDE samplers.
 
-    ``denoiser`` follows bench.edm.SigmaDenoiser (float64 in and out, one scalar sigma per call);
+    ``denoiser`` follows bench.edm.SigmaDenoiser (x's dtype in and out, one scalar sigma per call);
     every time the sampler visits must map into its [sigma_min, sigma_max] (relative slack ``rtol``,
     for ranges the network stores in float32), else the call is refused. Calls and NFE go to it.
     """
@@ -107,7 +107,7 @@ class VPTimeScore:
         self.check_times(t)
         sigma = self.sde.sigma(t)
         s = self.sde.scale(t)
-        d = self.denoiser(x.to(torch.float64) / s, sigma).to(torch.float64)
+        d = self.denoiser(x / s, sigma).to(x.dtype)
         # 1 - s^2 = -expm1(-int beta), exact for small t.
         return (s * d - x) / (-torch.expm1(-self.sde.integral(t)))
 

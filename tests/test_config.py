@@ -53,7 +53,8 @@ CASES = [
     (("metrics", "fid"), {"extractor": "digits_cnn"}, r"config key 'metrics': Additional properties are not allowed \('fid' was unexpected\); allowed keys: \['fd_is', 'nll', 'ode_nll'\]"),
     (("samplers", "ddim_eta0", "fn"), "iddpm", r"experiments\[0\]\.samplers\[2\]': sampler 'ddim_eta0' \(iddpm\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'ddim', 'analytic_ddpm'"),
     (("datasets", "digits", "root"), "no/such/dir", r"datasets\.digits\.root': path 'no/such/dir' \(.*no/such/dir\) is not an existing directory; allowed: the directory that holds the 'digits' files"),
-    (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size'\]"),
+    (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size', 'state_dtype'\]"),
+    (("sampling", "state_dtype"), "float16", r"sampling\.state_dtype': value 'float16' is not allowed; allowed: \['float32', 'float64'\]"),
 ]
 
 

@@ -42,9 +42,11 @@ def run(sampler, den, K, grid_kind, **opts):
 
 def test_ddim_converges_to_the_mixture_as_K_grows(oracle):
     mix, den = oracle
-    errs = {K: moment_errors(run(ddim.sample, den, K, "uniform", eta=0.0), mix) for K in (5, 100)}
-    assert max(errs[100]) < 4.5, errs
-    assert max(errs[5]) > max(errs[100]), errs
+    # DDIM's discretisation bias shrinks with K (at K = 100 it is still about 4.8 standard errors in a
+    # covariance entry of this mixture; at K = 1000 about 2.4).
+    errs = {K: moment_errors(run(ddim.sample, den, K, "uniform", eta=0.0), mix) for K in (5, 100, 1000)}
+    assert max(errs[1000]) < 4.5, errs
+    assert max(errs[5]) > max(errs[100]) > max(errs[1000]), errs
 
 
 def test_ddim_with_eta_one_matches_the_mixture(oracle):

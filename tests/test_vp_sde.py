@@ -302,6 +302,7 @@ def test_sample_shard_runs_score_sde_samplers_on_edm_preconditioners(tmp_path, p
 
     from bench.edm import EDMSchedule
     from bench.nets.edm_networks import build_edm_network
+    from bench.perf_cells import redraw_zero_parameters
     from bench.sampling import sample_shard
 
     torch.manual_seed(0)
@@ -309,6 +310,9 @@ def test_sample_shard_runs_score_sde_samplers_on_edm_preconditioners(tmp_path, p
         class_name=precond, model_type="SongUNet", img_resolution=8, img_channels=3, model_channels=16,
         channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
     )).eval()
+    # SongUNet zero-initialises its output layers: with them the score is exactly 0 in float32 and the
+    # Langevin corrector's step (snr |z| / |score|)^2 is infinite, as in score-SDE's.
+    redraw_zero_parameters(net)
     out = sample_shard(
         net, EDMSchedule(0.002, 80.0), sampler, K, 0, 3, base_seed=0, shape=(3, 8, 8), max_level=255,
         batch_size=3, out_path=tmp_path / "shard.npz", context="test", family="edm",

@@ -41,10 +41,10 @@ def generalized_steps(
         pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0)
         if steps[k] == steps[k - 1]:
             continue  # DDIM's update at a_s = a_t returns x up to rounding: keep it exactly
-        # c_x0 x0 + c_eps eps (+ sigma z), left to right, into the first product's buffer.
-        x = torch.mul(pred.x0, c_x0[k - 1]).add_(torch.mul(pred.eps, c_eps[k - 1]))
+        # c_x0 x0 + c_eps eps (+ sigma z), left to right, in one fresh buffer.
+        x = torch.mul(pred.x0, c_x0[k - 1]).add_(pred.eps, alpha=c_eps[k - 1])
         if stochastic:
-            x = x.add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
+            x = x.add_(noise_at(k, steps[k - 1]), alpha=sigma[k - 1])
     return predict(denoiser, x, steps[0], abar[0], clip_x0=clip_x0).x0
 
 

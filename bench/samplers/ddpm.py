@@ -54,9 +54,9 @@ def ancestral_steps(
             # A repeated timestep (DDIM's quad grid): DDIM's ddpm_steps has beta_{t|s} = 0 there, so its
             # mean is x and its variance 0: one network call, x unchanged.
             continue
-        # c0 x0 + ct x + sigma z, summed left to right as written; x_t and z are overwritten (never x_T).
-        ct_x = torch.mul(x, ct[k - 1]) if x is x_T else x.mul_(ct[k - 1])
-        x = torch.mul(x0, c0[k - 1]).add_(ct_x).add_(noise_at(k, steps[k - 1]).mul_(sigma[k - 1]))
+        # c0 x0 + ct x + sigma z, summed left to right as written, in one fresh buffer (x0 may be an
+        # inference tensor of the denoiser's, which no in-place op may touch outside inference mode).
+        x = torch.mul(x0, c0[k - 1]).add_(x, alpha=ct[k - 1]).add_(noise_at(k, steps[k - 1]), alpha=sigma[k - 1])
     return predict_x0(denoiser, x, steps[0], clip_x0=clip_x0)
 
 

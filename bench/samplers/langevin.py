@@ -41,7 +41,7 @@ def sample(
     grid = check_level_grid(grid, len(score_fn.sigmas))
     sigmas = score_fn.sigmas[grid]
     sigma_L = sigmas[0]
-    x = x_T.to(torch.float64)
+    x = x_T
     for k in range(len(grid) - 1, -1, -1):
         alpha = eps * (sigmas[k] / sigma_L) ** 2
         for j in range(n_steps_each):

@@ -59,7 +59,7 @@ def sample(
         raise ValueError(f"corrector signal-to-noise ratio snr={snr!r} must be positive")
     grid = check_level_grid(grid, len(score_fn.sigmas))
     sigmas = score_fn.sigmas[grid]
-    x = x_T.to(torch.float64)
+    x = x_T
     x_mean = x
     for k in range(len(grid) - 1, -1, -1):
         sigma = sigmas[k]

@@ -34,7 +34,7 @@ def euler_maruyama(
     Noise: step k draws ``noise.normal(k)``. One network call per step: NFE = K.
     """
     times = _check_time_grid(grid)
-    x = x_T.to(torch.float64)
+    x = x_T
     x_mean = x
     for k in range(len(times) - 1):
         t = times[k]
@@ -89,7 +89,7 @@ def probability_flow(
     span = torch.stack([t0, eps]).to(x_T.device)
     # Pin the first step (torchdiffeq's automatic guess probes past the interval) and end a step at eps.
     options = {"first_step": 1e-2 * (t0 - eps), "step_t": span[1:]}
-    x = odeint(drift, x_T.to(torch.float64), span, rtol=rtol, atol=atol, method=method, options=options)[-1]
+    x = odeint(drift, x_T, span, rtol=rtol, atol=atol, method=method, options=options)[-1]
     if denoise:
         b = denoising_beta(score_fn.sde, len(times) - 1, float(eps))
         x = (2.0 - math.sqrt(1.0 - b)) * x + b * score_fn(x, eps)
