@@ -247,8 +247,9 @@ class DiscreteVPAsSigma:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = _scalar_sigma(sigma)
         n = int(self.step_of_sigma(sigma))
-        eps = self.denoiser(x / torch.sqrt(1 + sigma**2), n).eps
-        return x - sigma * eps
+        s = float(sigma)
+        eps = self.denoiser(torch.mul(x, 1.0 / math.sqrt(1.0 + s * s)), n).eps
+        return torch.add(x, eps, alpha=-s)
 
     def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
         """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""

@@ -19,10 +19,11 @@ from bench.noise import NoiseSource
 
 def euler(denoiser, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource) -> torch.Tensor:
     """x_{i+1} = x_i + (sigma_{i+1} - sigma_i) (x_i - D(x_i; sigma_i)) / sigma_i (EDM Alg. 1 without line 9): N NFE."""
-    sigmas = _check_grid(grid)
+    sigmas = _check_grid(grid).tolist()
     x = x_T
     for t_cur, t_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        x = x + (t_next - t_cur) * (x - denoiser(x, t_cur)) / t_cur
+        # The step's scalars in one Python float: two elementwise ops per step.
+        x = torch.add(x, torch.sub(x, denoiser(x, t_cur)), alpha=(t_next - t_cur) / t_cur)
     return x
 
 
@@ -52,22 +53,24 @@ def stochastic(
         raise ValueError(f"S_churn={S_churn!r} and S_noise={S_noise!r} must be non-negative")
     if not 0 <= S_tmin <= S_tmax:
         raise ValueError(f"churn range S_tmin={S_tmin!r}, S_tmax={S_tmax!r} must satisfy 0 <= S_tmin <= S_tmax")
-    sigmas = _check_grid(grid)
+    sigmas = _check_grid(grid).tolist()
     N = len(sigmas) - 1
     gamma = min(S_churn / N, math.sqrt(2) - 1)
     x = x_T
+    # Sigmas and step sizes are Python floats (float64), so each update is one elementwise op.
     for i in range(N):
         t_cur, t_next = sigmas[i], sigmas[i + 1]
         t_hat = t_cur
-        if gamma > 0 and S_tmin <= float(t_cur) <= S_tmax:
-            t_hat = denoiser.round_sigma(t_cur * (1 + gamma)).to(torch.float64).reshape(())
-            # clamp: rounding may land t_hat a hair below t_cur on a discrete grid
-            x = x + torch.sqrt((t_hat**2 - t_cur**2).clamp(min=0)) * S_noise * noise.normal(i)
-        d_cur = (x - denoiser(x, t_hat)) / t_hat
-        x_next = x + (t_next - t_hat) * d_cur
+        if gamma > 0 and S_tmin <= t_cur <= S_tmax:
+            t_hat = float(denoiser.round_sigma(torch.tensor(t_cur * (1 + gamma), dtype=torch.float64)))
+            # max: rounding may land t_hat a hair below t_cur on a discrete grid
+            x = torch.add(x, noise.normal(i), alpha=math.sqrt(max(t_hat**2 - t_cur**2, 0.0)) * S_noise)
+        h = t_next - t_hat
+        d_cur = torch.sub(x, denoiser(x, t_hat)).div_(t_hat)
+        x_next = torch.add(x, d_cur, alpha=h)
         if i < N - 1:
-            d_next = (x_next - denoiser(x_next, t_next)) / t_next
-            x_next = x + (t_next - t_hat) * 0.5 * (d_cur + d_next)
+            d_next = torch.sub(x_next, denoiser(x_next, t_next)).div_(t_next)
+            x_next = torch.add(x, d_cur.add_(d_next), alpha=0.5 * h)
         x = x_next
     return x
 

@@ -39,14 +39,14 @@ def sample(
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"Langevin step-size constant eps={eps!r} must be positive")
     grid = check_level_grid(grid, len(score_fn.sigmas))
-    sigmas = score_fn.sigmas[grid]
+    sigmas = score_fn.sigmas[grid].tolist()
     sigma_L = sigmas[0]
     x = x_T
     for k in range(len(grid) - 1, -1, -1):
         alpha = eps * (sigmas[k] / sigma_L) ** 2
         for j in range(n_steps_each):
             z = noise.normal(k * n_steps_each + j)
-            x = x + 0.5 * alpha * score_fn(x, sigmas[k]) + torch.sqrt(alpha) * z
+            x = torch.add(x, score_fn(x, sigmas[k]), alpha=0.5 * alpha).add_(z, alpha=math.sqrt(alpha))
     if denoise:
-        x = x + sigma_L**2 * score_fn(x, sigma_L)
+        x = torch.add(x, score_fn(x, sigma_L), alpha=sigma_L**2)
     return x

@@ -58,9 +58,10 @@ def sample(
     if not (math.isfinite(snr) and snr > 0):
         raise ValueError(f"corrector signal-to-noise ratio snr={snr!r} must be positive")
     grid = check_level_grid(grid, len(score_fn.sigmas))
-    sigmas = score_fn.sigmas[grid]
+    sigmas = score_fn.sigmas[grid].tolist()
     x = x_T
     x_mean = x
+    # Levels and state-independent step sizes are Python floats: each update is one or two elementwise ops.
     for k in range(len(grid) - 1, -1, -1):
         sigma = sigmas[k]
         for j in range(n_steps_each):
@@ -68,10 +69,11 @@ def sample(
             z = noise.normal(k, extra=j + 1)
             if corrector == "ald":
                 step = 2.0 * (snr * sigma) ** 2
+                x = torch.add(x, g, alpha=step).add_(z, alpha=math.sqrt(2.0 * step))
             else:
                 step = 2.0 * (snr * _per_sample_norm(z) / _per_sample_norm(g)) ** 2
-            x = x + step * g + torch.sqrt(2.0 * step) * z
+                x = torch.addcmul(x, step, g).addcmul_(torch.sqrt(2.0 * step), z)
         var = sigma**2 - (sigmas[k - 1] ** 2 if k > 0 else 0.0)
-        x_mean = x + var * score_fn(x, sigma)
-        x = x_mean + torch.sqrt(var) * noise.normal(k)
+        x_mean = torch.add(x, score_fn(x, sigma), alpha=var)
+        x = torch.add(x_mean, noise.normal(k), alpha=math.sqrt(var))
     return x_mean if denoise else x
