@@ -45,3 +45,22 @@ def test_large_seeds_differ_in_high_bits():
     s = torch.tensor([5, 5 + (1 << 32)])
     z = normal(s, 1, (8,))
     assert not torch.equal(z[0], z[1])
+
+
+def test_box_muller_pairs_are_independent_normals():
+    """Values p and m + p share one radius (both Box-Muller outputs): uncorrelated, and so are their squares."""
+    z = normal(torch.arange(20000), 5, (64,)).numpy()
+    a, b = z[:, :32].ravel(), z[:, 32:].ravel()
+    bound = 5 / np.sqrt(a.size)
+    assert abs(np.corrcoef(a, b)[0, 1]) < bound
+    assert abs(np.corrcoef(a**2, b**2)[0, 1]) < bound
+    assert abs((a**2 * b**2).mean() - 1) < 5 * np.sqrt(8 / a.size)  # E[z^2 w^2] = 1 for independent normals
+
+
+def test_float32_draws_are_the_float64_draws_rounded_through_float32_math():
+    seeds = torch.arange(300)
+    z64, z32 = normal(seeds, 2, (3, 7), torch.float64), normal(seeds, 2, (3, 7), torch.float32)
+    assert z32.dtype == torch.float32 and z32.shape == z64.shape == (300, 3, 7)
+    assert torch.allclose(z32.double(), z64, rtol=1e-5, atol=1e-5)
+    u64, u32 = uniform(seeds, 2, (5,), torch.float64), uniform(seeds, 2, (5,), torch.float32)
+    assert torch.equal(u32, u64.float())
