@@ -151,7 +151,10 @@ def _unit_gamma(
     """(g, g - a) for g ~ Gamma(a, 1), a = ``shape`` broadcast to the draws (Marsaglia-Tsang)."""
     _check_proposals(proposals)
     z0 = draws.normal(0)
-    a = torch.as_tensor(shape, dtype=torch.float64).expand_as(z0)
+    # a keeps its own shape (often one value per step) and broadcasts in the arithmetic, so its checks
+    # and d, c cost nothing per element; expand_as only checks that it broadcasts to the draws.
+    a = torch.as_tensor(shape, dtype=torch.float64)
+    a.expand_as(z0)
     if not torch.all(a > 0) or not torch.all(torch.isfinite(a)):
         raise ValueError(
             f"Gamma shape must be positive and finite, got values in "
@@ -160,18 +163,21 @@ def _unit_gamma(
     boosted = a < 1
     d = torch.where(boosted, a + 1, a) - 1.0 / 3.0
     c = 1.0 / torch.sqrt(9.0 * d)
-    v_minus_1 = torch.zeros_like(a)  # the z = 0 fallback
-    pending = torch.ones_like(a, dtype=torch.bool)
+    v_minus_1 = torch.zeros_like(z0)  # the z = 0 fallback
+    # The first proposal is tested everywhere; later ones only where none was accepted yet (a few
+    # percent of the elements), gathered by flat index: the same elementwise operations on the same
+    # values, so the draws are bitwise those of testing every element every time.
+    pending = None
     for j in range(proposals):
         z = z0 if j == 0 else draws.normal(j)
         u = draws.uniform(j)
-        cz = c * z
-        w = cz * (3.0 + cz * (3.0 + cz))  # v - 1 = (1 + cz)^3 - 1 without cancellation
-        valid = w > -1.0
-        log_ratio = 0.5 * z**2 + d * (torch.log1p(torch.where(valid, w, 0.0)) - w)
-        take = pending & valid & (torch.log(u) < log_ratio)
-        v_minus_1 = torch.where(take, w, v_minus_1)
-        pending = pending & ~take
+        if pending is None:
+            v_minus_1, pending = _proposal(z, u, c, d, v_minus_1)
+        else:
+            at = torch.nonzero(pending.flatten()).squeeze(1)
+            w_at, rejected = _proposal(*(t.broadcast_to(z.shape).reshape(-1)[at] for t in (z, u, c, d, v_minus_1)))
+            v_minus_1.view(-1)[at] = w_at
+            pending.view(-1)[at] = rejected
         if not pending.any():
             break
     g = d * (1.0 + v_minus_1)
@@ -181,6 +187,18 @@ def _unit_gamma(
         g = torch.where(boosted, g * boost, g)
         centred = torch.where(boosted, g - a, centred)
     return g, centred
+
+
+def _proposal(
+    z: torch.Tensor, u: torch.Tensor, c: torch.Tensor, d: torch.Tensor, v_minus_1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Marsaglia-Tsang proposal v = (1 + c z)^3: (v - 1 where accepted else ``v_minus_1``, rejected)."""
+    cz = c * z
+    w = cz * (3.0 + cz * (3.0 + cz))  # v - 1 = (1 + cz)^3 - 1 without cancellation
+    valid = w > -1.0
+    log_ratio = 0.5 * z**2 + d * (torch.log1p(torch.where(valid, w, 0.0)) - w)
+    take = valid & (torch.log(u) < log_ratio)
+    return torch.where(take, w, v_minus_1), ~take
 
 
 def centred_gamma(
