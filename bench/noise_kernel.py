@@ -35,7 +35,22 @@ _SIGNATURES = [
 ]
 
 
-@numba.njit(_SIGNATURES, nogil=True, boundscheck=False, cache=True)
+def _compiled(signatures: list[str]):
+    """numba.njit with on-disk caching where numba finds a writable cache location, else without."""
+
+    def compile_(fn):
+        try:
+            return numba.njit(signatures, nogil=True, boundscheck=False, cache=True)(fn)
+        except RuntimeError as err:
+            # A read-only install without a writable home (or NUMBA_CACHE_DIR): compile in every process.
+            if "cannot cache" not in str(err):
+                raise
+            return numba.njit(signatures, nogil=True, boundscheck=False)(fn)
+
+    return compile_
+
+
+@_compiled(_SIGNATURES)
 def uniform_blocks(seed_a, seed_b, stream_lo, stream_hi, scales, out):
     """out[d, i, p] = (bits_i(d m + p) + 0.5) * scales[d], rounded once to out's dtype; m = out.shape[2].
 

@@ -68,3 +68,31 @@ def test_noise_source_rejects_negative_steps_and_other_dtypes():
         src.uniform(2, extra=-3)
     with pytest.raises(ValueError, match=r"noise dtype torch.float16 is not one of torch.float32, torch.float64"):
         noise_fast.NoiseSource(torch.arange(3), (4,), torch.float16, "cpu")
+
+
+def test_the_kernel_compiles_without_a_writable_cache(monkeypatch):
+    """Where numba has no cache location (read-only install and home) the kernel compiles per process."""
+    import numba
+
+    from bench import noise_kernel
+
+    real = numba.njit
+
+    def njit(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function 'add_one': no locator available for file 'x.py'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(noise_kernel.numba, "njit", njit)
+
+    def add_one(x):
+        return x + 1
+
+    assert noise_kernel._compiled(["int64(int64)"])(add_one)(41) == 42
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("some other numba failure")
+
+    monkeypatch.setattr(noise_kernel.numba, "njit", broken)
+    with pytest.raises(RuntimeError, match="some other numba failure"):
+        noise_kernel._compiled(["int64(int64)"])(add_one)
