@@ -21,6 +21,7 @@ from bench.config import (
     ode_nll_models,
     read_yaml,
     shard_ranges,
+    state_dtype_name,
     validate_config,
 )
 from bench.grids import MOMENT_GRIDS

@@ -104,6 +104,7 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.config import DEFAULT_STATE_DTYPE
     from bench.grids import MOMENT_GRIDS
     from bench.models import load_model
     from bench.sampling import sample_shard
@@ -130,7 +131,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         shape=tuple(ckpt["data_shape"]),
         max_level=ckpt["max_level"],
         batch_size=spec["batch_size"],
-        state_dtype=getattr(torch, spec.get("state_dtype", "float32")),
+        state_dtype=getattr(torch, spec.get("state_dtype", DEFAULT_STATE_DTYPE)),
         out_path=Path(args.out),
         context=spec["context"],
         family=ckpt["config"]["family"],

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from bench.config import state_dtype_name
 from bench.io import atomic_json, atomic_text, load_json
 
 COLUMNS = (
@@ -211,6 +212,6 @@ def provenance(spec: dict, records: list[tuple[dict, dict[str, dict]]]) -> dict:
             f"{c['model']}/{c['sampler']}/K{c['K']}": c["computed_as"] for c in spec["cells"] if "computed_as" in c
         },
         **run_summary(records),
-        "sampling": {"state_dtype": "float32", **spec["sampling"]},  # the samplers' default made explicit
+        "sampling": {**spec["sampling"], "state_dtype": state_dtype_name(spec)},  # a default made explicit
         "metrics": spec["metrics"],
     }

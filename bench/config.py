@@ -32,6 +32,9 @@ METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
 CONTINUOUS_FAMILIES = ("ve", "edm")
 # The `sampler` of an ode_nll_bpd row in metrics.csv and in table specs: the PF-ODE solve itself.
 PF_ODE = "pf_ode"
+# The sampler state's dtypes (the schema's sampling.state_dtype) and the one a config without it gets.
+STATE_DTYPES = ("float32", "float64")
+DEFAULT_STATE_DTYPE = "float32"
 
 
 class ConfigError(ValueError):
@@ -471,6 +474,11 @@ def shard_ranges(cfg: dict) -> list[tuple[int, int]]:
     """[start, stop) sample indices of each shard; sample i always gets seed ``sampling.seed + i``."""
     n, size = cfg["sampling"]["n_samples"], cfg["sampling"]["shard_size"]
     return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def state_dtype_name(cfg: dict) -> str:
+    """The config's sampling.state_dtype, or the default when it names none."""
+    return cfg["sampling"].get("state_dtype", DEFAULT_STATE_DTYPE)
 
 
 def config_hash(cfg: dict) -> str:

@@ -93,7 +93,7 @@ class StepDraws:
     """
 
     def __init__(self, source: NoiseSource, step: int):
-        self.source = source if source.dtype == torch.float64 else source.with_dtype(torch.float64)
+        self.source = source.with_dtype(torch.float64)
         self.step = step
 
     def normal(self, j: int) -> torch.Tensor:

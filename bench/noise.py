@@ -36,6 +36,7 @@ _MASK32 = 0xFFFFFFFF
 _MULT_A = 0x7FEB352D
 _MULT_B = 0x846CA68B
 _LANE_MULT = 0x61C88647
+_STREAM_SALT = 0x68E31DA4
 _UNIT = 2.0**-32
 _TWO_PI_UNIT = 2.0 * math.pi * _UNIT  # exact: a power-of-two multiple of the double 2 pi
 _NORMAL_SCALES = (_UNIT, _TWO_PI_UNIT)  # Box-Muller's radius and angle blocks
@@ -86,7 +87,7 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
 def stream_keys(keys: torch.Tensor, stream: int) -> torch.Tensor:
     """The keys of (seed, stream) as int32 lanes [2, B] from the per-seed keys (bench.noise_kernel does the same)."""
     lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
-    k = keys ^ _lane_column(keys, lo, hi ^ 0x68E31DA4)
+    k = keys ^ _lane_column(keys, lo, hi ^ _STREAM_SALT)
     tmp = torch.empty_like(k)
     _hash32_(k, tmp)
     k ^= _lane_column(keys, hi, lo)
@@ -192,10 +193,15 @@ class NoiseSource:
         self._n = math.prod(self.shape)
         self._normal_blocks = _Blocks(self._keys, (self._n + 1) // 2, _NORMAL_SCALES, dtype)
         self._uniform_blocks: _Blocks | None = None
+        self._views: dict[torch.dtype, NoiseSource] = {}
 
     def with_dtype(self, dtype: torch.dtype) -> NoiseSource:
-        """The same draws (same seeds, streams and shape) in ``dtype``."""
-        return NoiseSource(self.seeds, self.shape, dtype, self.device)
+        """The same draws (same seeds, streams and shape) in ``dtype``: one source per dtype, made once."""
+        if dtype == self.dtype:
+            return self
+        if dtype not in self._views:
+            self._views[dtype] = NoiseSource(self.seeds, self.shape, dtype, self.device)
+        return self._views[dtype]
 
     def latent(self) -> torch.Tensor:
         return self._normal(0)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_MULT_A = np.uint32(0x7FEB352D)
-_MULT_B = np.uint32(0x846CA68B)
-_LANE_MULT = 0x61C88647
-_STREAM_SALT = 0x68E31DA4
+from bench import noise
+
+_MULT_A = np.uint32(noise._MULT_A)
+_MULT_B = np.uint32(noise._MULT_B)
+_LANE_MULT = noise._LANE_MULT
+_STREAM_SALT = noise._STREAM_SALT
 
 
 @numba.njit(inline="always")

@@ -67,6 +67,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.config import DEFAULT_STATE_DTYPE, STATE_DTYPES, read_yaml
 from bench.families import DiscreteEpsDenoiser
 from bench.grids import time_grid
 from bench.io import atomic_text
@@ -77,7 +78,6 @@ from bench.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, infere
 
 NETWORKS = ("mlp", "ddpm_unet", "adm_unet", "edm_songunet")
 CLOCKS = ("wall", "cpu")
-STATE_DTYPES = ("float32", "float64")
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[1] / "tests" / "manifests"
 DEFAULT_OUT = Path("results/perf.csv")
 DEFAULT_CELLS = Path(__file__).resolve().parents[1] / "workflows" / "config" / "default.yaml"
@@ -132,7 +132,7 @@ class PerfOptions:
     clock: str = "wall"
     seed: int = 0
     noise_module: str = "bench.noise"
-    state_dtype: str = "float32"
+    state_dtype: str = DEFAULT_STATE_DTYPE
     manifests: Path = DEFAULT_MANIFESTS
     speed: SpeedOptions = field(default_factory=SpeedOptions)
     cells: Path | None = None
@@ -244,7 +244,6 @@ def build_perf_network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "mlp":
-            from bench.config import read_yaml
             from bench.models import build_network
 
             # The embedded default's own network (models.mlp.network), whatever its size.
@@ -798,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip diffusers' loops")
     p.add_argument("--noise-module", default="bench.noise", help="module providing NoiseSource")
-    p.add_argument("--state-dtype", choices=STATE_DTYPES, default="float32",
+    p.add_argument("--state-dtype", choices=STATE_DTYPES, default=DEFAULT_STATE_DTYPE,
                    help="dtype of the samplers' state and noise (the config's sampling.state_dtype)")
     p.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS, help="folder of the network manifests")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to append to")

@@ -32,20 +32,18 @@ from bench.samplers.ddpm import NoiseAt, ancestral
 
 def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposals) -> NoiseAt:
     process = GammaProcess(denoiser.schedule, theta_0, k_convention)
-    wide = noise.with_dtype(torch.float64)  # StepDraws' dtype, made once rather than at every step
 
     def noise_at(k: int, s: int) -> torch.Tensor:
-        return process.normalised_noise(s, StepDraws(wide, k), proposals=proposals)
+        return process.normalised_noise(s, StepDraws(noise, k), proposals=proposals)
 
     return noise_at
 
 
 def _mixture_noise_at(noise: NoiseSource, phi2: float, p: float) -> NoiseAt:
     mixture_components(phi2, p)  # fail before the first network call
-    wide = noise.with_dtype(torch.float64)
 
     def noise_at(k: int, s: int) -> torch.Tensor:
-        return mixture_noise(StepDraws(wide, k), phi2=phi2, p=p)
+        return mixture_noise(StepDraws(noise, k), phi2=phi2, p=p)
 
     return noise_at
 

@@ -11,7 +11,7 @@ def sample_spec(w) -> str:
             "stop": stop,
             "seed": config["sampling"]["seed"],
             "batch_size": config["sampling"]["batch_size"],
-            "state_dtype": config["sampling"].get("state_dtype", "float32"),
+            "state_dtype": state_dtype_name(config),
             "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
         }
     )
