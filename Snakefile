@@ -20,6 +20,7 @@ from bench.config import (
     nll_grid_options,
     ode_nll_models,
     read_yaml,
+    sampling_speed,
     shard_ranges,
     state_dtype_name,
     validate_config,

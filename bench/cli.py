@@ -108,6 +108,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from bench.grids import MOMENT_GRIDS
     from bench.models import load_model
     from bench.sampling import sample_shard
+    from bench.speed import SpeedOptions, apply_speed_options
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
@@ -119,7 +120,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         gamma = _gamma(args.moments, net)
     if sampler.get("inputs", {}).get("gamma") == "moments":
         sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
-    net = net.to(clock.device)
+    net, speed = apply_speed_options(net.to(clock.device), SpeedOptions(**spec.get("speed", {})))
     sample_shard(
         net,
         schedule,
@@ -138,6 +139,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         clock=clock,
         noise=ckpt["config"].get("noise"),
         gamma=gamma,
+        speed=speed,
     )
 
 
@@ -176,7 +178,7 @@ def cmd_moments(args: argparse.Namespace) -> None:
 
 
 # What a complete sample shard holds besides its seeds (bench.sampling.sample_shard).
-SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_seconds", "device")
+SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_seconds", "device", "speed")
 
 
 def cmd_features(args: argparse.Namespace) -> None:
@@ -209,6 +211,7 @@ def cmd_features(args: argparse.Namespace) -> None:
         sample_device_seconds=float(shard["device_seconds"]),
         feature_device_seconds=timing["device_seconds"],
         devices=tuple(sorted({str(shard["device"]), timing["device"]})),
+        speeds=(str(shard["speed"]),),
     ).save(Path(args.out))
 
 
@@ -346,6 +349,8 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "metric_wall_seconds": metric_wall,
             "metric_device_seconds": metric_device,
             "devices": sorted(set(cell.devices) | {metric["device"]}),
+            # The speed options each shard's sampling job applied to the network (bench.speed records).
+            "speed": [json.loads(s) for s in cell.speeds],
         },
         Path(args.out),
     )

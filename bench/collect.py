@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -153,6 +154,12 @@ def _distinct(values) -> str:
     return "; ".join(sorted({str(v) for v in values})) or "none recorded"
 
 
+def _distinct_records(records) -> list[dict]:
+    """The distinct JSON objects among ``records``, in the order of their canonical JSON."""
+    unique = {json.dumps(r, sort_keys=True): r for r in records}
+    return [unique[key] for key in sorted(unique)]
+
+
 def run_summary(records: list[tuple[dict, dict[str, dict]]]) -> dict:
     """What the cells' records say about the whole run: devices, sample counts, metric backend, references."""
     fd = [(cell, r["fd_is"]) for cell, r in records if "fd_is" in r and r["fd_is"].get("status") != "failed"]
@@ -174,6 +181,7 @@ def run_summary(records: list[tuple[dict, dict[str, dict]]]) -> dict:
             "mode": _distinct(r.get("mode", "not recorded") for _, r in fd),
         },
         "reference_stats_sha256": {name: _distinct(hashes) for name, hashes in sorted(references.items())},
+        "speed": _distinct_records(record for _, r in fd for record in r.get("speed", []) if record is not None),
         "cells_wall_seconds": round(sum(r.get("wall_seconds", 0.0) for r in steps), 3),
         "cells_device_seconds": round(sum(r.get("device_seconds", 0.0) for r in steps), 3),
     }

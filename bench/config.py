@@ -25,6 +25,7 @@ from bench.grids import (
     has_repeats,
     time_grid,
 )
+from bench.speed import SpeedOptions
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
@@ -121,6 +122,7 @@ def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = Tru
     if errors:
         raise ConfigError(_schema_error_message(errors[0]))
     _check_references(cfg)
+    _check_sampling_speed(cfg)
     if check_paths:
         check_dataset_paths(cfg, root)
     _check_tables(cfg, root)
@@ -479,6 +481,18 @@ def shard_ranges(cfg: dict) -> list[tuple[int, int]]:
 def state_dtype_name(cfg: dict) -> str:
     """The config's sampling.state_dtype, or the default when it names none."""
     return cfg["sampling"].get("state_dtype", DEFAULT_STATE_DTYPE)
+
+
+def sampling_speed(cfg: dict) -> dict[str, Any]:
+    """The config's sampling.speed with every option present (bench.speed.SpeedOptions' defaults, all off)."""
+    return SpeedOptions(**cfg["sampling"].get("speed", {})).as_dict()
+
+
+def _check_sampling_speed(cfg: dict) -> None:
+    try:
+        sampling_speed(cfg)
+    except ValueError as err:  # a combination the schema cannot express (SpeedOptions.__post_init__)
+        raise ConfigError(f"config key 'sampling.speed': {err}") from None
 
 
 def config_hash(cfg: dict) -> str:

@@ -92,9 +92,13 @@ def make_denoiser(
         if data_shape is None:
             raise ValueError("the edm family's denoiser needs the data shape (channels, height, width)")
         from bench.nets.edm_precond import Preconditioner
+        from bench.speed import unwrap_network
 
         # An official EDM network (converted pickle) carries its own preconditioning; ours is a bare backbone.
-        return EDMNetworkDenoiser(net if isinstance(net, Preconditioner) else schedule.precond(net, tuple(data_shape)))
+        # Either may come wrapped by speed options (bench.speed), which keep its attributes.
+        if isinstance(unwrap_network(net), Preconditioner):
+            return EDMNetworkDenoiser(net)
+        return EDMNetworkDenoiser(schedule.precond(net, tuple(data_shape)))
     if family == "iddpm":
         from bench.iddpm import LearnedVarianceDenoiser
 

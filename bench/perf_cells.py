@@ -5,14 +5,16 @@ samplers as a run uses them: each trained model of the config (its network with 
 schedule and family denoiser: DDGM's noise law, EDM's preconditioning, iDDPM's learned variance, the
 VE score) with each sampler of its experiments, through the same view the DAG's sample step gives it
 (``bench.sampling.sampler_view``: the sigma conversion for EDM's samplers on a VP chain, the levels
-of Langevin and PC). A sample run is instrumented: the time inside network calls, inside noise
-draws, and the rest; the overhead is the rest over the network time of the same run, so it needs no
-separate bare-forward timing and is unaffected by a drifting machine load. Samplers that read the
-Analytic-DPM moments get a constant Gamma_n stand-in (their cost does not depend on its values).
+of Langevin and PC), with the config's sampling.speed options applied to the network. A sample run
+is instrumented: the time inside network calls, inside noise draws, and the rest; the overhead is
+the rest over the network time of the same run, so it needs no separate bare-forward timing and is
+unaffected by a drifting machine load. Samplers that read the Analytic-DPM moments get a constant
+Gamma_n stand-in (their cost does not depend on its values).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import cells, load_config
+from bench.config import cells, load_config, sampling_speed
 from bench.models import build_network, build_schedule, make_denoiser
 from bench.noise import NoiseSource
 from bench.plan import needs_moments
 from bench.samplers import get_sampler
 from bench.sampling import sampler_view
+from bench.speed import SpeedOptions, apply_speed_options
 
 # Gamma_n = E||eps_hat||^2 / d of a stand-in model: inside (0, 1), where Theorem 2's clipping keeps it.
 GAMMA_STAND_IN = 0.9
@@ -86,11 +89,12 @@ def measure_cells(
                 torch.manual_seed(seed)
                 net = build_network(model["network"], channels=shape[0], image_size=shape[1])
             net = redraw_zero_parameters(net).eval().requires_grad_(False).to(device)
+            net, speed = apply_speed_options(net, SpeedOptions(**sampling_speed(cfg)))
             schedule = build_schedule(model["schedule"])
             timed_net = TimedNetwork(net, clock)
             denoiser = make_denoiser(model["family"], timed_net, schedule, shape, noise=model.get("noise"))
-            built[model_name] = shape, schedule, timed_net, denoiser
-        shape, schedule, timed_net, denoiser = built[model_name]
+            built[model_name] = shape, schedule, timed_net, denoiser, json.dumps(speed, sort_keys=True)
+        shape, schedule, timed_net, denoiser, speed_json = built[model_name]
         gamma = (
             torch.full((schedule.T,), GAMMA_STAND_IN, dtype=torch.float64) if needs_moments(sampler) else None
         )
@@ -134,7 +138,7 @@ def measure_cells(
                 noise_pct=100.0 * noise_s / total,
                 arith_pct=100.0 * (total - net_s - noise_s) / total,
                 note=note,
-                context=context,
+                context={**context, "speed": speed_json},
             )
         )
     return rows

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,13 +128,16 @@ def sample_shard(
     clock: StepClock | None = None,
     noise: dict | None = None,
     gamma: torch.Tensor | None = None,
+    speed: dict[str, Any] | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
 
     Sampling runs on the network's device. ``clock`` (default: one started now on the CPU) gives the
     shard's device, wall_seconds and device_seconds. A cell whose samples are not finite gets a
     failure record instead (``error`` holds the message, no images), so no metric is ever computed
-    from it while the rest of the DAG goes on. ``gamma``, ``state_dtype``: as in generate.
+    from it while the rest of the DAG goes on. ``gamma``, ``state_dtype``: as in generate. ``speed``: the
+    record of the speed options applied to ``net`` (bench.speed.apply_speed_options), kept as JSON in
+    the shard (``null``: none recorded).
     """
     clock = clock or StepClock(cpu_choice())
     denoiser = make_denoiser(family, net, schedule, shape, noise=noise)
@@ -163,4 +168,5 @@ def sample_shard(
         device_clock=np.array(timing["device_clock"]),
         device=np.array(timing["device"]),
         device_detail=np.array(timing["device_detail"]),
+        speed=np.array(json.dumps(speed, sort_keys=True)),
     )

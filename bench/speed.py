@@ -13,7 +13,11 @@ What can change numbers, and by how much (tests/perf/test_speed.py checks these 
 - torch.compile and CUDA graphs run the same operations, up to kernel fusion (compile) that may
   reorder float sums.
 - keep_freed_memory (glibc's malloc keeps freed memory instead of returning it to the kernel)
-  changes no number, only page faults; it is process-wide and cannot be undone, so it is off too.
+  changes no number, only page faults; it is process-wide and cannot be undone, so SpeedOptions
+  leaves it off (the shipped configs turn it on for their sampling jobs, one process each).
+
+The DAG's sampling jobs apply a config's ``sampling.speed`` (bench.config.sampling_speed) and keep
+the record in each shard; ``python -m bench perf`` takes the options as flags.
 """
 
 from __future__ import annotations
@@ -75,12 +79,39 @@ def network_device(net: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-class ChannelsLastInput(nn.Module):
-    """Feeds 4-D inputs to ``net`` in channels_last memory format (same values, other strides)."""
+class NetworkWrapper(nn.Module):
+    """A speed option's wrapper around ``net``: attributes it lacks are the wrapped network's.
+
+    The families' adapters read attributes of the network they are given (EDM's sigma_min and
+    sigma_data, NCSN's sigmas), so a wrapped network must still answer for them.
+    """
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "net":  # not set yet (inside __init__): no wrapped network to ask
+                raise
+            return getattr(self.net, name)
+
+
+def unwrap_network(net: nn.Module) -> nn.Module:
+    """The network inside every speed-option wrapper and torch.compile module around ``net``."""
+    while True:
+        if isinstance(net, NetworkWrapper):
+            net = net.net
+        elif isinstance(getattr(net, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            net = net._orig_mod
+        else:
+            return net
+
+
+class ChannelsLastInput(NetworkWrapper):
+    """Feeds 4-D inputs to ``net`` in channels_last memory format (same values, other strides)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if x.ndim == 4:
@@ -88,12 +119,11 @@ class ChannelsLastInput(nn.Module):
         return self.net(x, *args, **kwargs)
 
 
-class AutocastNetwork(nn.Module):
+class AutocastNetwork(NetworkWrapper):
     """Runs ``net`` under torch.autocast and returns float32, as the plain network would."""
 
     def __init__(self, net: nn.Module, dtype: torch.dtype, device_type: str):
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.dtype = dtype
         self.device_type = device_type
 
@@ -104,7 +134,7 @@ class AutocastNetwork(nn.Module):
         return out.float()
 
 
-class CUDAGraphNetwork(nn.Module):
+class CUDAGraphNetwork(NetworkWrapper):
     """Replays one CUDA graph per input shape, captured on first use (fixed-shape sampling loops).
 
     Inputs are copied into static buffers, the graph is replayed, and its output is cloned, so
@@ -112,8 +142,7 @@ class CUDAGraphNetwork(nn.Module):
     """
 
     def __init__(self, net: nn.Module, warmup: int = 3):
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.warmup = warmup
         self._graphs: dict[tuple, tuple] = {}
 

@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import ConfigError, cells, load_config, read_yaml, shard_ranges, validate_config
+from bench.config import (
+    ConfigError,
+    _schema,
+    cells,
+    load_config,
+    read_yaml,
+    sampling_speed,
+    shard_ranges,
+    validate_config,
+)
+from bench.speed import AUTOCAST_DTYPES, COMPILE_MODES, SpeedOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +63,12 @@ CASES = [
     (("metrics", "fid"), {"extractor": "digits_cnn"}, r"config key 'metrics': Additional properties are not allowed \('fid' was unexpected\); allowed keys: \['fd_is', 'nll', 'ode_nll'\]"),
     (("samplers", "ddim_eta0", "fn"), "iddpm", r"experiments\[0\]\.samplers\[2\]': sampler 'ddim_eta0' \(iddpm\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'ddim', 'analytic_ddpm'"),
     (("datasets", "digits", "root"), "no/such/dir", r"datasets\.digits\.root': path 'no/such/dir' \(.*no/such/dir\) is not an existing directory; allowed: the directory that holds the 'digits' files"),
-    (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size', 'state_dtype'\]"),
+    (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size', 'speed', 'state_dtype'\]"),
     (("sampling", "state_dtype"), "float16", r"sampling\.state_dtype': value 'float16' is not allowed; allowed: \['float32', 'float64'\]"),
+    (("sampling", "speed", "autocast"), "fp8", r"sampling\.speed\.autocast': value 'fp8' is not allowed; allowed: \[None, 'bf16', 'fp16'\]"),
+    (("sampling", "speed", "compile_mode"), "fast", r"sampling\.speed\.compile_mode': value 'fast' is not allowed; allowed: \[None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'\]"),
+    (("sampling", "speed", "tf32"), "yes", r"sampling\.speed\.tf32': value 'yes' is not of type boolean"),
+    (("sampling", "speed", "fuse"), True, r"sampling\.speed': Additional properties are not allowed \('fuse' was unexpected\)"),
 ]
 
 
@@ -262,3 +276,28 @@ def test_ode_nll_models_narrow_the_pf_ode_likelihoods(cfg):
         validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["mlp"]), root=ROOT)
     with pytest.raises(ConfigError, match=re.escape("'metrics.ode_nll.models[0]': unknown model 'unet'")):
         validate_config(mutate(cfg, ("metrics", "ode_nll", "models"), ["unet"]), root=ROOT)
+
+
+def test_speed_options_the_schema_cannot_combine_name_the_key(cfg):
+    bad = mutate(cfg, ("sampling", "speed"), {"cuda_graphs": True, "compile_mode": "reduce-overhead"})
+    with pytest.raises(ConfigError, match=r"config key 'sampling\.speed': cuda_graphs=True with compile mode "
+                                          r"'reduce-overhead': that mode already captures CUDA graphs"):
+        validate_config(bad, root=ROOT)
+
+
+def test_sampling_speed_fills_every_option_and_defaults_to_all_off(cfg):
+    assert sampling_speed(cfg) == {
+        "channels_last": False, "tf32": False, "compile_mode": None, "cuda_graphs": False, "autocast": None,
+        "keep_freed_memory": True,
+    }
+    plain = copy.deepcopy(cfg)
+    del plain["sampling"]["speed"]
+    assert sampling_speed(plain) == SpeedOptions().as_dict()
+    assert not any(SpeedOptions().as_dict().values())
+
+
+def test_speed_schema_enums_are_the_codes_choices():
+    options = _schema()["properties"]["sampling"]["properties"]["speed"]["properties"]
+    assert options["compile_mode"]["enum"] == [None, *COMPILE_MODES]
+    assert options["autocast"]["enum"] == [None, *sorted(AUTOCAST_DTYPES)]
+    assert set(options) == set(SpeedOptions().as_dict())

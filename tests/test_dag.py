@@ -2,6 +2,7 @@
 
 import csv
 import json
+import platform
 import re
 
 import jsonschema
@@ -139,3 +140,29 @@ def test_tiny_run_stage_times_sum_the_job_benchmarks(tiny_run):
     assert "dpm-bench stage times" in log and f"total    {sum(n_outputs.values()):>5}" in log
     html = (tiny_run / "reports/index.html").read_text()
     assert 'id="stage-times"' in html and "<td>sample</td><td>" + str(n_outputs["sample"]) + "</td>" in html
+
+
+def test_tiny_run_records_the_speed_options_its_sampling_jobs_applied(tiny_run):
+    # tiny.yaml asks for keep_freed_memory and channels_last; every other option is off.
+    results = tiny_run / "results"
+    records = []
+    for model, sampler in (("mlp", "ddim_eta0"), ("edm", "edm_heun"), ("ncsn", "pc")):
+        for shard in sorted((results / f"samples/digits/{model}/{sampler}/K5").glob("shard*.npz")):
+            records.append(json.loads(str(np.load(shard)["speed"])))
+        fd_is = json.loads((results / f"cells/digits/{model}/{sampler}/K5/fd_is.json").read_text())
+        assert fd_is["speed"] == [records[-1]]
+    record = records[0]
+    assert all(r == record for r in records)
+    assert record["channels_last"] == {
+        "enabled": True, "weights_4d": 0, "note": "the network has no 4-D weights: channels_last changes nothing"
+    }
+    assert record["keep_freed_memory"]["enabled"] == (platform.libc_ver()[0] == "glibc")
+    assert {name: record[name]["enabled"] for name in ("tf32", "autocast", "compile", "cuda_graphs")} == {
+        "tf32": False, "autocast": False, "compile": False, "cuda_graphs": False
+    }
+    provenance = json.loads((results / "provenance.json").read_text())
+    assert provenance["speed"] == [record]
+    assert provenance["sampling"]["speed"] == {"keep_freed_memory": True, "channels_last": True}
+    index = (tiny_run / "reports/index.html").read_text()
+    # The shards keep their record as canonical JSON (sorted keys), so the index lists the options in that order.
+    assert "Speed options of sampling</th><td class=\"name\">channels_last, keep_freed_memory" in index

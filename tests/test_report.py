@@ -122,6 +122,25 @@ PROVENANCE = {
     "reference_stats_sha256": {"digits/train": REF_SHA},
     "seeds": {"sampling": 0, "train mlp": 1},
     "sample_counts": {"fd_is": "2000", "nll": "360"},
+    # Two records, as two kinds of device make (bench.speed.apply_speed_options).
+    "speed": [
+        {
+            "tf32": {"enabled": False, "note": "TF32 only affects float32 matmuls/convolutions on CUDA; no effect on cpu"},
+            "keep_freed_memory": {"enabled": True, "libc": "glibc 2.36"},
+            "channels_last": {"enabled": False},
+            "autocast": {"enabled": False},
+            "compile": {"enabled": False},
+            "cuda_graphs": {"enabled": False, "requested": True, "skipped": "CUDA graphs need CUDA; the network is on cpu"},
+        },
+        {
+            "tf32": {"enabled": True},
+            "keep_freed_memory": {"enabled": False},
+            "channels_last": {"enabled": False},
+            "autocast": {"enabled": True, "dtype": "bfloat16", "device_type": "cuda"},
+            "compile": {"enabled": True, "mode": "max-autotune-no-cudagraphs", "backend": "inductor"},
+            "cuda_graphs": {"enabled": True, "capture": "on first call per input shape"},
+        },
+    ],
     "replicate_seeds": [0, 1, 2],
     "created": "2026-11-21T12:00:00Z",
     "source_page": "https://example.org/not-a-link",
@@ -469,6 +488,8 @@ def test_index_shows_the_run_at_a_glance(report: Path) -> None:
         "Config hash": "sha256:feedbeef",
         "Packages": "torch: 2.13.0; numpy: 2.4.6",
         "Devices": "cpu; cuda:0 (NVIDIA H100 80GB HBM3), device_clock gpu_held_wall; process_cpu",
+        "Speed options of sampling": "keep_freed_memory, cuda_graphs skipped (CUDA graphs need CUDA; the network is "
+        "on cpu); tf32, autocast (bfloat16), compile (max-autotune-no-cudagraphs), cuda_graphs",
         "Seeds": "sampling: 0; train mlp: 1",
         "Sample counts": "fd_is: 2000; nll: 360",
         "Metric backend and mode": "fd_is: torch-fidelity 0.3.0; mode: levels-no-resize",
@@ -481,6 +502,10 @@ def test_run_summary_names_what_a_run_did_not_record() -> None:
     rows = dict(run_summary({"git_commit": "abc", "git_dirty": False}))
     assert rows["Code"] == "abc, clean"
     assert rows["Devices"] == rows["Reference statistics sha256"] == "not recorded"
+    assert rows["Speed options of sampling"] == "not recorded"
+    assert dict(run_summary({"speed": []}))["Speed options of sampling"] == "not recorded"
+    plain = {name: {"enabled": False} for name in ("tf32", "keep_freed_memory", "channels_last")}
+    assert dict(run_summary({"speed": [plain]}))["Speed options of sampling"] == "none"
 
 
 def test_cell_provenance_table_lists_every_cell_from_the_csv(report: Path) -> None:

@@ -17,6 +17,7 @@ from bench.models import build_network, build_schedule, make_denoiser, save_mode
 from bench.ncsn import ScoreAsSigmaDenoiser, VENetworkScore, VESchedule
 from bench.noise import NoiseSource
 from bench.sampling import generate, sampler_view
+from bench.speed import SpeedOptions, apply_speed_options, unwrap_network
 from bench.training import TrainConfig, train_eps_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +169,37 @@ def test_ode_nll_step_writes_a_record_that_matches_the_schema(family, tmp_path):
     assert record["offset_bits"] == pytest.approx(math.log2(17 / 2))
     assert (record["sigma_min"], record["sigma_max"]) == (model_cfg["schedule"]["sigma_min"], 10.0)
     assert record["dequantization"] == "uniform" and math.isfinite(record["bpd"])
+
+
+@pytest.mark.parametrize("family,sampler,official", [("ve", PC, False), ("edm", HEUN, False), ("edm", HEUN, True)])
+def test_families_sample_the_same_through_speed_option_wrappers(family, sampler, official):
+    # The adapters read the network's attributes (NCSN's levels, EDM's sigma range) and EDM's tells an
+    # official preconditioned network from a bare backbone: through the wrappers, as without them.
+    schedule = build_schedule(VE if family == "ve" else EDM)
+    net = mlp(head_std=0.05).eval()
+    if official:  # an EDMPrecond, as a converted official pickle gives
+        net = schedule.precond(net, SHAPE)
+    # channels_last on 1-channel images keeps every stride that matters: the same values, bit for bit.
+    wrapped, record = apply_speed_options(net, SpeedOptions(channels_last=True, autocast="bf16"))
+    assert record["channels_last"]["enabled"] and record["autocast"]["enabled"]
+    assert unwrap_network(wrapped) is net
+    plain, _ = apply_speed_options(net, SpeedOptions())
+    seeds = torch.arange(5)
+    with torch.inference_mode():
+        want, _ = generate(make_denoiser(family, plain, schedule, SHAPE), sampler, 4, seeds, SHAPE, batch_size=5)
+        autocast_only, _ = apply_speed_options(net, SpeedOptions(autocast="bf16"))
+        bf16, _ = generate(make_denoiser(family, autocast_only, schedule, SHAPE), sampler, 4, seeds, SHAPE, batch_size=5)
+        got, _ = generate(make_denoiser(family, wrapped, schedule, SHAPE), sampler, 4, seeds, SHAPE, batch_size=5)
+    assert torch.equal(got, bf16)
+    # Preconditioning twice (or not at all) would move the samples by far more than bf16 matmuls do.
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.abs().max()))
+
+
+def test_speed_wrappers_answer_for_the_wrapped_networks_attributes():
+    net = mlp()
+    wrapped, _ = apply_speed_options(net, SpeedOptions(channels_last=True, autocast="bf16"))
+    assert wrapped.emb_dim == net.emb_dim and wrapped.out is net.out
+    assert sum(p.numel() for p in wrapped.parameters()) == sum(p.numel() for p in net.parameters())
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        _ = wrapped.no_such_attribute
+    assert unwrap_network(torch.compile(wrapped)) is net  # compiles lazily: building it costs nothing

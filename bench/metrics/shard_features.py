@@ -58,6 +58,7 @@ class ShardFeatures:
     sample_device_seconds: float
     feature_device_seconds: float
     devices: tuple[str, ...]
+    speeds: tuple[str, ...]  # distinct JSON records of the speed options the shards' sampling applied
 
     def save(self, path: Path) -> Path:
         """Write one .npz atomically (FeatureStats arrays plus IS inputs and shard metadata)."""
@@ -79,6 +80,7 @@ class ShardFeatures:
             sample_device_seconds=np.array(self.sample_device_seconds),
             feature_device_seconds=np.array(self.feature_device_seconds),
             devices=np.array(self.devices),
+            speeds=np.array(self.speeds),
         )
 
     @classmethod
@@ -103,6 +105,7 @@ class ShardFeatures:
             "sample_device_seconds",
             "feature_device_seconds",
             "devices",
+            "speeds",
         )
         missing = [k for k in keys if k not in data]
         if missing:
@@ -125,6 +128,7 @@ class ShardFeatures:
             sample_device_seconds=float(data["sample_device_seconds"]),
             feature_device_seconds=float(data["feature_device_seconds"]),
             devices=tuple(str(d) for d in data["devices"]),
+            speeds=tuple(str(d) for d in data["speeds"]),
         )
 
 
@@ -164,4 +168,5 @@ def merge_shards(shards: list[ShardFeatures]) -> ShardFeatures:
         sample_device_seconds=sum(s.sample_device_seconds for s in shards),
         feature_device_seconds=sum(s.feature_device_seconds for s in shards),
         devices=tuple(sorted({d for s in shards for d in s.devices})),
+        speeds=tuple(sorted({r for s in shards for r in s.speeds})),
     )

@@ -24,6 +24,7 @@ SUMMARY_ROWS = (
     ("Config hash", ("config_hash",)),
     ("Packages", ("packages",)),
     ("Devices", ("device", "device_clock")),
+    ("Speed options of sampling", ("speed",)),
     ("Seeds", ("seeds",)),
     ("Sample counts", ("sample_counts",)),
     ("Metric backend and mode", ("metric_backend",)),
@@ -100,6 +101,19 @@ def summary_text(value: Any) -> str:
     return _scalar(value)
 
 
+def speed_text(record: Mapping[str, Any]) -> str:
+    """A speed-options record (bench.speed) in one line: the options enabled, with their mode or dtype,
+    and those asked for but skipped, with why; 'none' when the network ran as it is."""
+    parts = []
+    for name, entry in record.items():
+        if entry.get("enabled"):
+            detail = entry.get("mode") or entry.get("dtype")
+            parts.append(f"{name} ({detail})" if detail else name)
+        elif entry.get("skipped"):
+            parts.append(f"{name} skipped ({entry['skipped']})")
+    return ", ".join(parts) or "none"
+
+
 def run_summary(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, text) rows of the index's run-at-a-glance table; absent keys read 'not recorded'."""
     rows = []
@@ -111,6 +125,8 @@ def run_summary(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
             value = provenance[key]
             if key == "git_dirty":
                 parts.append({True: "dirty (uncommitted changes)", False: "clean"}.get(value, f"dirty: {value}"))
+            elif key == "speed":
+                parts.append("; ".join(speed_text(record) for record in value) or NOT_RECORDED)
             elif key in ("device_clock", "cells_wall_seconds", "cells_device_seconds"):
                 parts.append(f"{key} {summary_text(value)}")
             else:

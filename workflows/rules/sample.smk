@@ -12,6 +12,7 @@ def sample_spec(w) -> str:
             "seed": config["sampling"]["seed"],
             "batch_size": config["sampling"]["batch_size"],
             "state_dtype": state_dtype_name(config),
+            "speed": sampling_speed(config),
             "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
         }
     )
