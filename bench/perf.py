@@ -37,6 +37,12 @@ Columns of results/perf.csv (rows are appended; the rows of one run share run_id
   noise_pct         ... share of NoiseSource draws
   arith_pct         ... the rest: the sampler's and the denoiser's tensor arithmetic, Python
   peer_max_rel_diff max |x0_ours - x0_peer| / max |x0_peer| for deterministic samplers (DDIM, eta=0)
+  gflop_per_nfe     network FLOPs per call, torch's count (bench.network_flops: 2 per multiply-add of
+                    matmuls, convolutions, attention)
+  tflops            gflop_per_nfe / ms_per_nfe: the rate at which the row turns network FLOPs
+  precision         number format of the network's products: fp32 | tf32 | bf16 | fp16
+  peak_tflops       the GPU's dense peak in that format (bench/gpu_peaks.yaml; '' on a CPU or unknown GPU)
+  peak_pct          100 tflops / peak_tflops
   repeats, warmup   timed runs per median, untimed runs before them
   noise_module      module whose NoiseSource our samplers drew from
   state_dtype       dtype of our samplers' state and noise (the config's sampling.state_dtype)
@@ -71,10 +77,11 @@ from bench.config import DEFAULT_STATE_DTYPE, STATE_DTYPES, read_yaml
 from bench.families import DiscreteEpsDenoiser
 from bench.grids import time_grid
 from bench.io import atomic_text
+from bench.network_flops import count_flops, gpu_peak, matmul_precision, peak_tflops
 from bench.perf_cells import measure_cells, redraw_zero_parameters
 from bench.samplers import SAMPLERS
 from bench.schedules import DiscreteSchedule
-from bench.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, inference_context
+from bench.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, inference_context, unwrap_network
 
 NETWORKS = ("mlp", "ddpm_unet", "adm_unet", "edm_songunet")
 CLOCKS = ("wall", "cpu")
@@ -111,8 +118,9 @@ DEFAULT_GRID = "uniform"
 COLUMNS = (
     "run_id", "device", "device_name", "torch", "diffusers", "threads", "clock", "network", "shape", "batch",
     "loop", "sampler", "steps", "nfe", "ms_per_nfe", "overhead_pct", "ours_over_peer", "images_per_s",
-    "peak_mem_mib", "mem_kind", "net_pct", "noise_pct", "arith_pct", "peer_max_rel_diff", "repeats", "warmup",
-    "noise_module", "state_dtype", "speed", "note",
+    "peak_mem_mib", "mem_kind", "net_pct", "noise_pct", "arith_pct", "peer_max_rel_diff", "gflop_per_nfe",
+    "tflops", "precision", "peak_tflops", "peak_pct", "repeats", "warmup", "noise_module", "state_dtype", "speed",
+    "note",
 )
 
 
@@ -187,8 +195,20 @@ class PerfRow:
     noise_pct: float | None = None
     arith_pct: float | None = None
     peer_max_rel_diff: float | None = None
+    gflop_per_nfe: float | None = None
+    tflops: float | None = None
+    peak_tflops: float | None = None
+    peak_pct: float | None = None
     note: str = ""
     context: dict[str, Any] = field(default_factory=dict)
+
+    def set_throughput(self, flop_per_nfe: int, peak: float | None) -> None:
+        """The network FLOPs per NFE, the rate at which this row turns them (TFLOP/s) and its share of ``peak``."""
+        self.gflop_per_nfe = flop_per_nfe / 1e9
+        if self.ms_per_nfe:
+            self.tflops = flop_per_nfe / (self.ms_per_nfe * 1e-3) / 1e12
+            if peak:
+                self.peak_tflops, self.peak_pct = peak, 100.0 * self.tflops / peak
 
     def as_record(self) -> dict[str, str]:
         """The CSV row: the run context, then this row's values; None is written as ''."""
@@ -586,6 +606,7 @@ def run_perf(options: PerfOptions) -> list[PerfRow]:
         "warmup": options.warmup,
         "noise_module": options.noise_module,
         "state_dtype": options.state_dtype,
+        "precision": matmul_precision(device, options.speed),
     }
     rows: list[PerfRow] = []
     try:
@@ -615,6 +636,9 @@ def _measure_network(name, options, plans, schedule, clock, noise_cls, context) 
     x_T = noise_cls(seeds, shape, state_dtype, device).latent()
     x32, t = x_T.to(torch.float32), torch.full((batch,), float(schedule.T // 2), device=device)
     peer_available = diffusers_version() != ""
+    # Counted on the network inside the speed options' wrappers: they change how, not what, it computes.
+    flop_per_nfe = count_flops(unwrap_network(net), x32, t)
+    peak = peak_tflops(context["device_name"], context["precision"]) if device.type == "cuda" else None
 
     tasks: dict[str, Callable[[], Any]] = {"network": lambda: net(x32, t)}
     counts: dict[str, Callable[[], int]] = {}
@@ -671,6 +695,8 @@ def _measure_network(name, options, plans, schedule, clock, noise_cls, context) 
             ref = theirs().to(torch.float64)
             peer_row.peer_max_rel_diff = float((ours() - ref).abs().max() / ref.abs().max())
         rows.append(peer_row)
+    for row in rows:
+        row.set_throughput(flop_per_nfe, peak)
     return rows
 
 
@@ -718,7 +744,7 @@ def format_table(rows: list[PerfRow]) -> str:
     """The rows as an aligned text table, one line per row, a legend line last."""
     header = (
         "network", "batch", "loop", "sampler", "nfe", "ms/NFE", "overhead%", "ours/peer", "img/s", "peakMiB",
-        "net%", "noise%", "arith%", "peer_diff", "note",
+        "net%", "noise%", "arith%", "peer_diff", "TFLOP/s", "%peak", "note",
     )
     lines = [header]
     for r in rows:
@@ -727,11 +753,12 @@ def format_table(rows: list[PerfRow]) -> str:
                 r.network, str(r.batch), r.loop, r.sampler, _fmt(r.nfe), _fmt(r.ms_per_nfe, ".3g"),
                 _fmt(r.overhead_pct, "+.1f"), _fmt(r.ours_over_peer, ".2f"), _fmt(r.images_per_s, ".4g"),
                 _fmt(r.peak_mem_mib, ".1f"), _fmt(r.net_pct, ".1f"), _fmt(r.noise_pct, ".1f"),
-                _fmt(r.arith_pct, ".1f"), _fmt(r.peer_max_rel_diff, ".1e"), r.note,
+                _fmt(r.arith_pct, ".1f"), _fmt(r.peer_max_rel_diff, ".1e"), _fmt(r.tflops, ".3g"),
+                _fmt(r.peak_pct, ".1f"), r.note,
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    numeric = {1, *range(4, 14)}
+    numeric = {1, *range(4, 16)}
     text = [
         "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
         for line in lines
@@ -740,9 +767,20 @@ def format_table(rows: list[PerfRow]) -> str:
     text.append(
         f"{ctx.get('device_name', '')}; torch {ctx.get('torch', '')}, diffusers {ctx.get('diffusers') or '-'}; "
         f"{ctx.get('threads', '')} thread(s); {ctx.get('clock', '')} clock; medians of {ctx.get('repeats', '')} "
-        f"after {ctx.get('warmup', '')} warm-up; noise from {ctx.get('noise_module', '')}"
+        f"after {ctx.get('warmup', '')} warm-up; noise from {ctx.get('noise_module', '')}; "
+        f"{ctx.get('precision', '')} products, %peak of {_peak_label(ctx.get('device_name', ''), ctx.get('device'))}"
     )
     return "\n".join(line.rstrip() for line in text)
+
+
+def _peak_label(device_name: str, device: str | None) -> str:
+    """Which peak the %peak column divides by, or why it is empty."""
+    if device != "cuda":
+        return "none (a CPU has no entry in gpu_peaks.yaml)"
+    peak = gpu_peak(device_name)
+    if peak is None:
+        return f"none ({device_name!r} is not in gpu_peaks.yaml)"
+    return f"the {peak.name} datasheet ({peak.source})"
 
 
 def append_csv(rows: list[PerfRow], path: Path) -> Path:

@@ -24,6 +24,7 @@ from torch import nn
 
 from bench.config import cells, load_config, sampling_speed
 from bench.models import build_network, build_schedule, make_denoiser
+from bench.network_flops import count_flops, matmul_precision, peak_tflops
 from bench.noise import NoiseSource
 from bench.plan import needs_moments
 from bench.samplers import get_sampler
@@ -77,6 +78,9 @@ def measure_cells(
 
     cfg = load_config(config, check_paths=False) if not isinstance(config, dict) else config
     device = clock.device
+    options = SpeedOptions(**sampling_speed(cfg))
+    precision = matmul_precision(device, options)
+    peak = peak_tflops(context["device_name"], precision) if device.type == "cuda" else None
     rows = []
     # One network and denoiser per model, shared by its samplers (each run counts its own NFE and seconds).
     built: dict[str, tuple] = {}
@@ -89,12 +93,13 @@ def measure_cells(
                 torch.manual_seed(seed)
                 net = build_network(model["network"], channels=shape[0], image_size=shape[1])
             net = redraw_zero_parameters(net).eval().requires_grad_(False).to(device)
-            net, speed = apply_speed_options(net, SpeedOptions(**sampling_speed(cfg)))
             schedule = build_schedule(model["schedule"])
+            plain = make_denoiser(model["family"], net, schedule, shape, noise=model.get("noise"))
+            net, speed = apply_speed_options(net, options)
             timed_net = TimedNetwork(net, clock)
             denoiser = make_denoiser(model["family"], timed_net, schedule, shape, noise=model.get("noise"))
-            built[model_name] = shape, schedule, timed_net, denoiser, json.dumps(speed, sort_keys=True)
-        shape, schedule, timed_net, denoiser, speed_json = built[model_name]
+            built[model_name] = shape, schedule, timed_net, denoiser, plain, json.dumps(speed, sort_keys=True)
+        shape, schedule, timed_net, denoiser, plain, speed_json = built[model_name]
         gamma = (
             torch.full((schedule.T,), GAMMA_STAND_IN, dtype=torch.float64) if needs_moments(sampler) else None
         )
@@ -119,27 +124,30 @@ def measure_cells(
                 nets.append(timed_net.seconds)
                 noises.append(timed_noise.seconds)
         total, net_s, noise_s = (statistics.median(v) for v in (totals, nets, noises))
+        # The network's FLOPs per call, counted in one more run on the network without the speed options.
+        plain_view, _ = sampler_view(plain, sampler, K, gamma=gamma)
+        flop_per_nfe = count_flops(fn, plain_view, x_T, grid, noise=noise, **sampler.get("options", {})) // nfe
         note = f"{model['family']} family, {model['network']['type']} network; overhead over in-run network time"
         if gamma is not None:
             note += f"; Gamma_n = {GAMMA_STAND_IN} stand-in"
-        rows.append(
-            PerfRow(
-                network=f"cell:{model_name}",
-                shape="x".join(map(str, shape)),
-                batch=batch,
-                loop="ours",
-                sampler=sampler_name,
-                steps=len(grid),
-                nfe=nfe,
-                ms_per_nfe=1e3 * total / nfe,
-                overhead_pct=100.0 * (total / net_s - 1.0),
-                images_per_s=batch / total,
-                net_pct=100.0 * net_s / total,
-                noise_pct=100.0 * noise_s / total,
-                arith_pct=100.0 * (total - net_s - noise_s) / total,
-                note=note,
-                context={**context, "speed": speed_json},
-            )
+        row = PerfRow(
+            network=f"cell:{model_name}",
+            shape="x".join(map(str, shape)),
+            batch=batch,
+            loop="ours",
+            sampler=sampler_name,
+            steps=len(grid),
+            nfe=nfe,
+            ms_per_nfe=1e3 * total / nfe,
+            overhead_pct=100.0 * (total / net_s - 1.0),
+            images_per_s=batch / total,
+            net_pct=100.0 * net_s / total,
+            noise_pct=100.0 * noise_s / total,
+            arith_pct=100.0 * (total - net_s - noise_s) / total,
+            note=note,
+            context={**context, "speed": speed_json, "precision": precision},
         )
+        row.set_throughput(flop_per_nfe, peak)
+        rows.append(row)
     return rows
 

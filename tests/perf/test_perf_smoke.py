@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from closed_form_flops import mlp_flops
 
 from bench import perf
 from bench.grids import time_grid
@@ -49,6 +50,13 @@ def test_perf_runs_end_to_end_and_appends_to_the_csv(tmp_path, capsys):
     assert len({r["run_id"] for r in rows}) == 1
     network = [r for r in rows if r["loop"] == "network"]
     assert len(network) == 1 and float(network[0]["ms_per_nfe"]) > 0 and network[0]["overhead_pct"] == "0"
+    net, _ = perf.build_perf_network("mlp", DiscreteSchedule.named(*perf.SCHEDULE))
+    flops = mlp_flops(net, 8)
+    for row in rows:
+        if row["ms_per_nfe"]:  # every timed row turns the same network's FLOPs per NFE
+            assert float(row["gflop_per_nfe"]) == pytest.approx(flops / 1e9, rel=1e-5)
+            assert float(row["tflops"]) == pytest.approx(flops / float(row["ms_per_nfe"]) / 1e9, rel=1e-4)
+            assert row["precision"] == "fp32" and row["peak_tflops"] == row["peak_pct"] == ""  # a CPU has no peak
     ours = {r["sampler"]: r for r in rows if r["loop"] == "ours"}
     assert set(ours) == set(SAMPLERS)
     for name in ("ddpm", "ddim"):
@@ -161,10 +169,15 @@ def test_every_pair_of_the_embedded_config_is_timed_on_its_own_family_denoiser()
     by_pair = {(r.network, r.sampler): r for r in cell_rows}
     assert by_pair[("cell:mlp", "ddim_eta0")].nfe == 2
     assert by_pair[("cell:edm", "edm_heun")].nfe == 3  # Heun: 2K - 1
+    # FLOPs per NFE are the network's: the same for every sampler on one model's network.
+    assert len({r.gflop_per_nfe for r in cell_rows if r.network == "cell:mlp"}) == 1
+    # iDDPM's network also predicts the variance: a wider output layer than the eps-only MLP.
+    assert by_pair[("cell:iddpm", "iddpm_learned")].gflop_per_nfe > by_pair[("cell:mlp", "ddim_eta0")].gflop_per_nfe
     assert "Gamma_n = 0.9 stand-in" in by_pair[("cell:mlp", "analytic_ddpm_ot")].note
     assert by_pair[("cell:ddgm", "ddgm_alg4")].note.startswith("ddgm family, mlp network")
     for r in cell_rows:
         assert r.batch == 4 and r.shape == "1x8x8" and r.ms_per_nfe > 0
+        assert r.gflop_per_nfe > 0 and r.tflops == pytest.approx(r.gflop_per_nfe / r.ms_per_nfe)
         assert r.net_pct + r.noise_pct + r.arith_pct == pytest.approx(100.0, abs=1e-6)
         assert 0 < r.net_pct <= 100 and r.noise_pct >= 0
         # overhead is the rest of the run over its own network time
