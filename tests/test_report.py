@@ -732,3 +732,55 @@ def test_provenance_entries_cover_any_json_shape() -> None:
         "e": (None, [("f", "1.5, true")]),
     }
     assert entries[3].children[0].children[0].text == "1"
+
+
+def perf_row(loop: str, sampler: str, ms: float, run_id: str, **values):
+    from bench.perf import PerfRow
+
+    context = {"run_id": run_id, "device": "cpu", "device_name": "Test CPU", "torch": "2.13.0", "threads": 1,
+               "clock": "wall", "repeats": 5, "warmup": 1, "state_dtype": "float32", "precision": "fp32"}
+    return PerfRow(network="mlp", shape="1x8x8", batch=1000, loop=loop, sampler=sampler, ms_per_nfe=ms,
+                   context=context, **values)
+
+
+def test_index_shows_the_newest_perf_run_as_the_sampler_cost_table(tmp_path: Path) -> None:
+    from bench.perf import append_csv
+
+    results = write_results(tmp_path)
+    older = [perf_row("network", "", 9.0, "2026-12-01T00:00:00+00:00", nfe=1, overhead_pct=0.0)]
+    newer = [
+        perf_row("network", "", 5.5, "2026-12-06T08:00:00+00:00", nfe=1, overhead_pct=0.0),
+        perf_row("ours", "ddpm", 5.83, "2026-12-06T08:00:00+00:00", nfe=10, overhead_pct=6.04,
+                 ours_over_peer=0.951, net_pct=92.44, noise_pct=3.61, arith_pct=3.95, note="a <note>"),
+    ]
+    for row in (*newer, *older):
+        row.set_throughput(495_000_000, peak=None)
+    append_csv(newer, results / "perf.csv")
+    append_csv(older, results / "perf.csv")  # appended later, but an earlier run: the newest run_id wins
+    text = render_report(results, write_specs(tmp_path), tmp_path / "reports").read_text()
+    doc = parse_html(text)
+    table = doc.find("table", id="perf")
+    headings = [th.text for th in table.find("thead").find_all("th")]
+    assert headings[:7] == ["network", "batch", "loop", "sampler", "NFE", "ms / NFE", "overhead %"]
+    body = [[td.text for td in tr.find_all("td")] for tr in table.find("tbody").find_all("tr")]
+    column = dict(zip(headings, zip(*body, strict=True), strict=True))
+    assert column["ms / NFE"] == ("5.5", "5.83") and column["overhead %"] == ("+0.0", "+6.0")
+    assert column["ours / peer"] == ("-", "0.95") and column["TFLOP/s"] == ("0.09", "0.0849")
+    assert column["% of peak"] == ("-", "-") and column["noise %"] == ("-", "3.6")
+    assert column["note"] == ("", "a <note>") and "a &lt;note&gt;" in text
+    meta = doc.find("h2", id="sampler-cost")
+    assert meta is not None and "The newest of 2 runs" in text and "2026-12-06T08:00:00+00:00" in text
+    assert "device_name Test CPU; torch 2.13.0" in " ".join(text.split())
+
+
+def test_index_has_no_sampler_cost_without_a_perf_run(report: Path) -> None:
+    assert 'id="sampler-cost"' not in (report / "reports" / "index.html").read_text()
+
+
+def test_a_csv_without_run_ids_is_not_taken_for_a_perf_table(tmp_path: Path) -> None:
+    from bench.report.perf_runs import latest_perf_run
+
+    assert latest_perf_run(tmp_path / "perf.csv") is None
+    (tmp_path / "perf.csv").write_text("network,ms\nmlp,5\n")
+    with pytest.raises(ValueError, match=r"perf\.csv has no run_id column: it is not a file of python -m bench perf"):
+        latest_perf_run(tmp_path / "perf.csv")

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import jinja2
 
 from bench.report.grids import SampleGrid
+from bench.report.perf_runs import PerfRun
 from bench.report.specs import TableSpec
 from bench.report.tables import Cell, SampleKey, TableData, format_delta, format_nfe, format_value
 from bench.stage_times import StageTime
@@ -53,6 +54,7 @@ class ReportInputs:
     metrics_rows: int
     spec_paths: tuple[str, ...]
     stage_times: tuple[StageTime, ...] = ()
+    perf: PerfRun | None = None  # the newest run of python -m bench perf in results/perf.csv
 
 
 @dataclass(frozen=True)

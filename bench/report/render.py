@@ -10,6 +10,7 @@ from bench.report.figures import write_metric_figure
 from bench.report.grids import shared_sample_grids, write_sample_grids
 from bench.report.html import ReportInputs, write_html_report
 from bench.report.latex import write_latex_tables
+from bench.report.perf_runs import latest_perf_run
 from bench.report.results import read_metrics, read_provenance
 from bench.report.specs import load_table_specs
 from bench.report.tables import build_table
@@ -19,7 +20,8 @@ from bench.stage_times import stage_times
 def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path) -> Path:
     """Read results_dir/{metrics.csv, provenance.json, samples/}, write out_dir; return index.html.
 
-    Stage times come from results_dir/benchmarks (the jobs that finished before this one).
+    Stage times come from results_dir/benchmarks (the jobs that finished before this one), the sampler
+    cost table from the newest run in results_dir/perf.csv when python -m bench perf has written one.
     Outputs: index.html, table_<id>.html, figures/<id>.svg, tables/<id>.tex, tables/all.tex and
     samples/<dataset>/<model>/<sampler>/K<K>.png, all linked by relative paths.
     """
@@ -47,5 +49,6 @@ def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path)
         metrics_rows=len(records),
         spec_paths=tuple(str(spec.source) for spec in specs),
         stage_times=tuple(r for r in stage_times(results_dir / "benchmarks") if r.jobs),
+        perf=latest_perf_run(results_dir / "perf.csv"),
     )
     return write_html_report(tables, provenance, grids, figures, latex, inputs, out_dir)

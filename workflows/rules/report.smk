@@ -6,6 +6,8 @@ rule report:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
         tables=TABLES,
+        # python -m bench perf's table, when one has been written: the report reruns when it changes.
+        perf=lambda w: [f"{RESULTS}/perf.csv"] if Path(f"{RESULTS}/perf.csv").is_file() else [],
         shards=sorted(
             {
                 f"{RESULTS}/samples/{dataset_of(s.model)}/{s.model}/{s.sampler}/K{s.K}/shard0000.npz"
