@@ -84,6 +84,8 @@ def measure_cells(
     rows = []
     # One network and denoiser per model, shared by its samplers (each run counts its own NFE and seconds).
     built: dict[str, tuple] = {}
+    # The network's FLOPs per call, the same for every sampler of a model: counted on the model's first pair.
+    flops: dict[str, int] = {}
     for model_name, sampler_name in config_pairs(cfg):
         model = cfg["models"][model_name]
         sampler = dict(cfg["samplers"][sampler_name])
@@ -124,9 +126,9 @@ def measure_cells(
                 nets.append(timed_net.seconds)
                 noises.append(timed_noise.seconds)
         total, net_s, noise_s = (statistics.median(v) for v in (totals, nets, noises))
-        # The network's FLOPs per call, counted in one more run on the network without the speed options.
-        plain_view, _ = sampler_view(plain, sampler, K, gamma=gamma)
-        flop_per_nfe = count_flops(fn, plain_view, x_T, grid, noise=noise, **sampler.get("options", {})) // nfe
+        if model_name not in flops:  # one more run, on the network without the speed options
+            plain_view, _ = sampler_view(plain, sampler, K, gamma=gamma)
+            flops[model_name] = count_flops(fn, plain_view, x_T, grid, noise=noise, **sampler.get("options", {})) // nfe
         note = f"{model['family']} family, {model['network']['type']} network; overhead over in-run network time"
         if gamma is not None:
             note += f"; Gamma_n = {GAMMA_STAND_IN} stand-in"
@@ -147,7 +149,7 @@ def measure_cells(
             note=note,
             context={**context, "speed": speed_json, "precision": precision},
         )
-        row.set_throughput(flop_per_nfe, peak)
+        row.set_throughput(flops[model_name], peak)
         rows.append(row)
     return rows
 
