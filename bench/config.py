@@ -382,7 +382,7 @@ def _check_noise(name: str, model: dict) -> None:
     if ddgm and "noise" not in model:
         raise ConfigError(
             f"config key 'models.{name}.noise': missing; family 'ddgm' needs a noise law, "
-            "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>}"
+            "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>, phi2_end: <(0, 1]>}"
         )
     if ddgm:
         try:

@@ -123,6 +123,8 @@ NOISE_CASES = [
     (("models", "ddgm", "noise"), {"kind": "gamma", "phi2": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2'\]"),
     (("models", "ddgm_gmm", "noise"), {"kind": "gaussian_mixture"}, r"models\.ddgm_gmm\.noise': DDGM noise of kind 'gaussian_mixture' needs phi2"),
     (("models", "ddgm_gmm", "noise", "phi2"), 1.5, r"models\.ddgm_gmm\.noise\.phi2': value 1\.5 must be maximum 1"),
+    (("models", "ddgm_gmm", "noise", "phi2_end"), 0, r"models\.ddgm_gmm\.noise\.phi2_end': value 0 must be exclusiveMinimum 0"),
+    (("models", "ddgm", "noise"), {"kind": "gamma", "phi2_end": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2_end'\]"),
 ]
 
 
@@ -153,6 +155,10 @@ def test_iddpm_objective_and_t_sampler_are_checked(cfg, path, value, message):
 def test_iddpm_trains_either_objective_with_loss_aware_t(cfg, loss):
     good = mutate(mutate(cfg, ("models", "iddpm", "loss"), loss), ("models", "iddpm", "train", "t_sampler"), "loss_aware")
     validate_config(good, root=ROOT)
+
+
+def test_ddgm_mixture_takes_a_t_varying_component_variance(cfg):
+    validate_config(mutate(cfg, ("models", "ddgm_gmm", "noise", "phi2_end"), 0.8), root=ROOT)
 
 
 FAMILY_SAMPLER_CASES = [
