@@ -158,6 +158,10 @@ def _check_ode_nll_models(cfg: dict) -> None:
             )
 
 
+# The losses that take iDDPM's importance sampling of t (they weight each sample by 1 / (T p_t)).
+LOSS_AWARE_LOSSES = ("hybrid", "vlb")
+
+
 def _check_model(name: str, model: dict) -> None:
     from bench.models import FAMILY_LOSSES, FAMILY_SCHEDULES
 
@@ -173,6 +177,16 @@ def _check_model(name: str, model: dict) -> None:
         raise ConfigError(
             f"config key 'models.{name}.loss.name': value {model['loss']['name']!r} does not apply to "
             f"family {family!r}; allowed: {list(losses)}"
+        )
+    loss_name = model.get("loss", {}).get("name", (losses or ("simple",))[0])
+    if "lambda" in model.get("loss", {}) and loss_name != "hybrid":
+        raise ConfigError(
+            f"config key 'models.{name}.loss.lambda': only loss 'hybrid' takes a weight lambda, not {loss_name!r}"
+        )
+    if model.get("train", {}).get("t_sampler") == "loss_aware" and loss_name not in LOSS_AWARE_LOSSES:
+        raise ConfigError(
+            f"config key 'models.{name}.train.t_sampler': 'loss_aware' weights each sample's loss, which the loss "
+            f"{loss_name!r} does not; allowed with loss.name in {list(LOSS_AWARE_LOSSES)}"
         )
     s = model["schedule"]
     if s["name"] in ("linear", "cosine"):
@@ -368,7 +382,7 @@ def _check_noise(name: str, model: dict) -> None:
     if ddgm and "noise" not in model:
         raise ConfigError(
             f"config key 'models.{name}.noise': missing; family 'ddgm' needs a noise law, "
-            "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>}"
+            "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>, phi2_end: <(0, 1]>}"
         )
     if ddgm:
         try:

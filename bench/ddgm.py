@@ -42,8 +42,14 @@ the first page of arXiv:2106.07582 could be retrieved, so this is the parameteri
 public implementations found, which agree with each other (`leosegre/Gamma-Diffusion-Domain-
 Adaptation` functions/losses.py `gauss2_estimation_loss`, and a `mix_gaussian_ddpm` class), both
 writing mu_1 = sqrt((1 - phi^2) / (p (1 - p) + p^3 / (1 - p) + 2 p^2)), the same number. Both
-vary phi with t (linearly in t, resp. in sqrt(abar_t)); here phi^2 is one constant. Both define
-the forward process by its marginal x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps
+vary phi with t (linearly in t, resp. in sqrt(abar_t)). Here phi^2 is one constant by default;
+``phi2_end`` gives the DDGM code's law, phi_n linear in n from sqrt(phi2) at n = 0 to
+sqrt(phi2_end) at n = T - 1 (``mixture_phi2_schedule``), each step's noise keeping zero mean and
+unit variance. That code publishes no values for the two ends, and its sampler builds phi from the
+start value twice (runners/diffusion.py L498-499, a constant phi) where training uses both ends
+(L227-228); here sampling and the prior use the law the model was trained with
+(``mixture_forward_chain`` keeps one constant phi^2). Both implementations define the forward
+process by its marginal x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps
 (`mixture_q_sample`, used for training): the Markov chain
 x_n = sqrt(alpha_n) x_{n-1} + sqrt(beta_n) eps_n (`mixture_forward_chain`) has no two-component
 closed form (its marginal is a 2^(n+1)-component mixture with the same mean and variance but
@@ -72,7 +78,7 @@ from bench.schedules import DiscreteSchedule
 
 K_CONVENTIONS = ("code", "paper")
 # The keys each kind of ``models.<name>.noise`` entry takes (NAMES.md).
-NOISE_KEYS = {"gamma": ("kind", "k_t"), "gaussian_mixture": ("kind", "phi2")}
+NOISE_KEYS = {"gamma": ("kind", "k_t"), "gaussian_mixture": ("kind", "phi2", "phi2_end")}
 DEFAULT_PROPOSALS = 8
 DEFAULT_THETA_0 = 0.001  # the DDGM experiments (images and speech)
 
@@ -335,21 +341,47 @@ def ddgm_loss(
 # Two-Gaussian mixture noise
 
 
-def mixture_components(phi2: float, p: float = 0.5) -> tuple[float, float]:
-    """(mu_1, mu_2) giving p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2) zero mean and unit variance."""
-    if not (isinstance(phi2, (int, float)) and 0.0 < phi2 <= 1.0):
+def mixture_components(phi2: float | torch.Tensor, p: float = 0.5) -> tuple[float, float] | tuple[torch.Tensor, ...]:
+    """(mu_1, mu_2) giving p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2) zero mean and unit variance.
+
+    ``phi2`` a number gives numbers, a tensor (e.g. one variance per sample's step) tensors of its shape.
+    """
+    if isinstance(phi2, torch.Tensor):
+        if phi2.numel() == 0 or not bool(torch.all((phi2 > 0.0) & (phi2 <= 1.0))):
+            raise ValueError(f"mixture component variances phi2 must lie in (0, 1], got {phi2.flatten()[:8].tolist()}")
+    elif not (isinstance(phi2, (int, float)) and 0.0 < phi2 <= 1.0):
         raise ValueError(f"mixture component variance phi2={phi2!r} must lie in (0, 1]")
     if not (isinstance(p, (int, float)) and 0.0 < p < 1.0):
         raise ValueError(f"mixture weight p={p!r} must lie in (0, 1)")
-    mu_1 = math.sqrt((1.0 - phi2) * (1.0 - p) / p)
+    if isinstance(phi2, torch.Tensor):
+        mu_1 = torch.sqrt((1.0 - phi2.to(torch.float64)) * (1.0 - p) / p)
+    else:
+        mu_1 = math.sqrt((1.0 - phi2) * (1.0 - p) / p)
     return mu_1, -p * mu_1 / (1.0 - p)
 
 
-def mixture_noise(draws: Draws, *, phi2: float, p: float = 0.5) -> torch.Tensor:
-    """eps ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2), from ``uniform(0)`` and ``normal(0)``."""
+def mixture_noise(draws: Draws, *, phi2: float | torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """eps ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2), from ``uniform(0)`` and ``normal(0)``.
+
+    A tensor ``phi2`` broadcasts against the draws: each element gets the variance at its place.
+    """
     mu_1, mu_2 = mixture_components(phi2, p)
     first = (draws.uniform(0) < p).to(torch.float64)
-    return mu_2 + (mu_1 - mu_2) * first + math.sqrt(phi2) * draws.normal(0)
+    phi = torch.sqrt(phi2.to(torch.float64)) if isinstance(phi2, torch.Tensor) else math.sqrt(phi2)
+    return mu_2 + (mu_1 - mu_2) * first + phi * draws.normal(0)
+
+
+def mixture_phi2_schedule(T: int, phi2: float, phi2_end: float | None = None) -> torch.Tensor:
+    """phi_n^2 [T], phi_n linear in n from sqrt(phi2) (n = 0) to sqrt(phi2_end) (n = T - 1); constant without an end."""
+    mixture_components(phi2)
+    if phi2_end is None:
+        return torch.full((T,), float(phi2), dtype=torch.float64)
+    if not (isinstance(phi2_end, (int, float)) and 0.0 < phi2_end <= 1.0):
+        raise ValueError(f"mixture component variance phi2_end={phi2_end!r} must lie in (0, 1]")
+    # leosegre/Gamma-Diffusion-Domain-Adaptation runners/diffusion.py L227-228: sigma =
+    # torch.linspace(sigma_start, sigma_end, steps=num_timesteps), each component's standard deviation
+    # at step t (functions/losses.py L134-139: y_i = randn * sigma_t + m_i_t).
+    return torch.linspace(math.sqrt(phi2), math.sqrt(phi2_end), T, dtype=torch.float64) ** 2
 
 
 def mixture_q_sample(
@@ -385,11 +417,13 @@ def mixture_loss(
     *,
     phi2: float,
     p: float = 0.5,
+    phi2_end: float | None = None,
 ) -> torch.Tensor:
-    """E |eps - eps_theta(sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps, n)|, eps mixture, n uniform."""
+    """E |eps - eps_theta(sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps, n)|, eps mixture of variances phi_n^2, n uniform."""
     n = torch.randint(0, schedule.T, (x0.shape[0],), generator=gen)
     nb = _steps_like(n, x0)
-    eps = mixture_noise(GeneratorDraws(gen, tuple(x0.shape)), phi2=phi2, p=p)
+    phi2_n = phi2 if phi2_end is None else mixture_phi2_schedule(schedule.T, phi2, phi2_end)[nb]
+    eps = mixture_noise(GeneratorDraws(gen, tuple(x0.shape)), phi2=phi2_n, p=p)
     xt = mixture_q_sample(schedule, x0.to(torch.float64), nb, eps).to(x0.dtype)
     return (net(xt, n.to(x0.dtype)) - eps.to(x0.dtype)).abs().mean()
 
@@ -431,13 +465,20 @@ def mixture_initial_latent(
 
 @dataclass(frozen=True)
 class NoiseLaw:
-    """The noise a DDGM model is trained and sampled with: Gamma (k_t, theta_0) or the mixture (phi2, p)."""
+    """The noise a DDGM model is trained and sampled with: Gamma (k_t, theta_0) or the mixture (phi2, phi2_end, p)."""
 
     kind: str
     k_t: str = "code"
     theta_0: float = DEFAULT_THETA_0
     phi2: float = 1.0
     p: float = 0.5
+    phi2_end: float | None = None
+
+    def phi2_at(self, schedule: DiscreteSchedule, n: int) -> float:
+        """The mixture's component variance phi_n^2 at step n (``phi2`` itself for a constant law)."""
+        if self.phi2_end is None:
+            return self.phi2
+        return float(mixture_phi2_schedule(schedule.T, self.phi2, self.phi2_end)[n])
 
 
 def noise_law(cfg: dict) -> NoiseLaw:
@@ -455,15 +496,16 @@ def noise_law(cfg: dict) -> NoiseLaw:
         return NoiseLaw(kind, k_t=k_t)
     if "phi2" not in cfg:
         raise ValueError("DDGM noise of kind 'gaussian_mixture' needs phi2, the variance of each component, in (0, 1]")
-    mixture_components(cfg["phi2"])
-    return NoiseLaw(kind, phi2=float(cfg["phi2"]))
+    phi2_end = cfg.get("phi2_end")
+    mixture_phi2_schedule(1, cfg["phi2"], phi2_end)
+    return NoiseLaw(kind, phi2=float(cfg["phi2"]), phi2_end=None if phi2_end is None else float(phi2_end))
 
 
 def l1_loss(law: NoiseLaw) -> Callable[..., torch.Tensor]:
     """The L1 objective of DDGM (Lemma 2) for ``law``: (net, schedule, x0, generator) -> loss."""
     if law.kind == "gamma":
         return partial(ddgm_loss, theta_0=law.theta_0, k_convention=law.k_t)
-    return partial(mixture_loss, phi2=law.phi2, p=law.p)
+    return partial(mixture_loss, phi2=law.phi2, p=law.p, phi2_end=law.phi2_end)
 
 
 class DDGMDenoiser(DiscreteEpsDenoiser):
@@ -480,4 +522,5 @@ class DDGMDenoiser(DiscreteEpsDenoiser):
         if law.kind == "gamma":
             return initial_latent(noise, self.schedule, law.theta_0, k_convention=law.k_t, step=step)
         scale = torch.sqrt(1.0 - self.alpha_bars[step])
-        return (scale * mixture_initial_latent(noise, phi2=law.phi2, p=law.p)).to(noise.dtype)
+        phi2 = law.phi2_at(self.schedule, step)
+        return (scale * mixture_initial_latent(noise, phi2=phi2, p=law.p)).to(noise.dtype)

@@ -187,6 +187,39 @@ def hybrid_terms(
     the unclipped x0_hat (improved_diffusion's frozen output, clip_denoised=False), so v learns only
     from L_t and eps only from L_simple. x0 must lie on the level grid in [-1, 1].
     """
+    return _loss_terms(net, schedule, x0, n, noise, max_level, time_scale, detach_mean=True)
+
+
+def vlb_terms(
+    net: nn.Module,
+    schedule: DiscreteSchedule,
+    x0: torch.Tensor,
+    n: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    max_level: int,
+    time_scale: float | None = None,
+) -> torch.Tensor:
+    """Per-sample L_t in bits/dim (iDDPM Sec. 3.1) with gradients to both eps_hat and v: the L_vlb objective's term.
+
+    The value is hybrid_terms' L_t; only the stop-gradient on eps_hat is gone (improved_diffusion
+    gaussian_diffusion.py L698-706: LossType.KL / RESCALED_KL call _vb_terms_bpd on the model itself,
+    clip_denoised=False).
+    """
+    return _loss_terms(net, schedule, x0, n, noise, max_level, time_scale, detach_mean=False)[1]
+
+
+def _loss_terms(
+    net: nn.Module,
+    schedule: DiscreteSchedule,
+    x0: torch.Tensor,
+    n: torch.Tensor,
+    noise: torch.Tensor,
+    max_level: int,
+    time_scale: float | None,
+    *,
+    detach_mean: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(max_level, int) or max_level < 1:
         raise ValueError(f"max_level={max_level!r} must be a positive integer")
     T = schedule.T
@@ -208,7 +241,8 @@ def hybrid_terms(
     eps_hat, v = split_eps_v(out, x0.shape[1])
     simple = ((eps_hat - noise) ** 2).flatten(1).mean(1)
 
-    x0_hat = (x_t - torch.sqrt(1.0 - abar) * eps_hat.detach().to(torch.float64)) / torch.sqrt(abar)
+    eps_mean = eps_hat.detach() if detach_mean else eps_hat
+    x0_hat = (x_t - torch.sqrt(1.0 - abar) * eps_mean.to(torch.float64)) / torch.sqrt(abar)
     c0, ct, _ = posterior_coefficients(abar_prev, abar)
     log_beta, log_beta_tilde = log_variance_bounds(schedule, torch.arange(T))
     log_beta_n, log_beta_tilde_n = log_beta[n].view(view).to(device), log_beta_tilde[n].view(view).to(device)
@@ -225,7 +259,8 @@ class LossSecondMomentSampler:
     """Importance sampling of t: p_t proportional to sqrt(E[L_t^2]) over the last ``history`` losses (iDDPM Eq. 18).
 
     Uniform until every step has ``history`` losses; then mixed with ``uniform_prob`` of the uniform
-    law (improved_diffusion's LossSecondMomentResampler, history 10, uniform_prob 0.001).
+    law (improved_diffusion resample.py L124-154: LossSecondMomentResampler, history_per_term=10,
+    uniform_prob=0.001).
     """
 
     def __init__(self, T: int, *, history: int = 10, uniform_prob: float = 0.001):
@@ -265,6 +300,46 @@ class LossSecondMomentSampler:
                 self.losses[step] = torch.roll(self.losses[step], -1)
                 self.losses[step, -1] = loss
 
+    def state_dict(self) -> dict:
+        """The loss history and counts, what a resumed run needs to draw the same steps."""
+        return {"losses": self.losses.clone(), "counts": self.counts.clone(), "uniform_prob": self.uniform_prob}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state_dict() of a sampler with the same T, history and uniform_prob."""
+        losses, counts = state["losses"], state["counts"]
+        if tuple(losses.shape) != tuple(self.losses.shape) or tuple(counts.shape) != (self.T,):
+            raise ValueError(
+                f"t-sampler state holds losses of shape {tuple(losses.shape)} and counts of shape "
+                f"{tuple(counts.shape)}; this sampler needs {tuple(self.losses.shape)} and ({self.T},)"
+            )
+        if state["uniform_prob"] != self.uniform_prob:
+            raise ValueError(
+                f"t-sampler state has uniform_prob={state['uniform_prob']!r}, this sampler {self.uniform_prob!r}"
+            )
+        self.losses = losses.to(torch.float64).clone()
+        self.counts = counts.to(torch.int64).clone()
+
+
+def _draw_steps(
+    schedule: DiscreteSchedule, batch: int, gen: torch.Generator, t_sampler: LossSecondMomentSampler | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, importance weights): uniform n with weight 1, or the sampler's draw with weight 1 / (T p_n)."""
+    if t_sampler is None:
+        return torch.randint(0, schedule.T, (batch,), generator=gen), torch.ones(batch, dtype=torch.float64)
+    if t_sampler.T != schedule.T:
+        raise ValueError(f"t-sampler over T={t_sampler.T} steps cannot sample a chain of T={schedule.T}")
+    return t_sampler.sample(batch, gen)
+
+
+def _weighted_mean(
+    per_sample: torch.Tensor, n: torch.Tensor, weights: torch.Tensor, t_sampler: LossSecondMomentSampler | None
+) -> torch.Tensor:
+    # improved_diffusion train_util.py L213-218: the sampler learns from the unweighted (detached)
+    # losses["loss"], and the step's loss is (losses["loss"] * weights).mean().
+    if t_sampler is not None:
+        t_sampler.update(n, per_sample)
+    return (weights.to(per_sample.device) * per_sample).mean()
+
 
 def hybrid_loss(
     net: nn.Module,
@@ -285,18 +360,33 @@ def hybrid_loss(
     """
     if not lam >= 0.0:
         raise ValueError(f"hybrid loss weight lambda={lam!r} must be non-negative")
-    B = x0.shape[0]
-    if t_sampler is None:
-        n = torch.randint(0, schedule.T, (B,), generator=gen)
-        weights = torch.ones(B, dtype=torch.float64)
-    else:
-        n, weights = t_sampler.sample(B, gen)
+    n, weights = _draw_steps(schedule, x0.shape[0], gen, t_sampler)
     noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     simple, vlb = hybrid_terms(net, schedule, x0, n, noise, max_level=max_level, time_scale=time_scale)
-    per_sample = simple + lam * schedule.T * vlb
-    if t_sampler is not None:
-        t_sampler.update(n, per_sample)
-    return (weights.to(per_sample.device) * per_sample).mean()
+    return _weighted_mean(simple + lam * schedule.T * vlb, n, weights, t_sampler)
+
+
+def vlb_loss(
+    net: nn.Module,
+    schedule: DiscreteSchedule,
+    x0: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    max_level: int,
+    time_scale: float | None = None,
+    t_sampler: LossSecondMomentSampler | None = None,
+) -> torch.Tensor:
+    """L_vlb = sum_t L_t (iDDPM Eq. 4-5 without the constant L_T) estimated by T L_t at one t per sample, bits/dim.
+
+    improved_diffusion's --use_kl True is LossType.RESCALED_KL (script_util.py L243-244), the term
+    times num_timesteps (gaussian_diffusion.py L707-708), and its L_vlb runs pair it with
+    --schedule_sampler loss-second-moment (README "Importance-sampled VLB" and the L_vlb models' flags).
+    t and the weights are drawn as in hybrid_loss.
+    """
+    n, weights = _draw_steps(schedule, x0.shape[0], gen, t_sampler)
+    noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+    term = vlb_terms(net, schedule, x0, n, noise, max_level=max_level, time_scale=time_scale)
+    return _weighted_mean(schedule.T * term, n, weights, t_sampler)
 
 
 # --- the VLB of a learned-variance model --------------------------------------------------------

@@ -47,7 +47,7 @@ FAMILY_SCHEDULES: dict[str, tuple[str, ...]] = {
 }
 FAMILY_LOSSES: dict[str, tuple[str, ...]] = {
     "ddpm": ("simple", "hybrid"),
-    "iddpm": ("simple", "hybrid"),
+    "iddpm": ("simple", "hybrid", "vlb"),
     "ve": ("dsm",),
     "edm": ("edm",),
     "ddgm": ("l1",),
@@ -125,11 +125,15 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.iddpm import HYBRID_LAMBDA, hybrid_loss
 
         return partial(hybrid_loss, max_level=max_level, lam=loss.get("lambda", HYBRID_LAMBDA))
+    if loss["name"] == "vlb":
+        from bench.iddpm import vlb_loss
+
+        return partial(vlb_loss, max_level=max_level)
     if loss["name"] == "l1":
         from bench.ddgm import l1_loss, noise_law
 
         return l1_loss(noise_law(model_cfg.get("noise")))
-    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'dsm', 'edm', 'l1']")
+    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'vlb', 'dsm', 'edm', 'l1']")
 
 
 def save_model(

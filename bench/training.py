@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +24,10 @@ class TrainConfig:
     ema: float
     seed: int
     checkpoint_every: int = 1000
+    t_sampler: str = "uniform"
+
+
+T_SAMPLERS = ("uniform", "loss_aware")
 
 
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
@@ -56,10 +62,15 @@ def train_eps_model(
 ) -> tuple[nn.Module, list[float]]:
     """Train ``net`` on ``data`` (float, [-1, 1]) with ``loss_fn(net, schedule, x0, gen)``; return EMA net and losses.
 
-    With ``resume_path``, the full training state (weights, EMA, optimiser, generator, step) is
-    saved there every ``checkpoint_every`` steps and training resumes from it, giving the same
-    result as an uninterrupted run.
+    ``cfg.t_sampler`` "loss_aware" draws t by iDDPM's loss-second-moment importance sampling: the
+    loss then gets the sampler as its ``t_sampler`` keyword. With ``resume_path``, the full training
+    state (weights, EMA, optimiser, generator, t-sampler, step) is saved there every
+    ``checkpoint_every`` steps and training resumes from it, giving the same result as an
+    uninterrupted run.
     """
+    t_sampler = _t_sampler(cfg.t_sampler, schedule, loss_fn)
+    if t_sampler is not None:
+        loss_fn = partial(loss_fn, t_sampler=t_sampler)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     ema = copy.deepcopy(net).requires_grad_(False)
@@ -76,6 +87,14 @@ def train_eps_model(
         gen.set_state(state["gen"])
         losses = list(state["losses"])
         start = int(state["step"])
+        saved = state.get("t_sampler")
+        if (saved is None) != (t_sampler is None):
+            raise ValueError(
+                f"{resume_path} was saved by a run with t_sampler {'uniform' if saved is None else 'loss_aware'!r}, "
+                f"this run has {cfg.t_sampler!r}"
+            )
+        if t_sampler is not None:
+            t_sampler.load_state_dict(saved)
     net.train()
     bar = tqdm(
         range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train", mininterval=2.0
@@ -92,16 +111,32 @@ def train_eps_model(
             bar.set_postfix(loss=f"{sum(losses[-100:]) / len(losses[-100:]):.4f}")
         done = step + 1
         if resume_path is not None and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            atomic_torch_save(
-                {
-                    "net": net.state_dict(),
-                    "ema": ema.state_dict(),
-                    "opt": opt.state_dict(),
-                    "gen": gen.get_state(),
-                    "losses": losses,
-                    "step": done,
-                },
-                resume_path,
-            )
+            state = {
+                "net": net.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "gen": gen.get_state(),
+                "losses": losses,
+                "step": done,
+            }
+            if t_sampler is not None:
+                state["t_sampler"] = t_sampler.state_dict()
+            atomic_torch_save(state, resume_path)
     ema.eval()
     return ema, losses
+
+
+def _t_sampler(name: str, schedule, loss_fn):
+    """None for uniform t, else the loss-aware sampler over the schedule's T steps (checked against the loss)."""
+    if name not in T_SAMPLERS:
+        raise ValueError(f"train t_sampler {name!r} is not one of {list(T_SAMPLERS)}")
+    if name == "uniform":
+        return None
+    if "t_sampler" not in inspect.signature(loss_fn).parameters:
+        raise ValueError(
+            f"train t_sampler 'loss_aware' needs a loss that weights its samples (iddpm's hybrid or vlb), "
+            f"not {getattr(loss_fn, 'func', loss_fn).__name__}"
+        )
+    from bench.iddpm import LossSecondMomentSampler
+
+    return LossSecondMomentSampler(schedule.T)

@@ -123,6 +123,8 @@ NOISE_CASES = [
     (("models", "ddgm", "noise"), {"kind": "gamma", "phi2": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2'\]"),
     (("models", "ddgm_gmm", "noise"), {"kind": "gaussian_mixture"}, r"models\.ddgm_gmm\.noise': DDGM noise of kind 'gaussian_mixture' needs phi2"),
     (("models", "ddgm_gmm", "noise", "phi2"), 1.5, r"models\.ddgm_gmm\.noise\.phi2': value 1\.5 must be maximum 1"),
+    (("models", "ddgm_gmm", "noise", "phi2_end"), 0, r"models\.ddgm_gmm\.noise\.phi2_end': value 0 must be exclusiveMinimum 0"),
+    (("models", "ddgm", "noise"), {"kind": "gamma", "phi2_end": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2_end'\]"),
 ]
 
 
@@ -133,6 +135,30 @@ def test_ddgm_noise_law_and_loss_are_checked(cfg, path, value, message):
         del bad["models"][path[1]][path[2]]
     with pytest.raises(ConfigError, match=message):
         validate_config(bad, root=ROOT)
+
+
+IDDPM_TRAINING_CASES = [
+    (("models", "mlp", "loss"), {"name": "vlb"}, r"models\.mlp\.loss\.name': value 'vlb' does not apply to family 'ddpm'; allowed: \['simple', 'hybrid'\]"),
+    (("models", "iddpm", "loss"), {"name": "vlb", "lambda": 0.001}, r"models\.iddpm\.loss\.lambda': only loss 'hybrid' takes a weight lambda, not 'vlb'"),
+    (("models", "iddpm", "train", "t_sampler"), "importance", r"models\.iddpm\.train\.t_sampler': value 'importance' is not allowed; allowed: \['uniform', 'loss_aware'\]"),
+    (("models", "mlp", "train", "t_sampler"), "loss_aware", r"models\.mlp\.train\.t_sampler': 'loss_aware' weights each sample's loss, which the loss 'simple' does not; allowed with loss\.name in \['hybrid', 'vlb'\]"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", IDDPM_TRAINING_CASES, ids=[c[2][:40] for c in IDDPM_TRAINING_CASES])
+def test_iddpm_objective_and_t_sampler_are_checked(cfg, path, value, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(mutate(cfg, path, value), root=ROOT)
+
+
+@pytest.mark.parametrize("loss", [{"name": "hybrid", "lambda": 0.001}, {"name": "vlb"}])
+def test_iddpm_trains_either_objective_with_loss_aware_t(cfg, loss):
+    good = mutate(mutate(cfg, ("models", "iddpm", "loss"), loss), ("models", "iddpm", "train", "t_sampler"), "loss_aware")
+    validate_config(good, root=ROOT)
+
+
+def test_ddgm_mixture_takes_a_t_varying_component_variance(cfg):
+    validate_config(mutate(cfg, ("models", "ddgm_gmm", "noise", "phi2_end"), 0.8), root=ROOT)
 
 
 FAMILY_SAMPLER_CASES = [

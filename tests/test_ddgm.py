@@ -25,6 +25,7 @@ from bench.ddgm import (
     mixture_initial_latent,
     mixture_loss,
     mixture_noise,
+    mixture_phi2_schedule,
     mixture_q_sample,
 )
 from bench.families import DiscreteEpsDenoiser
@@ -415,6 +416,56 @@ def test_mixture_noise_from_streams_has_the_mixture_moments(phi2, p):
     assert_moment(e, 0.0, 2, 1.0, f"phi2={phi2}")
     assert_moment(e, 0.0, 3, third, f"phi2={phi2}")
     assert_moment(e, 0.0, 4, fourth, f"phi2={phi2}")
+
+
+def test_t_varying_component_variance_has_phi_linear_in_the_step():
+    # phi = 0.2, 0.35, 0.5, 0.65, 0.8: linspace of the standard deviations, as the DDGM code's sigma
+    expected = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8], dtype=F64) ** 2
+    assert torch.allclose(mixture_phi2_schedule(5, 0.04, 0.64), expected, rtol=1e-14)
+    assert torch.equal(mixture_phi2_schedule(5, 0.3), torch.full((5,), 0.3, dtype=F64))
+    assert mixture_phi2_schedule(1, 0.3, 0.9).tolist() == pytest.approx([0.3], rel=1e-15)
+    with pytest.raises(ValueError, match=r"phi2_end=1.5 must lie in \(0, 1\]"):
+        mixture_phi2_schedule(5, 0.3, 1.5)
+    with pytest.raises(ValueError, match=r"phi2_end=0 must lie in \(0, 1\]"):
+        mixture_phi2_schedule(5, 0.3, 0)
+    with pytest.raises(ValueError, match=r"variances phi2 must lie in \(0, 1\], got \[0.5, 0.0\]"):
+        mixture_components(torch.tensor([0.5, 0.0]))
+
+
+def test_t_varying_mixture_noise_has_zero_mean_unit_variance_and_each_steps_component_variance():
+    """Each step n of 0.01 -> 0.81: mean 0, variance 1, E eps^4 = mu^4 + 6 mu^2 phi_n^2 + 3 phi_n^4 (p = 1/2)."""
+    T, per_step = 5, 40_000
+    phi2 = mixture_phi2_schedule(T, 0.01, 0.81)
+    n = torch.arange(T).repeat_interleave(per_step)
+    e = mixture_noise(StepDraws(NoiseSource(torch.arange(T * per_step), (), F64, "cpu"), 0), phi2=phi2[n])
+    component = mixture_noise(FixedComponent(0.0, T * per_step), phi2=phi2[n])  # always the first component
+    mu_1 = torch.sqrt(1 - phi2)  # p = 1/2: mu_1 = -mu_2 = sqrt(1 - phi^2)
+    for step in range(T):
+        at, v, m = n == step, phi2[step].item(), mu_1[step].item()
+        what = f"step {step}, phi2={v:.4f}"
+        assert_moment(e[at], 0.0, 1, 0.0, what)
+        assert_moment(e[at], 0.0, 2, 1.0, what)
+        assert_moment(e[at], 0.0, 4, m**4 + 6 * m**2 * v + 3 * v**2, what)
+        assert_moment(component[at], m, 1, 0.0, what)
+        assert_moment(component[at], m, 2, v, what)
+
+
+def test_t_varying_mixture_loss_draws_each_samples_noise_at_its_step():
+    T, B = 50, 64
+    net = nn.Linear(4, 4).double()
+    x0 = torch.rand(B, 4, dtype=F64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loss = mixture_loss(lambda x, t: net(x), SHORT, x0, torch.Generator().manual_seed(3), phi2=0.04, phi2_end=0.64)
+    g = torch.Generator().manual_seed(3)
+    n = torch.randint(0, T, (B,), generator=g)
+    u = torch.rand(x0.shape, generator=g, dtype=F64)
+    z = torch.randn(x0.shape, generator=g, dtype=F64)
+    phi = (0.2 + 0.6 * n.double() / (T - 1)).view(-1, 1)
+    eps = torch.where(u < 0.5, 1.0, -1.0) * torch.sqrt(1 - phi**2) + phi * z
+    abar = SHORT.alpha_bars[n].view(-1, 1)
+    expected = (net(abar.sqrt() * x0 + (1 - abar).sqrt() * eps) - eps).abs().mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    constant = mixture_loss(lambda x, t: net(x), SHORT, x0, torch.Generator().manual_seed(3), phi2=0.04)
+    assert constant.item() != pytest.approx(loss.item(), rel=1e-3)
 
 
 def test_mixture_chain_shares_mean_and_variance_with_the_marginal_but_not_the_fourth_cumulant():

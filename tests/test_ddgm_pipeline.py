@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.ddgm import DDGMDenoiser, GammaProcess, ddgm_loss, mixture_components, mixture_loss, noise_law
+from bench.ddgm import (
+    DDGMDenoiser,
+    GammaProcess,
+    StepDraws,
+    ddgm_loss,
+    mixture_components,
+    mixture_loss,
+    mixture_noise,
+    noise_law,
+)
 from bench.families import DiscreteEpsDenoiser
 from bench.grids import time_grid
 from bench.models import build_network, make_denoiser, training_loss
@@ -31,6 +40,8 @@ LINEAR = DiscreteSchedule.named("linear", 1000)
 GAMMA = {"kind": "gamma", "k_t": "code"}
 GAMMA_PAPER = {"kind": "gamma", "k_t": "paper"}
 MIXTURE = {"kind": "gaussian_mixture", "phi2": 0.2}
+# phi from 0.1 at the first step to 0.9 at the last, linear in the step (the DDGM code's law)
+MIXTURE_T = {"kind": "gaussian_mixture", "phi2": 0.01, "phi2_end": 0.81}
 
 
 class TanhEps(nn.Module):
@@ -108,6 +119,25 @@ def test_mixture_prior_is_the_scaled_mixture_noise_of_its_step(step):
     assert_moment(z, 4, mu_1**4 + 6 * mu_1**2 * phi2 + 3 * phi2**2, f"mixture x_T at {step}")
 
 
+@pytest.mark.parametrize("step", [0, 500, 999])
+def test_t_varying_mixture_prior_has_the_component_variance_of_its_step(step):
+    phi2 = (0.1 + 0.8 * step / 999) ** 2
+    mu_1, _ = mixture_components(phi2)
+    z = prior(MIXTURE_T, step) / math.sqrt(1 - LINEAR.alpha_bars[step].item())
+    assert_moment(z, 1, 0.0, f"t-varying mixture x_T at {step}")
+    assert_moment(z, 2, 1.0, f"t-varying mixture x_T at {step}")
+    assert_moment(z, 4, mu_1**4 + 6 * mu_1**2 * phi2 + 3 * phi2**2, f"t-varying mixture x_T at {step}")
+
+
+def test_t_varying_mixture_samplers_draw_the_noise_of_the_target_step():
+    den = ddgm_denoiser(MIXTURE_T)
+    source = NoiseSource(torch.arange(5), SHAPE, F64, "cpu")
+    noise_at = samplers._law_noise_at(den, source)
+    for k, s in ((1, 0), (3, 400), (6, 999)):
+        expected = mixture_noise(StepDraws(source, k), phi2=(0.1 + 0.8 * s / 999) ** 2)
+        assert torch.allclose(noise_at(k, s), expected, rtol=1e-13, atol=1e-15)
+
+
 @pytest.mark.parametrize("noise", [GAMMA, MIXTURE])
 def test_generate_starts_from_the_family_prior_and_is_batch_size_independent(noise):
     den = ddgm_denoiser(noise)
@@ -130,6 +160,10 @@ def test_noise_law_of_a_missing_or_bad_entry_is_refused():
         noise_law({"kind": "gamma", "k_t": "alpha"})
     with pytest.raises(ValueError, match=r"phi2=0 must lie in \(0, 1\]"):
         noise_law({"kind": "gaussian_mixture", "phi2": 0})
+    with pytest.raises(ValueError, match=r"phi2_end=1.2 must lie in \(0, 1\]"):
+        noise_law({"kind": "gaussian_mixture", "phi2": 0.5, "phi2_end": 1.2})
+    with pytest.raises(ValueError, match=r"takes keys \['kind', 'k_t'\], not \['phi2_end'\]"):
+        noise_law({"kind": "gamma", "phi2_end": 0.5})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +182,10 @@ def test_noise_law_of_a_missing_or_bad_entry_is_refused():
         (MIXTURE, "ddgm", {}, lambda d, x, g, n: samplers.sample_mixture(d, x, g, noise=n, phi2=0.2)),
         (MIXTURE, "ddgm_ddim", {"eta": 0.5}, lambda d, x, g, n: samplers.sample_mixture_ddim(
             d, x, g, noise=n, phi2=0.2, eta=0.5)),
+        (MIXTURE_T, "ddgm", {}, lambda d, x, g, n: samplers.sample_mixture(
+            d, x, g, noise=n, phi2=0.01, phi2_end=0.81)),
+        (MIXTURE_T, "ddgm_ddim", {"eta": 0.5}, lambda d, x, g, n: samplers.sample_mixture_ddim(
+            d, x, g, noise=n, phi2=0.01, phi2_end=0.81, eta=0.5)),
     ],
 )
 def test_registered_samplers_draw_the_noise_law_of_the_model(noise, name, options, direct):
@@ -187,6 +225,7 @@ def mlp() -> nn.Module:
     [
         (GAMMA_PAPER, lambda *a: ddgm_loss(*a, theta_0=0.001, k_convention="paper")),
         (MIXTURE, lambda *a: mixture_loss(*a, phi2=0.2)),
+        (MIXTURE_T, lambda *a: mixture_loss(*a, phi2=0.01, phi2_end=0.81)),
     ],
 )
 def test_l1_training_loss_is_the_ddgm_objective_of_the_configured_law(noise, oracle):

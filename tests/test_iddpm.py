@@ -19,6 +19,8 @@ from bench.iddpm import (
     learned_vlb_bits_per_dim,
     log_variance_bounds,
     space_timesteps,
+    vlb_loss,
+    vlb_terms,
 )
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
@@ -444,6 +446,94 @@ def test_hybrid_loss_with_importance_sampling_updates_the_sampler():
     for seed in range(3):
         hybrid_loss(net, sch, level_data(16, seed), torch.Generator().manual_seed(seed), max_level=15, t_sampler=sampler)
     assert sampler.counts.sum().item() == sum(min(1, c) for c in sampler.counts.tolist()) > 0
+
+
+def warmed_sampler(T, seed, history=10):
+    """A loss-aware sampler whose every step holds ``history`` losses, drawn at random."""
+    sampler = LossSecondMomentSampler(T, history=history)
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.arange(T).repeat(history)
+    sampler.update(steps, torch.rand(len(steps), generator=g, dtype=torch.float64) * (1 + steps))
+    return sampler
+
+
+def test_loss_aware_sampler_has_the_official_history_and_mixing_and_warms_up_on_the_tenth_loss():
+    T = 3
+    sampler = LossSecondMomentSampler(T)
+    assert sampler.losses.shape == (T, 10) and sampler.uniform_prob == 0.001
+    history = torch.arange(1.0, 31.0, dtype=torch.float64).view(10, T)  # row j: the j-th loss of steps 0, 1, 2
+    for j in range(10):
+        assert torch.equal(sampler.probs(), torch.full((T,), 1 / T, dtype=torch.float64))
+        sampler.update(torch.arange(T), history[j])
+    w = torch.sqrt((history**2).mean(0))
+    assert torch.allclose(sampler.probs(), 0.999 * w / w.sum() + 0.001 / T, rtol=1e-14)
+    sampler.update(torch.tensor([1]), torch.tensor([100.0]))  # an eleventh loss pushes out step 1's first
+    w[1] = math.sqrt(((history[1:, 1] ** 2).sum() + 100.0**2) / 10)
+    assert torch.allclose(sampler.probs(), 0.999 * w / w.sum() + 0.001 / T, rtol=1e-14)
+
+
+def test_loss_aware_sampler_state_round_trips_and_is_checked():
+    sampler = warmed_sampler(5, 0)
+    restored = LossSecondMomentSampler(5)
+    restored.load_state_dict(sampler.state_dict())
+    assert torch.equal(restored.probs(), sampler.probs())
+    a, b = (s.sample(64, torch.Generator().manual_seed(1)) for s in (sampler, restored))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    sampler.update(torch.tensor([0]), torch.tensor([7.0]))
+    assert not torch.equal(restored.losses, sampler.losses)  # a copy, not a view of the live history
+    with pytest.raises(ValueError, match=r"losses of shape \(5, 10\).*needs \(6, 10\) and \(6,\)"):
+        LossSecondMomentSampler(6).load_state_dict(sampler.state_dict())
+    with pytest.raises(ValueError, match="uniform_prob=0.001, this sampler 0.01"):
+        LossSecondMomentSampler(5, uniform_prob=0.01).load_state_dict(sampler.state_dict())
+
+
+@pytest.mark.parametrize("objective", ["hybrid", "vlb"])
+def test_importance_weighted_loss_weights_by_one_over_T_p_and_records_the_unweighted_losses(objective):
+    T, B = 10, 48
+    sch = DiscreteSchedule.named("cosine", T)
+    net = small_net(3)
+    x0 = level_data(B, 6)
+    sampler = warmed_sampler(T, 2)
+    expected_sampler = LossSecondMomentSampler(T)
+    expected_sampler.load_state_dict(sampler.state_dict())
+    p = sampler.probs()
+    assert p.max() > 2 * p.min()  # far from uniform, so the weights matter
+    if objective == "hybrid":
+        loss = hybrid_loss(net, sch, x0, torch.Generator().manual_seed(9), max_level=15, t_sampler=sampler)
+    else:
+        loss = vlb_loss(net, sch, x0, torch.Generator().manual_seed(9), max_level=15, t_sampler=sampler)
+    g = torch.Generator().manual_seed(9)
+    n = torch.multinomial(p, B, replacement=True, generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    simple, term = hybrid_terms(net, sch, x0, n, noise, max_level=15)
+    # improved_diffusion: RESCALED_MSE's loss is mse + vb T / 1000, RESCALED_KL's is vb T (bits/dim)
+    per_sample = simple + 0.001 * T * term if objective == "hybrid" else T * term
+    assert loss.item() == pytest.approx((per_sample.double() / (T * p[n])).mean().item(), rel=1e-12)
+    expected_sampler.update(n, per_sample)
+    assert torch.allclose(sampler.losses, expected_sampler.losses, rtol=1e-12)
+
+
+def test_vlb_loss_is_T_times_the_hybrids_vlb_term_and_trains_both_eps_and_v():
+    T, B = 20, 40
+    sch = DiscreteSchedule.named("cosine", T)
+    net = small_net(4)
+    outputs = []
+    net.register_forward_hook(lambda mod, args, out: outputs.append(out))
+    x0 = level_data(B, 8)
+    loss = vlb_loss(net, sch, x0, torch.Generator().manual_seed(5), max_level=15)
+    g = torch.Generator().manual_seed(5)
+    n = torch.randint(0, T, (B,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    _, term = hybrid_terms(net, sch, x0, n, noise, max_level=15)
+    assert loss.item() == pytest.approx(T * term.double().mean().item(), rel=1e-12)
+    # Over every step, T times the mean of the uniform draws' terms is L_0 + ... + L_{T-1}: the bound less L_T.
+    all_n = torch.arange(T).repeat_interleave(B)
+    outputs.clear()
+    all_terms = vlb_terms(net, sch, x0.repeat(T, 1, 1, 1), all_n, noise.repeat(T, 1, 1, 1), max_level=15)
+    per_step = [hybrid_terms(net, sch, x0, torch.full((B,), t), noise, max_level=15)[1] for t in range(T)]
+    assert torch.allclose(T * all_terms.view(T, B).mean(0), torch.stack(per_step).sum(0), rtol=1e-12)
+    gradient, = torch.autograd.grad(all_terms.sum(), outputs[0])
+    assert torch.all(gradient[:, 0] != 0) and torch.all(gradient[:, 1] != 0)  # no stop-gradient on eps
 
 
 # --- sampling -----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Training: the loss falls, an interrupted run resumes to the same weights, the U-Net trains from config."""
 
+import pytest
 import torch
 
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.models import build_network, load_model, save_model
+from bench.models import build_network, load_model, save_model, training_loss
 from bench.schedules import DiscreteSchedule
 from bench.training import TrainConfig, train_eps_model
 
@@ -50,3 +51,46 @@ def test_ddpm_unet_is_selectable_and_trains(tmp_path):
     loaded, schedule, ckpt = load_model(path)
     x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 50.0)
     assert torch.equal(loaded(x, t), ema(x, t)) and schedule.T == 100 and ckpt["max_level"] == 16
+
+
+def learned_variance_mlp():
+    torch.manual_seed(0)
+    return build_network(
+        {"type": "mlp", "width": 64, "depth": 2, "emb_dim": 16, "out_channels": 2}, channels=1, image_size=8
+    )
+
+
+@pytest.mark.parametrize("loss", ["hybrid", "vlb"])
+def test_loss_aware_run_resumes_to_the_uninterrupted_run_with_the_samplers_state(tmp_path, loss):
+    schedule = DiscreteSchedule.named("cosine", 20)
+    loss_fn = training_loss({"family": "iddpm", "loss": {"name": loss}}, 16)
+    cfg = TrainConfig(steps=24, batch_size=32, lr=1e-3, ema=0.9, seed=3, checkpoint_every=8, t_sampler="loss_aware")
+    full, full_losses = train_eps_model(learned_variance_mlp(), digits(), schedule, cfg, progress=False, loss_fn=loss_fn)
+    state = tmp_path / "state.resume"
+    half = TrainConfig(**{**cfg.__dict__, "steps": 18})
+    train_eps_model(learned_variance_mlp(), digits(), schedule, half, resume_path=state, progress=False, loss_fn=loss_fn)
+    saved = torch.load(state, weights_only=True)["t_sampler"]
+    assert saved["counts"].tolist() == [10] * 20  # saved at step 16, past the warm-up: p_t is no longer uniform
+    resumed, resumed_losses = train_eps_model(
+        learned_variance_mlp(), digits(), schedule, cfg, resume_path=state, progress=False, loss_fn=loss_fn
+    )
+    assert resumed_losses == full_losses
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_loss_aware_t_sampler_is_checked_against_the_loss_and_the_resume_state(tmp_path):
+    schedule = DiscreteSchedule.named("cosine", 20)
+    cfg = TrainConfig(steps=4, batch_size=8, lr=1e-3, ema=0.9, seed=0, checkpoint_every=2, t_sampler="loss_aware")
+    with pytest.raises(ValueError, match="'loss_aware' needs a loss that weights its samples.*not simple_loss"):
+        train_eps_model(mlp(), digits(), schedule, cfg, progress=False)
+    with pytest.raises(ValueError, match=r"t_sampler 'importance' is not one of \['uniform', 'loss_aware'\]"):
+        train_eps_model(mlp(), digits(), schedule, TrainConfig(4, 8, 1e-3, 0.9, 0, t_sampler="importance"))
+    state = tmp_path / "state.resume"
+    uniform = TrainConfig(**{**cfg.__dict__, "steps": 3, "t_sampler": "uniform"})
+    loss_fn = training_loss({"family": "iddpm", "loss": {"name": "hybrid"}}, 16)
+    train_eps_model(learned_variance_mlp(), digits(), schedule, uniform, resume_path=state, progress=False,
+                    loss_fn=loss_fn)
+    with pytest.raises(ValueError, match="saved by a run with t_sampler 'uniform', this run has 'loss_aware'"):
+        train_eps_model(learned_variance_mlp(), digits(), schedule, cfg, resume_path=state, progress=False,
+                        loss_fn=loss_fn)

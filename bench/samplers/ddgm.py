@@ -24,6 +24,7 @@ from bench.ddgm import (
     StepDraws,
     mixture_components,
     mixture_noise,
+    mixture_phi2_schedule,
 )
 from bench.noise import NoiseSource
 from bench.samplers.ddim import generalized
@@ -39,11 +40,13 @@ def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposa
     return noise_at
 
 
-def _mixture_noise_at(noise: NoiseSource, phi2: float, p: float) -> NoiseAt:
+def _mixture_noise_at(denoiser, noise: NoiseSource, phi2: float, p: float, phi2_end: float | None) -> NoiseAt:
+    """The mixture noise of target step s, its components' variance phi_s^2 (constant without ``phi2_end``)."""
     mixture_components(phi2, p)  # fail before the first network call
+    phi2_at = mixture_phi2_schedule(denoiser.schedule.T, phi2, phi2_end).tolist() if phi2_end is not None else None
 
     def noise_at(k: int, s: int) -> torch.Tensor:
-        return mixture_noise(StepDraws(noise, k), phi2=phi2, p=p)
+        return mixture_noise(StepDraws(noise, k), phi2=phi2 if phi2_at is None else phi2_at[s], p=p)
 
     return noise_at
 
@@ -90,11 +93,13 @@ def sample_mixture(
     noise: NoiseSource,
     phi2: float,
     p: float = 0.5,
+    phi2_end: float | None = None,
     variance: str = "beta",
     clip_x0: bool = True,
 ) -> torch.Tensor:
-    """x_s = mu(x_t, x0_hat) + sigma eps, eps ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2)."""
-    return ancestral(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), variance, clip_x0)
+    """x_s = mu(x_t, x0_hat) + sigma eps, eps ~ p N(mu_1, phi_s^2) + (1 - p) N(mu_2, phi_s^2)."""
+    noise_at = _mixture_noise_at(denoiser, noise, phi2, p, phi2_end)
+    return ancestral(denoiser, x_T, grid, noise_at, variance, clip_x0)
 
 
 def sample_mixture_ddim(
@@ -105,11 +110,12 @@ def sample_mixture_ddim(
     noise: NoiseSource,
     phi2: float,
     p: float = 0.5,
+    phi2_end: float | None = None,
     eta: float = 0.0,
     clip_x0: bool = False,
 ) -> torch.Tensor:
-    """DDIM Eq. 12 with sigma(eta) and z two-Gaussian mixture noise (zero mean, unit variance)."""
-    return generalized(denoiser, x_T, grid, _mixture_noise_at(noise, phi2, p), eta, clip_x0)
+    """DDIM Eq. 12 with sigma(eta) and z two-Gaussian mixture noise (zero mean, unit variance, phi_s^2)."""
+    return generalized(denoiser, x_T, grid, _mixture_noise_at(denoiser, noise, phi2, p, phi2_end), eta, clip_x0)
 
 
 def _law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
@@ -121,7 +127,7 @@ def _law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
         )
     if law.kind == "gamma":
         return _gamma_noise_at(denoiser, noise, law.theta_0, law.k_t, DEFAULT_PROPOSALS)
-    return _mixture_noise_at(noise, law.phi2, law.p)
+    return _mixture_noise_at(denoiser, noise, law.phi2, law.p, law.phi2_end)
 
 
 def ddgm(
