@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,6 +96,8 @@ def train_eps_model(
             )
         if t_sampler is not None:
             t_sampler.load_state_dict(saved)
+        if progress:
+            print(f"train: resuming from step {start} of {cfg.steps} ({resume_path})", file=sys.stderr, flush=True)
     net.train()
     bar = tqdm(
         range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train", mininterval=2.0

@@ -26,14 +26,15 @@ def test_loss_decreases_on_digits():
     assert sum(losses[-20:]) / 20 < 0.7 * sum(losses[:20]) / 20
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, capsys):
     cfg = TrainConfig(steps=40, batch_size=32, lr=1e-3, ema=0.9, seed=3, checkpoint_every=10)
     full, full_losses = train_eps_model(mlp(), digits(), SCH, cfg, progress=False)
     state = tmp_path / "state.resume"
     half = TrainConfig(**{**cfg.__dict__, "steps": 25})
     train_eps_model(mlp(), digits(), SCH, half, resume_path=state, progress=False)
     assert state.exists()  # saved at step 20, as if the job had been killed there
-    resumed, resumed_losses = train_eps_model(mlp(), digits(), SCH, cfg, resume_path=state, progress=False)
+    resumed, resumed_losses = train_eps_model(mlp(), digits(), SCH, cfg, resume_path=state, progress=True)
+    assert f"train: resuming from step 20 of 40 ({state})" in capsys.readouterr().err
     assert resumed_losses == full_losses
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
