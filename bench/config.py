@@ -26,6 +26,7 @@ from bench.grids import (
     time_grid,
 )
 from bench.speed import SpeedOptions
+from bench.strict_yaml import load_yaml
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
@@ -56,12 +57,12 @@ class Cell:
 
 
 def _schema() -> dict:
-    return yaml.safe_load(resources.files("bench.schema").joinpath("config.schema.yaml").read_text())
+    return load_yaml(resources.files("bench.schema").joinpath("config.schema.yaml").read_text())
 
 
 def compatibility() -> dict[str, list[str]]:
     """Family -> sampler functions that apply to it."""
-    return yaml.safe_load(resources.files("bench.schema").joinpath("compatibility.yaml").read_text())
+    return load_yaml(resources.files("bench.schema").joinpath("compatibility.yaml").read_text())
 
 
 def read_yaml(path: Path) -> Any:
@@ -77,7 +78,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
