@@ -35,6 +35,9 @@ from bench.warm_worker import start_worker
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
 try:
+    # Snakemake's own YAML reader keeps the last of two equal keys; ours refuses them (bench/strict_yaml.py).
+    for configfile in workflow.overwrite_configfiles or ():
+        read_yaml(Path(configfile))
     # User data directories are checked in onstart, which a dry run (planning without data) skips.
     validate_config(config, root=Path(workflow.basedir), check_paths=False)
 except ConfigError as err:

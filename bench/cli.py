@@ -498,76 +498,122 @@ def cmd_report(args: argparse.Namespace) -> None:
     render_report(Path(args.results), [Path(p) for p in args.tables], Path(args.out))
 
 
+def project_root() -> Path:
+    """Where relative paths of a config (table specs, data roots) resolve: the checkout holding the Snakefile
+    beside this package (the README's editable install), else the working directory."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout if (checkout / "Snakefile").is_file() else Path.cwd()
+
+
 def cmd_plan(args: argparse.Namespace) -> None:
     from bench.config import load_config
     from bench.plan import format_plan, plan
 
-    print(format_plan(plan(load_config(Path(args.config), check_paths=False))), end="")
+    root = project_root()
+    print(format_plan(plan(load_config(Path(args.config), root=root, check_paths=False), root=root)), end="")
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     from bench.config import cells, load_config
 
-    cfg = load_config(Path(args.config))
+    cfg = load_config(Path(args.config), root=project_root())
     print(f"{args.config}: valid; {len(cells(cfg))} cells")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="step", required=True)
+# Each step's one-line description in `python -m bench --help`; the rule that calls it is in workflows/rules/.
+STEPS = {
+    "check-data": (cmd_check_data, "check a dataset's folder layout; write its image counts"),
+    "train-extractor": (cmd_train_extractor, "train the digits CNN feature extractor (embedded default)"),
+    "train": (cmd_train, "train a model; after an interruption it resumes from OUT.resume"),
+    "fetch-checkpoint": (cmd_fetch_checkpoint, "download an official checkpoint and verify its md5 / sha256"),
+    "convert-checkpoint": (cmd_convert_checkpoint, "convert an official checkpoint into our model format"),
+    "moments": (cmd_moments, "Monte-Carlo Gamma_n of a model for Analytic-DPM (once per model)"),
+    "sample": (cmd_sample, "draw one shard (a seed range) of a cell's samples"),
+    "features": (cmd_features, "extractor features of one sample shard, summed for FD / IS"),
+    "reference-stats": (cmd_reference_stats, "reference statistics of a dataset split, or published ones"),
+    "fetch-weights": (cmd_fetch_weights, "download and verify the Inception weights"),
+    "fd-is": (cmd_fd_is, "FD / FID and IS of a cell from its shards' features"),
+    "nll": (cmd_nll, "variational bound in bits/dim of one trajectory and its reverse variances"),
+    "ode-nll": (cmd_ode_nll, "probability-flow ODE likelihood in bits/dim of a continuous-time model"),
+    "collect": (cmd_collect, "gather every cell's records into results/metrics.csv and provenance.json"),
+    "report": (cmd_report, "render the HTML and LaTeX tables and figures from results/metrics.csv"),
+    "plan": (cmd_plan, "print each table's cells, jobs, samples, NFE and estimated GPU hours"),
+    "validate": (cmd_validate, "check a configuration (schema, names, options, data paths) without running it"),
+}
+SPEC_HELP = (
+    "the step's settings as one JSON object, exactly what determines its output (the rule builds it from the "
+    """config), e.g. check-data's '{"kind": "digits"}'"""
+)
 
-    def step(name: str, fn, *, spec: bool = True, out: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name)
+
+def build_parser() -> argparse.ArgumentParser:
+    description = "dpm-bench's steps: each Snakemake rule runs one, and each also runs by hand."
+    p = argparse.ArgumentParser(prog="python -m bench", description=description)
+    sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str, *, spec: bool = True, out: str | None = "the file this step writes") -> argparse.ArgumentParser:
+        fn, description = STEPS[name]
+        sp = sub.add_parser(name, help=description, description=description)
         sp.set_defaults(fn=fn)
         if spec:
-            sp.add_argument("--spec", required=True, help="JSON settings of this step")
+            sp.add_argument("--spec", required=True, help=SPEC_HELP)
         if out:
-            sp.add_argument("--out", required=True)
+            sp.add_argument("--out", required=True, help=out)
         return sp
 
-    sub.add_parser("perf", help="time the network, our samplers and a peer loop (python -m bench perf --help)")
-    step("train-extractor", cmd_train_extractor)
-    step("train", cmd_train).add_argument("--threads", type=int, default=1)
-    step("check-data", cmd_check_data)
-    step("fetch-checkpoint", cmd_fetch_checkpoint).add_argument("--lock", required=True, help="sha256 pin file")
-    step("convert-checkpoint", cmd_convert_checkpoint).add_argument("--checkpoint", required=True)
-    for name, fn in (("sample", cmd_sample), ("nll", cmd_nll), ("moments", cmd_moments)):
-        sp = step(name, fn)
-        sp.add_argument("--model", required=True)
-        sp.add_argument("--threads", type=int, default=1)
-        if fn is not cmd_moments:
-            sp.add_argument("--moments", help="Analytic-DPM moments artifact, for samplers that need Gamma_n")
-    sp = step("ode-nll", cmd_ode_nll)
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--threads", type=int, default=1)
-    sp = step("features", cmd_features)
+    def threads(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--threads", type=int, default=1, help="CPU threads of torch and BLAS (default 1)")
+
+    def config_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--configfile", "--config", dest="config", required=True, metavar="FILE",
+                        help="a dpm-bench config YAML, e.g. workflows/config/paper.yaml; its relative paths "
+                             "resolve against the checkout that holds the Snakefile")
+
+    sub.add_parser("perf", help="time the network, each sampler and a peer loop (python -m bench perf --help)")
+    step("check-data", out="the summary JSON")
+    step("train-extractor", out="the extractor's weights")
+    threads(step("train", out="the model file; its resumable state goes to OUT.resume"))
+    step("fetch-checkpoint", out="where the downloaded file goes").add_argument(
+        "--lock", required=True, help="JSON file pinning the sha256 of a download that has no published hash")
+    step("convert-checkpoint", out="the model file").add_argument(
+        "--checkpoint", required=True, help="the downloaded official checkpoint")
+    for name in ("sample", "nll", "moments"):
+        sp = step(name, out="the shard (.npz)" if name == "sample" else "the result file")
+        sp.add_argument("--model", required=True, help="the model file written by train or convert-checkpoint")
+        threads(sp)
+        if name != "moments":
+            sp.add_argument("--moments", help="the model's Gamma_n file (moments), for samplers that need it")
+    sp = step("ode-nll", out="the result JSON")
+    sp.add_argument("--model", required=True, help="the model file written by train or convert-checkpoint")
+    threads(sp)
+    sp = step("features", out="the shard's features (.npz)")
     sp.add_argument("--extractor", required=True, help="extractor weights (digits classifier or Inception file)")
-    sp.add_argument("--shard", required=True)
-    sp.add_argument("--threads", type=int, default=1)
-    sp = step("reference-stats", cmd_reference_stats)
+    sp.add_argument("--shard", required=True, help="the sample shard written by sample")
+    threads(sp)
+    sp = step("reference-stats", out="the statistics (.npz)")
     sp.add_argument("--extractor", help="extractor weights, to compute statistics of a dataset split")
     sp.add_argument("--cache", default="resources/references", help="download folder of published statistics")
     sp.add_argument("--lock", default="resources/references.lock.json", help="sha256 pins of unhashed downloads")
-    sp.add_argument("--threads", type=int, default=1)
-    sp = step("fetch-weights", cmd_fetch_weights)
+    threads(sp)
+    sp = step("fetch-weights", out="the Inception weights file")
     sp.add_argument("--cache", default="resources/inception", help="download folder of Inception weights")
     sp.add_argument("--lock", default="resources/references.lock.json", help="sha256 pins of unhashed downloads")
-    sp = step("fd-is", cmd_fd_is)
+    sp = step("fd-is", out="the cell's FD / IS record (JSON)")
     sp.add_argument("--features", nargs="+", required=True, help="the cell's per-shard features files, in seed order")
     sp.add_argument("--reference", required=True, help="reference statistics written by reference-stats")
-    sp = step("collect", cmd_collect)
-    sp.add_argument("--results", required=True)
-    sp = step("report", cmd_report, spec=False)
-    sp.add_argument("--results", required=True)
-    sp.add_argument("--tables", nargs="+", required=True)
-    sp = step("plan", cmd_plan, spec=False, out=False)
-    sp.add_argument("--config", "--configfile", dest="config", required=True)
-    sp = step("validate", cmd_validate, spec=False, out=False)
-    sp.add_argument("--config", required=True)
+    sp = step("collect", out="results/metrics.csv")
+    sp.add_argument("--results", required=True, help="the results folder whose cells/ it reads")
+    sp = step("report", spec=False, out="the report folder")
+    sp.add_argument("--results", required=True, help="the results folder holding metrics.csv")
+    sp.add_argument("--tables", nargs="+", required=True, help="the table specs (YAML) to render")
+    config_flag(step("plan", spec=False, out=None))
+    config_flag(step("validate", spec=False, out=None))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.config import ConfigError
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["perf"]:
         # perf has its own parser (its options start with --, which a REMAINDER subparser refuses).
@@ -581,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
         # A bad input file or a failed write is the user's to fix: name it, without torch's or numpy's traceback.
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ConfigError as err:
+        print("invalid configuration:", file=sys.stderr)
+        for line in str(err).splitlines():
+            print(f"  - {line}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -26,6 +26,7 @@ from bench.grids import (
     time_grid,
 )
 from bench.speed import SpeedOptions
+from bench.strict_yaml import load_yaml
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
@@ -56,12 +57,12 @@ class Cell:
 
 
 def _schema() -> dict:
-    return yaml.safe_load(resources.files("bench.schema").joinpath("config.schema.yaml").read_text())
+    return load_yaml(resources.files("bench.schema").joinpath("config.schema.yaml").read_text())
 
 
 def compatibility() -> dict[str, list[str]]:
     """Family -> sampler functions that apply to it."""
-    return yaml.safe_load(resources.files("bench.schema").joinpath("compatibility.yaml").read_text())
+    return load_yaml(resources.files("bench.schema").joinpath("compatibility.yaml").read_text())
 
 
 def read_yaml(path: Path) -> Any:
@@ -77,7 +78,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -93,6 +94,9 @@ def _key(path) -> str:
     return out or "<root>"
 
 
+_BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
 def _schema_error_message(err: jsonschema.ValidationError) -> str:
     key = _key(err.absolute_path)
     v = err.validator
@@ -103,8 +107,8 @@ def _schema_error_message(err: jsonschema.ValidationError) -> str:
     if v == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         return f"config key '{key}': {err.message}; allowed keys: {allowed}"
-    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        return f"config key '{key}': value {err.instance!r} must be {v} {err.validator_value}"
+    if v in _BOUNDS:
+        return f"config key '{key}': value {err.instance!r} must be {_BOUNDS[v]} {err.validator_value}"
     if v == "type":
         return f"config key '{key}': value {err.instance!r} is not of type {err.validator_value}"
     return f"config key '{key}': value {err.instance!r}: {err.message}"
@@ -123,6 +127,7 @@ def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = Tru
         raise ConfigError(_schema_error_message(errors[0]))
     _check_references(cfg)
     _check_sampling_speed(cfg)
+    _check_shard_count(cfg)
     if check_paths:
         check_dataset_paths(cfg, root)
     _check_tables(cfg, root)
@@ -446,9 +451,16 @@ def _check_tables(cfg: dict, root: Path) -> None:
             raise ConfigError(f"table spec {rel}: metric {metric!r} is not allowed; allowed: {list(METRIC_NAMES)}")
         field = spec["columns"]["field"]
         pf_ode_models = ode_nll_models(cfg)
+        _check_row_labels(spec, rel)
         for r, row in enumerate(spec.get("rows", [])):
             if "unavailable" in row:
                 continue
+            for key, table in (("model", cfg["models"]), ("sampler", cfg["samplers"])):
+                if key in row and row[key] not in table and not (key == "sampler" and row[key] == PF_ODE):
+                    raise ConfigError(
+                        f"table spec {rel}: rows[{r}] ({row.get('label')!r}) names unknown {key} {row[key]!r}; "
+                        f"the config defines {sorted(table)}"
+                    )
             for value in spec["columns"]["values"]:
                 if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
                     continue
@@ -471,6 +483,19 @@ def _check_tables(cfg: dict, root: Path) -> None:
                     )
 
 
+def _check_row_labels(spec: dict, rel: str) -> None:
+    """Two rows with one label would print as two lines a reader cannot tell apart."""
+    first: dict[str, int] = {}
+    for r, row in enumerate(spec.get("rows", [])):
+        label = row.get("label")
+        if label in first:
+            raise ConfigError(
+                f"table spec {rel}: rows[{r}] repeats the label {label!r} of rows[{first[label]}]; "
+                "each row of a table needs its own label"
+            )
+        first[label] = r
+
+
 def load_config(path: Path | str, *, root: Path | None = None, check_paths: bool = True) -> dict:
     """Read and validate a config file (table spec paths are relative to ``root``, default the cwd)."""
     return validate_config(read_yaml(Path(path)), root=root or Path("."), check_paths=check_paths)
@@ -484,6 +509,21 @@ def cells(cfg: dict) -> list[Cell]:
             for K in exp["K"]:
                 seen[Cell(exp["model"], s, K)] = None
     return list(seen)
+
+
+# Each shard is a job (and its features another) in every cell: beyond this, Snakemake's DAG of a paper
+# profile grows past what it plans in minutes.
+MAX_SHARDS_PER_CELL = 1000
+
+
+def _check_shard_count(cfg: dict) -> None:
+    n, size = cfg["sampling"]["n_samples"], cfg["sampling"]["shard_size"]
+    shards = -(-n // size)
+    if shards > MAX_SHARDS_PER_CELL:
+        raise ConfigError(
+            f"config key 'sampling.shard_size': value {size} splits n_samples={n} into {shards} shards per cell; "
+            f"at most {MAX_SHARDS_PER_CELL} are allowed, so shard_size must be at least {-(-n // MAX_SHARDS_PER_CELL)}"
+        )
 
 
 def shard_ranges(cfg: dict) -> list[tuple[int, int]]:

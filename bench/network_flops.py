@@ -15,10 +15,10 @@ from importlib import resources
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.speed import SpeedOptions
+from bench.strict_yaml import load_yaml
 
 # Number formats of the network's products, as bench/gpu_peaks.yaml lists their peaks.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -54,7 +54,7 @@ def matmul_precision(device: torch.device, speed: SpeedOptions) -> str:
 @cache
 def gpu_peaks() -> tuple[GPUPeak, ...]:
     """The entries of bench/gpu_peaks.yaml, in file order."""
-    data = yaml.safe_load(resources.files("bench").joinpath("gpu_peaks.yaml").read_text())
+    data = load_yaml(resources.files("bench").joinpath("gpu_peaks.yaml").read_text())
     return tuple(GPUPeak(e["name"], e["match"], e["source"], dict(e["tflops"])) for e in data["devices"])
 
 

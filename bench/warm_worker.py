@@ -319,9 +319,44 @@ class WarmWorker:
         shutil.rmtree(Path(self.socket_path).parent, ignore_errors=True)
 
 
+WORKER_DIR_PREFIX = "dpm-bench-worker-"
+# A folder with no socket is a server still importing, unless it is older than this.
+STALE_AFTER_S = 600.0
+
+
+def _is_stale(directory: Path) -> bool:
+    path = directory / SOCKET_NAME
+    if not path.exists():
+        try:
+            return time.time() - directory.stat().st_mtime > STALE_AFTER_S
+        except FileNotFoundError:
+            return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(str(path))  # a live server reads an empty request and closes it
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def remove_stale_workers(tmp: Path | None = None) -> list[Path]:
+    """Remove the folders of servers that died without cleaning up (a SIGKILLed run); return them."""
+    removed = []
+    for directory in Path(tmp or tempfile.gettempdir()).glob(WORKER_DIR_PREFIX + "*"):
+        if directory.is_dir() and _is_stale(directory):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 def start_worker(cwd: Path | None = None, entry: str = ENTRY) -> WarmWorker:
     """Start a server as a child of this process; its clients find it through the environment variable ENV_VAR."""
-    directory = Path(tempfile.mkdtemp(prefix="dpm-bench-worker-"))
+    remove_stale_workers()
+    directory = Path(tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX))
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.warm_worker", "--directory", str(directory), "--parent", str(os.getpid()),
          "--entry", entry],

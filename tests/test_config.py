@@ -50,9 +50,9 @@ CASES = [
     (("models", "mlp", "dataset"), "cifar11", r"models\.mlp\.dataset': unknown dataset 'cifar11'; defined: \['digits'\]"),
     (("experiments", 0, "model"), "unet", r"experiments\[0\]\.model': unknown model 'unet'; defined: \['ddgm', 'ddgm_gmm', 'edm', 'iddpm', 'mlp', 'ncsn'\]"),
     (("experiments", 0, "K"), [10, 1001], r"experiments\[0\]\.K\[1\]': value 1001 is not allowed; K must be an integer in \[1, T=1000\]"),
-    (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be minimum 1"),
+    (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be >= 1"),
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
-    (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be minimum 1"),
+    (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be >= 1"),
     (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc', 'vp_euler_maruyama', 'vp_probability_flow'\]"),
     (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal', 'edm', 'vp', 've', 'iddpm', 'vp_sde'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits', 'cifar10', 'celeba64', 'imagenet64', 'lsun'\]"),
@@ -122,8 +122,8 @@ NOISE_CASES = [
     (("models", "ddgm", "noise"), {"kind": "gamma", "k_t": "alpha"}, r"noise\.k_t': value 'alpha' is not allowed; allowed: \['code', 'paper'\]"),
     (("models", "ddgm", "noise"), {"kind": "gamma", "phi2": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2'\]"),
     (("models", "ddgm_gmm", "noise"), {"kind": "gaussian_mixture"}, r"models\.ddgm_gmm\.noise': DDGM noise of kind 'gaussian_mixture' needs phi2"),
-    (("models", "ddgm_gmm", "noise", "phi2"), 1.5, r"models\.ddgm_gmm\.noise\.phi2': value 1\.5 must be maximum 1"),
-    (("models", "ddgm_gmm", "noise", "phi2_end"), 0, r"models\.ddgm_gmm\.noise\.phi2_end': value 0 must be exclusiveMinimum 0"),
+    (("models", "ddgm_gmm", "noise", "phi2"), 1.5, r"models\.ddgm_gmm\.noise\.phi2': value 1\.5 must be <= 1"),
+    (("models", "ddgm_gmm", "noise", "phi2_end"), 0, r"models\.ddgm_gmm\.noise\.phi2_end': value 0 must be > 0"),
     (("models", "ddgm", "noise"), {"kind": "gamma", "phi2_end": 0.5}, r"models\.ddgm\.noise': DDGM noise of kind 'gamma' takes keys \['kind', 'k_t'\], not \['phi2_end'\]"),
 ]
 
@@ -187,7 +187,7 @@ MODEL_CASES = [
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0, "T": 5}, r"models\.ncsn\.schedule': Additional properties are not allowed \('T' was unexpected\)"),
     (("models", "edm", "schedule", "sigma_min"), 20.0, r"models\.edm\.schedule': sigma_min=20\.0 must be below sigma_max=10\.0"),
     (("samplers", "pc", "grid"), "even", r"samplers\.pc\.grid': value 'even' is not a sigma grid, which sampler function 'pc' needs; allowed: \['edm', 'vp', 've', 'iddpm'\]"),
-    (("metrics", "ode_nll", "rtol"), 0, r"metrics\.ode_nll\.rtol': value 0 must be exclusiveMinimum 0"),
+    (("metrics", "ode_nll", "rtol"), 0, r"metrics\.ode_nll\.rtol': value 0 must be > 0"),
 ]
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from bench.io import load_npz
 from bench.models import build_network, save_model
-from bench.warm_worker import DECLINED, ENV_VAR, SUPPORTED, start_worker, thread_counts
+from bench.warm_worker import DECLINED, ENV_VAR, SUPPORTED, remove_stale_workers, start_worker, thread_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -181,6 +181,18 @@ def test_server_exits_and_removes_its_socket_when_its_parent_dies(tmp_path):
     parent.kill()
     parent.wait()
     assert wait_for(lambda: not Path(path).parent.exists()), "the server outlived the process that started it"
+
+
+def test_a_killed_servers_folder_is_removed_and_a_live_ones_kept(probe_worker, tmp_path):
+    killed = start_worker(cwd=TESTS, entry="worker_probe:main")
+    assert Path(killed.socket_path).exists()
+    killed.process.kill()  # SIGKILL: no finally clause runs, the folder and its socket stay behind
+    killed.process.wait()
+    stale = Path(killed.socket_path).parent
+    assert stale.exists()
+    assert stale in remove_stale_workers()
+    assert not stale.exists() and Path(probe_worker.socket_path).exists()
+    assert client(probe_worker, "exit", "0").returncode == 0  # the probe did not disturb the live server
 
 
 def _mlp(tmp_path: Path) -> Path:

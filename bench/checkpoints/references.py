@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from bench.checkpoints.download import fetch, file_digest
+from bench.strict_yaml import load_yaml
 
 REFERENCES_PATH = Path(__file__).with_name("references.yaml")
 # Inception pipelines: torch-fidelity's TF1-compatible one; clean-fid's PIL-bicubic `clean` and TF-like one.
@@ -123,7 +123,7 @@ class References:
 
 def load_references(path: Path = REFERENCES_PATH) -> References:
     """Read and validate the registry; errors name the entry and key."""
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    data = load_yaml(Path(path).read_text(encoding="utf-8"))
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "<top level>"

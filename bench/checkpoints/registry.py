@@ -9,6 +9,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bench.strict_yaml import load_yaml
+
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 
 HASH_TYPES = ("md5", "sha256", "none")
@@ -135,7 +137,7 @@ def validate_registry(data: Any, *, origin: str = "registry") -> list[Checkpoint
 def load_registry(path: Path = REGISTRY_PATH) -> dict[str, CheckpointEntry]:
     """Read and validate a registry YAML file; return its entries keyed by name, in file order."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise RegistryError(f"{path} is not valid YAML: {exc}") from None
     return {entry.name: entry for entry in validate_registry(data, origin=str(path))}

@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bench.strict_yaml import load_yaml
+
 # Fields of results/metrics.csv that identify a cell: rows select on them, columns vary one.
 SELECTOR_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")
 
@@ -228,7 +230,7 @@ def load_table_spec(source: Path) -> TableSpec:
     """Read and validate one YAML table spec against TABLE_SPEC_SCHEMA and the results fields."""
     source = Path(source)
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        raw = load_yaml(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TableSpecError(f"table spec {source}: file not found") from None
     except yaml.YAMLError as err:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.strict_yaml import load_yaml
+
 HERE = Path(__file__).resolve().parent
 CSV_PATH = HERE / "paper_tables.csv"
 LAYOUT_PATH = HERE / "paper_layout.yaml"
@@ -121,7 +123,7 @@ def _is_annotated(text: str, number: float) -> bool:
 
 def build_all(layout_path: Path = LAYOUT_PATH, csv_path: Path = CSV_PATH) -> dict[str, dict]:
     """Every spec of the layout, by file name."""
-    layout = yaml.safe_load(layout_path.read_text(encoding="utf-8"))
+    layout = load_yaml(layout_path.read_text(encoding="utf-8"))
     csv_rows = read_csv(csv_path)
     for row in csv_rows:
         owners = [entry["id"] for entry in layout["specs"] if _selected(row, entry["select"])]
