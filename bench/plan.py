@@ -2,7 +2,7 @@
 evaluations (NFE) and estimated device hours.
 
 - jobs: the sampling, metric and moments jobs of the table's cells (model training, extractor,
-  collect, report and reference-statistics jobs are shared by every table and not counted). A FD / IS
+  collect, report and reference-statistics jobs are shared by every table and counted in ``total``). A FD / IS
   cell is ``n_shards`` sample_shard and features jobs and one fd_is job; an NLL cell is one nll job per
   (dataset, model, grid, K), shared by the samplers of that grid; a cell whose sampler needs
   Analytic-DPM's Gamma_n adds the model's one moments job.
@@ -14,7 +14,9 @@ evaluations (NFE) and estimated device hours.
 - hours: NFE times the model's seconds per NFE per sample: ``plan.seconds_per_nfe.<model>`` in
   the configuration, else ``SECONDS_PER_NFE`` by network type, else ``DEFAULT_SECONDS_PER_NFE``.
 The last row, ``total``, is the whole run: every cell of the experiments (tables may show fewer)
-with its FD / IS and NLL jobs as the workflow makes them, each job and NFE counted once.
+with its FD / IS and NLL jobs as the workflow makes them, each job and NFE counted once, a cell that
+another computes (bench/shared_cells.py) counted as a cell but not again in jobs, and the run-wide
+jobs added: its job count is what ``snakemake -n`` plans for a fresh run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from bench.config import ConfigError, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
 from bench.grids import MOMENT_GRIDS
+from bench.shared_cells import shared_cells
 
 # Seconds per network evaluation per sample, by network type.
 # mlp: the embedded default's MLP (width 192, depth 3) sampling 1000 digits per batch on one CPU
@@ -259,14 +262,48 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         rows.append(row | {"unavailable": unavailable_cells(spec)})
     metrics = cfg["metrics"]
     work = []
+    shared = shared_cells(cfg)
     for c in all_cells(cfg):
+        if c in shared:
+            continue  # its samples and bound are another cell's (bench/shared_cells.py)
         if "fd_is" in metrics:
             work.append((False, c.model, c.sampler, c.K))
         if "nll" in metrics and "nll" in cfg["samplers"][c.sampler]:
             work.append((True, c.model, c.sampler, c.K))
     unavailable = sum(r["unavailable"] for r in rows)
-    rows.append(_row("total", "", cfg, work, sizes, set(ode_nll_models(cfg))) | {"unavailable": unavailable})
+    total = _row("total", "", cfg, work, sizes, set(ode_nll_models(cfg)))
+    total["cells"] += len(shared)
+    total["jobs"] += len(run_wide_jobs(cfg, work))
+    rows.append(total | {"unavailable": unavailable})
     return rows
+
+
+def run_wide_jobs(cfg: dict, work: list[tuple[bool, str, str, int]]) -> set[tuple]:
+    """The jobs the workflow runs once for the whole run beside the cells' own: data checks, models (trained,
+    or fetched and converted), the extractor, its weights and reference statistics, collect, report and the
+    target rule `all` (the rules in workflows/rules/)."""
+    models = {model for _, model, _, _ in work} | set(ode_nll_models(cfg))
+    fd_models = {model for nll, model, _, _ in work if not nll}
+    jobs: set[tuple] = {("collect",), ("report",), ("all",)}
+    for name in models:
+        m = cfg["models"][name]
+        jobs.add(("check_data", m["dataset"]))
+        if "train" in m:
+            jobs.add(("train_model", name))
+        else:
+            jobs |= {("fetch_checkpoint", m["checkpoint"]), ("convert_checkpoint", name)}
+    if fd_models:
+        fd = cfg["metrics"]["fd_is"]
+        extractor = cfg["extractors"][fd["extractor"]]
+        if extractor["kind"] == "digits_cnn":
+            jobs |= {("train_extractor", fd["extractor"]), ("check_data", extractor["dataset"])}
+        elif "weights_path" not in extractor:
+            jobs.add(("fetch_inception_weights",))
+        if "reference_stats" in fd:
+            jobs.add(("published_reference_stats", fd["reference_stats"]))
+        else:
+            jobs |= {("reference_stats", cfg["models"][m]["dataset"]) for m in fd_models}
+    return jobs
 
 
 def format_plan(rows: list[dict]) -> str:

@@ -2,7 +2,11 @@
 (tests/configs/plan_default.yaml), and invariants of the embedded default."""
 
 import copy
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,7 @@ import yaml
 from bench.config import ConfigError, load_config, ode_nll_models, shard_ranges
 from bench.config import cells as all_cells
 from bench.plan import DEFAULT_SECONDS_PER_NFE, ODE_NLL_NFE, SECONDS_PER_NFE, format_plan, plan
+from bench.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests/configs/plan_default.yaml"
@@ -53,7 +58,7 @@ TABLES = {
 # The hand count, from the rules of the workflow (Snakefile, workflows/rules/*.smk):
 # - FD / IS: per cell and shard one sample_shard and one features job, per cell one fd_is job. 1000 samples
 #   in one shard of 1000: 3 jobs per cell. The one reference_stats job (digits, train, digits_cnn), like
-#   model and extractor training, is shared by every table and not counted.
+#   model and extractor training, is shared by every table and counted in the total only.
 # - moments: one job for mlp (its analytic_ddpm samplers read Gamma_n); the whole train split, M = 1438
 #   images, at all T = 1000 steps.
 # - nll: one job per (model, grid, K), shared by the samplers of that grid; K NFE per test image and pass.
@@ -80,10 +85,11 @@ NLL_NFE = N_TEST * (10 + 100) * (2 + 1)
 NLL = {"cells": 6, "jobs": 4 + 1, "samples": 0, "nfe": NLL_NFE + MOMENTS_NFE}
 ODE = {"cells": 1, "jobs": 1, "samples": 0, "nfe": ODE_NFE}
 # The whole run: 5 samplers x 2 K + ddim_eta0 at K 25 + edm_heun x 2 K + pc x 2 K = 15 cells and ncsn's
-# PF-ODE NLL; 15 x 3 FD / IS jobs, 4 nll jobs, the moments and the ode_nll job.
+# PF-ODE NLL; 15 x 3 FD / IS jobs, 4 nll jobs, the moments and the ode_nll job, and the 8 run-wide jobs: the
+# digits check, the training of mlp and ncsn, the extractor, its reference statistics, collect, report and all.
 TOTAL_SAMPLING_NFE = N_SAMPLES * (5 * (10 + 100) + 25 + (19 + 49) + (20 + 200))
 TOTAL_NFE = TOTAL_SAMPLING_NFE + NLL_NFE + MOMENTS_NFE + ODE_NFE
-TOTAL = {"cells": 15 + 1, "jobs": 15 * 3 + 4 + 1 + 1, "samples": 15 * N_SAMPLES, "nfe": TOTAL_NFE}
+TOTAL = {"cells": 15 + 1, "jobs": 15 * 3 + 4 + 1 + 1 + 8, "samples": 15 * N_SAMPLES, "nfe": TOTAL_NFE}
 NCSN_NFE = N_SAMPLES * (20 + 200) + ODE_NFE
 
 
@@ -144,7 +150,7 @@ def test_shards_change_jobs_not_samples_or_nfe(cfg, frozen_dir):
     # per FD / IS cell 4 sample_shard, 4 features and 1 fd_is job
     assert counts(rows[0]) == FD | {"jobs": 9 * (4 + 4 + 1) + 1}
     assert counts(rows[2]) == NLL
-    assert counts(rows[-1]) == TOTAL | {"jobs": 15 * (4 + 4 + 1) + 4 + 1 + 1}
+    assert counts(rows[-1]) == TOTAL | {"jobs": 15 * (4 + 4 + 1) + 4 + 1 + 1 + 8}
 
 
 def test_moments_from_m_images(cfg, frozen_dir):
@@ -190,7 +196,7 @@ def test_format_plan_aligns_columns(cfg, frozen_dir):
     assert len({len(line) for line in lines}) == 1
     assert lines[2].split()[:2] == ["plan_fd_digits", "fd_digits"]
     hours = f"{TOTAL_NFE * SECONDS_PER_NFE['mlp'] / 3600:.3g}"
-    assert lines[-1].split() == ["total", "16", "3", "51", "15,000", f"{TOTAL_NFE:,}", hours]
+    assert lines[-1].split() == ["total", "16", "3", "59", "15,000", f"{TOTAL_NFE:,}", hours]
 
 
 def test_embedded_default_plans_every_cell_once():
@@ -203,8 +209,24 @@ def test_embedded_default_plans_every_cell_once():
     assert total["table"] == "total"
     assert total["cells"] == n_cells + n_ode
     assert total["jobs"] >= total["cells"]
-    # every cell samples n_samples in shards, each shard sampled and featurised, then one fd_is job
-    assert total["samples"] == n_cells * cfg["sampling"]["n_samples"]
-    assert total["jobs"] >= n_cells * (2 * len(shard_ranges(cfg)) + 1) + n_ode
+    # every cell that no other computes samples n_samples in shards, each shard sampled and featurised, then
+    # one fd_is job
+    computed = n_cells - len(shared_cells(cfg))
+    assert total["samples"] == computed * cfg["sampling"]["n_samples"]
+    assert total["jobs"] >= computed * (2 * len(shard_ranges(cfg)) + 1) + n_ode
     assert all(0 < r["cells"] <= total["cells"] and r["jobs"] <= total["jobs"] for r in rows)
     assert all(r["nfe"] <= total["nfe"] and r["hours"] <= total["hours"] for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["workflows/config/default.yaml", "workflows/config/paper.yaml"])
+def test_total_jobs_are_what_snakemake_plans_for_a_fresh_run(config, tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-n", "--cores", "1", "--configfile",
+         str(ROOT / config), "--directory", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    planned = int(re.search(r"^total\s+(\d+)$", r.stdout + r.stderr, flags=re.MULTILINE).group(1))
+    total = plan(load_config(ROOT / config, root=ROOT, check_paths=False), root=ROOT)[-1]
+    assert total["jobs"] == planned
