@@ -6,6 +6,7 @@ Every error names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +26,7 @@ from bench.grids import (
     has_repeats,
     time_grid,
 )
+from bench.options import OptionError, check_options, option_parameters, required_options
 from bench.speed import SpeedOptions
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
@@ -158,9 +160,38 @@ def _check_ode_nll_models(cfg: dict) -> None:
             )
 
 
+def _check_network(name: str, network: dict) -> None:
+    """``network`` options against the constructor of its type, past what build_network fills from the data shape."""
+    from bench.models import NETWORK_TYPES, network_constructor, shape_keywords
+
+    kind = network["type"]
+    key = f"models.{name}.network"
+    if kind not in NETWORK_TYPES:
+        raise ConfigError(f"config key '{key}.type': value {kind!r} is not allowed; allowed: {list(NETWORK_TYPES)}")
+    options = {k: v for k, v in network.items() if k != "type"}
+    if kind == "edm_precond":
+        # Its constructor comes from the official pickle (bench.checkpoints.convert), which replaces this entry.
+        if options:
+            raise ConfigError(
+                f"config key '{key}.{next(iter(options))}': network type 'edm_precond' takes its constructor "
+                f"from the checkpoint's pickle; allowed: []"
+            )
+        return
+    build = network_constructor(kind)
+    exclude = shape_keywords(kind, channels=0, image_size=0)
+    try:
+        check_options(build, options, owner=f"network type {kind!r}", exclude=exclude)
+    except OptionError as err:
+        raise _options_error(key, err) from None
+    missing = [n for n in required_options(build, option_parameters(build, exclude=exclude)) if n not in options]
+    if missing:
+        raise ConfigError(f"config key '{key}': network type {kind!r} needs option {missing[0]!r}")
+
+
 def _check_model(name: str, model: dict) -> None:
     from bench.models import FAMILY_LOSSES, FAMILY_SCHEDULES
 
+    _check_network(name, model["network"])
     family = model["family"]
     schedules = FAMILY_SCHEDULES.get(family)
     if schedules is not None and model["schedule"]["name"] not in schedules:
@@ -187,6 +218,56 @@ def _check_model(name: str, model: dict) -> None:
             f"config key 'models.{name}.schedule': sigma_min={s['sigma_min']!r} must be below "
             f"sigma_max={s['sigma_max']!r}"
         )
+
+
+def _options_error(key: str, err: OptionError) -> ConfigError:
+    where = f"{key}.{err.option}" if err.option else key
+    return ConfigError(f"config key '{where}': {err}")
+
+
+def sampler_inputs() -> dict[str, dict]:
+    """Keyword -> schema of each artifact the DAG passes to a sampler function (the schema's samplers.*.inputs)."""
+    return _schema()["properties"]["samplers"]["additionalProperties"]["properties"]["inputs"]["properties"]
+
+
+def _check_sampler_options(name: str, sampler: dict) -> None:
+    """``options`` and ``inputs`` against the sampler function's keyword-only parameters, past the protocol's noise."""
+    from bench.samplers import SAMPLERS
+
+    fn, fn_name = SAMPLERS[sampler["fn"]], sampler["fn"]
+    owner = f"sampler function {fn_name!r}"
+    takes = option_parameters(fn, exclude=("noise",), keyword_only=True)
+    inputs = sampler.get("inputs", {})
+    for artifact in inputs:
+        if artifact not in takes:
+            raise ConfigError(
+                f"config key 'samplers.{name}.inputs.{artifact}': {owner} takes no input {artifact!r}; "
+                f"it takes {sorted(takes)}"
+            )
+    injected = sampler_inputs()
+    try:
+        check_options(fn, sampler.get("options", {}), owner=owner, exclude=("noise", *injected), keyword_only=True)
+    except OptionError as err:
+        raise _options_error(f"samplers.{name}.options", err) from None
+    for artifact in required_options(fn, [n for n in takes if n in injected]):
+        if artifact not in inputs:
+            raise ConfigError(
+                f"config key 'samplers.{name}.inputs': {owner} needs input {artifact!r}; "
+                f"give inputs: {{{artifact}: {injected[artifact]['const']}}}"
+            )
+
+
+def _check_sigma_grid_options(name: str, sampler: dict) -> None:
+    """grid_options of a sigma grid against its function's parameters, past the step count and the denoiser."""
+    from bench.edm import SIGMA_GRID_FUNCTIONS
+
+    fn = SIGMA_GRID_FUNCTIONS[sampler["grid"]]
+    step_count = next(iter(inspect.signature(fn).parameters))
+    try:
+        owner = f"sigma grid {sampler['grid']!r}"
+        check_options(fn, sampler.get("grid_options", {}), owner=owner, exclude=(step_count, "denoiser"))
+    except OptionError as err:
+        raise _options_error(f"samplers.{name}.grid_options", err) from None
 
 
 VP_SDE_GRID = "vp_sde"
@@ -286,6 +367,9 @@ def _check_references(cfg: dict) -> None:
                     raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
                 _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
+        _check_sampler_options(name, s)
+        if s["grid"] in SIGMA_GRIDS:
+            _check_sigma_grid_options(name, s)
         uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
         if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
             raise ConfigError(
