@@ -6,7 +6,6 @@ Every error names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -23,10 +22,11 @@ from bench.grids import (
     REPEATING_GRIDS,
     ZERO_LENGTH_STEP_SAMPLERS,
     check_time_grid,
+    grid_options,
     has_repeats,
     time_grid,
 )
-from bench.options import OptionError, check_options, option_parameters, required_options
+from bench.options import OptionError, check_options, check_values, option_parameters, required_options
 from bench.speed import SpeedOptions
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
@@ -257,40 +257,38 @@ def _check_sampler_options(name: str, sampler: dict) -> None:
             )
 
 
-def _check_sigma_grid_options(name: str, sampler: dict) -> None:
-    """grid_options of a sigma grid against its function's parameters, past the step count and the denoiser."""
-    from bench.edm import SIGMA_GRID_FUNCTIONS
-
-    fn = SIGMA_GRID_FUNCTIONS[sampler["grid"]]
-    step_count = next(iter(inspect.signature(fn).parameters))
-    try:
-        owner = f"sigma grid {sampler['grid']!r}"
-        check_options(fn, sampler.get("grid_options", {}), owner=owner, exclude=(step_count, "denoiser"))
-    except OptionError as err:
-        raise _options_error(f"samplers.{name}.grid_options", err) from None
-
-
 VP_SDE_GRID = "vp_sde"
-VP_SDE_GRID_OPTIONS = ("beta_min", "beta_max", "eps")
 
 
-def _check_vp_sde_grid(name: str, options: dict) -> None:
-    """grid_options of the VP SDE time grid: beta_min, beta_max (score-SDE's model.*) and the end time eps."""
+def grid_option_types(grid: str) -> dict[str, Any]:
+    """Name -> annotation of each grid_option of ``grid``: the parameters of the functions that receive them."""
+    from bench.edm import SIGMA_GRID_FUNCTIONS
     from bench.vpsde import VPSDE
 
-    unknown = sorted(set(options) - set(VP_SDE_GRID_OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"config key 'samplers.{name}.grid_options': {unknown} not allowed for grid {VP_SDE_GRID!r}; "
-            f"allowed: {list(VP_SDE_GRID_OPTIONS)}"
-        )
+    if grid == VP_SDE_GRID:
+        return {**option_parameters(VPSDE), **option_parameters(VPSDE.time_grid, exclude=("self", "K"))}
+    if grid in SIGMA_GRID_FUNCTIONS:
+        return option_parameters(SIGMA_GRID_FUNCTIONS[grid], exclude=("N", "denoiser"))
+    return grid_options(grid)
+
+
+def _check_grid_options(name: str, sampler: dict) -> None:
+    """grid_options against the parameters of the grid's functions, past the step count and the model."""
+    from bench.vpsde import VPSDE
+
+    grid = sampler["grid"]
+    options = sampler.get("grid_options", {})
+    what = "time grid" if grid in GRIDS else "grid" if grid == VP_SDE_GRID else "sigma grid"
     try:
-        VPSDE(**{k: float(v) for k, v in options.items() if k != "eps"})
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
-    eps = options.get("eps", 1e-3)
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise ConfigError(f"config key 'samplers.{name}.grid_options.eps': value {eps!r} must lie in (0, 1)")
+        check_values(options, grid_option_types(grid), owner=f"{what} {grid!r}")
+    except OptionError as err:
+        raise _options_error(f"samplers.{name}.grid_options", err) from None
+    if grid == VP_SDE_GRID:
+        # beta_min <= beta_max relates two options, which no annotation states.
+        try:
+            VPSDE(**{k: v for k, v in options.items() if k in option_parameters(VPSDE)})
+        except ValueError as err:
+            raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
 
 
 def _check_references(cfg: dict) -> None:
@@ -333,8 +331,7 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'samplers.{name}.grid': value {s['grid']!r} with sampler function {s['fn']!r}: "
                 f"grid {VP_SDE_GRID!r} (VP SDE times) is the grid of, and only of, {list(VP_SDE_SAMPLERS)}"
             )
-        if s["grid"] == VP_SDE_GRID:
-            _check_vp_sde_grid(name, s.get("grid_options", {}))
+        _check_grid_options(name, s)
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]
@@ -368,8 +365,6 @@ def _check_references(cfg: dict) -> None:
                 _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
         _check_sampler_options(name, s)
-        if s["grid"] in SIGMA_GRIDS:
-            _check_sigma_grid_options(name, s)
         uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
         if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
             raise ConfigError(

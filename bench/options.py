@@ -86,7 +86,11 @@ def check_options(
     ``owner`` names ``fn`` in the message ("sampler function 'ddim"); ``exclude`` and ``keyword_only``
     as in option_parameters.
     """
-    allowed = option_parameters(fn, exclude=exclude, keyword_only=keyword_only)
+    check_values(options, option_parameters(fn, exclude=exclude, keyword_only=keyword_only), owner=owner)
+
+
+def check_values(options: Mapping[str, Any], allowed: Mapping[str, Any], *, owner: str) -> None:
+    """Refuse a name not in ``allowed`` (name -> annotation, as from option_parameters) or a value it does not fit."""
     for name, value in options.items():
         if name not in allowed:
             raise OptionError(name, f"unknown option {name!r} of {owner}; allowed: {sorted(allowed)}")

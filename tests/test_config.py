@@ -240,7 +240,8 @@ def test_grid_needing_the_moments_without_them(cfg):
         ("optimal", {}, 1, r"experiments\[1\]\.K\[0\]' with sampler 'analytic_ddpm_ot': time grid 'optimal' needs K >= 2"),
         ("respace", {"section_counts": "ddim300"}, 300, r"'ddim300': no integer stride takes exactly 300 of T=1000"),
         ("respace", {"section_counts": "10,15"}, 10, r"section_counts '10,15' take 25 steps, but the cell has K=10"),
-        ("even", {"section_counts": "10"}, 10, r"time grid 'even' takes grid_options \[\], not \['section_counts'\]"),
+        ("even", {"section_counts": "10"}, 10, r"samplers\.analytic_ddpm_ot\.grid_options\.section_counts': unknown option "
+                                               r"'section_counts' of time grid 'even'; allowed: \[\]"),
     ],
 )
 def test_bad_time_grid_of_a_cell_is_refused(cfg, grid, options, K, message):

@@ -12,9 +12,11 @@ from dag import snakemake
 
 from bench.config import ConfigError, read_yaml, sampler_inputs, validate_config
 from bench.edm import SIGMA_GRID_FUNCTIONS
+from bench.grids import GRID_OPTION_FUNCTIONS
 from bench.models import NETWORK_TYPES, network_constructor, shape_keywords
 from bench.options import OptionError, Range, check_options, option_parameters, value_error
 from bench.samplers import SAMPLERS
+from bench.vpsde import VPSDE
 
 ROOT = Path(__file__).resolve().parents[1]
 DDGM_SAMPLERS = ("ddgm_beta", "ddgm_beta_tilde", "ddgm_ddim_eta0")
@@ -90,6 +92,15 @@ CASES = [
      r"'samplers\.edm_heun\.grid_options\.rho': value -7 must be > 0$"),
     (("samplers", "edm_heun", "grid_options"), {"sigma_max": "80"},
      r"'samplers\.edm_heun\.grid_options\.sigma_max': value '80' is not of type float$"),
+    # Time grids' and the VP SDE grid's grid_options.
+    (("samplers", "iddpm_learned", "grid_options"), {"section_counts": 10}, r"'samplers\.iddpm_learned\.grid_options\."
+     r"section_counts': value 10 is not of type str or Sequence\[int\] or None$"),
+    (("samplers", "ddim_eta0", "grid_options"), {"rho": 7}, r"'samplers\.ddim_eta0\.grid_options\.rho': unknown option "
+     r"'rho' of time grid 'uniform'; allowed: \[\]$"),
+    (("samplers", "ddim_eta0"), {"fn": "vp_euler_maruyama", "grid": "vp_sde", "grid_options": {"beta_min": "0.1"}},
+     r"'samplers\.ddim_eta0\.grid_options\.beta_min': value '0\.1' is not of type float$"),
+    (("samplers", "ddim_eta0"), {"fn": "vp_euler_maruyama", "grid": "vp_sde", "grid_options": {"eps": 1.0}},
+     r"'samplers\.ddim_eta0\.grid_options\.eps': value 1\.0 must be < 1$"),
     # Network options.
     (("models", "mlp", "network", "widht"), 64, r"'models\.mlp\.network\.widht': unknown option 'widht' of network "
      r"type 'mlp'; allowed: \['depth', 'emb_dim', 'out_channels', 'width'\]$"),
@@ -153,7 +164,11 @@ def _option_functions():
     for name, fn in SAMPLERS.items():
         yield f"sampler {name}", fn, ("noise", *sampler_inputs()), True
     for name, fn in SIGMA_GRID_FUNCTIONS.items():
-        yield f"sigma grid {name}", fn, (next(iter(inspect.signature(fn).parameters)), "denoiser"), False
+        yield f"sigma grid {name}", fn, ("N", "denoiser"), False
+    for name, fn in GRID_OPTION_FUNCTIONS.items():
+        yield f"time grid {name}", fn, ("T", "K"), False
+    yield "grid vp_sde (SDE)", VPSDE, (), False
+    yield "grid vp_sde (times)", VPSDE.time_grid, ("self", "K"), False
     for kind in NETWORK_TYPES:
         if kind != "edm_precond":
             yield f"network {kind}", network_constructor(kind), tuple(shape_keywords(kind, channels=1, image_size=1)), False
