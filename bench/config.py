@@ -221,8 +221,7 @@ def _check_model(name: str, model: dict) -> None:
 
 
 def _options_error(key: str, err: OptionError) -> ConfigError:
-    where = f"{key}.{err.option}" if err.option else key
-    return ConfigError(f"config key '{where}': {err}")
+    return ConfigError(f"config key '{key}.{err.option}': {err}")
 
 
 def sampler_inputs() -> dict[str, dict]:
@@ -236,20 +235,20 @@ def _check_sampler_options(name: str, sampler: dict) -> None:
 
     fn, fn_name = SAMPLERS[sampler["fn"]], sampler["fn"]
     owner = f"sampler function {fn_name!r}"
-    takes = option_parameters(fn, exclude=("noise",), keyword_only=True)
+    injected = sampler_inputs()
+    takes = [n for n in option_parameters(fn, keyword_only=True) if n in injected]
     inputs = sampler.get("inputs", {})
     for artifact in inputs:
         if artifact not in takes:
             raise ConfigError(
                 f"config key 'samplers.{name}.inputs.{artifact}': {owner} takes no input {artifact!r}; "
-                f"it takes {sorted(takes)}"
+                f"allowed: {takes}"
             )
-    injected = sampler_inputs()
     try:
         check_options(fn, sampler.get("options", {}), owner=owner, exclude=("noise", *injected), keyword_only=True)
     except OptionError as err:
         raise _options_error(f"samplers.{name}.options", err) from None
-    for artifact in required_options(fn, [n for n in takes if n in injected]):
+    for artifact in required_options(fn, takes):
         if artifact not in inputs:
             raise ConfigError(
                 f"config key 'samplers.{name}.inputs': {owner} needs input {artifact!r}; "

@@ -44,7 +44,7 @@ Positive = Annotated[float, Range(gt=0)]
 class OptionError(ValueError):
     """An option a function does not take, or a value its annotation refuses; ``option`` names it."""
 
-    def __init__(self, option: str | None, message: str) -> None:
+    def __init__(self, option: str, message: str) -> None:
         super().__init__(message)
         self.option = option
 
@@ -83,7 +83,7 @@ def check_options(
 ) -> None:
     """Refuse an option ``fn`` does not take, or a value its annotation does not allow.
 
-    ``owner`` names ``fn`` in the message ("sampler function 'ddim"); ``exclude`` and ``keyword_only``
+    ``owner`` names ``fn`` in the message ("sampler function 'ddim'"); ``exclude`` and ``keyword_only``
     as in option_parameters.
     """
     check_values(options, option_parameters(fn, exclude=exclude, keyword_only=keyword_only), owner=owner)

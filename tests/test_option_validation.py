@@ -80,8 +80,7 @@ CASES = [
      r"'samplers\.pc\.options\.corrector': value 'annealed' is not allowed; allowed: \['langevin', 'ald'\]$"),
     # Inputs the function does not take, or lacks.
     (("samplers", "ddim_eta0", "inputs"), {"gamma": "moments"},
-     r"'samplers\.ddim_eta0\.inputs\.gamma': sampler function 'ddim' takes no input 'gamma'; it takes \['clip_x0', "
-     r"'eta'\]$"),
+     r"'samplers\.ddim_eta0\.inputs\.gamma': sampler function 'ddim' takes no input 'gamma'; allowed: \[\]$"),
     (("samplers", "analytic_ddim", "inputs"), DELETE,
      r"'samplers\.analytic_ddim\.inputs': sampler function 'analytic_ddim' needs input 'gamma'; give inputs: "
      r"\{gamma: moments\}$"),
