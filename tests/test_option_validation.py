@@ -187,6 +187,14 @@ def test_every_option_is_derivable_and_its_default_fits_its_annotation(request, 
             assert value_error(default, annotation) is None, f"{what}: default {name}={default!r} breaks {annotation}"
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_takes_its_options_after_the_protocol(name):
+    """sample(denoiser, x_T, grid, *, noise, **options): an option before the * would be invisible to validation."""
+    params = list(inspect.signature(SAMPLERS[name]).parameters.values())
+    assert [p.kind for p in params[:3]] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 3
+    assert params[3].name == "noise" and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[3:])
+
+
 def test_a_function_with_keyword_catch_all_has_no_derivable_options():
     def sample(denoiser, x_T, grid, *, noise, eta: float = 0.0, **options):
         return x_T
