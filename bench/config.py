@@ -22,9 +22,11 @@ from bench.grids import (
     REPEATING_GRIDS,
     ZERO_LENGTH_STEP_SAMPLERS,
     check_time_grid,
+    grid_options,
     has_repeats,
     time_grid,
 )
+from bench.options import OptionError, check_options, check_values, option_parameters, required_options
 from bench.speed import SpeedOptions
 from bench.strict_yaml import load_yaml
 
@@ -167,9 +169,38 @@ def _check_ode_nll_models(cfg: dict) -> None:
 LOSS_AWARE_LOSSES = ("hybrid", "vlb")
 
 
+def _check_network(name: str, network: dict) -> None:
+    """``network`` options against the constructor of its type, past what build_network fills from the data shape."""
+    from bench.models import NETWORK_TYPES, network_constructor, shape_keywords
+
+    kind = network["type"]
+    key = f"models.{name}.network"
+    if kind not in NETWORK_TYPES:
+        raise ConfigError(f"config key '{key}.type': value {kind!r} is not allowed; allowed: {list(NETWORK_TYPES)}")
+    options = {k: v for k, v in network.items() if k != "type"}
+    if kind == "edm_precond":
+        # Its constructor comes from the official pickle (bench.checkpoints.convert), which replaces this entry.
+        if options:
+            raise ConfigError(
+                f"config key '{key}.{next(iter(options))}': network type 'edm_precond' takes its constructor "
+                f"from the checkpoint's pickle; allowed: []"
+            )
+        return
+    build = network_constructor(kind)
+    exclude = shape_keywords(kind, channels=0, image_size=0)
+    try:
+        check_options(build, options, owner=f"network type {kind!r}", exclude=exclude)
+    except OptionError as err:
+        raise _options_error(key, err) from None
+    missing = [n for n in required_options(build, option_parameters(build, exclude=exclude)) if n not in options]
+    if missing:
+        raise ConfigError(f"config key '{key}': network type {kind!r} needs option {missing[0]!r}")
+
+
 def _check_model(name: str, model: dict) -> None:
     from bench.models import FAMILY_LOSSES, FAMILY_SCHEDULES
 
+    _check_network(name, model["network"])
     family = model["family"]
     schedules = FAMILY_SCHEDULES.get(family)
     if schedules is not None and model["schedule"]["name"] not in schedules:
@@ -184,10 +215,6 @@ def _check_model(name: str, model: dict) -> None:
             f"family {family!r}; allowed: {list(losses)}"
         )
     loss_name = model.get("loss", {}).get("name", (losses or ("simple",))[0])
-    if "lambda" in model.get("loss", {}) and loss_name != "hybrid":
-        raise ConfigError(
-            f"config key 'models.{name}.loss.lambda': only loss 'hybrid' takes a weight lambda, not {loss_name!r}"
-        )
     if model.get("train", {}).get("t_sampler") == "loss_aware" and loss_name not in LOSS_AWARE_LOSSES:
         raise ConfigError(
             f"config key 'models.{name}.train.t_sampler': 'loss_aware' weights each sample's loss, which the loss "
@@ -208,27 +235,74 @@ def _check_model(name: str, model: dict) -> None:
         )
 
 
+def _options_error(key: str, err: OptionError) -> ConfigError:
+    return ConfigError(f"config key '{key}.{err.option}': {err}")
+
+
+def sampler_inputs() -> dict[str, dict]:
+    """Keyword -> schema of each artifact the DAG passes to a sampler function (the schema's samplers.*.inputs)."""
+    return _schema()["properties"]["samplers"]["additionalProperties"]["properties"]["inputs"]["properties"]
+
+
+def _check_sampler_options(name: str, sampler: dict) -> None:
+    """``options`` and ``inputs`` against the sampler function's keyword-only parameters, past the protocol's noise."""
+    from bench.samplers import SAMPLERS
+
+    fn, fn_name = SAMPLERS[sampler["fn"]], sampler["fn"]
+    owner = f"sampler function {fn_name!r}"
+    injected = sampler_inputs()
+    takes = [n for n in option_parameters(fn, keyword_only=True) if n in injected]
+    inputs = sampler.get("inputs", {})
+    for artifact in inputs:
+        if artifact not in takes:
+            raise ConfigError(
+                f"config key 'samplers.{name}.inputs.{artifact}': {owner} takes no input {artifact!r}; "
+                f"allowed: {takes}"
+            )
+    try:
+        check_options(fn, sampler.get("options", {}), owner=owner, exclude=("noise", *injected), keyword_only=True)
+    except OptionError as err:
+        raise _options_error(f"samplers.{name}.options", err) from None
+    for artifact in required_options(fn, takes):
+        if artifact not in inputs:
+            raise ConfigError(
+                f"config key 'samplers.{name}.inputs': {owner} needs input {artifact!r}; "
+                f"give inputs: {{{artifact}: {injected[artifact]['const']}}}"
+            )
+
+
 VP_SDE_GRID = "vp_sde"
-VP_SDE_GRID_OPTIONS = ("beta_min", "beta_max", "eps")
 
 
-def _check_vp_sde_grid(name: str, options: dict) -> None:
-    """grid_options of the VP SDE time grid: beta_min, beta_max (score-SDE's model.*) and the end time eps."""
+def grid_option_types(grid: str) -> dict[str, Any]:
+    """Name -> annotation of each grid_option of ``grid``: the parameters of the functions that receive them."""
+    from bench.edm import SIGMA_GRID_FUNCTIONS
     from bench.vpsde import VPSDE
 
-    unknown = sorted(set(options) - set(VP_SDE_GRID_OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"config key 'samplers.{name}.grid_options': {unknown} not allowed for grid {VP_SDE_GRID!r}; "
-            f"allowed: {list(VP_SDE_GRID_OPTIONS)}"
-        )
+    if grid == VP_SDE_GRID:
+        return {**option_parameters(VPSDE), **option_parameters(VPSDE.time_grid, exclude=("self", "K"))}
+    if grid in SIGMA_GRID_FUNCTIONS:
+        return option_parameters(SIGMA_GRID_FUNCTIONS[grid], exclude=("N", "denoiser"))
+    return grid_options(grid)
+
+
+def _check_grid_options(name: str, sampler: dict) -> None:
+    """grid_options against the parameters of the grid's functions, past the step count and the model."""
+    from bench.vpsde import VPSDE
+
+    grid = sampler["grid"]
+    options = sampler.get("grid_options", {})
+    what = "time grid" if grid in GRIDS else "grid" if grid == VP_SDE_GRID else "sigma grid"
     try:
-        VPSDE(**{k: float(v) for k, v in options.items() if k != "eps"})
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
-    eps = options.get("eps", 1e-3)
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise ConfigError(f"config key 'samplers.{name}.grid_options.eps': value {eps!r} must lie in (0, 1)")
+        check_values(options, grid_option_types(grid), owner=f"{what} {grid!r}")
+    except OptionError as err:
+        raise _options_error(f"samplers.{name}.grid_options", err) from None
+    if grid == VP_SDE_GRID:
+        # beta_min <= beta_max relates two options, which no annotation states.
+        try:
+            VPSDE(**{k: v for k, v in options.items() if k in option_parameters(VPSDE)})
+        except ValueError as err:
+            raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
 
 
 def _check_references(cfg: dict) -> None:
@@ -271,8 +345,7 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'samplers.{name}.grid': value {s['grid']!r} with sampler function {s['fn']!r}: "
                 f"grid {VP_SDE_GRID!r} (VP SDE times) is the grid of, and only of, {list(VP_SDE_SAMPLERS)}"
             )
-        if s["grid"] == VP_SDE_GRID:
-            _check_vp_sde_grid(name, s.get("grid_options", {}))
+        _check_grid_options(name, s)
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]
@@ -305,6 +378,7 @@ def _check_references(cfg: dict) -> None:
                     raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
                 _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
+        _check_sampler_options(name, s)
         uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
         if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
             raise ConfigError(

@@ -19,6 +19,7 @@ from bench.families import DiscreteEpsDenoiser
 from bench.nets.edm_precond import EDMPrecond
 from bench.nets.mlp import MLPDenoiser
 from bench.noise import NoiseSource
+from bench.options import Positive
 from bench.schedules import DiscreteSchedule, sigma_of_alpha_bar
 
 SIGMA_GRIDS = ("edm", "vp", "ve", "iddpm")
@@ -50,7 +51,7 @@ def edm_sigma_grid(
     N: int,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
-    rho: float = 7.0,
+    rho: Positive = 7.0,
     *,
     denoiser: SigmaDenoiser | None = None,
 ) -> torch.Tensor:

@@ -7,9 +7,11 @@ The convention of each paper's code is kept exactly, since it changes the number
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+
+from bench.options import option_parameters
 
 GRIDS = ("uniform", "quad", "even", "respace", "optimal")
 # Grids chosen from a model's Analytic-DPM moments (Gamma_n): realised only once the moments exist.
@@ -89,7 +91,7 @@ def check_time_grid(kind: str, T: int, K: int, **options) -> None:
         raise ValueError(f"number of steps K={K!r} must be an integer in [1, T={T}]")
     if kind not in GRIDS:
         raise ValueError(f"time grid {kind!r} is not one of {list(GRIDS)}")
-    allowed = ("section_counts",) if kind == "respace" else ()
+    allowed = list(grid_options(kind))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"time grid {kind!r} takes grid_options {list(allowed)}, not {unknown}")
@@ -180,3 +182,13 @@ def _sectioned(T: int, counts: list[int]) -> list[int]:
             x += stride
         start += size
     return steps
+
+
+# The function whose keywords past (T, K) are a time grid's grid_options; the other grids take none.
+GRID_OPTION_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {"respace": respaced_grid}
+
+
+def grid_options(kind: str) -> dict[str, object]:
+    """Name -> annotation of each grid_option of time grid ``kind`` (bench.options.option_parameters)."""
+    fn = GRID_OPTION_FUNCTIONS.get(kind)
+    return {} if fn is None else option_parameters(fn, exclude=("T", "K"))

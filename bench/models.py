@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,27 +15,50 @@ from bench.schedules import DiscreteSchedule
 FORMAT = "dpm-bench-model/1"
 
 
+NETWORK_TYPES = ("mlp", "ddpm_unet", "adm_unet", "edm_precond")
+
+
+def network_constructor(kind: str) -> Callable[..., nn.Module]:
+    """The constructor of network ``kind``, whose keywords (past ``shape_keywords``) are the config's options.
+
+    ``edm_precond`` is built from an official pickle's constructor kwargs (bench.nets.edm_networks).
+    """
+    if kind == "mlp":
+        from bench.nets.mlp import MLPDenoiser
+
+        return MLPDenoiser
+    if kind == "ddpm_unet":
+        from bench.nets.ddpm_unet import DDPMUNet
+
+        return DDPMUNet
+    if kind == "adm_unet":
+        from bench.nets.adm_unet import ADMUNet
+
+        return ADMUNet
+    if kind == "edm_precond":
+        from bench.nets.edm_networks import build_edm_network
+
+        return build_edm_network
+    raise ValueError(f"network type {kind!r} is not one of {list(NETWORK_TYPES)}")
+
+
+def shape_keywords(kind: str, *, channels: int, image_size: int) -> dict[str, int]:
+    """The keywords build_network passes to network ``kind``'s constructor from the data shape."""
+    return {
+        "mlp": {"channels": channels, "image_size": image_size},
+        "ddpm_unet": {"in_channels": channels, "out_ch": channels, "image_size": image_size},
+        "adm_unet": {"in_channels": channels},
+    }.get(kind, {})
+
+
 def build_network(network: dict, *, channels: int, image_size: int) -> nn.Module:
     """Instantiate the network named by ``network['type']`` for data of the given shape."""
     kwargs = {k: v for k, v in network.items() if k != "type"}
     kind = network["type"]
-    if kind == "mlp":
-        from bench.nets.mlp import MLPDenoiser
-
-        return MLPDenoiser(channels=channels, image_size=image_size, **kwargs)
-    if kind == "ddpm_unet":
-        from bench.nets.ddpm_unet import DDPMUNet
-
-        return DDPMUNet(in_channels=channels, out_ch=channels, image_size=image_size, **kwargs)
-    if kind == "adm_unet":
-        from bench.nets.adm_unet import ADMUNet
-
-        return ADMUNet(in_channels=channels, **kwargs)
+    build = network_constructor(kind)
     if kind == "edm_precond":
-        from bench.nets.edm_networks import build_edm_network
-
-        return build_edm_network(kwargs)
-    raise ValueError(f"network type {kind!r} is not one of ['mlp', 'ddpm_unet', 'adm_unet', 'edm_precond']")
+        return build(kwargs)
+    return build(**shape_keywords(kind, channels=channels, image_size=image_size), **kwargs)
 
 
 # Schedules and training losses each family accepts (the first loss is its default), checked with the config.

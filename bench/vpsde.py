@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from bench.noise import NoiseSource
+from bench.options import Range
 
 # score-SDE configs/default_cifar10_configs.py (model.beta_min, model.beta_max) and the sampling
 # eps of its run_lib.py for the VP SDE (sampling_eps = 1e-3).
@@ -56,7 +58,7 @@ class VPSDE:
         """sigma(t) = sqrt(exp(int_0^t beta) - 1), the noise level of x_t / s(t) (EDM Table 1, VP)."""
         return torch.sqrt(torch.expm1(self.integral(t)))
 
-    def time_grid(self, K: int, eps: float = SAMPLING_EPS) -> torch.Tensor:
+    def time_grid(self, K: int, eps: Annotated[float, Range(gt=0, lt=1)] = SAMPLING_EPS) -> torch.Tensor:
         """K + 1 descending times: score-SDE's evaluation times linspace(1, eps, K), then t_K = 0.
 
         The sampler steps from t_k to t_{k+1}. score-SDE's EulerMaruyamaPredictor steps every time by

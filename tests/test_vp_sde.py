@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, _check_vp_sde_grid
+from bench.config import ConfigError, _check_grid_options
 from bench.data.gaussian_mixture import GaussianMixture
 from bench.edm import EDMNetworkDenoiser
 from bench.noise import NoiseSource
@@ -95,11 +95,13 @@ def test_bad_time_grids_are_refused(K, eps):
 def test_bad_sde_and_grid_options_are_refused():
     with pytest.raises(ValueError, match="beta_min"):
         VPSDE(0.0, 20.0)
-    with pytest.raises(ConfigError, match="not allowed"):
-        _check_vp_sde_grid("s", {"beta_min": 0.1, "rho": 7})
+    with pytest.raises(ConfigError, match="unknown option 'rho'"):
+        _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 0.1, "rho": 7}})
     with pytest.raises(ConfigError, match="eps"):
-        _check_vp_sde_grid("s", {"eps": 2.0})
-    _check_vp_sde_grid("s", {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
+        _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"eps": 2.0}})
+    with pytest.raises(ConfigError, match="beta_min"):
+        _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 30.0}})
+    _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import get_args
 
 import torch
 from torchdiffeq import odeint
 
 from bench.ncsn import ScoreFn, as_level
 from bench.noise import NoiseSource
+from bench.samplers.vp_sde import OdeMethod
 
 ESTIMATORS = ("rademacher", "gaussian", "exact")
 # torchdiffeq's adaptive Runge-Kutta solvers (the options below are theirs).
-METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+METHODS: tuple[str, ...] = get_args(OdeMethod)
 FIRST_STEP = 1e-2  # of the log-sigma range
 DEQUANTIZATIONS = ("none", "uniform")
 

@@ -6,6 +6,7 @@ import torch
 
 from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.noise import NoiseSource
+from bench.options import Positive
 from bench.samplers.ddim import generalized_steps
 from bench.samplers.ddpm import gaussian_noise_at
 
@@ -18,8 +19,8 @@ def sample(
     noise: NoiseSource,
     gamma: torch.Tensor,
     clip: bool = True,
-    sigma2_clip_pixel: float | None = None,
-    pixel_quantum: float = PAPER_PIXEL_QUANTUM,
+    sigma2_clip_pixel: Positive | None = None,
+    pixel_quantum: Positive = PAPER_PIXEL_QUANTUM,
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat + sigma-hat z (Eq. 13, lambda = 0), sigma-hat^2 of Eq. 9.

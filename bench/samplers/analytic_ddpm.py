@@ -6,6 +6,7 @@ import torch
 
 from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.noise import NoiseSource
+from bench.options import Positive
 from bench.samplers.ddpm import ancestral_steps, gaussian_noise_at, mean_coefficients
 
 
@@ -17,8 +18,8 @@ def sample(
     noise: NoiseSource,
     gamma: torch.Tensor,
     clip: bool = True,
-    sigma2_clip_pixel: float | None = None,
-    pixel_quantum: float = PAPER_PIXEL_QUANTUM,
+    sigma2_clip_pixel: Positive | None = None,
+    pixel_quantum: Positive = PAPER_PIXEL_QUANTUM,
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = mu-tilde_{s|t}(x_t, x0_hat) + sigma-hat z, sigma-hat^2 of Eq. 9 on the pair with lambda^2 = beta-tilde.

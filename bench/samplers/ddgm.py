@@ -27,8 +27,9 @@ from bench.ddgm import (
     mixture_phi2_schedule,
 )
 from bench.noise import NoiseSource
+from bench.options import NonNegative
 from bench.samplers.ddim import generalized
-from bench.samplers.ddpm import NoiseAt, ancestral
+from bench.samplers.ddpm import NoiseAt, Variance, ancestral
 
 
 def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposals) -> NoiseAt:
@@ -59,7 +60,7 @@ def sample(
     noise: NoiseSource,
     theta_0: float = DEFAULT_THETA_0,
     k_convention: str = "code",
-    variance: str = "beta",
+    variance: Variance = "beta",
     clip_x0: bool = True,
     proposals: int = DEFAULT_PROPOSALS,
 ) -> torch.Tensor:
@@ -94,7 +95,7 @@ def sample_mixture(
     phi2: float,
     p: float = 0.5,
     phi2_end: float | None = None,
-    variance: str = "beta",
+    variance: Variance = "beta",
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = mu(x_t, x0_hat) + sigma eps, eps ~ p N(mu_1, phi_s^2) + (1 - p) N(mu_2, phi_s^2)."""
@@ -136,7 +137,7 @@ def ddgm(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    variance: str = "beta",
+    variance: Variance = "beta",
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """DDGM Alg. 4 with the denoiser's own noise law (Gamma, or the two-Gaussian mixture)."""
@@ -149,7 +150,7 @@ def ddgm_ddim(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    eta: float = 0.0,
+    eta: NonNegative = 0.0,
     clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM Eq. 12 with sigma(eta), z the denoiser's own normalised noise (code: generalized_gamma)."""

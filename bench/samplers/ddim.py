@@ -6,6 +6,7 @@ import torch
 
 from bench.families import predict
 from bench.noise import NoiseSource
+from bench.options import NonNegative
 from bench.samplers.ddpm import NoiseAt, gaussian_noise_at
 
 
@@ -61,7 +62,7 @@ def sample(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    eta: float = 0.0,
+    eta: NonNegative = 0.0,
     clip_x0: bool = False,
 ) -> torch.Tensor:
     """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""

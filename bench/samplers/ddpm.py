@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
@@ -10,7 +11,8 @@ from bench.families import predict_x0
 from bench.noise import NoiseSource
 from bench.schedules import posterior_coefficients
 
-VARIANCES = ("beta", "beta_tilde")
+Variance = Literal["beta", "beta_tilde"]
+VARIANCES: tuple[str, ...] = get_args(Variance)
 
 
 # noise_at(k, s): the unit-variance noise of sampler step k whose target is chain step s, a fresh
@@ -79,7 +81,7 @@ def sample(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    variance: str = "beta",
+    variance: Variance = "beta",
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = mu(x_t, x0_hat) + sigma z, sigma^2 = beta_{t|s} or beta-tilde_{t|s} (DDPM Sec. 3.2), mean at the end."""

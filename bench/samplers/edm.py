@@ -15,6 +15,7 @@ import math
 import torch
 
 from bench.noise import NoiseSource
+from bench.options import NonNegative
 
 
 def euler(denoiser, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource) -> torch.Tensor:
@@ -38,10 +39,10 @@ def stochastic(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = math.inf,
-    S_noise: float = 1.0,
+    S_churn: NonNegative = 0.0,
+    S_tmin: NonNegative = 0.0,
+    S_tmax: NonNegative = math.inf,
+    S_noise: NonNegative = 1.0,
 ) -> torch.Tensor:
     """Churn to t_hat = t_i (1 + gamma_i), then a Heun step to t_{i+1} (EDM Alg. 2): 2N - 1 NFE.
 

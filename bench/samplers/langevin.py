@@ -10,11 +10,13 @@ start from uniform noise instead).
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
 from bench.ncsn import ScoreFn, check_level_grid
 from bench.noise import NoiseSource
+from bench.options import Positive, Range
 
 
 @torch.no_grad()
@@ -24,8 +26,8 @@ def sample(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    n_steps_each: int = 100,
-    eps: float = 2e-5,
+    n_steps_each: Annotated[int, Range(ge=1)] = 100,
+    eps: Positive = 2e-5,
     denoise: bool = False,
 ) -> torch.Tensor:
     """x <- x + alpha_i/2 s(x, sigma_i) + sqrt(alpha_i) z, alpha_i = eps sigma_i^2 / sigma_L^2 (NCSN Alg. 1).

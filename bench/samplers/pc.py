@@ -9,13 +9,16 @@ Who scales x_T: the caller. ``x_T`` is a draw from the VE prior N(0, sigma_max^2
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal, get_args
 
 import torch
 
 from bench.ncsn import ScoreFn, check_level_grid
 from bench.noise import NoiseSource
+from bench.options import Positive, Range
 
-CORRECTORS = ("langevin", "ald")
+Corrector = Literal["langevin", "ald"]
+CORRECTORS: tuple[str, ...] = get_args(Corrector)
 
 
 def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
@@ -29,9 +32,9 @@ def sample(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    snr: float = 0.16,
-    n_steps_each: int = 1,
-    corrector: str = "langevin",
+    snr: Positive = 0.16,
+    n_steps_each: Annotated[int, Range(ge=0)] = 1,
+    corrector: Corrector = "langevin",
     denoise: bool = True,
 ) -> torch.Tensor:
     """Per level i, from high to low: correct, then x = x + (s_i^2 - s_{i-1}^2) s(x, s_i) + sqrt(s_i^2 - s_{i-1}^2) z.

@@ -9,10 +9,15 @@ the caller, from the VP prior N(0, I) (``score_fn.prior``).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 from bench.noise import NoiseSource
+from bench.options import Positive
+
+# torchdiffeq's adaptive Runge-Kutta solvers.
+OdeMethod = Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"]
 
 
 def _check_time_grid(grid: torch.Tensor) -> torch.Tensor:
@@ -59,9 +64,9 @@ def probability_flow(
     grid: torch.Tensor,
     *,
     noise: NoiseSource,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "dopri5",
+    rtol: Positive = 1e-5,
+    atol: Positive = 1e-5,
+    method: OdeMethod = "dopri5",
     denoise: bool = True,
 ) -> torch.Tensor:
     """score-SDE's black-box ODE sampler: dx/dt = -beta(t) (x + score(x, t)) / 2 from t = 1 to eps, adaptive.
