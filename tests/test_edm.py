@@ -18,7 +18,6 @@ from bench.edm import (
     iddpm_sigma_grid,
     sigma_grid,
     ve_sigma_grid,
-    vp_sigma,
     vp_sigma_grid,
 )
 from bench.families import DiscreteEpsDenoiser
@@ -100,9 +99,9 @@ def test_ve_grid_is_geometric():
 def test_vp_grid_ends_and_quadratic_log_variance():
     eps_s = 1e-3
     grid = vp_sigma_grid(7, epsilon_s=eps_s)
-    ends = vp_sigma(19.1, 0.1, torch.tensor([1.0, eps_s], dtype=torch.float64))
-    assert grid[0].item() == pytest.approx(ends[0].item(), rel=1e-12)
-    assert grid[6].item() == pytest.approx(ends[1].item(), rel=1e-10)
+    # generate.py L88-92: the default range is [sigma(eps_s), sigma(1)] of beta_d = 19.9, beta_min = 0.1.
+    assert grid[0].item() == pytest.approx(math.sqrt(math.exp(0.5 * 19.9 + 0.1) - 1), rel=1e-12)
+    assert grid[6].item() == pytest.approx(math.sqrt(math.exp(0.5 * 19.9 * eps_s**2 + 0.1 * eps_s) - 1), rel=1e-9)
     # ln(1 + sigma^2) = beta_d t^2/2 + beta_min t with t linear in i: constant second differences.
     second = torch.diff(torch.log1p(grid[:-1] ** 2), n=2)
     assert torch.allclose(second, second[0].expand_as(second), rtol=1e-9)
