@@ -212,9 +212,29 @@ def _check_vp_sde_grid(name: str, options: dict) -> None:
         raise ConfigError(f"config key 'samplers.{name}.grid_options.eps': value {eps!r} must lie in (0, 1)")
 
 
+def _check_grid_range_sampler(name: str, sampler: dict) -> None:
+    """EDM's general sampler: its range is the grid's, and its options must form a sampler generate.py runs."""
+    import inspect
+
+    from bench.samplers.edm_general import check_options
+
+    options = sampler.get("options", {})
+    from_grid = sorted({"sigma_min", "sigma_max", "epsilon_s"} & set(options))
+    if from_grid:
+        raise ConfigError(
+            f"config key 'samplers.{name}.options': {from_grid} are the grid's (its sigma range, generate.py "
+            f"L87-100); give them in 'samplers.{name}.grid_options'"
+        )
+    known = inspect.signature(check_options).parameters
+    try:
+        check_options(**{k: v for k, v in options.items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'samplers.{name}.options': {err}") from None
+
+
 def _check_references(cfg: dict) -> None:
     from bench.edm import SIGMA_GRIDS
-    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
+    from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
 
     compat = compatibility()
     for name, ext in cfg["extractors"].items():
@@ -254,6 +274,8 @@ def _check_references(cfg: dict) -> None:
             )
         if s["grid"] == VP_SDE_GRID:
             _check_vp_sde_grid(name, s.get("grid_options", {}))
+        if s["fn"] in GRID_RANGE_SAMPLERS:
+            _check_grid_range_sampler(name, s)
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]
