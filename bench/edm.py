@@ -163,7 +163,9 @@ def iddpm_sigma_grid(
     """
     _check_steps(N)
     sigma_min, sigma_max = _supported_range(sigma_min, sigma_max, denoiser)
-    j = torch.arange(M + 1, dtype=torch.float64)
+    # generate.py L112-114 evaluates alpha_bar(j) on integer tensors, i.e. in float32, and only the u_j
+    # recursion in float64; the float32 ratios move the small levels (u_999 by 5e-4 relative from float64's).
+    j = torch.arange(M + 1, dtype=torch.float32)
     alpha_bar = torch.sin(0.5 * math.pi * j / M / (C_2 + 1)) ** 2
     ratios = (alpha_bar[:-1] / alpha_bar[1:]).clamp(min=C_1)
     u = torch.zeros(M + 1, dtype=torch.float64)

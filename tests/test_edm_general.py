@@ -65,10 +65,11 @@ def _vp_sigma(t):
 
 
 def _iddpm_u(M=1000, C_1=0.001, C_2=0.008):
-    abar = [math.sin(0.5 * math.pi * j / M / (C_2 + 1)) ** 2 for j in range(M + 1)]
+    # generate.py L111-114: alpha_bar of the integer tensor j is float32, the recursion float64.
+    abar = [torch.sin(0.5 * math.pi * torch.tensor(j) / M / (C_2 + 1)) ** 2 for j in range(M + 1)]
     u = [0.0] * (M + 1)
     for j in range(M, 0, -1):
-        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(abar[j - 1] / abar[j], C_1) - 1)
+        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / float((abar[j - 1] / abar[j]).clamp(min=C_1)) - 1)
     return u
 
 
