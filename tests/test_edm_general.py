@@ -221,3 +221,23 @@ def test_bad_options_are_refused_by_the_sampler_and_the_config(options, message)
 def test_config_refuses_the_grids_range_as_sampler_options():
     with pytest.raises(ConfigError, match=r"\['epsilon_s', 'sigma_max'\] are the grid's .* give them in 'samplers.s.grid_options'"):
         _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "options": {"sigma_max": 5.0, "epsilon_s": 0.1}})
+
+
+def test_sampling_job_passes_the_grids_range_to_the_sampler():
+    """bench.sampling.generate gives edm_general the range generate.py solves the vp schedule from, not the grid's ends."""
+    from bench.edm import EDMNetworkDenoiser, edm_mlp
+    from bench.noise import NoiseSource
+    from bench.sampling import generate
+
+    torch.manual_seed(0)
+    denoiser = EDMNetworkDenoiser(edm_mlp(width=16, depth=1, emb_dim=8, image_size=2))
+    sampler = {"fn": "edm_general", "grid": "iddpm", "options": {"solver": "heun", "schedule": "vp", "scaling": "vp"}}
+    seeds, shape = torch.arange(3), (1, 2, 2)
+    with torch.no_grad():
+        x, grid = generate(denoiser, sampler, 6, seeds, shape, batch_size=3)
+        noise = NoiseSource(seeds, shape, torch.float32, "cpu")
+        x_T = noise.latent() * grid[0]
+        ranged = edm_general(denoiser, x_T, grid, noise=noise, sigma_min=0.002, sigma_max=81.0, **sampler["options"])
+        ends = edm_general(denoiser, x_T, grid, noise=noise, **sampler["options"])
+    torch.testing.assert_close(x, ranged, rtol=0, atol=0)
+    assert not torch.allclose(x, ends, rtol=0, atol=1e-6)

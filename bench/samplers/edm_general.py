@@ -140,8 +140,9 @@ def edm_general(
     x = torch.mul(x_T, s(t_steps[0]) * sigma(t_steps[0]) / sigmas[0])
     for i in range(N):
         t_cur, t_next = t_steps[i], t_steps[i + 1]
-        # Without churn generate.py's t_hat = sigma^-1(round(sigma(t_cur))) is t_cur up to rounding
-        # error, and its noise term is zero: both are skipped here.
+        # Without churn generate.py (L157-158) still takes t_hat = sigma^-1(round(sigma(t_cur))) and adds
+        # noise of std sqrt(max(sigma(t_hat)^2 - sigma(t_cur)^2, 0)): rounding error alone, as the round
+        # trip through sigma^-1 can land an ulp high (noise ~1e-8 sigma); here t_hat = t_cur and no draw.
         t_hat, x_hat = t_cur, x
         if gamma > 0 and S_tmin <= sigma(t_cur) <= S_tmax:
             raised = denoiser.round_sigma(torch.tensor(sigma(t_cur) * (1 + gamma), dtype=torch.float64))
