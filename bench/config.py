@@ -6,6 +6,7 @@ Every error names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -214,8 +215,6 @@ def _check_vp_sde_grid(name: str, options: dict) -> None:
 
 def _check_grid_range_sampler(name: str, sampler: dict) -> None:
     """EDM's general sampler: its range is the grid's, and its options must form a sampler generate.py runs."""
-    import inspect
-
     from bench.samplers.edm_general import check_options
 
     options = sampler.get("options", {})

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import (
-    analytic_ddim,
-    analytic_ddpm,
-    ddgm,
-    ddim,
-    ddpm,
-    edm,
-    edm_general,
-    iddpm,
-    langevin,
-    pc,
-    vp_sde,
-)
+from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, edm_general, iddpm, langevin, pc, vp_sde
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
