@@ -229,6 +229,22 @@ def _check_grid_range_sampler(name: str, sampler: dict) -> None:
         check_options(**{k: v for k, v in options.items() if k in known})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key 'samplers.{name}.options': {err}") from None
+    # The range is read from grid_options (bench.edm.sigma_range), so they must be the grid's own keywords.
+    from bench.edm import SIGMA_GRID_FUNCTIONS, sigma_grid
+
+    grid_options = sampler.get("grid_options", {})
+    parameters = inspect.signature(SIGMA_GRID_FUNCTIONS[sampler["grid"]]).parameters
+    allowed = [p for p in parameters if p not in ("N", "denoiser")]
+    unknown = sorted(set(grid_options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"config key 'samplers.{name}.grid_options': {unknown} not allowed for grid {sampler['grid']!r}; "
+            f"allowed: {allowed}"
+        )
+    try:
+        sigma_grid(sampler["grid"], 2, **grid_options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
 
 
 def _check_references(cfg: dict) -> None:

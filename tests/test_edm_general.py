@@ -241,3 +241,11 @@ def test_sampling_job_passes_the_grids_range_to_the_sampler():
         ends = edm_general(denoiser, x_T, grid, noise=noise, **sampler["options"])
     torch.testing.assert_close(x, ranged, rtol=0, atol=0)
     assert not torch.allclose(x, ends, rtol=0, atol=1e-6)
+
+
+def test_config_refuses_grid_options_the_grid_does_not_take():
+    with pytest.raises(ConfigError, match=r"grid_options': \['epsilon_s'\] not allowed for grid 'edm'; allowed: \['sigma_min', 'sigma_max', 'rho'\]"):
+        _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "edm", "grid_options": {"epsilon_s": 0.01}})
+    with pytest.raises(ConfigError, match=r"grid_options': VP epsilon_s=2.0 must lie in \(0, 1\)"):
+        _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "grid_options": {"epsilon_s": 2.0}})
+    _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "grid_options": {"epsilon_s": 0.01, "sigma_max": 50.0}})
