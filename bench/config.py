@@ -6,6 +6,7 @@ Every error names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -305,9 +306,34 @@ def _check_grid_options(name: str, sampler: dict) -> None:
             raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
 
 
+def _check_grid_range_sampler(name: str, sampler: dict) -> None:
+    """EDM's general sampler: its range is the grid's, and its options must form a sampler generate.py runs."""
+    from bench.samplers.edm_general import check_options
+
+    options = sampler.get("options", {})
+    from_grid = sorted({"sigma_min", "sigma_max", "epsilon_s"} & set(options))
+    if from_grid:
+        raise ConfigError(
+            f"config key 'samplers.{name}.options': {from_grid} are the grid's (its sigma range, generate.py "
+            f"L87-100); give them in 'samplers.{name}.grid_options'"
+        )
+    known = inspect.signature(check_options).parameters
+    try:
+        check_options(**{k: v for k, v in options.items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'samplers.{name}.options': {err}") from None
+    # The range is read from grid_options (bench.edm.sigma_range), whose names _check_grid_options checked.
+    from bench.edm import sigma_grid
+
+    try:
+        sigma_grid(sampler["grid"], 2, **sampler.get("grid_options", {}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
+
+
 def _check_references(cfg: dict) -> None:
     from bench.edm import SIGMA_GRIDS
-    from bench.samplers import LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
+    from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
 
     compat = compatibility()
     for name, ext in cfg["extractors"].items():
@@ -346,6 +372,8 @@ def _check_references(cfg: dict) -> None:
                 f"grid {VP_SDE_GRID!r} (VP SDE times) is the grid of, and only of, {list(VP_SDE_SAMPLERS)}"
             )
         _check_grid_options(name, s)
+        if s["fn"] in GRID_RANGE_SAMPLERS:
+            _check_grid_range_sampler(name, s)
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]

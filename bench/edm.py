@@ -70,6 +70,49 @@ def vp_sigma(beta_d: float, beta_min: float, t: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(torch.expm1(0.5 * beta_d * t**2 + beta_min * t))
 
 
+# NVlabs/edm generate.py L87-92: the noise range each discretisation defaults to, the VP one being
+# [sigma(epsilon_s), sigma(1)] of the VP baseline's beta_d = 19.9, beta_min = 0.1 (EDM Table 1).
+VP_BETA_D = 19.9
+VP_BETA_MIN = 0.1
+DEFAULT_SIGMA_RANGES = {"ve": (0.02, 100.0), "iddpm": (0.002, 81.0), "edm": (0.002, 80.0)}
+
+
+def default_sigma_range(kind: str, *, epsilon_s: float = 1e-3) -> tuple[float, float]:
+    """[sigma_min, sigma_max] that discretisation ``kind`` uses when none is given (generate.py L87-92)."""
+    if kind == "vp":
+        ends = vp_sigma(VP_BETA_D, VP_BETA_MIN, torch.tensor([epsilon_s, 1.0], dtype=torch.float64))
+        return float(ends[0]), float(ends[1])
+    if kind not in DEFAULT_SIGMA_RANGES:
+        raise ValueError(f"sigma grid {kind!r} is not one of {list(SIGMA_GRIDS)}")
+    return DEFAULT_SIGMA_RANGES[kind]
+
+
+def sigma_range(
+    kind: str,
+    *,
+    denoiser: SigmaDenoiser | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    epsilon_s: float = 1e-3,
+    **grid_options,
+) -> tuple[float, float]:
+    """The [sigma_min, sigma_max] of grid ``kind`` with ``grid_options``, clamped to the network's (generate.py L87-96).
+
+    The other grid options (rho, C_1, ...) shape the grid inside this range and are ignored here.
+    """
+    default_min, default_max = default_sigma_range(kind, epsilon_s=epsilon_s)
+    return _supported_range(
+        default_min if sigma_min is None else sigma_min, default_max if sigma_max is None else sigma_max, denoiser
+    )
+
+
+def vp_betas(sigma_min: float, sigma_max: float, epsilon_s: float) -> tuple[float, float]:
+    """(beta_d, beta_min) with sigma_VP(epsilon_s) = sigma_min and sigma_VP(1) = sigma_max (generate.py L99-100)."""
+    log_lo, log_hi = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
+    beta_d = 2 * (log_lo / epsilon_s - log_hi) / (epsilon_s - 1)
+    return beta_d, log_hi - 0.5 * beta_d
+
+
 def vp_sigma_grid(
     N: int,
     sigma_min: float | None = None,
@@ -80,19 +123,16 @@ def vp_sigma_grid(
 ) -> torch.Tensor:
     """sigma_i = sigma_VP(t_i), t_i = 1 + i/(N-1) (epsilon_s - 1) (EDM Table 1, VP time steps).
 
-    beta_d and beta_min are solved so that sigma(epsilon_s) = sigma_min and sigma(1) = sigma_max;
-    the default range is that of beta_d = 19.1, beta_min = 0.1 (NVlabs/edm generate.py's constants).
+    beta_d and beta_min are solved so that sigma(epsilon_s) = sigma_min and sigma(1) = sigma_max
+    (vp_betas); the default range is that of beta_d = 19.9, beta_min = 0.1 (default_sigma_range).
     """
     _check_steps(N)
-    if not 0 < epsilon_s < 1:
-        raise ValueError(f"VP epsilon_s={epsilon_s!r} must lie in (0, 1)")
-    ends = vp_sigma(19.1, 0.1, torch.tensor([epsilon_s, 1.0], dtype=torch.float64))
-    sigma_min = float(ends[0]) if sigma_min is None else sigma_min
-    sigma_max = float(ends[1]) if sigma_max is None else sigma_max
+    _check_epsilon_s(epsilon_s)
+    default_min, default_max = default_sigma_range("vp", epsilon_s=epsilon_s)
+    sigma_min = default_min if sigma_min is None else sigma_min
+    sigma_max = default_max if sigma_max is None else sigma_max
     sigma_min, sigma_max = _supported_range(sigma_min, sigma_max, denoiser)
-    log_lo, log_hi = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
-    beta_d = 2 * (log_lo / epsilon_s - log_hi) / (epsilon_s - 1)
-    beta_min = log_hi - 0.5 * beta_d
+    beta_d, beta_min = vp_betas(sigma_min, sigma_max, epsilon_s)
     t = 1 + torch.arange(N, dtype=torch.float64) / max(N - 1, 1) * (epsilon_s - 1)
     return _finish_grid(vp_sigma(beta_d, beta_min, t), denoiser)
 
@@ -124,7 +164,9 @@ def iddpm_sigma_grid(
     """
     _check_steps(N)
     sigma_min, sigma_max = _supported_range(sigma_min, sigma_max, denoiser)
-    j = torch.arange(M + 1, dtype=torch.float64)
+    # generate.py L112-114 evaluates alpha_bar(j) on integer tensors, i.e. in float32, and only the u_j
+    # recursion in float64; the float32 ratios move the small levels (u_999 by 5e-4 relative from float64's).
+    j = torch.arange(M + 1, dtype=torch.float32)
     alpha_bar = torch.sin(0.5 * math.pi * j / M / (C_2 + 1)) ** 2
     ratios = (alpha_bar[:-1] / alpha_bar[1:]).clamp(min=C_1)
     u = torch.zeros(M + 1, dtype=torch.float64)
@@ -167,6 +209,11 @@ def discrete_sigma_grid(schedule: DiscreteSchedule, steps: torch.Tensor) -> torc
 def _check_steps(N: int) -> None:
     if not isinstance(N, int) or isinstance(N, bool) or N < 1:
         raise ValueError(f"number of sampling steps N={N!r} must be a positive integer")
+
+
+def _check_epsilon_s(epsilon_s: float) -> None:
+    if not 0 < epsilon_s < 1:
+        raise ValueError(f"VP epsilon_s={epsilon_s!r} must lie in (0, 1)")
 
 
 def _supported_range(sigma_min: float, sigma_max: float, denoiser: SigmaDenoiser | None) -> tuple[float, float]:

@@ -28,7 +28,7 @@ from bench.network_flops import count_flops, matmul_precision, peak_tflops
 from bench.noise import NoiseSource
 from bench.plan import needs_moments
 from bench.samplers import get_sampler
-from bench.sampling import sampler_view
+from bench.sampling import sampler_options, sampler_view
 from bench.speed import SpeedOptions, apply_speed_options
 
 # Gamma_n = E||eps_hat||^2 / d of a stand-in model: inside (0, 1), where Theorem 2's clipping keeps it.
@@ -108,6 +108,7 @@ def measure_cells(
         if sampler.get("inputs", {}).get("gamma") == "moments":
             sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
         view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
+        fn_options = sampler_options(sampler, view)
         fn = get_sampler(sampler["fn"])
         seeds = torch.arange(batch, dtype=torch.int64) + seed
         noise = NoiseSource(seeds, shape, state_dtype, device)
@@ -118,7 +119,7 @@ def measure_cells(
             timed_net.seconds = timed_noise.seconds = 0.0
             before = denoiser.nfe
             t0 = clock.now()
-            fn(view, x_T, grid, noise=timed_noise, **sampler.get("options", {}))
+            fn(view, x_T, grid, noise=timed_noise, **fn_options)
             total = clock.now() - t0
             nfe = denoiser.nfe - before
             if i >= warmup:
@@ -128,7 +129,7 @@ def measure_cells(
         total, net_s, noise_s = (statistics.median(v) for v in (totals, nets, noises))
         if model_name not in flops:  # one more run, on the network without the speed options
             plain_view, _ = sampler_view(plain, sampler, K, gamma=gamma)
-            flops[model_name] = count_flops(fn, plain_view, x_T, grid, noise=noise, **sampler.get("options", {})) // nfe
+            flops[model_name] = count_flops(fn, plain_view, x_T, grid, noise=noise, **fn_options) // nfe
         note = f"{model['family']} family, {model['network']['type']} network; overhead over in-run network time"
         if gamma is not None:
             note += f"; Gamma_n = {GAMMA_STAND_IN} stand-in"

@@ -51,6 +51,8 @@ NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
     "edm_euler": lambda K, options: K,
     "edm_heun": lambda K, options: 2 * K - 1,
     "edm_stochastic": lambda K, options: 2 * K - 1,
+    # generate.py ablation_sampler: Euler N, 2nd order on all but the last step (default solver heun).
+    "edm_general": lambda K, options: K if options.get("solver", "heun") == "euler" else 2 * K - 1,
     # K noise levels: n_steps_each Langevin steps each, plus Tweedie's final denoising step (NCSN Alg. 1).
     "langevin": lambda K, options: K * options.get("n_steps_each", 100) + int(options.get("denoise", False)),
     # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).

@@ -12,13 +12,13 @@ import torch
 
 from bench.data.digits import unit_to_levels
 from bench.device import cpu_choice
-from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid
+from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
 from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.grids import time_grid
 from bench.io import atomic_npz
 from bench.models import make_denoiser
 from bench.noise import NoiseSource
-from bench.samplers import LEVEL_SAMPLERS, VP_SDE_SAMPLERS, get_sampler
+from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, get_sampler
 from bench.stepclock import StepClock
 
 
@@ -62,6 +62,17 @@ def sampler_view(denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None 
     return denoiser, grid
 
 
+def sampler_options(sampler: dict, view) -> dict:
+    """The keyword options of ``sampler`` on ``view`` (what sampler_view returned): the config's, plus for
+    GRID_RANGE_SAMPLERS the grid's sigma range on that network and its epsilon_s (generate.py L87-100)."""
+    options = dict(sampler.get("options", {}))
+    if sampler["fn"] in GRID_RANGE_SAMPLERS:
+        grid_options = sampler.get("grid_options", {})
+        sigma_min, sigma_max = sigma_range(sampler["grid"], denoiser=view, **grid_options)
+        options.update(sigma_min=sigma_min, sigma_max=sigma_max, epsilon_s=grid_options.get("epsilon_s", 1e-3))
+    return options
+
+
 def generate(
     denoiser: DiscreteEpsDenoiser,
     sampler: dict,
@@ -85,13 +96,14 @@ def generate(
     """
     fn = get_sampler(sampler["fn"])
     model, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
+    options = sampler_options(sampler, model)
     out = []
     for start in range(0, len(seeds), batch_size):
         batch = seeds[start : start + batch_size]
         noise = NoiseSource(batch, shape, state_dtype, device)
         x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent()
         try:
-            x = fn(model, x_T, grid, noise=noise, **sampler.get("options", {}))
+            x = fn(model, x_T, grid, noise=noise, **options)
         except NonFiniteOutputError as err:
             raise NonFiniteSampleError(
                 f"{context}: network output is not finite at step {err.step} (timestep index) for sample index "

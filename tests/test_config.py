@@ -53,7 +53,7 @@ CASES = [
     (("experiments", 0, "K"), [0], r"experiments\.0\.K\.0|experiments\[0\]\.K\[0\]': value 0 must be >= 1"),
     (("experiments", 0, "K"), [2.5], r"experiments\[0\]\.K\[0\]': value 2.5 is not of type integer"),
     (("sampling", "n_samples"), -5, r"sampling\.n_samples': value -5 must be >= 1"),
-    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc', 'vp_euler_maruyama', 'vp_probability_flow'\]"),
+    (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc', 'vp_euler_maruyama', 'vp_probability_flow'\]"),
     (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal', 'edm', 'vp', 've', 'iddpm', 'vp_sde'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits', 'cifar10', 'celeba64', 'imagenet64', 'lsun'\]"),
     (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 've'\]"),
@@ -162,9 +162,9 @@ def test_ddgm_mixture_takes_a_t_varying_component_variance(cfg):
 
 
 FAMILY_SAMPLER_CASES = [
-    ("ncsn", "ddpm_beta", "ddpm", "ve", "['langevin', 'pc', 'edm_euler', 'edm_heun', 'edm_stochastic']"),
-    ("edm", "langevin", "langevin", "edm", "['edm_euler', 'edm_heun', 'edm_stochastic', 'pc', 'vp_euler_maruyama', 'vp_probability_flow']"),
-    ("mlp", "pc", "pc", "ddpm", "['ddpm', 'ddim', 'analytic_ddpm', 'analytic_ddim', 'edm_euler', 'edm_heun', 'edm_stochastic']"),
+    ("ncsn", "ddpm_beta", "ddpm", "ve", "['langevin', 'pc', 'edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general']"),
+    ("edm", "langevin", "langevin", "edm", "['edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general', 'pc', 'vp_euler_maruyama', 'vp_probability_flow']"),
+    ("mlp", "pc", "pc", "ddpm", "['ddpm', 'ddim', 'analytic_ddpm', 'analytic_ddim', 'edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general']"),
 ]
 
 

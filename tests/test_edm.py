@@ -18,7 +18,6 @@ from bench.edm import (
     iddpm_sigma_grid,
     sigma_grid,
     ve_sigma_grid,
-    vp_sigma,
     vp_sigma_grid,
 )
 from bench.families import DiscreteEpsDenoiser
@@ -100,9 +99,9 @@ def test_ve_grid_is_geometric():
 def test_vp_grid_ends_and_quadratic_log_variance():
     eps_s = 1e-3
     grid = vp_sigma_grid(7, epsilon_s=eps_s)
-    ends = vp_sigma(19.1, 0.1, torch.tensor([1.0, eps_s], dtype=torch.float64))
-    assert grid[0].item() == pytest.approx(ends[0].item(), rel=1e-12)
-    assert grid[6].item() == pytest.approx(ends[1].item(), rel=1e-10)
+    # generate.py L88-92: the default range is [sigma(eps_s), sigma(1)] of beta_d = 19.9, beta_min = 0.1.
+    assert grid[0].item() == pytest.approx(math.sqrt(math.exp(0.5 * 19.9 + 0.1) - 1), rel=1e-12)
+    assert grid[6].item() == pytest.approx(math.sqrt(math.exp(0.5 * 19.9 * eps_s**2 + 0.1 * eps_s) - 1), rel=1e-9)
     # ln(1 + sigma^2) = beta_d t^2/2 + beta_min t with t linear in i: constant second differences.
     second = torch.diff(torch.log1p(grid[:-1] ** 2), n=2)
     assert torch.allclose(second, second[0].expand_as(second), rtol=1e-9)
@@ -112,11 +111,15 @@ def test_iddpm_grid_takes_levels_of_the_official_u_grid():
     net = iDDPMPrecond(torch.nn.Identity(), 8, 1)
     u = net.u.to(torch.float64)
     grid = iddpm_sigma_grid(10)
-    # float64 here, float32 in the wrapper, whose recursion loses digits to cancellation near u = 0.
+    # A float64 recursion here, float32 in the wrapper, whose recursion loses digits to cancellation near u = 0.
     picked = [int((u - s).abs().argmin()) for s in grid[:-1]]
     assert torch.allclose(grid[:-1], u[picked], rtol=1e-3)
-    abar = [math.sin(0.5 * math.pi * j / 1000 / 1.008) ** 2 for j in (999, 1000)]
-    assert grid[9].item() == pytest.approx(math.sqrt(1 / max(abar[0] / abar[1], 0.001) - 1), rel=1e-12)
+    # generate.py L112-114: alpha_bar(j) of an integer tensor j is float32; u_999 = sqrt(1 / ratio - 1) in float64.
+    abar = [torch.sin(0.5 * math.pi * torch.tensor(j) / 1000 / 1.008) ** 2 for j in (999, 1000)]
+    ratio = float((abar[0] / abar[1]).clamp(min=0.001))
+    assert grid[9].item() == pytest.approx(math.sqrt(1 / ratio - 1), rel=1e-12)
+    float64_ratio = math.sin(0.5 * math.pi * 999 / 1000 / 1.008) ** 2 / math.sin(0.5 * math.pi / 1.008) ** 2
+    assert grid[9].item() != pytest.approx(math.sqrt(1 / float64_ratio - 1), rel=1e-4)
     assert picked[0] == 8 and picked[-1] == 999  # sigma_max = 81 keeps u_8 = 80.2; sigma_min keeps u_999
     assert picked == sorted(picked)
 

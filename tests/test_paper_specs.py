@@ -158,3 +158,25 @@ def test_score_sde_rows_run_edm_conversions_with_score_sde_samplers(cfg):
     # PC: one corrector + one predictor call per level (2000 NFE); Euler-Maruyama: 1000; the PF-ODE's planning
     # assumption (VP_ODE_NFE + 1 for denoising); 50k samples each.
     assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (3, (3000 + 201) * 50_000)
+
+
+def test_edm_fig2_runs_each_baselines_original_sampler_and_the_steps_to_alg1(cfg):
+    """EDM Fig. 2a-b (Table 1's original samplers): VP = Euler on score-SDE's VP t_i, sigma(t), s(t); VE = Euler
+    on VE t_i with sigma(t) = sqrt(t), s(t) = 1; then Heun, EDM's t_i and sigma(t) = t. The paper plots curves only."""
+    spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_edm_fig2.yaml").read_text(encoding="utf-8"))
+    assert not any("paper" in row or "paper_text" in row for row in spec["rows"])
+    want = {
+        "edm_baseline_cifar10_vp": [("vp", "euler", "vp", "vp"), ("vp", "heun", "vp", "vp"), ("edm", "heun", "vp", "vp")],
+        "edm_baseline_cifar10_ve": [("ve", "euler", "ve", "none"), ("ve", "heun", "ve", "none"), ("edm", "heun", "ve", "none")],
+    }
+    for model, steps in want.items():
+        rows = [row for row in spec["rows"] if row.get("model") == model]
+        samplers = [cfg["samplers"][row["sampler"]] for row in rows]
+        got = [(s["grid"], s["options"]["solver"], s["options"]["schedule"], s["options"]["scaling"]) for s in samplers[:3]]
+        assert got == steps and all(s["fn"] == "edm_general" for s in samplers[:3])
+        assert rows[3]["sampler"] == "edm_heun_rho7"
+    fig2 = next(r for r in plan(cfg, root=ROOT) if r["table"] == "paper_edm_fig2")
+    # Per model: Euler sum(K) NFE, three Heun rows sum(2K - 1); ImageNet-64's 2 rows x 6 K unavailable.
+    Ks = spec["columns"]["values"]
+    nfe = 2 * (sum(Ks) + 3 * sum(2 * K - 1 for K in Ks)) * 50_000
+    assert (fig2["cells"], fig2["unavailable"], fig2["nfe"]) == (48, 12, nfe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, iddpm, langevin, pc, vp_sde
+from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, edm_general, iddpm, langevin, pc, vp_sde
 
 SAMPLERS: dict[str, Callable] = {
     "ddpm": ddpm.sample,
@@ -14,6 +14,7 @@ SAMPLERS: dict[str, Callable] = {
     "edm_euler": edm.euler,
     "edm_heun": edm.heun,
     "edm_stochastic": edm.stochastic,
+    "edm_general": edm_general.edm_general,
     "iddpm": iddpm.sample,
     "ddgm": ddgm.ddgm,
     "ddgm_ddim": ddgm.ddgm_ddim,
@@ -26,7 +27,10 @@ SAMPLERS: dict[str, Callable] = {
 # table's indices, and the config's sigma grid with K entries becomes the table itself.
 LEVEL_SAMPLERS = ("langevin", "pc")
 # Samplers in EDM's sigma space (bench.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
-SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic")
+SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic", "edm_general")
+# Samplers that take the sigma range of their grid (bench.edm.sigma_range) as the options sigma_min,
+# sigma_max and epsilon_s: EDM's general sampler solves its vp schedule from it (generate.py L99-100).
+GRID_RANGE_SAMPLERS = ("edm_general",)
 # Samplers of score-SDE's VP SDE in its own time t (bench.vpsde.VPTimeScore), on the `vp_sde` time grid.
 VP_SDE_SAMPLERS = ("vp_euler_maruyama", "vp_probability_flow")
 

@@ -112,6 +112,39 @@ def build_spec(entry: dict, csv_rows: list[dict[str, str]]) -> dict:
     }
 
 
+def build_curve_spec(entry: dict) -> dict:
+    """The table spec of a figure whose curves the paper plots without printing values: its rows, K columns, no numbers.
+
+    ``curves`` names the figure; ``rows`` maps each curve to a cell (model, sampler) or, mapped to none, to
+    the spec's ``unavailable`` reason; ``K`` lists the columns.
+    """
+    rows = []
+    for key, mapped in entry["rows"].items():
+        row = {"label": mapped.get("label", key)}
+        if "model" in mapped:
+            row.update(model=mapped["model"], sampler=mapped["sampler"])
+        else:
+            row["unavailable"] = mapped.get("unavailable") or entry["unavailable"]
+        if "note" in mapped:
+            row["note"] = mapped["note"]
+        row["csv"] = key
+        rows.append(row)
+    metric = entry["metric"]
+    return {
+        "id": entry["id"],
+        "title": entry["title"],
+        "caption": f"{entry['curves']} plots these curves without printing values: no paper numbers.",
+        "metric": metric,
+        "metric_label": entry.get("metric_label", METRIC_LABELS.get(metric, metric)),
+        "better": "higher" if metric == "is" else "lower",
+        "decimals": entry.get("decimals", 2),
+        "dataset": entry["dataset"],
+        "protocol": entry["protocol"],
+        "columns": {"field": "K", "values": sorted(entry["K"]), "label": "K"},
+        "rows": rows,
+    }
+
+
 def _is_annotated(text: str, number: float) -> bool:
     """Whether the printed entry says more than its number ("3.01*", "7.28±0.10", "<= 3.75 (3.72)")."""
     stripped = text.strip()
@@ -126,13 +159,16 @@ def build_all(layout_path: Path = LAYOUT_PATH, csv_path: Path = CSV_PATH) -> dic
     layout = load_yaml(layout_path.read_text(encoding="utf-8"))
     csv_rows = read_csv(csv_path)
     for row in csv_rows:
-        owners = [entry["id"] for entry in layout["specs"] if _selected(row, entry["select"])]
+        owners = [entry["id"] for entry in layout["specs"] if "select" in entry and _selected(row, entry["select"])]
         if len(owners) != 1:
             raise ValueError(
                 f"CSV row {row['paper']} / {row['table']} / {row['dataset']} / {row['metric']} / {row['model']} is "
                 f"selected by {len(owners)} specs ({owners}); each row belongs to exactly one"
             )
-    return {f"{entry['id']}.yaml": build_spec(entry, csv_rows) for entry in layout["specs"]}
+    return {
+        f"{entry['id']}.yaml": build_curve_spec(entry) if "curves" in entry else build_spec(entry, csv_rows)
+        for entry in layout["specs"]
+    }
 
 
 def render(spec: dict) -> str:
