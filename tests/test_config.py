@@ -171,6 +171,19 @@ def test_continuous_family_settings_are_checked(cfg, path, value, message):
         validate_config(mutate(cfg, path, value), root=ROOT)
 
 
+def test_shards_must_hold_whole_pc_norm_blocks(cfg):
+    bad = mutate(cfg, ("sampling", "shard_size"), 1000)
+    message = ("config key 'sampling.shard_size': value 1000 splits the blocks of 1024 samples over which sampler 'pc' "
+               "(pc) averages its corrector's norms (options.norm_block); use a multiple of 1024, or at least "
+               "sampling.n_samples = 2000")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(bad, root=ROOT)
+    validate_config(mutate(bad, ("samplers", "pc", "options", "norm_block"), 500), root=ROOT)
+    validate_config(mutate(bad, ("samplers", "pc", "options", "corrector"), "ald"), root=ROOT)
+    with pytest.raises(ConfigError, match=r"samplers\.pc\.options\.norm_block': value 0 must be a positive integer"):
+        validate_config(mutate(cfg, ("samplers", "pc", "options", "norm_block"), 0), root=ROOT)
+
+
 def test_ode_nll_table_needs_a_continuous_model_and_the_metric(cfg):
     bad = mutate(cfg, ("models", "edm"), copy.deepcopy(cfg["models"]["mlp"]))  # edm becomes a discrete model
     bad["experiments"] = [e for e in bad["experiments"] if e["model"] != "edm"]

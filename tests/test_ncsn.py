@@ -274,26 +274,45 @@ def test_pc_with_ald_corrector_reproduces_the_mixture(mix):
     assert max(moment_z(x, mix)) < 4.5
 
 
-def test_pc_langevin_corrector_step_uses_per_sample_norms(mix):
-    """One level: corrector e = 2 (snr ||z|| / ||g||)^2 per sample, then the predictor to sigma = 0 (mean returned)."""
+def _official_langevin_step(x, g, z, snr):
+    """score-SDE sampling.py L276-L280 on one batch: the norms' means over the batch, alpha = 1 (VE)."""
+    grad_norm = torch.norm(g.reshape(g.shape[0], -1), dim=-1).mean()
+    noise_norm = torch.norm(z.reshape(z.shape[0], -1), dim=-1).mean()
+    step = (snr * noise_norm / grad_norm) ** 2 * 2
+    return x + step * g + torch.sqrt(step * 2) * z
+
+
+def test_pc_langevin_corrector_is_score_sdes_step_on_each_block_of_norm_block_samples(mix):
+    """One level, 7 samples, norm_block 3: blocks [0, 3), [3, 6), [6, 7) each take the official step, then
+    the predictor to sigma = 0 (its mean returned)."""
     sigma = torch.tensor([0.4], dtype=torch.float64)
     fn = ExactVEScore(mix, sigma)
-    noise = NoiseSource(torch.arange(6), SHAPE, torch.float64, "cpu")
+    noise = NoiseSource(torch.arange(7), SHAPE, torch.float64, "cpu")
     x_T = 0.4 * noise.latent()
-    got = pc.sample(fn, x_T, torch.tensor([0]), noise=noise, snr=0.3, n_steps_each=1)
-    g = fn(x_T, sigma)
-    z = noise.normal(0, extra=1)
-    e = 2 * (0.3 * z.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True)) ** 2
-    x = x_T + e * g + torch.sqrt(2 * e) * z
+    got = pc.sample(fn, x_T, torch.tensor([0]), noise=noise, snr=0.3, n_steps_each=1, norm_block=3)
+    g, z = fn(x_T, sigma), noise.normal(0, extra=1)
+    x = torch.cat([_official_langevin_step(x_T[b], g[b], z[b], 0.3) for b in (slice(0, 3), slice(3, 6), slice(6, 7))])
     want = x + 0.4**2 * fn(x, sigma)
-    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_pc_langevin_block_mean_step_converges_where_the_per_sample_step_does_not():
+    """With exact scores in d = 2, the per-sample step e(x) leaves the wrong law (covariance several times
+    too large at every K); score-SDE's batch-mean step over a 1024-sample block reproduces the mixture."""
+    mix2 = GaussianMixture.random(2, 2, seed=3, spread=1.0)
+    levels = geometric_sigmas(0.01, 5.0, 100)
+    fn = ExactVEScore(mix2, levels)
+    block = run(pc.sample, fn, torch.arange(100), n=1024, snr=0.16, norm_block=1024)
+    assert max(moment_z(block, mix2)) < 4.5
+    per_sample = run(pc.sample, fn, torch.arange(100), n=1024, snr=0.16, norm_block=1)
+    assert torch.cov(per_sample.T).trace() > 2 * mix2.cov().trace()
 
 
 @pytest.mark.parametrize(
     ("sampler", "opts"),
     [
         (langevin.sample, {"n_steps_each": 3, "eps": 1e-3, "denoise": True}),
-        (pc.sample, {"n_steps_each": 2, "snr": 0.16, "corrector": "langevin"}),
+        (pc.sample, {"n_steps_each": 2, "snr": 0.16, "corrector": "langevin", "norm_block": 1}),
         (pc.sample, {"n_steps_each": 1, "corrector": "ald", "denoise": False}),
     ],
 )
@@ -319,3 +338,5 @@ def test_bad_sampler_options_are_rejected(mix):
         run(pc.sample, fn, torch.arange(6), corrector="mala")
     with pytest.raises(ValueError, match="snr=-1"):
         run(pc.sample, fn, torch.arange(6), snr=-1.0)
+    with pytest.raises(ValueError, match="norm_block=0 must be a positive integer"):
+        run(pc.sample, fn, torch.arange(6), norm_block=0)
