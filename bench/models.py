@@ -48,7 +48,7 @@ FAMILY_SCHEDULES: dict[str, tuple[str, ...]] = {
 FAMILY_LOSSES: dict[str, tuple[str, ...]] = {
     "ddpm": ("simple", "hybrid"),
     "iddpm": ("simple", "hybrid"),
-    "ve": ("dsm",),
+    "ve": ("dsm", "ssm"),
     "edm": ("edm",),
     "ddgm": ("l1",),
 }
@@ -113,6 +113,10 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.ncsn import dsm_loss
 
         return dsm_loss
+    if loss["name"] == "ssm":
+        from bench.ncsn import ssm_loss
+
+        return ssm_loss
     if loss["name"] == "edm":
         from bench.edm import P_MEAN, P_STD, edm_family_loss
 
@@ -129,7 +133,7 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.ddgm import l1_loss, noise_law
 
         return l1_loss(noise_law(model_cfg.get("noise")))
-    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'dsm', 'edm', 'l1']")
+    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'dsm', 'ssm', 'edm', 'l1']")
 
 
 def save_model(

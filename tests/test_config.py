@@ -156,7 +156,7 @@ def test_invalid_family_sampler_pair_names_both(cfg, model, sampler, fn, family,
 MODEL_CASES = [
     (("models", "ncsn", "schedule"), {"name": "linear", "T": 1000}, r"models\.ncsn\.schedule\.name': value 'linear' does not apply to family 've'; allowed: \['ve'\]"),
     (("models", "mlp", "schedule"), {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0}, r"models\.mlp\.schedule\.name': value 'edm' does not apply to family 'ddpm'; allowed: \['linear', 'cosine'\]"),
-    (("models", "ncsn", "loss"), {"name": "simple"}, r"models\.ncsn\.loss\.name': value 'simple' does not apply to family 've'; allowed: \['dsm'\]"),
+    (("models", "ncsn", "loss"), {"name": "simple"}, r"models\.ncsn\.loss\.name': value 'simple' does not apply to family 've'; allowed: \['dsm', 'ssm'\]"),
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01}, r"models\.ncsn\.schedule': 'sigma_max' is a required property"),
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0, "T": 5}, r"models\.ncsn\.schedule': Additional properties are not allowed \('T' was unexpected\)"),
     (("models", "edm", "schedule", "sigma_min"), 20.0, r"models\.edm\.schedule': sigma_min=20\.0 must be below sigma_max=10\.0"),
