@@ -111,3 +111,24 @@ def test_pc_norm_blocks_make_samples_independent_of_shards_and_batches(net, tmp_
 def test_a_shard_that_splits_a_pc_norm_block_is_refused(net, tmp_path):
     with pytest.raises(ValueError, match="shard starting at sample index 4 splits a block of 8 samples"):
         pc_shards(net, tmp_path, PC_BLOCK, [(4, 12)], 8, "bad")
+
+
+def test_chunked_calls_equal_one_call_and_name_the_bad_row_of_the_whole_batch():
+    from bench.families import NonFiniteOutputError, check_finite
+    from bench.sampling import ChunkedCalls
+
+    calls = []
+
+    def view(x, sigma):
+        calls.append(len(x))
+        out = 2.0 * x / sigma
+        check_finite(out, 3)
+        return out
+
+    x = torch.arange(20.0).view(10, 2)
+    torch.testing.assert_close(ChunkedCalls(view, 4)(x, 0.5), view(x, 0.5), rtol=0, atol=0)
+    assert calls[:3] == [4, 4, 2]
+    x[7, 1] = float("nan")
+    with pytest.raises(NonFiniteOutputError) as err:
+        ChunkedCalls(view, 4)(x, 0.5)
+    assert (err.value.step, err.value.index) == (3, 7)
