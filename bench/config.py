@@ -129,6 +129,7 @@ def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = Tru
     if errors:
         raise ConfigError(_schema_error_message(errors[0]))
     _check_references(cfg)
+    _check_coupled_blocks(cfg)
     _check_sampling_speed(cfg)
     _check_shard_count(cfg)
     if check_paths:
@@ -642,6 +643,28 @@ def state_dtype_name(cfg: dict) -> str:
 def sampling_speed(cfg: dict) -> dict[str, Any]:
     """The config's sampling.speed with every option present (bench.speed.SpeedOptions' defaults, all off)."""
     return SpeedOptions(**cfg["sampling"].get("speed", {})).as_dict()
+
+
+def _check_coupled_blocks(cfg: dict) -> None:
+    """A sampler that couples blocks of samples (PC's Langevin norms) needs shards made of whole blocks."""
+    from bench.samplers import coupled_block
+
+    used = {s for exp in cfg["experiments"] for s in exp["samplers"]}
+    for name in sorted(used):
+        s = cfg["samplers"][name]
+        block = s.get("options", {}).get("norm_block", 1)
+        if s["fn"] == "pc" and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+            raise ConfigError(
+                f"config key 'samplers.{name}.options.norm_block': value {block!r} must be a positive integer"
+            )
+        block = coupled_block(s)
+        n, size = cfg["sampling"]["n_samples"], cfg["sampling"]["shard_size"]
+        if size % block and size < n:
+            raise ConfigError(
+                f"config key 'sampling.shard_size': value {size} splits the blocks of {block} samples over which "
+                f"sampler {name!r} ({s['fn']}) averages its corrector's norms (options.norm_block); use a multiple "
+                f"of {block}, or at least sampling.n_samples = {n}"
+            )
 
 
 def _check_sampling_speed(cfg: dict) -> None:

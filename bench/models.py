@@ -72,7 +72,7 @@ FAMILY_SCHEDULES: dict[str, tuple[str, ...]] = {
 FAMILY_LOSSES: dict[str, tuple[str, ...]] = {
     "ddpm": ("simple", "hybrid"),
     "iddpm": ("simple", "hybrid", "vlb"),
-    "ve": ("dsm",),
+    "ve": ("dsm", "ssm"),
     "edm": ("edm",),
     "ddgm": ("l1",),
 }
@@ -137,6 +137,10 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.ncsn import dsm_loss
 
         return dsm_loss
+    if loss["name"] == "ssm":
+        from bench.ncsn import ssm_loss
+
+        return ssm_loss
     if loss["name"] == "edm":
         from bench.edm import P_MEAN, P_STD, edm_family_loss
 
@@ -157,7 +161,7 @@ def training_loss(model_cfg: dict, max_level: int):
         from bench.ddgm import l1_loss, noise_law
 
         return l1_loss(noise_law(model_cfg.get("noise")))
-    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'vlb', 'dsm', 'edm', 'l1']")
+    raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'vlb', 'dsm', 'ssm', 'edm', 'l1']")
 
 
 def save_model(

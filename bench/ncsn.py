@@ -339,3 +339,26 @@ def dsm_loss(net: nn.Module, schedule: VESchedule, x0: torch.Tensor, gen: torch.
     z = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
     out = net(x0 + sigma * z, (NETWORK_TIME_SCALE * t).to(x0.device, x0.dtype))
     return 0.5 * ((out + z) ** 2).flatten(1).sum(1).mean()
+
+
+def ssm_loss(net: nn.Module, schedule: VESchedule, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Noise-conditional sliced score matching, variance-reduced (Song et al. 2019, Eq. 8; NCSN Sec. 4.2):
+    E sigma^2 [1/2 ||s(x~, sigma)||^2 + v^T grad_x~ (v^T s(x~, sigma))], x~ = x0 + sigma z, v ~ N(0, I).
+
+    NCSN's ``anneal_sliced_score_estimation_vr`` (losses/sliced_sm.py L145-L171, its ``ssm`` baseline in
+    runners/anneal_runner.py L144): one Gaussian v per sample (L155), 1/2 ||s||^2 in place of 1/2 (v^T s)^2
+    (L162), weight lambda(sigma) = sigma^2 (L169). sigma and the network's time input as ``dsm_loss``, so
+    the two objectives train the same parametrisation s = F / sigma. The Jacobian term needs autograd, so
+    the loss builds its graph even where the caller evaluates it under no_grad (a held-out loss).
+    """
+    shape = (x0.shape[0],) + (1,) * (x0.dim() - 1)
+    t = torch.rand(x0.shape[0], generator=gen, dtype=torch.float64)
+    sigma = schedule.sigma_of_time(t).to(x0.device, x0.dtype).view(shape)
+    z = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
+    v = torch.randn(x0.shape, generator=gen, dtype=x0.dtype).to(x0.device)
+    with torch.enable_grad():
+        x = (x0 + sigma * z).requires_grad_(True)
+        score = net(x, (NETWORK_TIME_SCALE * t).to(x0.device, x0.dtype)) / sigma
+        jvp = torch.autograd.grad((score * v).sum(), x, create_graph=True)[0]
+        per_sample = 0.5 * (score**2).flatten(1).sum(1) + (v * jvp).flatten(1).sum(1)
+        return (sigma.flatten() ** 2 * per_sample).mean()

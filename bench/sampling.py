@@ -18,7 +18,7 @@ from bench.grids import time_grid
 from bench.io import atomic_npz
 from bench.models import make_denoiser
 from bench.noise import NoiseSource
-from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, get_sampler
+from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, coupled_block, get_sampler
 from bench.stepclock import StepClock
 
 
@@ -73,6 +73,50 @@ def sampler_options(sampler: dict, view) -> dict:
     return options
 
 
+def sampler_batches(first_index: int, n: int, batch_size: int, block: int = 1) -> list[tuple[int, int]]:
+    """[start, stop) offsets into a shard's n seeds, cell indices first_index.., of each sampler call.
+
+    A sampler that couples ``block`` consecutive samples (bench.samplers.coupled_block) gets whole
+    blocks of cell indices [b block, (b + 1) block): as many as fit in ``batch_size``, at least one
+    (its network calls then take at most ``batch_size`` rows each, see ChunkedCalls). The shard must
+    start on a block boundary; the cell's last block may be shorter.
+    """
+    if first_index % block:
+        raise ValueError(
+            f"a shard starting at sample index {first_index} splits a block of {block} samples that the sampler "
+            f"couples; shards must start at multiples of {block}"
+        )
+    size = max(1, batch_size // block) * block
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def network_calls_per_step(bounds: list[tuple[int, int]], batch_size: int) -> int:
+    """How many network calls one sampler step over all of ``bounds`` makes, at most ``batch_size`` rows each."""
+    return sum(-(-(b - a) // batch_size) for a, b in bounds)
+
+
+class ChunkedCalls:
+    """A sampler's view whose calls evaluate at most ``size`` rows at a time (a block may exceed the batch)."""
+
+    def __init__(self, view, size: int):
+        self.view = view
+        self.size = size
+
+    def __getattr__(self, name: str):
+        return getattr(self.view, name)
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if len(x) <= self.size:
+            return self.view(x, *args, **kwargs)
+        parts = []
+        for a in range(0, len(x), self.size):
+            try:
+                parts.append(self.view(x[a : a + self.size], *args, **kwargs))
+            except NonFiniteOutputError as err:
+                raise NonFiniteOutputError(err.step, a + err.index) from None
+        return torch.cat(parts)
+
+
 def generate(
     denoiser: DiscreteEpsDenoiser,
     sampler: dict,
@@ -93,13 +137,17 @@ def generate(
 
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell;
     ``gamma`` is the model's Gamma_n, for grids chosen from it (bench.grids.MOMENT_GRIDS).
+    Sampler calls cover the seeds as ``sampler_batches`` cuts them; no network call takes more than
+    ``batch_size`` rows.
     """
     fn = get_sampler(sampler["fn"])
-    model, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
-    options = sampler_options(sampler, model)
+    view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
+    options = sampler_options(sampler, view)
+    block = coupled_block(sampler)
+    model = ChunkedCalls(view, batch_size) if block > 1 else view
     out = []
-    for start in range(0, len(seeds), batch_size):
-        batch = seeds[start : start + batch_size]
+    for start, stop in sampler_batches(first_index, len(seeds), batch_size, block):
+        batch = seeds[start:stop]
         noise = NoiseSource(batch, shape, state_dtype, device)
         x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent()
         try:
@@ -166,7 +214,8 @@ def sample_shard(
         print(f"error: {err}", file=sys.stderr)
         return atomic_npz(out_path, error=np.array(str(err)), seeds=seeds.numpy())
     images = unit_to_levels(x.cpu().numpy(), max_level)
-    n_batches = -(-len(seeds) // batch_size)
+    bounds = sampler_batches(start, len(seeds), batch_size, coupled_block(sampler))
+    n_batches = network_calls_per_step(bounds, batch_size)
     timing = clock.record()
     return atomic_npz(
         out_path,

@@ -61,8 +61,9 @@ class VPSDE:
     def time_grid(self, K: int, eps: Annotated[float, Range(gt=0, lt=1)] = SAMPLING_EPS) -> torch.Tensor:
         """K + 1 descending times: score-SDE's evaluation times linspace(1, eps, K), then t_K = 0.
 
-        The sampler steps from t_k to t_{k+1}. score-SDE's EulerMaruyamaPredictor steps every time by
-        dt = -1/K; the two agree exactly when eps = 1/K, as for its VP runs (eps = 1e-3, K = N = 1000).
+        The samplers evaluate the score at t_0..t_{K-1}; score-SDE's EulerMaruyamaPredictor (and ours)
+        steps by dt = -1/K from each, which ends at t_K = 0 exactly when eps = 1/K (its VP runs: eps =
+        1e-3, K = N = 1000).
         """
         if not isinstance(K, int) or isinstance(K, bool) or K < 2:
             raise ValueError(f"number of VP SDE steps K={K!r} must be an integer >= 2")

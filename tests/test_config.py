@@ -182,7 +182,7 @@ def test_invalid_family_sampler_pair_names_both(cfg, model, sampler, fn, family,
 MODEL_CASES = [
     (("models", "ncsn", "schedule"), {"name": "linear", "T": 1000}, r"models\.ncsn\.schedule\.name': value 'linear' does not apply to family 've'; allowed: \['ve'\]"),
     (("models", "mlp", "schedule"), {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0}, r"models\.mlp\.schedule\.name': value 'edm' does not apply to family 'ddpm'; allowed: \['linear', 'cosine'\]"),
-    (("models", "ncsn", "loss"), {"name": "simple"}, r"models\.ncsn\.loss\.name': value 'simple' does not apply to family 've'; allowed: \['dsm'\]"),
+    (("models", "ncsn", "loss"), {"name": "simple"}, r"models\.ncsn\.loss\.name': value 'simple' does not apply to family 've'; allowed: \['dsm', 'ssm'\]"),
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01}, r"models\.ncsn\.schedule': 'sigma_max' is a required property"),
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0, "T": 5}, r"models\.ncsn\.schedule': Additional properties are not allowed \('T' was unexpected\)"),
     (("models", "edm", "schedule", "sigma_min"), 20.0, r"models\.edm\.schedule': sigma_min=20\.0 must be below sigma_max=10\.0"),
@@ -195,6 +195,19 @@ MODEL_CASES = [
 def test_continuous_family_settings_are_checked(cfg, path, value, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(mutate(cfg, path, value), root=ROOT)
+
+
+def test_shards_must_hold_whole_pc_norm_blocks(cfg):
+    bad = mutate(cfg, ("sampling", "shard_size"), 1000)
+    message = ("config key 'sampling.shard_size': value 1000 splits the blocks of 1024 samples over which sampler 'pc' "
+               "(pc) averages its corrector's norms (options.norm_block); use a multiple of 1024, or at least "
+               "sampling.n_samples = 2000")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(bad, root=ROOT)
+    validate_config(mutate(bad, ("samplers", "pc", "options", "norm_block"), 500), root=ROOT)
+    validate_config(mutate(bad, ("samplers", "pc", "options", "corrector"), "ald"), root=ROOT)
+    with pytest.raises(ConfigError, match=r"samplers\.pc\.options\.norm_block': value 0 must be a positive integer"):
+        validate_config(mutate(cfg, ("samplers", "pc", "options", "norm_block"), 0), root=ROOT)
 
 
 def test_ode_nll_table_needs_a_continuous_model_and_the_metric(cfg):

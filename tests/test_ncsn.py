@@ -17,6 +17,7 @@ from bench.ncsn import (
     VPEpsScore,
     dsm_loss,
     geometric_sigmas,
+    ssm_loss,
 )
 from bench.nets.ncsnv2 import NCSNv2
 from bench.noise import NoiseSource
@@ -187,6 +188,81 @@ def test_dsm_loss_at_the_exact_score_equals_its_closed_form():
         torch.testing.assert_close(score(x, sigma), -(x - m) / (c + sigma**2), rtol=1e-12, atol=0)
 
 
+def test_ssm_loss_of_a_linear_score_on_gaussian_data_equals_its_closed_form():
+    """s(x, sigma) = -A x on x0 ~ N(0, S): x~ ~ N(0, S + sigma^2 I), and the VR objective
+    sigma^2 [1/2 ||s||^2 + v^T J v] has mean E_t[sigma^2 (1/2 tr(A^T A (S + sigma^2 I)) - tr A)]."""
+    d = 3
+    A = torch.tensor([[1.0, 0.3, 0.0], [-0.2, 0.8, 0.1], [0.0, 0.4, 1.5]], dtype=torch.float64)
+    L = torch.tensor([[0.5, 0.0, 0.0], [0.2, 0.3, 0.0], [-0.1, 0.1, 0.4]], dtype=torch.float64)
+    S = L @ L.T
+    sched = VESchedule(0.2, 1.0)
+
+    class LinearF(nn.Module):
+        def forward(self, x, t):
+            sigma = sched.sigma_of_time(t.to(torch.float64) / NETWORK_TIME_SCALE)[:, None]
+            return -sigma * x @ A.T
+
+    gen = torch.Generator().manual_seed(0)
+    losses = torch.tensor([
+        ssm_loss(LinearF(), sched, torch.randn(512, d, generator=gen, dtype=torch.float64) @ L.T, gen).item()
+        for _ in range(200)
+    ])
+    # E[sigma^(2k)] for log-uniform sigma: sigma_min^(2k) (r^(2k) - 1) / (2k ln r), r = sigma_max / sigma_min.
+    r = sched.sigma_max / sched.sigma_min
+
+    def moment(k):
+        return sched.sigma_min ** (2 * k) * (r ** (2 * k) - 1) / (2 * k * math.log(r))
+
+    AtA = A.T @ A
+    closed = moment(1) * (0.5 * torch.trace(AtA @ S).item() - torch.trace(A).item()) + moment(2) * 0.5 * torch.trace(AtA).item()
+    se = losses.std().item() / math.sqrt(len(losses))
+    assert abs(losses.mean().item() - closed) < 4 * se, (losses.mean().item(), closed, se)
+
+
+def test_ssm_and_dsm_learn_the_exact_score_of_a_noised_mixture(mix):
+    """A small MLP trained at one sigma by either objective lands near sigma grad log p_sigma (oracle) and
+    near the other; the exact score at another sigma is far from it (the check can fail)."""
+    sigma = 0.3
+
+    class OneSigma:
+        def sigma_of_time(self, t):
+            return torch.full_like(t, sigma)
+
+    class F(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Linear(2, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 2))
+
+        def forward(self, x, t):
+            return self.f(x)
+
+    def train(loss_fn):
+        torch.manual_seed(0)
+        net = F().double()
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(600):
+            loss = loss_fn(net, OneSigma(), mix.sample(256, gen), gen)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net
+
+    noised = mix.noised(1.0, sigma**2)
+    x = noised.sample(4000, torch.Generator().manual_seed(5))
+    want = sigma * noised.score(x)
+
+    def rel_err(got):
+        return (((got - want) ** 2).sum(1).mean() / (want**2).sum(1).mean()).item()
+
+    nets = train(dsm_loss), train(ssm_loss)
+    with torch.no_grad():
+        dsm, ssm = (net(x, None) for net in nets)
+    assert rel_err(dsm) < 0.05 and rel_err(ssm) < 0.05, (rel_err(dsm), rel_err(ssm))
+    assert (((ssm - dsm) ** 2).sum(1).mean() / (want**2).sum(1).mean()).item() < 0.05
+    assert rel_err(sigma * mix.noised(1.0, 0.6**2).score(x)) > 0.2
+
+
 # ---------------------------------------------------------------------------------------------
 # Samplers
 
@@ -274,26 +350,45 @@ def test_pc_with_ald_corrector_reproduces_the_mixture(mix):
     assert max(moment_z(x, mix)) < 4.5
 
 
-def test_pc_langevin_corrector_step_uses_per_sample_norms(mix):
-    """One level: corrector e = 2 (snr ||z|| / ||g||)^2 per sample, then the predictor to sigma = 0 (mean returned)."""
+def _official_langevin_step(x, g, z, snr):
+    """score-SDE sampling.py L276-L280 on one batch: the norms' means over the batch, alpha = 1 (VE)."""
+    grad_norm = torch.norm(g.reshape(g.shape[0], -1), dim=-1).mean()
+    noise_norm = torch.norm(z.reshape(z.shape[0], -1), dim=-1).mean()
+    step = (snr * noise_norm / grad_norm) ** 2 * 2
+    return x + step * g + torch.sqrt(step * 2) * z
+
+
+def test_pc_langevin_corrector_is_score_sdes_step_on_each_block_of_norm_block_samples(mix):
+    """One level, 7 samples, norm_block 3: blocks [0, 3), [3, 6), [6, 7) each take the official step, then
+    the predictor to sigma = 0 (its mean returned)."""
     sigma = torch.tensor([0.4], dtype=torch.float64)
     fn = ExactVEScore(mix, sigma)
-    noise = NoiseSource(torch.arange(6), SHAPE, torch.float64, "cpu")
+    noise = NoiseSource(torch.arange(7), SHAPE, torch.float64, "cpu")
     x_T = 0.4 * noise.latent()
-    got = pc.sample(fn, x_T, torch.tensor([0]), noise=noise, snr=0.3, n_steps_each=1)
-    g = fn(x_T, sigma)
-    z = noise.normal(0, extra=1)
-    e = 2 * (0.3 * z.norm(dim=1, keepdim=True) / g.norm(dim=1, keepdim=True)) ** 2
-    x = x_T + e * g + torch.sqrt(2 * e) * z
+    got = pc.sample(fn, x_T, torch.tensor([0]), noise=noise, snr=0.3, n_steps_each=1, norm_block=3)
+    g, z = fn(x_T, sigma), noise.normal(0, extra=1)
+    x = torch.cat([_official_langevin_step(x_T[b], g[b], z[b], 0.3) for b in (slice(0, 3), slice(3, 6), slice(6, 7))])
     want = x + 0.4**2 * fn(x, sigma)
-    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_pc_langevin_block_mean_step_converges_where_the_per_sample_step_does_not():
+    """With exact scores in d = 2, the per-sample step e(x) leaves the wrong law (covariance several times
+    too large at every K); score-SDE's batch-mean step over a 1024-sample block reproduces the mixture."""
+    mix2 = GaussianMixture.random(2, 2, seed=3, spread=1.0)
+    levels = geometric_sigmas(0.01, 5.0, 100)
+    fn = ExactVEScore(mix2, levels)
+    block = run(pc.sample, fn, torch.arange(100), n=1024, snr=0.16, norm_block=1024)
+    assert max(moment_z(block, mix2)) < 4.5
+    per_sample = run(pc.sample, fn, torch.arange(100), n=1024, snr=0.16, norm_block=1)
+    assert torch.cov(per_sample.T).trace() > 2 * mix2.cov().trace()
 
 
 @pytest.mark.parametrize(
     ("sampler", "opts"),
     [
         (langevin.sample, {"n_steps_each": 3, "eps": 1e-3, "denoise": True}),
-        (pc.sample, {"n_steps_each": 2, "snr": 0.16, "corrector": "langevin"}),
+        (pc.sample, {"n_steps_each": 2, "snr": 0.16, "corrector": "langevin", "norm_block": 1}),
         (pc.sample, {"n_steps_each": 1, "corrector": "ald", "denoise": False}),
     ],
 )
@@ -319,3 +414,5 @@ def test_bad_sampler_options_are_rejected(mix):
         run(pc.sample, fn, torch.arange(6), corrector="mala")
     with pytest.raises(ValueError, match="snr=-1"):
         run(pc.sample, fn, torch.arange(6), snr=-1.0)
+    with pytest.raises(ValueError, match="norm_block=0 must be a positive integer"):
+        run(pc.sample, fn, torch.arange(6), norm_block=0)

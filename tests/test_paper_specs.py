@@ -152,7 +152,7 @@ def test_score_sde_rows_run_edm_conversions_with_score_sde_samplers(cfg):
     assert cfg["models"]["edm_baseline_cifar10_ve"]["checkpoint"] == "edm_baseline_cifar10_uncond_ve"
     assert cfg["models"]["edm_baseline_cifar10_vp"]["checkpoint"] == "edm_baseline_cifar10_uncond_vp"
     pc, em = cfg["samplers"]["sde_pc_ve"], cfg["samplers"]["sde_em_vp"]
-    assert (pc["fn"], pc["options"]) == ("pc", {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin", "denoise": True})
+    assert (pc["fn"], pc["options"]) == ("pc", {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin", "denoise": True, "norm_block": 1024})
     assert (em["fn"], em["grid_options"]) == ("vp_euler_maruyama", {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
     rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
     # PC: one corrector + one predictor call per level (2000 NFE); Euler-Maruyama: 1000; the PF-ODE's planning

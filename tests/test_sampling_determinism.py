@@ -79,3 +79,56 @@ def test_mlp_rows_of_a_mixed_t_batch_equal_the_rows_computed_one_by_one(network)
         # Training mode embeds each row separately: the same outputs.
         mlp.train()
         assert torch.equal(mlp(x, t), batch)
+
+
+PC_BLOCK = {"fn": "pc", "grid": "ve", "options": {"snr": 0.16, "n_steps_each": 1, "norm_block": 8}}
+
+
+def pc_shards(net, tmp_path, sampler, bounds, batch_size, tag):
+    from bench.ncsn import VESchedule
+
+    out = []
+    for i, (a, b) in enumerate(bounds):
+        path = sample_shard(net, VESchedule(0.01, 3.0), sampler, 6, a, b, base_seed=7, shape=(1, 8, 8), max_level=16,
+                            batch_size=batch_size, out_path=tmp_path / f"{tag}{i}.npz", context="test", family="ve")
+        out.append(load_npz(path))
+    return out
+
+
+def test_pc_norm_blocks_make_samples_independent_of_shards_and_batches(net, tmp_path):
+    """PC's corrector averages norms over seed blocks [8b, 8b + 8): whole blocks per shard, any batch size
+    (batch 3 < block: the block's network calls are cut into chunks of 3), the cell's last block shorter."""
+    one = pc_shards(net, tmp_path, PC_BLOCK, [(0, 20)], 20, "one")[0]
+    for bounds, batch in (([(0, 8), (8, 16), (16, 20)], 3), ([(0, 16), (16, 20)], 16), ([(0, 16), (16, 20)], 9)):
+        parts = pc_shards(net, tmp_path, PC_BLOCK, bounds, batch, f"b{batch}")
+        assert np.array_equal(np.concatenate([s["images"] for s in parts]), one["images"]), (bounds, batch)
+        assert all(int(s["nfe"]) == 12 for s in parts)
+    # The blocks couple: per-sample norms (norm_block 1) give other samples.
+    alone = pc_shards(net, tmp_path, {**PC_BLOCK, "options": {**PC_BLOCK["options"], "norm_block": 1}}, [(0, 20)], 20, "a")
+    assert not np.array_equal(alone[0]["images"], one["images"])
+
+
+def test_a_shard_that_splits_a_pc_norm_block_is_refused(net, tmp_path):
+    with pytest.raises(ValueError, match="shard starting at sample index 4 splits a block of 8 samples"):
+        pc_shards(net, tmp_path, PC_BLOCK, [(4, 12)], 8, "bad")
+
+
+def test_chunked_calls_equal_one_call_and_name_the_bad_row_of_the_whole_batch():
+    from bench.families import NonFiniteOutputError, check_finite
+    from bench.sampling import ChunkedCalls
+
+    calls = []
+
+    def view(x, sigma):
+        calls.append(len(x))
+        out = 2.0 * x / sigma
+        check_finite(out, 3)
+        return out
+
+    x = torch.arange(20.0).view(10, 2)
+    torch.testing.assert_close(ChunkedCalls(view, 4)(x, 0.5), view(x, 0.5), rtol=0, atol=0)
+    assert calls[:3] == [4, 4, 2]
+    x[7, 1] = float("nan")
+    with pytest.raises(NonFiniteOutputError) as err:
+        ChunkedCalls(view, 4)(x, 0.5)
+    assert (err.value.step, err.value.index) == (3, 7)

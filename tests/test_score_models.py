@@ -53,9 +53,10 @@ def digits(n: int = 256) -> torch.Tensor:
     "model_cfg",
     [
         {"family": "ve", "schedule": VE},
+        {"family": "ve", "schedule": VE, "loss": {"name": "ssm"}},
         {"family": "edm", "schedule": EDM, "loss": {"name": "edm", "P_mean": -1.2, "P_std": 1.2}},
     ],
-    ids=["dsm", "edm"],
+    ids=["dsm", "ssm", "edm"],
 )
 def test_each_new_loss_decreases_over_a_few_steps(model_cfg):
     data = digits()

@@ -165,7 +165,7 @@ def test_euler_maruyama_on_a_gaussian_has_the_exact_law_of_its_steps(denoise):
     mu, V = torch.zeros(2, dtype=torch.float64), eye.clone()
     for k in range(len(grid) - 1):
         t = grid[k]
-        bh = sde.beta(t) * (t - grid[k + 1])
+        bh = sde.beta(t) / 12
         P, sm = _gauss_score_affine(sde, t)
         A = (1 + 0.5 * bh) * eye - bh * P
         mu = A @ mu + bh * P @ sm
@@ -178,6 +178,22 @@ def test_euler_maruyama_on_a_gaussian_has_the_exact_law_of_its_steps(denoise):
     assert max(moment_z(x, target)) < 4.5
     # The coarse chain is far from the data law: the test can tell the two apart.
     assert max(moment_z(x, GAUSS)) > 10
+
+
+def test_euler_maruyama_steps_by_score_sdes_dt_of_one_over_K():
+    """score-SDE's EulerMaruyamaPredictor (sampling.py L182-L186) with N = K = 5: dt = -1/5 at every one of
+    the times linspace(1, eps, 5), not the grid's spacing (1 - eps)/4 and a last step of eps."""
+    sde = VPSDE()
+    grid = sde.time_grid(5, 1e-3)
+    score = VPTimeScore(exact_denoiser(GAUSS), sde)
+    noise = NoiseSource(torch.arange(8), SHAPE, torch.float64, "cpu")
+    x_T = noise.latent()
+    got = euler_maruyama(score, x_T, grid, noise=noise, denoise=False)
+    x = x_T
+    for k, t in enumerate(torch.linspace(1.0, 1e-3, 5, dtype=torch.float64)):
+        drift = -0.5 * sde.beta(t) * x - sde.beta(t) * score(x, t)
+        x = x - drift / 5 + torch.sqrt(sde.beta(t) / 5) * noise.normal(k)
+    torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
 
 
 def test_euler_maruyama_with_many_steps_reproduces_the_mixture():
@@ -276,6 +292,21 @@ def test_probability_flow_on_a_gaussian_is_the_exact_linear_flow(denoise):
         want = (2 - math.sqrt(1 - b)) * want + b * (sde.scale(1e-3) * m - want) @ P.T
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
     assert 20 < score.nfe < 2000
+
+
+def test_probability_flow_denoises_with_score_sdes_n_1000_at_every_K():
+    """The solve spans t = 1 .. eps whatever K; the denoising step's beta is score-SDE's sde.N = 1000 one
+    (beta_min / 1000 at eps = 1e-3), not beta_min / K."""
+    sde = VPSDE()
+    score = VPTimeScore(exact_denoiser(GAUSS), sde)
+    noise = NoiseSource(torch.arange(16), SHAPE, torch.float64, "cpu")
+    x_T = noise.latent()
+    ode = {"noise": noise, "rtol": 1e-5, "atol": 1e-5}
+    at_1000 = probability_flow(score, x_T, sde.time_grid(1000, 1e-3), **ode)
+    torch.testing.assert_close(probability_flow(score, x_T, sde.time_grid(10, 1e-3), **ode), at_1000, rtol=0, atol=0)
+    solved = probability_flow(score, x_T, sde.time_grid(10, 1e-3), denoise=False, **ode)
+    b = 1e-4
+    torch.testing.assert_close(at_1000, (2 - math.sqrt(1 - b)) * solved + b * score(solved, 1e-3), rtol=1e-12, atol=1e-12)
 
 
 def test_probability_flow_reproduces_the_mixture_through_the_sampler_view():

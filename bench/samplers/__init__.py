@@ -35,6 +35,12 @@ GRID_RANGE_SAMPLERS = ("edm_general",)
 VP_SDE_SAMPLERS = ("vp_euler_maruyama", "vp_probability_flow")
 
 
+def coupled_block(sampler: dict) -> int:
+    """How many consecutive samples (cell indices [b n, (b + 1) n)) the config entry ``sampler`` couples:
+    PC's Langevin corrector takes its norms over a block (bench.samplers.pc.norm_block); others, 1."""
+    return pc.norm_block(sampler.get("options", {})) if sampler["fn"] == "pc" else 1
+
+
 def get_sampler(name: str) -> Callable:
     """The sampler function registered as ``name``."""
     try:

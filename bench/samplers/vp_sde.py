@@ -31,23 +31,31 @@ def _check_time_grid(grid: torch.Tensor) -> torch.Tensor:
 def euler_maruyama(
     score_fn, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource, denoise: bool = True
 ) -> torch.Tensor:
-    """Per step k, h = t_k - t_{k+1}: x <- x + h beta(t_k) (x / 2 + score(x, t_k)) + sqrt(h beta(t_k)) z.
+    """Per step k, h = 1/K: x <- x + h beta(t_k) (x / 2 + score(x, t_k)) + sqrt(h beta(t_k)) z (score-SDE Eq. 6).
 
     The reverse SDE's drift is f - g^2 score = -beta x / 2 - beta score, integrated backwards by
     -h (score-SDE's EulerMaruyamaPredictor, no corrector: configs/vp/cifar10_ddpmpp_continuous.py).
+    h is score-SDE's dt = -1/N with N = K (sampling.py L182), not the grid's spacing (1 - eps)/(K - 1):
+    the two agree only when eps = 1/K (its K = 1000, eps = 1e-3); the grid's last time 0 is not visited.
     ``denoise`` returns the last step's mean, without its noise (score-SDE ``noise_removal``).
     Noise: step k draws ``noise.normal(k)``. One network call per step: NFE = K.
     """
     times = _check_time_grid(grid)
+    h = 1.0 / (len(times) - 1)
     x = x_T
     x_mean = x
     for k in range(len(times) - 1):
         t = times[k]
-        h = t - times[k + 1]
         bh = score_fn.sde.beta(t) * h
         x_mean = x + bh * (0.5 * x + score_fn(x, t))
         x = x_mean + torch.sqrt(bh) * noise.normal(k)
     return x_mean if denoise else x
+
+
+# score-SDE's number of discrete steps of the VP SDE, model.num_scales in configs/default_cifar10_configs.py
+# L53 (no VP CIFAR-10 config overrides it): its ODE sampler's denoising step reads the discrete beta of
+# this N whatever the solver did (sampling.py L435-L441 through sde_lib.py VPSDE.discretize L156-L164).
+SCORE_SDE_N = 1000
 
 
 def denoising_beta(sde, N: int, eps: float) -> float:
@@ -74,12 +82,13 @@ def probability_flow(
     The VP probability-flow ODE (score-SDE Eq. 13) is solved by torchdiffeq's ``method`` (dopri5 is
     the Dormand-Prince 5(4) pair of scipy's RK45, which score-SDE's ``get_ode_sampler`` calls with
     rtol = atol = 1e-5) from ``grid[0]`` to ``grid[-2]`` (the vp_sde grid's t = 1 and eps; the
-    steps between are the solver's own, so the grid's only other use is its K = N). As in score-SDE
+    steps between are the solver's own, and K does not matter). As in score-SDE
     one adaptive step size serves the whole batch (an RMS error norm over it), so a sample depends
     on its batch within the tolerances. ``denoise`` (score-SDE ``noise_removal``) ends with its
     reverse-diffusion step at eps without noise, x <- (2 - sqrt(1 - b)) x + b score(x, eps), b the
-    discrete beta of ``denoising_beta`` for N = K = len(grid) - 1. ``noise`` is unused (x_T is the
-    only randomness). NFE: measured (the solver's evaluations, plus one for denoising).
+    discrete beta of ``denoising_beta`` for score-SDE's N = 1000 (SCORE_SDE_N), whatever K is.
+    ``noise`` is unused (x_T is the only randomness). NFE: measured (the solver's evaluations, plus
+    one for denoising).
     """
     from torchdiffeq import odeint
 
@@ -96,6 +105,6 @@ def probability_flow(
     options = {"first_step": 1e-2 * (t0 - eps), "step_t": span[1:]}
     x = odeint(drift, x_T, span, rtol=rtol, atol=atol, method=method, options=options)[-1]
     if denoise:
-        b = denoising_beta(score_fn.sde, len(times) - 1, float(eps))
+        b = denoising_beta(score_fn.sde, SCORE_SDE_N, float(eps))
         x = (2.0 - math.sqrt(1.0 - b)) * x + b * score_fn(x, eps)
     return x
