@@ -652,11 +652,6 @@ def _check_coupled_blocks(cfg: dict) -> None:
     used = {s for exp in cfg["experiments"] for s in exp["samplers"]}
     for name in sorted(used):
         s = cfg["samplers"][name]
-        block = s.get("options", {}).get("norm_block", 1)
-        if s["fn"] == "pc" and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
-            raise ConfigError(
-                f"config key 'samplers.{name}.options.norm_block': value {block!r} must be a positive integer"
-            )
         block = coupled_block(s)
         n, size = cfg["sampling"]["n_samples"], cfg["sampling"]["shard_size"]
         if size % block and size < n:

@@ -206,7 +206,7 @@ def test_shards_must_hold_whole_pc_norm_blocks(cfg):
         validate_config(bad, root=ROOT)
     validate_config(mutate(bad, ("samplers", "pc", "options", "norm_block"), 500), root=ROOT)
     validate_config(mutate(bad, ("samplers", "pc", "options", "corrector"), "ald"), root=ROOT)
-    with pytest.raises(ConfigError, match=r"samplers\.pc\.options\.norm_block': value 0 must be a positive integer"):
+    with pytest.raises(ConfigError, match=r"samplers\.pc\.options\.norm_block': value 0 must be >= 1"):
         validate_config(mutate(cfg, ("samplers", "pc", "options", "norm_block"), 0), root=ROOT)
 
 
