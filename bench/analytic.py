@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.families import DiscreteEpsDenoiser, clip_prediction
 from bench.io import CorruptFileError, atomic_npz, load_npz
-from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
+from bench.metrics.nll import decoder_variance, discretized_gaussian_log_likelihood, gaussian_kl
 from bench.noise import normal
 from bench.schedules import posterior_coefficients
 
@@ -311,13 +311,20 @@ def even_trajectory(T: int, K: int) -> torch.Tensor:
     return torch.tensor(steps, dtype=torch.int64)
 
 
-def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
-    """J(s, t) = log(sigma-hat^2_{s|t} / lambda^2_{s|t}), lambda^2 = beta-tilde (Eq. 14); [T, T], +inf for s >= t."""
+def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """J(s, t) = log(1 - beta_{t|s} Gamma_t), Gamma_t = gamma_t / bbar_t (Eq. 14, Corollary 4); [T, T], +inf for s >= t.
+
+    The official cost (core/inference/utils.py L138-145, _get_fn_m: log(1 - skip_beta ms_score)) uses the
+    unclipped variance: it equals log(sigma-hat^2 / beta-tilde) up to a term that telescopes along a
+    trajectory, so the two choose the same path only where Theorem 2's clip does not bind.
+    """
     T = len(alpha_bars)
     s, t = torch.triu_indices(T, T, offset=1)
-    var, lam2 = pair_variances(alpha_bars, s, t, gamma, form="ddpm", clip=clip)
+    g = _gamma_on(gamma, T, torch.unique(t))
+    abar = torch.as_tensor(alpha_bars, dtype=torch.float64)
+    beta_ts = 1.0 - abar[t] / abar[s]
     cost = torch.full((T, T), math.inf, dtype=torch.float64)
-    cost[s, t] = torch.log(var / lam2)
+    cost[s, t] = torch.log(1.0 - beta_ts * g[t] / (1.0 - abar[t]))
     return cost
 
 
@@ -354,7 +361,7 @@ def least_cost_trajectory(cost: torch.Tensor, K: int) -> torch.Tensor:
     return torch.tensor(path[::-1], dtype=torch.int64)
 
 
-def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int, *, clip: bool = True) -> torch.Tensor:
+def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int) -> torch.Tensor:
     """The least-cost K-step trajectory from step 0 to step T-1 under J (Sec. 4), 0-based.
 
     As the official code (``_dp_seg``), steps from the first one with gamma > 1 on (impossible for the
@@ -381,7 +388,7 @@ def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int, *,
             f"gamma exceeds 1 from step {first_bad} on (a poor estimate): the last {n_bad} steps are "
             f"untrusted, leaving {max(T1, 0)} of T={T} for a {K}-step trajectory"
         )
-    head = least_cost_trajectory(trajectory_cost(alpha_bars[:T1], g[:T1], clip=clip), K1)
+    head = least_cost_trajectory(trajectory_cost(alpha_bars[:T1], g[:T1]), K1)
     stride = n_bad / K2 if K2 else 0.0
     tail = [round(T - stride * k) - 1 for k in range(K2)][::-1]
     return torch.cat([head, torch.tensor(tail, dtype=torch.int64)])
@@ -403,8 +410,9 @@ def vlb_bits_per_dim_analytic(
 ) -> torch.Tensor:
     """Per-image L_vb in bits/dim with p(x_s | x_t) = N(mu-tilde(x_t, x0_hat), sigma-hat^2), DDPM forward (Table 1).
 
-    Same draws, prior, KL and discretised decoder as bench.metrics.nll.vlb_bits_per_dim (which see);
-    only the reverse variance of the K - 1 transitions differs, so the two are paired per image.
+    Same draws, prior, KL and discretised decoder as bench.metrics.nll.vlb_bits_per_dim (which see) with
+    its ``decoder="chain"``; only the reverse variance of the K - 1 transitions differs, so the two are
+    paired per image.
     """
     x0 = x0.to(torch.float64)
     B = x0.shape[0]
@@ -421,7 +429,7 @@ def vlb_bits_per_dim_analytic(
         if clip_x0:
             pred = clip_prediction(pred, x_t, abar[k])
         if k == 0:
-            dec_var = posterior_coefficients(abar[0], abar[1])[2] if K > 1 else 1.0 - abar[0]
+            dec_var = decoder_variance(denoiser.alpha_bars, grid, "chain")
             ll = discretized_gaussian_log_likelihood(x0, pred.x0, torch.sqrt(dec_var), 1.0 / max_level)
             total = total - ll.reshape(B, -1).sum(1)
             break

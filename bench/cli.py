@@ -391,7 +391,14 @@ def cmd_nll(args: argparse.Namespace) -> None:
     try:
         with torch.inference_mode():
             bpd = vlb_bits_per_dim(
-                denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"], variances=variances
+                denoiser,
+                x0,
+                grid,
+                seeds,
+                max_level=split.max_level,
+                clip_x0=spec["clip_x0"],
+                variances=variances,
+                decoder=spec.get("decoder", "trajectory"),
             )
             nfe = denoiser.nfe  # network evaluations per image of one bound; the analytic bound repeats them
             if "learned" in spec["variances"]:
@@ -427,6 +434,10 @@ def cmd_nll(args: argparse.Namespace) -> None:
             "nfe": nfe,
             "grid": grid.tolist(),
             "clip_x0": spec["clip_x0"],
+            # The decoder variance of each fixed or analytic bound (bench.metrics.nll.DECODER_VARIANCES).
+            "decoder": {
+                v: "chain" if v == "analytic" else spec.get("decoder", "trajectory") for v in bpd if v != "learned"
+            },
             **clock.record(),
         },
         Path(args.out),

@@ -13,6 +13,7 @@ Cov[x_s, x_t] = sqrt(abar_s abar_t) C + sqrt((bbar_s - lambda^2) bbar_t) I.
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ from bench.analytic import (
     mean_square_eps,
     model_hash,
     optimal_trajectory,
+    pair_variances,
     pixel_variance_threshold,
     sampling_variances,
     save_moments,
@@ -243,16 +245,56 @@ def test_dp_equals_brute_force(K):
 def test_dp_cost_is_eq_14():
     gamma = torch.full((1000,), 0.7, dtype=torch.float64)
     cost = trajectory_cost(ABAR, gamma)
-    s, t = 100, 300  # a pair where the clip does not bind
+    s, t = 100, 300
+    # Corollary 4's log(1 - beta_{t|s} E||score||^2 / d), with E||score||^2 / d = gamma_t / bbar_t
+    beta_ts = 1 - ABAR[t] / ABAR[s]
+    assert float(cost[s, t]) == pytest.approx(math.log(1 - float(beta_ts) * 0.7 / (1 - float(ABAR[t]))), rel=1e-12)
+    # where the clip does not bind, it is log(sigma-hat^2 / beta-tilde) less a term that telescopes
     lam2 = forward_lambda2(ABAR[s], ABAR[t], "ddpm")
     var = analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2)
     assert clipped_analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2) == var
-    assert float(cost[s, t]) == pytest.approx(math.log(float(var / lam2)), rel=1e-12)
-    # Corollary 4's log(1 - beta_{t|s} E||score||^2 / d), plus a term that telescopes along a trajectory
     a_ts = ABAR[t] / ABAR[s]
-    alt = torch.log(1 - (1 - a_ts) * 0.7 / (1 - ABAR[t])) + torch.log((1 - ABAR[t]) / (a_ts * (1 - ABAR[s])))
-    assert float(cost[s, t]) == pytest.approx(float(alt), rel=1e-10)
+    shift = torch.log((1 - ABAR[t]) / (a_ts * (1 - ABAR[s])))
+    assert float(cost[s, t]) == pytest.approx(float(torch.log(var / lam2) - shift), rel=1e-10)
     assert torch.isinf(cost[t, s]) and torch.isinf(cost[s, s])
+
+
+def _official_dp_trajectory(betas: torch.Tensor, gamma: torch.Tensor, K: int) -> list[int]:
+    """Analytic-DPM's _get_fn_m + _solve_fn_dp written out (1-based steps, alphas[0] = 1), as 0-based indices."""
+    N = len(betas)
+    alphas = np.concatenate([[1.0], 1.0 - betas.numpy()])
+    cum_betas = 1.0 - alphas.cumprod()
+    ms_score = np.concatenate([[0.0], gamma.numpy()]) / np.where(cum_betas > 0, cum_betas, 1.0)
+    F = np.full((N + 1, N + 1), np.inf)
+    for s in range(1, N + 1):
+        skip_betas = 1.0 - alphas[s + 1 :].cumprod()
+        F[s, s + 1 :] = np.log(1.0 - skip_betas * ms_score[s + 1 :])
+    C = np.full((K + 1, N + 1), np.inf)
+    D = np.full((K + 1, N + 1), -1)
+    C[2, 2:N] = F[1, 2:N]
+    for k in range(3, K + 1):
+        total = C[k - 1][:, None] + F
+        C[k, k:] = total.min(axis=0)[k:]
+        D[k, k:] = total.argmin(axis=0)[k:]
+    path, n = [N], N
+    for k in range(K, 2, -1):
+        n = int(D[k, n])
+        path.append(n)
+    return [p - 1 for p in [1, *path[::-1]]]
+
+
+def test_optimal_trajectory_uses_the_official_unclipped_cost():
+    # gamma well below 1 near t = T puts the estimated Cov[x0] = bbar / abar (1 - gamma) far above Eq. 12's
+    # bound there: the clip binds, and the clipped cost picks another trajectory than the official one.
+    n = torch.arange(1000, dtype=torch.float64)
+    gamma = 0.999 - 0.3 * (n / 999) ** 4
+    official = _official_dp_trajectory(SCHED.betas, gamma, 10)
+    assert optimal_trajectory(ABAR, gamma, 10).tolist() == official
+    s, t = torch.triu_indices(1000, 1000, offset=1)
+    var, lam2 = pair_variances(ABAR, s, t, gamma, form="ddpm")
+    clipped = torch.full((1000, 1000), math.inf, dtype=torch.float64)
+    clipped[s, t] = torch.log(var / lam2)
+    assert least_cost_trajectory(clipped, 10).tolist() != official
 
 
 def test_optimal_trajectory_spaces_steps_evenly_over_an_untrusted_tail():
@@ -347,6 +389,48 @@ def test_analytic_vlb_bounds_the_exact_nll_and_beats_ddpm_variances(K):
     for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS).items():
         diff = analytic - bpd  # paired: same draws and network calls
         assert diff.mean() < -4 * diff.std() / math.sqrt(n), variance
+
+
+def _decoder_stds(monkeypatch, module) -> list[torch.Tensor]:
+    """The standard deviations the bound of ``module`` hands its discretised decoder, recorded per call."""
+    seen = []
+    original = module.discretized_gaussian_log_likelihood
+
+    def spy(x, mean, std, half_width):
+        seen.append(torch.as_tensor(std))
+        return original(x, mean, std, half_width)
+
+    monkeypatch.setattr(module, "discretized_gaussian_log_likelihood", spy)
+    return seen
+
+
+def test_analytic_bound_decodes_with_the_full_chains_first_beta_tilde(monkeypatch):
+    import bench.analytic
+    import bench.metrics.nll
+
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = _rounded(GAUSS.sample(50, torch.Generator().manual_seed(2)).clamp(-1, 1))
+    gamma = torch.full((1000,), 0.9, dtype=torch.float64)
+    grid = even_trajectory(1000, 10)
+    # elbo.py _sigma2_small(1, 2): beta_2 (1 - abar_1) / (1 - abar_2), 1-based, from the betas themselves
+    b = SCHED.betas
+    official = float(b[1] * (1 - (1 - b[0])) / (1 - (1 - b[0]) * (1 - b[1])))
+    analytic_stds = _decoder_stds(monkeypatch, bench.analytic)
+    analytic = vlb_bits_per_dim_analytic(den, x0, grid, torch.arange(50), gamma=gamma, max_level=LEVELS)
+    assert float(analytic_stds[0]) ** 2 == pytest.approx(official, rel=1e-12) and torch.isfinite(analytic).all()
+    fixed_stds = _decoder_stds(monkeypatch, bench.metrics.nll)
+    chain = vlb_bits_per_dim(den, x0, grid, torch.arange(50), max_level=LEVELS, decoder="chain")
+    trajectory = vlb_bits_per_dim(den, x0, grid, torch.arange(50), max_level=LEVELS)
+    assert float(fixed_stds[0]) ** 2 == pytest.approx(official, rel=1e-12)
+    trajectory_var = float((1 - ABAR[0]) / (1 - ABAR[grid[1]]) * (1 - ABAR[grid[1]] / ABAR[0]))
+    assert float(fixed_stds[1]) ** 2 == pytest.approx(trajectory_var, rel=1e-12)
+    assert trajectory_var > 1.8 * official  # K = 10 on the linear chain: tau_2 = 111
+    # only L_0 differs between the two decoders, and the bounds stay paired per image
+    for v in ("beta", "beta_tilde"):
+        assert not torch.equal(chain[v], trajectory[v])
+        torch.testing.assert_close(chain[v] - trajectory[v], chain["beta"] - trajectory["beta"])
+    with pytest.raises(ValueError, match=r"decoder variance 'first' is not one of \['trajectory', 'chain'\]"):
+        vlb_bits_per_dim(den, x0, grid, torch.arange(50), max_level=LEVELS, decoder="first")
 
 
 @pytest.mark.parametrize("K", [10, 25])

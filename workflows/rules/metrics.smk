@@ -145,6 +145,7 @@ rule nll:
             }
             # grid options only when there are some, so that existing jobs keep their settings
             | ({"grid_options": o} if (o := nll_grid_options(config, w.model, w.grid)) else {})
+            | ({"decoder": d} if (d := nll_decoder(config, w.model, w.grid)) != "trajectory" else {})
         ),
         moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
     threads: 1
