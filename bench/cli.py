@@ -287,6 +287,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
         inception_score_from_probs,
     )
     from bench.metrics.shard_features import ShardFailed, ShardFeatures, merge_shards
+    from bench.samplers import resolved_options
 
     spec = _spec(args.spec)
     try:
@@ -339,6 +340,11 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "reference_stats_sha256": ref_meta["reference_stats_sha256"],
             "nfe": cell.nfe,
             "grid": cell.grid.tolist(),
+            **(
+                {"sampler_options": resolved_options(spec["sampler"]["fn"], spec["sampler"].get("options", {}))}
+                if "sampler" in spec
+                else {}
+            ),
             **metric,
             # The cell's totals: sampling, feature extraction and this step; the parts are kept beside them.
             "wall_seconds": cell.sample_wall_seconds + metric_wall,

@@ -554,6 +554,84 @@ def test_samplers_realise_the_shared_variances(sampler, form):
     assert expected[0] == pixel_variance_threshold(1, 2 / 16)
 
 
+class _LinearEps:
+    """eps_hat = 0.3 x: far from the data, so x0_hat leaves [-1, 1] at large t and clipping matters."""
+
+    alpha_bars = ABAR
+
+    def __call__(self, x: torch.Tensor, n: int) -> Prediction:
+        eps = 0.3 * x
+        return Prediction(eps=eps, x0=(x - torch.sqrt(1 - ABAR[n]) * eps) / torch.sqrt(ABAR[n]))
+
+
+def _official_reverse(x: torch.Tensor, grid: torch.Tensor, noise: NoiseSource, move, clip_pixel: float):
+    """The official samplers' loop over pairs s < t of the grid: x = move(x, x0 clipped, eps, s, t, z, cap)."""
+    net = _LinearEps()
+    cap = (clip_pixel * 2.0 / 255.0 * (math.pi / 2.0) ** 0.5) ** 2
+    steps = grid.tolist()
+    for k in range(len(steps) - 1, 0, -1):
+        s, t = steps[k - 1], steps[k]
+        eps = net(x, t).eps
+        x0 = ((x - (1 - ABAR[t]) ** 0.5 * eps) / ABAR[t] ** 0.5).clamp(-1.0, 1.0)
+        # clip_sigma_idx = 1: `if s < ns[1]` caps the move to the first timestep only
+        x = move(x, x0, eps, s, t, noise.normal(k), cap if k == 1 else math.inf)
+    return net(x, steps[0]).x0.clamp(-1.0, 1.0)
+
+
+def test_analytic_ddim_combines_the_clipped_x0_with_the_networks_eps():
+    # core/inference/sampler/reverse_ddim.py reverse_ddim_ms_eps (eta = 0), written out
+    gamma = torch.full((1000,), 0.8, dtype=torch.float64)
+
+    def move(x, x0, eps, s, t, z, cap):
+        a_s, a_t = ABAR[s], ABAR[t]
+        cov_x0 = ((1 - a_t) / a_t * (1 - gamma[t])).clamp(0.0, 1.0)
+        sigma2 = min(float((a_s**0.5 - ((1 - a_s) * a_t / (1 - a_t)) ** 0.5) ** 2 * cov_x0), cap)
+        return a_s**0.5 * x0 + (1 - a_s) ** 0.5 * eps + sigma2**0.5 * z
+
+    grid = even_trajectory(1000, 10)
+    noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
+    official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=1)
+    kw = {"noise": noise, "gamma": gamma, "sigma2_clip_pixel": 1}
+    ours = analytic_ddim.sample(_LinearEps(), noise.latent(), grid, **kw)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+    recomputed = analytic_ddim.sample(_LinearEps(), noise.latent(), grid, eps_from_clipped_x0=True, **kw)
+    assert (recomputed - official).norm() > 0.1 * official.norm()
+
+
+def test_ddpm_clips_sigma_of_the_last_noisy_move_as_the_official_beta_runs():
+    # core/inference/sampler/reverse_ddpm.py reverse_ddpm_naive, small_sigma=False, clip_sigma_idx=1, clip_pixel=1
+    def move(x, x0, eps, s, t, z, cap):
+        skip_beta = 1 - ABAR[t] / ABAR[s]
+        mean = skip_beta * ABAR[s] ** 0.5 / (1 - ABAR[t]) * x0 + (1 - skip_beta) ** 0.5 * (1 - ABAR[s]) / (1 - ABAR[t]) * x
+        return mean + min(float(skip_beta), cap) ** 0.5 * z
+
+    grid = even_trajectory(1000, 10)
+    noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
+    official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=1)
+    ours = ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=1, clip_pixel=1)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+    unclipped = ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise)
+    assert (unclipped - official).abs().max() > 0.01
+    with pytest.raises(ValueError, match=r"clip_sigma_idx=10 must be an integer in \[0, K=10\)"):
+        ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=10, clip_pixel=1)
+    with pytest.raises(ValueError, match=r"clip_sigma_idx=1 caps sigma at clip_pixel pixels: give clip_pixel"):
+        ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=1)
+
+
+def test_a_cell_records_its_samplers_conventions():
+    from bench.samplers import resolved_options
+
+    assert resolved_options("analytic_ddim", {"gamma": torch.zeros(3), "clip": True}) == {
+        "clip": True,
+        "sigma2_clip_pixel": None,
+        "pixel_quantum": PAPER_PIXEL_QUANTUM,
+        "clip_x0": True,
+        "eps_from_clipped_x0": False,
+    }
+    assert resolved_options("ddpm", {"clip_sigma_idx": 1, "clip_pixel": 1})["clip_sigma_idx"] == 1
+    assert resolved_options("ddpm", {})["clip_sigma_idx"] == 0
+
+
 # --- the moments artifact ------------------------------------------------------------------------------------
 
 
