@@ -24,6 +24,7 @@ from bench.grids import (
     check_time_grid,
     has_repeats,
     time_grid,
+    trajectory_variance,
 )
 from bench.speed import SpeedOptions
 
@@ -286,6 +287,16 @@ def _check_references(cfg: dict) -> None:
                     raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
                 _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
+        if s["grid"] in MOMENT_GRIDS:
+            try:
+                variance = trajectory_variance(s)
+            except ValueError as err:
+                raise ConfigError(f"config key 'samplers.{name}.fn' on grid {s['grid']!r}: {err}") from None
+            if s.get("nll", variance) != variance:
+                raise ConfigError(
+                    f"config key 'samplers.{name}.nll': value {s['nll']!r} on grid {s['grid']!r}, whose trajectory is "
+                    f"the {variance!r} variance's: the bound must be that variance's"
+                )
         uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
         if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
             raise ConfigError(

@@ -19,7 +19,9 @@ import torch
 
 from bench.analytic import (
     PAPER_PIXEL_QUANTUM,
+    BoundTerms,
     analytic_variance,
+    bound_trajectory,
     clipped_analytic_variance,
     estimate_gamma,
     even_trajectory,
@@ -33,6 +35,7 @@ from bench.analytic import (
     pixel_variance_threshold,
     sampling_variances,
     save_moments,
+    step_statistics,
     trajectory_cost,
     trajectory_variances,
     variance_bounds,
@@ -44,9 +47,9 @@ from bench.grids import even_grid, time_grid
 from bench.io import CorruptFileError
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
-from bench.noise import NoiseSource
+from bench.noise import NoiseSource, normal
 from bench.samplers import analytic_ddim, analytic_ddpm, ddpm
-from bench.sampling import generate
+from bench.sampling import generate, sampler_view
 from bench.schedules import DiscreteSchedule
 
 torch.set_num_threads(1)
@@ -339,6 +342,98 @@ def test_optimal_grid_of_a_sampling_cell_is_the_dp_trajectory():
     assert grid.tolist() != even_grid(1000, 10).tolist()
 
 
+def _official_bound_trajectory(betas: torch.Tensor, terms: BoundTerms, K: int, small_sigma: bool) -> list[int]:
+    """Analytic-DPM's get_nelbo_terms F (per dim) + dp_vb.py vectorized_dp / fetch_path, as 0-based steps."""
+    N = len(betas)
+    alphas = np.concatenate([[1.0], 1.0 - betas.numpy()])
+    cum_alphas = alphas.cumprod()
+    cum_betas = 1.0 - cum_alphas
+    recon = np.concatenate([[np.nan], terms.recon.numpy()])
+    F = np.zeros((N + 1, N + 1))
+    F[0, 1:] = terms.decoder_nll.numpy()
+    for s in range(1, N + 1):
+        for r in range(s + 1, N + 1):
+            skip_beta = 1.0 - alphas[s + 1 : r + 1].prod()
+            tilde_beta = skip_beta * cum_betas[s] / cum_betas[r]
+            sigma2 = tilde_beta if small_sigma else skip_beta
+            c = 0.5 * (tilde_beta / sigma2 + np.log(sigma2 / tilde_beta) - 1.0)
+            F[s, r] = c + 0.5 * cum_alphas[s] * skip_beta**2 / (cum_betas[r] ** 2 * sigma2) * recon[r]
+    F = np.triu(F, 1) + np.tril(np.full(F.shape, np.inf))
+    C = np.full((N + 1, N + 1), np.inf)
+    D = np.full((N + 1, N + 1), -1)
+    C[0, 0] = 0
+    for k in range(1, N + 1):
+        total = C[k - 1][:, None] + F
+        C[k] = total.min(axis=0)
+        D[k] = total.argmin(axis=0)
+    path, t = [], N
+    for k in reversed(range(K + 1)):
+        path.append(t)
+        t = D[k, t]
+    return [int(n) - 1 for n in path[::-1][1:]]
+
+
+@pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
+def test_bound_trajectory_is_the_official_dp_over_the_bounds_terms(variance):
+    sched = DiscreteSchedule.named("linear", 120)
+    g = torch.Generator().manual_seed(4)
+    # decoder terms that favour a first step above 0 for some K, as the official DP allows
+    terms = BoundTerms(
+        recon=torch.rand(120, generator=g, dtype=torch.float64) * 0.05,
+        decoder_nll=torch.linspace(3.0, 0.5, 120, dtype=torch.float64) + torch.rand(120, generator=g, dtype=torch.float64),
+    )
+    for K in (2, 5, 10, 30):
+        found = bound_trajectory(sched.alpha_bars, terms, K, variance)
+        assert found.tolist() == _official_bound_trajectory(sched.betas, terms, K, variance == "beta_tilde"), K
+        assert len(found) == K and found[-1] == 119
+    with pytest.raises(ValueError, match=r"bound trajectory variance 'analytic' is not one of \['beta', 'beta_tilde'\]"):
+        bound_trajectory(sched.alpha_bars, terms, 5, "analytic")
+    with pytest.raises(ValueError, match=r"the beta bound's recon must be finite at every one of the T=120 steps"):
+        bound_trajectory(sched.alpha_bars, BoundTerms(terms.recon[:-1], terms.decoder_nll), 5, "beta")
+
+
+def test_each_variance_samples_its_own_optimal_trajectory():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = GAUSS.sample(400, torch.Generator().manual_seed(1)).clamp(-1, 1)
+    stats = step_statistics(den, x0, None, torch.arange(400), batch_size=400, max_level=LEVELS)
+    terms = BoundTerms(stats["recon"], stats["decoder_nll"])
+    gamma = torch.tensor([_gaussian_moments(GAUSS, n)[0] for n in range(1000)], dtype=torch.float64)
+    beta = {"fn": "ddpm", "grid": "optimal", "options": {"variance": "beta"}}
+    analytic = {"fn": "analytic_ddpm", "grid": "optimal", "options": {"gamma": gamma}}
+    _, beta_grid = sampler_view(den, beta, 10, gamma=gamma, bound_terms=terms)
+    _, analytic_grid = sampler_view(den, analytic, 10, gamma=gamma, bound_terms=terms)
+    assert beta_grid.tolist() == bound_trajectory(ABAR, terms, 10, "beta").tolist()
+    assert analytic_grid.tolist() == optimal_trajectory(ABAR, gamma, 10).tolist()
+    assert beta_grid.tolist() != analytic_grid.tolist()
+    with pytest.raises(ValueError, match=r"needs alpha_bars and bound_terms \(moments saved without them"):
+        sampler_view(den, beta, 10, gamma=gamma)
+    with pytest.raises(ValueError, match=r"sampler function 'ddim' has no optimal trajectory"):
+        sampler_view(den, {"fn": "ddim", "grid": "optimal"}, 10, gamma=gamma, bound_terms=terms)
+
+
+def test_step_statistics_hold_the_bounds_terms_from_the_same_draws():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = _rounded(GAUSS.sample(300, torch.Generator().manual_seed(3)).clamp(-1, 1))
+    seeds = torch.arange(300) + 5
+    stats = step_statistics(den, x0, [0, 40, 900], seeds, batch_size=128, max_level=LEVELS)
+    gamma, _ = mean_square_eps(den, x0, [0, 40, 900], seeds, batch_size=128)
+    assert torch.equal(stats["gamma"][[0, 40, 900]], gamma[[0, 40, 900]])
+    assert torch.isnan(stats["recon"][1]) and torch.isnan(stats["decoder_nll"][1])
+    for n in (0, 40, 900):
+        x_n = torch.sqrt(ABAR[n]) * x0 + torch.sqrt(1 - ABAR[n]) * normal(seeds, n + 1, (3,))
+        x0_hat = den(x_n, n).x0.clamp(-1, 1)
+        torch.testing.assert_close(stats["recon"][n], ((x0 - x0_hat) ** 2).mean(), rtol=1e-10, atol=0)
+        # elbo.py L113: beta-tilde_{1|2} from the first step, 1 - abar_r from any later one
+        var = (1 - ABAR[0]) / (1 - ABAR[1]) * (1 - ABAR[1] / ABAR[0]) if n == 0 else 1 - ABAR[n]
+        half = 1.0 / LEVELS
+        hi = torch.special.ndtr((x0 + half - x0_hat) / var.sqrt())
+        lo = torch.special.ndtr((x0 - half - x0_hat) / var.sqrt())
+        hi = torch.where(x0 + half > 1 - 1e-6, torch.ones_like(hi), hi)
+        lo = torch.where(x0 - half < -1 + 1e-6, torch.zeros_like(lo), lo)
+        nll = -torch.log((hi - lo).clamp(min=1e-12)).mean()
+        torch.testing.assert_close(stats["decoder_nll"][n], nll, rtol=1e-10, atol=0)
+
+
 def test_even_trajectory_follows_the_official_code():
     assert even_trajectory(1000, 10).tolist() == even_grid(1000, 10).tolist()
     t25 = even_trajectory(1000, 25)
@@ -386,7 +481,7 @@ def test_analytic_vlb_bounds_the_exact_nll_and_beats_ddpm_variances(K):
     gap = analytic - _neg_log_prob_bits(test)  # E[gap] = E[L_vb] - H(data) >= 0
     n = len(gap)
     assert gap.mean() > -4 * gap.std() / math.sqrt(n)
-    for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS).items():
+    for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS, decoder="chain").items():
         diff = analytic - bpd  # paired: same draws and network calls
         assert diff.mean() < -4 * diff.std() / math.sqrt(n), variance
 
@@ -643,7 +738,11 @@ def test_moments_round_trip_and_refuse_another_model(tmp_path):
     path = save_moments(tmp_path / "m.npz", gamma, model_hash=h, n_samples=1437, seed=3, gamma_sem=gamma / 100)
     got = load_moments(path, model_hash=h)
     assert torch.equal(got.gamma, gamma) and torch.equal(got.gamma_sem, gamma / 100)
-    assert (got.model_hash, got.n_samples, got.seed) == (h, 1437, 3)
+    assert (got.model_hash, got.n_samples, got.seed, got.bound_terms) == (h, 1437, 3, None)
+    terms = BoundTerms(gamma / 10, gamma + 1)
+    with_terms = load_moments(save_moments(tmp_path / "t.npz", gamma, model_hash=h, n_samples=9, seed=3, bound_terms=terms))
+    assert torch.equal(with_terms.bound_terms.recon, terms.recon)
+    assert torch.equal(with_terms.bound_terms.decoder_nll, terms.decoder_nll)
     with torch.no_grad():
         net.out.bias[0] += 1.0
     other = model_hash(net)

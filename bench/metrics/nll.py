@@ -12,8 +12,9 @@ from bench.schedules import posterior_coefficients
 
 VARIANCES = ("beta", "beta_tilde")
 # The variance of the discretised decoder p(x_0 | x_{tau_1}): beta-tilde between the trajectory's first
-# two steps (iDDPM's respaced chain), or between the full chain's first two steps whatever the trajectory
-# (Analytic-DPM's evaluation: core/inference/ll/elbo.py L54 and L209, _sigma2_small(1, 2, ...)).
+# two steps (iDDPM's respaced chain), or Analytic-DPM's: the full chain's beta-tilde_{1|2} for a trajectory
+# from the first step (core/inference/ll/elbo.py L54 and L209, _sigma2_small(1, 2, ...)), else the beta of
+# the skip from x_0, 1 - abar_{tau_1} (elbo.py L113, the decoder terms of the beta bound's DP).
 DECODER_VARIANCES = ("trajectory", "chain")
 
 
@@ -35,11 +36,14 @@ def discretized_gaussian_log_likelihood(
 
 
 def decoder_variance(alpha_bars: torch.Tensor, grid: torch.Tensor, decoder: str) -> torch.Tensor:
-    """The decoder's variance ``decoder``: beta-tilde_{tau_1|tau_2} ("trajectory") or beta-tilde_{1|2} ("chain")."""
+    """The decoder's variance ``decoder``: beta-tilde_{tau_1|tau_2} ("trajectory"), or ("chain") beta-tilde_{1|2}
+    where tau_1 is the first step and 1 - abar_{tau_1} elsewhere."""
     if decoder not in DECODER_VARIANCES:
         raise ValueError(f"decoder variance {decoder!r} is not one of {list(DECODER_VARIANCES)}")
     if decoder == "chain":
-        return posterior_coefficients(alpha_bars[0], alpha_bars[1])[2]
+        if int(grid[0]) == 0:
+            return posterior_coefficients(alpha_bars[0], alpha_bars[1])[2]
+        return 1.0 - alpha_bars[grid[0]]
     if len(grid) > 1:
         return posterior_coefficients(alpha_bars[grid[0]], alpha_bars[grid[1]])[2]
     return 1.0 - alpha_bars[grid[0]]
