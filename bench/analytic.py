@@ -447,9 +447,6 @@ def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int) ->
     return torch.cat([head, torch.tensor(tail, dtype=torch.int64)])
 
 
-TRAJECTORY_VARIANCES = ("analytic", "beta", "beta_tilde")
-
-
 def bound_terms_cost(alpha_bars: torch.Tensor, terms: BoundTerms, variance: str) -> torch.Tensor:
     """F[i, j] / d of the beta or beta-tilde bound over nodes 0 (x_0) and j = n + 1 (step n); [T+1, T+1].
 

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from bench.analytic import BoundTerms
 
 GRIDS = ("uniform", "quad", "even", "respace", "optimal")
 # Grids chosen from a model's Analytic-DPM moments (Gamma_n): realised only once the moments exist.
 MOMENT_GRIDS = ("optimal",)
+# The variances with an optimal trajectory: the analytic one's from Gamma_n (Sec. 4), the fixed ones' from
+# their bound's terms (bench.analytic.bound_trajectory).
+TRAJECTORY_VARIANCES = ("analytic", "beta", "beta_tilde")
 # Grids kept exactly as their paper's code builds them, repeated timesteps included: DDIM's quad skip
 # int(linspace(0, sqrt(0.8 T), K)^2) repeats steps from K = 50 at T = 1000 (runners/diffusion.py), and
 # DDIM's loop (functions/denoising.py generalized_steps) runs each repeated pair as a zero-length step:
@@ -31,7 +38,7 @@ def time_grid(
     *,
     alpha_bars: torch.Tensor | None = None,
     gamma: torch.Tensor | None = None,
-    bound_terms=None,
+    bound_terms: BoundTerms | None = None,
     variance: str = "analytic",
     **options,
 ) -> torch.Tensor:
@@ -42,7 +49,7 @@ def time_grid(
 
     ``options`` are the sampler's ``grid_options`` (``respace``: ``section_counts``); ``alpha_bars`` and
     ``gamma`` (the model's schedule and moments) are needed by the grids in MOMENT_GRIDS only. The optimal
-    trajectory is that of ``variance`` (bench.analytic.TRAJECTORY_VARIANCES): the analytic variance's from
+    trajectory is that of ``variance`` (TRAJECTORY_VARIANCES): the analytic variance's from
     gamma, or the beta / beta-tilde bound's from ``bound_terms`` (bench.analytic.BoundTerms).
     """
     check_time_grid(kind, T, K, **options)
@@ -54,6 +61,8 @@ def time_grid(
         grid = even_grid(T, K)
     elif kind == "respace":
         grid = respaced_grid(T, K, options.get("section_counts"))
+    elif variance not in TRAJECTORY_VARIANCES:
+        raise ValueError(f"optimal trajectory variance {variance!r} is not one of {list(TRAJECTORY_VARIANCES)}")
     elif variance == "analytic":
         if alpha_bars is None or gamma is None:
             raise ValueError(f"time grid {kind!r} is chosen from the model's Gamma_n: it needs alpha_bars and gamma")
@@ -82,7 +91,7 @@ TRAJECTORY_VARIANCE_OF = {"analytic_ddpm": "analytic", "analytic_ddim": "analyti
 
 
 def trajectory_variance(sampler: dict) -> str:
-    """The variance (bench.analytic.TRAJECTORY_VARIANCES) of the optimal trajectory that ``sampler`` visits."""
+    """The variance (TRAJECTORY_VARIANCES) of the optimal trajectory that ``sampler`` visits."""
     if sampler["fn"] not in TRAJECTORY_VARIANCE_OF:
         raise ValueError(
             f"sampler function {sampler['fn']!r} has no optimal trajectory; {list(TRAJECTORY_VARIANCE_OF)} have"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from bench.noise import NoiseSource
 from bench.samplers import LEVEL_SAMPLERS, VP_SDE_SAMPLERS, get_sampler
 from bench.stepclock import StepClock
 
+if TYPE_CHECKING:
+    from bench.analytic import BoundTerms
+
 
 class NonFiniteSampleError(RuntimeError):
     """A sampler produced NaN or Inf: no metric may be computed from such a cell."""
@@ -33,7 +36,7 @@ def sigma_view(denoiser):
 
 
 def sampler_view(
-    denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None = None, bound_terms=None
+    denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None = None, bound_terms: BoundTerms | None = None
 ) -> tuple[object, torch.Tensor]:
     """(what the sampler calls, its realised grid) for K steps of ``sampler`` on a family's denoiser.
 
@@ -79,7 +82,7 @@ def generate(
     first_index: int = 0,
     device: torch.device | str = "cpu",
     gamma: torch.Tensor | None = None,
-    bound_terms=None,
+    bound_terms: BoundTerms | None = None,
     state_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples ([N, *shape] in ``state_dtype``, on ``device``, the network's) for ``seeds``; returns (samples, grid).
@@ -134,7 +137,7 @@ def sample_shard(
     clock: StepClock | None = None,
     noise: dict | None = None,
     gamma: torch.Tensor | None = None,
-    bound_terms=None,
+    bound_terms: BoundTerms | None = None,
     speed: dict[str, Any] | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.

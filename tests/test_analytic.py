@@ -409,6 +409,8 @@ def test_each_variance_samples_its_own_optimal_trajectory():
         sampler_view(den, beta, 10, gamma=gamma)
     with pytest.raises(ValueError, match=r"sampler function 'ddim' has no optimal trajectory"):
         sampler_view(den, {"fn": "ddim", "grid": "optimal"}, 10, gamma=gamma, bound_terms=terms)
+    with pytest.raises(ValueError, match=r"optimal trajectory variance 'sigma_hat' is not one of \['analytic', 'beta'"):
+        time_grid("optimal", 1000, 10, alpha_bars=ABAR, gamma=gamma, bound_terms=terms, variance="sigma_hat")
 
 
 def test_step_statistics_hold_the_bounds_terms_from_the_same_draws():
