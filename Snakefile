@@ -17,6 +17,7 @@ from bench.config import (
     cells,
     check_dataset_paths,
     config_hash,
+    nll_decoder,
     nll_grid_options,
     ode_nll_models,
     read_yaml,

@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.families import DiscreteEpsDenoiser, clip_prediction
 from bench.io import CorruptFileError, atomic_npz, load_npz
-from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
+from bench.metrics.nll import decoder_variance, discretized_gaussian_log_likelihood, gaussian_kl
 from bench.noise import normal
 from bench.schedules import posterior_coefficients
 
@@ -47,6 +47,26 @@ def mean_square_eps(
     (stream n + 1), so the estimate does not depend on ``batch_size``. Cost: len(steps) x M network
     evaluations (``steps`` None: all T steps).
     """
+    stats = step_statistics(denoiser, x0_samples, steps, seeds, batch_size=batch_size)
+    return stats["gamma"], stats["gamma_sem"]
+
+
+def step_statistics(
+    denoiser: DiscreteEpsDenoiser,
+    x0_samples: torch.Tensor,
+    steps: torch.Tensor | Sequence[int] | None,
+    seeds: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    max_level: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """mean_square_eps's gamma and gamma_sem [T]; with ``max_level``, also the beta bound's terms [T] per dim.
+
+    From the same draws and network calls, as the official get_nelbo_terms (core/inference/ll/elbo.py
+    L104-117) on its training split: ``recon`` = E||x0 - clip(x0_hat(x_n))||^2 / d and ``decoder_nll`` =
+    E[-log p(x0 | x_n)] / d, the discretised decoder of mean clip(x0_hat) and variance decoder_variance
+    of the trajectory that starts at n.
+    """
     x0 = x0_samples.to(torch.float64)
     M = x0.shape[0]
     seeds = torch.as_tensor(seeds, dtype=torch.int64)
@@ -61,22 +81,34 @@ def mean_square_eps(
     shape = tuple(x0.shape[1:])
     total = torch.zeros(len(steps), dtype=torch.float64)
     total_sq = torch.zeros(len(steps), dtype=torch.float64)
+    recon = torch.zeros(len(steps), dtype=torch.float64)
+    nll = torch.zeros(len(steps), dtype=torch.float64)
     for start in range(0, M, batch_size):
         xb = x0[start : start + batch_size]
         sb = seeds[start : start + batch_size].to(xb.device)
         for i, n in enumerate(steps.tolist()):
             abar = denoiser.alpha_bars[n]
             x_n = torch.sqrt(abar) * xb + torch.sqrt(1.0 - abar) * normal(sb, n + 1, shape).to(xb.device)
-            ms = denoiser(x_n, n).eps.reshape(len(xb), -1).pow(2).mean(dim=1).cpu()
+            pred = denoiser(x_n, n)
+            ms = pred.eps.reshape(len(xb), -1).pow(2).mean(dim=1).cpu()
             total[i] += ms.sum()
             total_sq[i] += ms.pow(2).sum()
+            if max_level is not None:
+                x0_hat = pred.x0.clamp(-1.0, 1.0)
+                recon[i] += float((xb - x0_hat).pow(2).mean(dim=tuple(range(1, xb.dim()))).sum())
+                std = torch.sqrt(decoder_variance(denoiser.alpha_bars, torch.tensor([n]), "chain"))
+                ll = discretized_gaussian_log_likelihood(xb, x0_hat, std, 1.0 / max_level)
+                nll[i] -= float(ll.mean(dim=tuple(range(1, xb.dim()))).sum())
     mean = total / M
     var = (total_sq / M - mean**2).clamp(min=0.0) * M / (M - 1)
-    gamma = torch.full((T,), math.nan, dtype=torch.float64)
-    sem = torch.full((T,), math.nan, dtype=torch.float64)
-    gamma[steps] = mean
-    sem[steps] = torch.sqrt(var / M)
-    return gamma, sem
+    out = {"gamma": mean, "gamma_sem": torch.sqrt(var / M)}
+    if max_level is not None:
+        out |= {"recon": recon / M, "decoder_nll": nll / M}
+    full = {}
+    for key, values in out.items():
+        full[key] = torch.full((T,), math.nan, dtype=torch.float64)
+        full[key][steps] = values
+    return full
 
 
 def estimate_gamma(
@@ -111,14 +143,23 @@ def model_hash(net: nn.Module) -> str:
 
 
 @dataclass(frozen=True)
+class BoundTerms:
+    """step_statistics' ``recon`` and ``decoder_nll`` [T]: what the DP of the beta bounds' trajectory needs."""
+
+    recon: torch.Tensor
+    decoder_nll: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Moments:
-    """gamma of one model (NaN at steps not estimated), with what made it."""
+    """gamma of one model (NaN at steps not estimated), the beta bound's terms where saved, with what made them."""
 
     gamma: torch.Tensor
     gamma_sem: torch.Tensor
     model_hash: str
     n_samples: int
     seed: int
+    bound_terms: BoundTerms | None = None
 
 
 def save_moments(
@@ -129,11 +170,13 @@ def save_moments(
     n_samples: int,
     seed: int,
     gamma_sem: torch.Tensor | None = None,
+    bound_terms: BoundTerms | None = None,
     provenance: dict[str, str | float] | None = None,
 ) -> Path:
     """Write gamma (and its standard error) atomically, recording the model hash, M, the seed and ``provenance``.
 
-    ``provenance`` (bench.stepclock.StepClock.record: device and timing) is stored as one array per key.
+    ``bound_terms`` are stored beside gamma where given; ``provenance`` (bench.stepclock.StepClock.record:
+    device and timing) is stored as one array per key.
     """
     gamma = torch.as_tensor(gamma, dtype=torch.float64)
     sem = torch.full_like(gamma, math.nan) if gamma_sem is None else torch.as_tensor(gamma_sem, dtype=torch.float64)
@@ -147,6 +190,11 @@ def save_moments(
         model_hash=np.array(model_hash),
         n_samples=np.int64(n_samples),
         seed=np.int64(seed),
+        **(
+            {}
+            if bound_terms is None
+            else {"recon": bound_terms.recon.numpy(), "decoder_nll": bound_terms.decoder_nll.numpy()}
+        ),
         **{key: np.array(value) for key, value in (provenance or {}).items()},
     )
 
@@ -165,6 +213,11 @@ def load_moments(path: Path, *, model_hash: str | None = None) -> Moments:
         model_hash=found,
         n_samples=int(arrays["n_samples"]),
         seed=int(arrays["seed"]),
+        bound_terms=(
+            BoundTerms(torch.from_numpy(arrays["recon"]), torch.from_numpy(arrays["decoder_nll"]))
+            if "recon" in arrays and "decoder_nll" in arrays
+            else None
+        ),
     )
 
 
@@ -311,13 +364,20 @@ def even_trajectory(T: int, K: int) -> torch.Tensor:
     return torch.tensor(steps, dtype=torch.int64)
 
 
-def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
-    """J(s, t) = log(sigma-hat^2_{s|t} / lambda^2_{s|t}), lambda^2 = beta-tilde (Eq. 14); [T, T], +inf for s >= t."""
+def trajectory_cost(alpha_bars: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """J(s, t) = log(1 - beta_{t|s} Gamma_t), Gamma_t = gamma_t / bbar_t (Eq. 14, Corollary 4); [T, T], +inf for s >= t.
+
+    The official cost (core/inference/utils.py L138-145, _get_fn_m: log(1 - skip_beta ms_score)) uses the
+    unclipped variance: it equals log(sigma-hat^2 / beta-tilde) up to a term that telescopes along a
+    trajectory, so the two choose the same path only where Theorem 2's clip does not bind.
+    """
     T = len(alpha_bars)
     s, t = torch.triu_indices(T, T, offset=1)
-    var, lam2 = pair_variances(alpha_bars, s, t, gamma, form="ddpm", clip=clip)
+    g = _gamma_on(gamma, T, torch.unique(t))
+    abar = torch.as_tensor(alpha_bars, dtype=torch.float64)
+    beta_ts = 1.0 - abar[t] / abar[s]
     cost = torch.full((T, T), math.inf, dtype=torch.float64)
-    cost[s, t] = torch.log(var / lam2)
+    cost[s, t] = torch.log(1.0 - beta_ts * g[t] / (1.0 - abar[t]))
     return cost
 
 
@@ -354,7 +414,7 @@ def least_cost_trajectory(cost: torch.Tensor, K: int) -> torch.Tensor:
     return torch.tensor(path[::-1], dtype=torch.int64)
 
 
-def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int, *, clip: bool = True) -> torch.Tensor:
+def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int) -> torch.Tensor:
     """The least-cost K-step trajectory from step 0 to step T-1 under J (Sec. 4), 0-based.
 
     As the official code (``_dp_seg``), steps from the first one with gamma > 1 on (impossible for the
@@ -381,10 +441,46 @@ def optimal_trajectory(alpha_bars: torch.Tensor, gamma: torch.Tensor, K: int, *,
             f"gamma exceeds 1 from step {first_bad} on (a poor estimate): the last {n_bad} steps are "
             f"untrusted, leaving {max(T1, 0)} of T={T} for a {K}-step trajectory"
         )
-    head = least_cost_trajectory(trajectory_cost(alpha_bars[:T1], g[:T1], clip=clip), K1)
+    head = least_cost_trajectory(trajectory_cost(alpha_bars[:T1], g[:T1]), K1)
     stride = n_bad / K2 if K2 else 0.0
     tail = [round(T - stride * k) - 1 for k in range(K2)][::-1]
     return torch.cat([head, torch.tensor(tail, dtype=torch.int64)])
+
+
+def bound_terms_cost(alpha_bars: torch.Tensor, terms: BoundTerms, variance: str) -> torch.Tensor:
+    """F[i, j] / d of the beta or beta-tilde bound over nodes 0 (x_0) and j = n + 1 (step n); [T+1, T+1].
+
+    As the official get_nelbo_terms (core/inference/ll/elbo.py L101-128): F[0, j] the decoder's term from
+    step j - 1, and for 1 <= i < j the KL of the move between their steps with sigma^2 = beta_{t|s} or
+    beta-tilde_{t|s}, (tilde/sigma^2 + log(sigma^2/tilde) - 1) / 2 + abar_s beta_{t|s}^2 recon_t / (2 bbar_t^2 sigma^2).
+    """
+    if variance not in ("beta", "beta_tilde"):
+        raise ValueError(f"bound trajectory variance {variance!r} is not one of ['beta', 'beta_tilde']")
+    abar = torch.as_tensor(alpha_bars, dtype=torch.float64)
+    T = len(abar)
+    for name, values in (("recon", terms.recon), ("decoder_nll", terms.decoder_nll)):
+        if values.shape != (T,) or not torch.isfinite(values).all():
+            raise ValueError(f"the beta bound's {name} must be finite at every one of the T={T} steps")
+    cost = torch.full((T + 1, T + 1), math.inf, dtype=torch.float64)
+    cost[0, 1:] = terms.decoder_nll
+    s, t = torch.triu_indices(T, T, offset=1)
+    skip_beta = 1.0 - abar[t] / abar[s]
+    tilde = skip_beta * (1.0 - abar[s]) / (1.0 - abar[t])
+    sigma2 = skip_beta if variance == "beta" else tilde
+    kl = 0.5 * (tilde / sigma2 + torch.log(sigma2 / tilde) - 1.0)
+    cost[s + 1, t + 1] = kl + 0.5 * abar[s] * skip_beta**2 / ((1.0 - abar[t]) ** 2 * sigma2) * terms.recon[t]
+    return cost
+
+
+def bound_trajectory(alpha_bars: torch.Tensor, terms: BoundTerms, K: int, variance: str) -> torch.Tensor:
+    """The K steps, ending at T - 1, of the least sum of the bound's terms from x_0 (dp_vb.py vectorized_dp), 0-based.
+
+    The official DP of the sigma^2 = beta baseline rows (Table 1, OT); its first step need not be step 0.
+    """
+    T = len(alpha_bars)
+    if not isinstance(K, int) or isinstance(K, bool) or not 1 <= K <= T:
+        raise ValueError(f"number of steps K={K!r} must be an integer in [1, T={T}]")
+    return least_cost_trajectory(bound_terms_cost(alpha_bars, terms, variance), K + 1)[1:] - 1
 
 
 # --- the variational bound with the analytic variance ---------------------------------------------
@@ -403,8 +499,9 @@ def vlb_bits_per_dim_analytic(
 ) -> torch.Tensor:
     """Per-image L_vb in bits/dim with p(x_s | x_t) = N(mu-tilde(x_t, x0_hat), sigma-hat^2), DDPM forward (Table 1).
 
-    Same draws, prior, KL and discretised decoder as bench.metrics.nll.vlb_bits_per_dim (which see);
-    only the reverse variance of the K - 1 transitions differs, so the two are paired per image.
+    Same draws, prior, KL and discretised decoder as bench.metrics.nll.vlb_bits_per_dim (which see) with
+    its ``decoder="chain"``; only the reverse variance of the K - 1 transitions differs, so the two are
+    paired per image.
     """
     x0 = x0.to(torch.float64)
     B = x0.shape[0]
@@ -421,7 +518,7 @@ def vlb_bits_per_dim_analytic(
         if clip_x0:
             pred = clip_prediction(pred, x_t, abar[k])
         if k == 0:
-            dec_var = posterior_coefficients(abar[0], abar[1])[2] if K > 1 else 1.0 - abar[0]
+            dec_var = decoder_variance(denoiser.alpha_bars, grid, "chain")
             ll = discretized_gaussian_log_likelihood(x0, pred.x0, torch.sqrt(dec_var), 1.0 / max_level)
             total = total - ll.reshape(B, -1).sum(1)
             break

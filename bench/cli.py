@@ -115,9 +115,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     clock = StepClock.start()
     net, schedule, ckpt = load_model(Path(args.model))
     sampler = dict(spec["sampler"])
-    gamma = None
+    gamma = bound_terms = None
     if sampler.get("inputs", {}).get("gamma") == "moments" or sampler["grid"] in MOMENT_GRIDS:
-        gamma = _gamma(args.moments, net)
+        moments = _moments(args.moments, net)
+        gamma, bound_terms = moments.gamma, moments.bound_terms
     if sampler.get("inputs", {}).get("gamma") == "moments":
         sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
     net, speed = apply_speed_options(net.to(clock.device), SpeedOptions(**spec.get("speed", {})))
@@ -139,23 +140,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
         clock=clock,
         noise=ckpt["config"].get("noise"),
         gamma=gamma,
+        bound_terms=bound_terms,
         speed=speed,
     )
 
 
-def _gamma(path: str | None, net: torch.nn.Module) -> torch.Tensor:
-    """Gamma_n of the moments artifact, refused if it was estimated for another network."""
+def _moments(path: str | None, net: torch.nn.Module):
+    """The moments artifact (bench.analytic.Moments), refused if it was estimated for another network."""
     from bench.analytic import load_moments, model_hash
 
     if path is None:
         raise SystemExit("this sampler needs --moments (the Analytic-DPM Gamma_n artifact)")
-    return load_moments(Path(path), model_hash=model_hash(net)).gamma
+    return load_moments(Path(path), model_hash=model_hash(net))
 
 
 def cmd_moments(args: argparse.Namespace) -> None:
     import torch
 
-    from bench.analytic import estimate_gamma, model_hash, save_moments
+    from bench.analytic import BoundTerms, model_hash, save_moments, step_statistics
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.models import load_model, make_denoiser
@@ -171,9 +173,17 @@ def cmd_moments(args: argparse.Namespace) -> None:
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     with torch.inference_mode():
         denoiser = make_denoiser(ckpt["config"]["family"], net, schedule)
-        gamma = estimate_gamma(denoiser, x0, None, seeds, batch_size=spec["batch_size"])
+        stats = step_statistics(
+            denoiser, x0, None, seeds, batch_size=spec["batch_size"], max_level=split.max_level
+        )
     save_moments(
-        Path(args.out), gamma, model_hash=digest, n_samples=len(x0), seed=spec["seed"], provenance=clock.record()
+        Path(args.out),
+        stats["gamma"],
+        model_hash=digest,
+        n_samples=len(x0),
+        seed=spec["seed"],
+        bound_terms=BoundTerms(stats["recon"], stats["decoder_nll"]),
+        provenance=clock.record(),
     )
 
 
@@ -287,6 +297,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
         inception_score_from_probs,
     )
     from bench.metrics.shard_features import ShardFailed, ShardFeatures, merge_shards
+    from bench.samplers import resolved_options
 
     spec = _spec(args.spec)
     try:
@@ -339,6 +350,11 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "reference_stats_sha256": ref_meta["reference_stats_sha256"],
             "nfe": cell.nfe,
             "grid": cell.grid.tolist(),
+            **(
+                {"sampler_options": resolved_options(spec["sampler"]["fn"], spec["sampler"].get("options", {}))}
+                if "sampler" in spec
+                else {}
+            ),
             **metric,
             # The cell's totals: sampling, feature extraction and this step; the parts are kept beside them.
             "wall_seconds": cell.sample_wall_seconds + metric_wall,
@@ -376,24 +392,47 @@ def cmd_nll(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     clock = StepClock.start()
     net, schedule, ckpt = load_model(Path(args.model))
-    gamma = None
+    gamma = bound_terms = None
     if "analytic" in spec["variances"] or spec["grid"] in MOMENT_GRIDS:
-        gamma = _gamma(args.moments, net)
+        moments = _moments(args.moments, net)
+        gamma, bound_terms = moments.gamma, moments.bound_terms
     net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level)).to(clock.device)
-    grid = time_grid(
-        spec["grid"], schedule.T, spec["K"], alpha_bars=schedule.alpha_bars, gamma=gamma, **spec.get("grid_options", {})
-    )
+
+    def grid_of(variance: str) -> torch.Tensor:
+        """The grid of one bound: on a moment grid, the optimal trajectory of its own variance."""
+        trajectory = {"variance": variance, "bound_terms": bound_terms} if spec["grid"] in MOMENT_GRIDS else {}
+        return time_grid(
+            spec["grid"], schedule.T, spec["K"], alpha_bars=schedule.alpha_bars, gamma=gamma,
+            **trajectory, **spec.get("grid_options", {}),
+        )
+
+    grids = {v: grid_of(v) for v in spec["variances"] if v != "learned"} if spec["grid"] in MOMENT_GRIDS else {}
+    grid = grid_of("analytic") if spec["grid"] not in MOMENT_GRIDS else next(iter(grids.values()))
     denoiser = make_denoiser(ckpt["config"]["family"], net, schedule, noise=ckpt["config"].get("noise"))
     seeds = (torch.arange(len(x0), dtype=torch.int64) + spec["seed"]).to(clock.device)
     variances = tuple(v for v in spec["variances"] if v not in ("analytic", "learned"))
+    # The fixed-variance bounds share draws and network calls where they share a grid.
+    by_grid: dict[tuple[int, ...], list[str]] = {}
+    for v in variances:
+        by_grid.setdefault(tuple(grids.get(v, grid).tolist()), []).append(v)
     try:
         with torch.inference_mode():
-            bpd = vlb_bits_per_dim(
-                denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"], variances=variances
-            )
-            nfe = denoiser.nfe  # network evaluations per image of one bound; the analytic bound repeats them
+            bpd = {}
+            for steps, group in (by_grid or {tuple(grid.tolist()): []}).items():
+                bpd |= vlb_bits_per_dim(
+                    denoiser,
+                    x0,
+                    torch.tensor(steps, dtype=torch.int64),
+                    seeds,
+                    max_level=split.max_level,
+                    clip_x0=spec["clip_x0"],
+                    variances=tuple(group),
+                    decoder=spec.get("decoder", "trajectory"),
+                )
+            # network evaluations per image of one bound; each further grid and the analytic bound repeat them
+            nfe = denoiser.nfe // max(len(by_grid), 1)
             if "learned" in spec["variances"]:
                 from bench.iddpm import learned_vlb_bits_per_dim
 
@@ -406,7 +445,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
                 bpd["analytic"] = vlb_bits_per_dim_analytic(
                     denoiser,
                     x0,
-                    grid,
+                    grids.get("analytic", grid),
                     seeds,
                     gamma=gamma,
                     max_level=split.max_level,
@@ -426,7 +465,13 @@ def cmd_nll(args: argparse.Namespace) -> None:
             "split": spec["split"],
             "nfe": nfe,
             "grid": grid.tolist(),
+            # On a moment grid, each bound's own optimal trajectory.
+            **({"grids": {v: g.tolist() for v, g in grids.items()}} if grids else {}),
             "clip_x0": spec["clip_x0"],
+            # The decoder variance of each fixed or analytic bound (bench.metrics.nll.DECODER_VARIANCES).
+            "decoder": {
+                v: "chain" if v == "analytic" else spec.get("decoder", "trajectory") for v in bpd if v != "learned"
+            },
             **clock.record(),
         },
         Path(args.out),

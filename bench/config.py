@@ -26,6 +26,7 @@ from bench.grids import (
     grid_options,
     has_repeats,
     time_grid,
+    trajectory_variance,
 )
 from bench.options import OptionError, check_options, check_values, option_parameters, required_options
 from bench.speed import SpeedOptions
@@ -408,6 +409,16 @@ def _check_references(cfg: dict) -> None:
                 _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
         _check_sampler_options(name, s)
+        if s["grid"] in MOMENT_GRIDS:
+            try:
+                variance = trajectory_variance(s)
+            except ValueError as err:
+                raise ConfigError(f"config key 'samplers.{name}.fn' on grid {s['grid']!r}: {err}") from None
+            if s.get("nll", variance) != variance:
+                raise ConfigError(
+                    f"config key 'samplers.{name}.nll': value {s['nll']!r} on grid {s['grid']!r}, whose trajectory is "
+                    f"the {variance!r} variance's: the bound must be that variance's"
+                )
         uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
         if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
             raise ConfigError(
@@ -512,14 +523,36 @@ def check_dataset_paths(cfg: dict, root: Path) -> None:
             )
 
 
+# The bounds whose decoder variance a sampler's nll_decoder chooses; the analytic bound always takes
+# Analytic-DPM's and the learned one iDDPM's.
+FIXED_VARIANCE_BOUNDS = ("beta", "beta_tilde")
+
+
 def _check_shared_nll_grids(cfg: dict) -> None:
-    """The samplers of a model that share one NLL job (same grid name) must realise the same grid."""
+    """The samplers of a model that share one NLL job (same grid name) must realise the same grid and,
+    for the fixed-variance bounds, name the same decoder variance."""
+    for name, s in cfg["samplers"].items():
+        if "nll_decoder" in s and s.get("nll") not in FIXED_VARIANCE_BOUNDS:
+            raise ConfigError(
+                f"config key 'samplers.{name}.nll_decoder': only a sampler with nll one of "
+                f"{list(FIXED_VARIANCE_BOUNDS)} chooses the decoder variance, not nll {s.get('nll')!r}"
+            )
     seen: dict[tuple[str, str], tuple[str, dict]] = {}
+    decoders: dict[tuple[str, str], tuple[str, str]] = {}
     for exp in cfg["experiments"]:
         for name in exp["samplers"]:
             s = cfg["samplers"][name]
             if "nll" not in s:
                 continue
+            if s["nll"] in FIXED_VARIANCE_BOUNDS:
+                decoder = s.get("nll_decoder", "trajectory")
+                first_decoder = decoders.setdefault((exp["model"], s["grid"]), (name, decoder))
+                if first_decoder[1] != decoder:
+                    raise ConfigError(
+                        f"config key 'samplers.{name}.nll_decoder': {decoder!r} differs from {first_decoder[1]!r} "
+                        f"of sampler {first_decoder[0]!r}, which shares the NLL job of model {exp['model']!r} "
+                        f"on grid {s['grid']!r}"
+                    )
             options = s.get("grid_options", {})
             first = seen.setdefault((exp["model"], s["grid"]), (name, options))
             if first[1] != options:
@@ -538,6 +571,17 @@ def nll_grid_options(cfg: dict, model: str, grid: str) -> dict:
                 if "nll" in s and s["grid"] == grid:
                     return s.get("grid_options", {})
     return {}
+
+
+def nll_decoder(cfg: dict, model: str, grid: str) -> str:
+    """The decoder variance of the fixed-variance bounds of the NLL job of (model, grid) (_check_shared_nll_grids)."""
+    for exp in cfg["experiments"]:
+        if exp["model"] == model:
+            for name in exp["samplers"]:
+                s = cfg["samplers"][name]
+                if s.get("nll") in FIXED_VARIANCE_BOUNDS and s["grid"] == grid:
+                    return s.get("nll_decoder", "trajectory")
+    return "trajectory"
 
 
 def _check_tables(cfg: dict, root: Path) -> None:

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from bench.options import option_parameters
 
+if TYPE_CHECKING:
+    from bench.analytic import BoundTerms
+
 GRIDS = ("uniform", "quad", "even", "respace", "optimal")
 # Grids chosen from a model's Analytic-DPM moments (Gamma_n): realised only once the moments exist.
 MOMENT_GRIDS = ("optimal",)
+# The variances with an optimal trajectory: the analytic one's from Gamma_n (Sec. 4), the fixed ones' from
+# their bound's terms (bench.analytic.bound_trajectory).
+TRAJECTORY_VARIANCES = ("analytic", "beta", "beta_tilde")
 # Grids kept exactly as their paper's code builds them, repeated timesteps included: DDIM's quad skip
 # int(linspace(0, sqrt(0.8 T), K)^2) repeats steps from K = 50 at T = 1000 (runners/diffusion.py), and
 # DDIM's loop (functions/denoising.py generalized_steps) runs each repeated pair as a zero-length step:
@@ -33,6 +40,8 @@ def time_grid(
     *,
     alpha_bars: torch.Tensor | None = None,
     gamma: torch.Tensor | None = None,
+    bound_terms: BoundTerms | None = None,
+    variance: str = "analytic",
     **options,
 ) -> torch.Tensor:
     """The realised grid of ``kind`` for K steps out of T, as ascending 0-based int64 indices.
@@ -41,7 +50,9 @@ def time_grid(
     (non-decreasing, exactly K entries).
 
     ``options`` are the sampler's ``grid_options`` (``respace``: ``section_counts``); ``alpha_bars`` and
-    ``gamma`` (the model's schedule and moments) are needed by the grids in MOMENT_GRIDS only.
+    ``gamma`` (the model's schedule and moments) are needed by the grids in MOMENT_GRIDS only. The optimal
+    trajectory is that of ``variance`` (TRAJECTORY_VARIANCES): the analytic variance's from
+    gamma, or the beta / beta-tilde bound's from ``bound_terms`` (bench.analytic.BoundTerms).
     """
     check_time_grid(kind, T, K, **options)
     if kind == "uniform":
@@ -52,17 +63,42 @@ def time_grid(
         grid = even_grid(T, K)
     elif kind == "respace":
         grid = respaced_grid(T, K, options.get("section_counts"))
-    else:
+    elif variance not in TRAJECTORY_VARIANCES:
+        raise ValueError(f"optimal trajectory variance {variance!r} is not one of {list(TRAJECTORY_VARIANCES)}")
+    elif variance == "analytic":
         if alpha_bars is None or gamma is None:
             raise ValueError(f"time grid {kind!r} is chosen from the model's Gamma_n: it needs alpha_bars and gamma")
         from bench.analytic import optimal_trajectory
 
         grid = optimal_trajectory(alpha_bars, gamma, K)
+    else:
+        if alpha_bars is None or bound_terms is None:
+            raise ValueError(
+                f"time grid {kind!r} of variance {variance!r} is chosen from the beta bound's terms of the model's "
+                "moments: it needs alpha_bars and bound_terms (moments saved without them: rerun the moments job)"
+            )
+        from bench.analytic import bound_trajectory
+
+        grid = bound_trajectory(alpha_bars, bound_terms, K, variance)
     if torch.any(grid[1:] < grid[:-1]):
         raise ValueError(f"time grid {kind!r} with T={T}, K={K} is not ascending: {grid.tolist()}")
     if kind not in REPEATING_GRIDS and has_repeats(grid):
         raise ValueError(f"time grid {kind!r} with T={T}, K={K} has repeated timesteps: {grid.tolist()}")
     return grid
+
+
+# The variance whose optimal trajectory a sampler on a grid of MOMENT_GRIDS visits (Analytic-DPM Table 1:
+# each variance its own OT); a ddpm sampler's is its own `variance` option.
+TRAJECTORY_VARIANCE_OF = {"analytic_ddpm": "analytic", "analytic_ddim": "analytic", "ddpm": None}
+
+
+def trajectory_variance(sampler: dict) -> str:
+    """The variance (TRAJECTORY_VARIANCES) of the optimal trajectory that ``sampler`` visits."""
+    if sampler["fn"] not in TRAJECTORY_VARIANCE_OF:
+        raise ValueError(
+            f"sampler function {sampler['fn']!r} has no optimal trajectory; {list(TRAJECTORY_VARIANCE_OF)} have"
+        )
+    return TRAJECTORY_VARIANCE_OF[sampler["fn"]] or sampler.get("options", {}).get("variance", "beta")
 
 
 def model_free_grid(kind: str, T: int, K: int, **options) -> torch.Tensor | None:

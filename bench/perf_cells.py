@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.analytic import BoundTerms
 from bench.config import cells, load_config, sampling_speed
 from bench.models import build_network, build_schedule, make_denoiser
 from bench.network_flops import count_flops, matmul_precision, peak_tflops
@@ -107,7 +108,8 @@ def measure_cells(
         )
         if sampler.get("inputs", {}).get("gamma") == "moments":
             sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
-        view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
+        terms = None if gamma is None else BoundTerms(gamma, gamma)  # the beta bound's stand-in terms, for its OT
+        view, grid = sampler_view(denoiser, sampler, K, gamma=gamma, bound_terms=terms)
         fn_options = sampler_options(sampler, view)
         fn = get_sampler(sampler["fn"])
         seeds = torch.arange(batch, dtype=torch.int64) + seed
@@ -128,7 +130,7 @@ def measure_cells(
                 noises.append(timed_noise.seconds)
         total, net_s, noise_s = (statistics.median(v) for v in (totals, nets, noises))
         if model_name not in flops:  # one more run, on the network without the speed options
-            plain_view, _ = sampler_view(plain, sampler, K, gamma=gamma)
+            plain_view, _ = sampler_view(plain, sampler, K, gamma=gamma, bound_terms=terms)
             flops[model_name] = count_flops(fn, plain_view, x_T, grid, noise=noise, **fn_options) // nfe
         note = f"{model['family']} family, {model['network']['type']} network; overhead over in-run network time"
         if gamma is not None:

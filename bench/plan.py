@@ -173,10 +173,13 @@ def _nll_variances(cfg: dict, model: str, grid: str) -> set[str]:
     }
 
 
-def _nll_passes(variances: set[str]) -> int:
+def _nll_passes(variances: set[str], grid: str) -> int:
     """Passes over the test split of an nll job: one for the fixed-variance bounds (beta, beta-tilde
-    share their network evaluations), one each for the learned and analytic bounds."""
+    share their network evaluations, except on a moment grid, where each bound has its own trajectory),
+    one each for the learned and analytic bounds."""
     own_pass = {"learned", "analytic"}
+    if grid in MOMENT_GRIDS:
+        return len(variances)
     return int(bool(variances - own_pass)) + len(variances & own_pass)
 
 
@@ -195,7 +198,7 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
         jobs[("moments", model)] = (model, M * cfg["models"][model]["schedule"]["T"])
     if nll:
         n_eval = sizes(dataset, cfg["metrics"]["nll"]["split"])
-        jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(variances))
+        jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(variances, grid))
         return jobs, {}
     per_sample = nfe_per_sample(sampler, K)
     for i, (start, stop) in enumerate(shard_ranges(cfg)):

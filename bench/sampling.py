@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,12 +14,15 @@ from bench.data.digits import unit_to_levels
 from bench.device import cpu_choice
 from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
 from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
-from bench.grids import time_grid
+from bench.grids import MOMENT_GRIDS, time_grid, trajectory_variance
 from bench.io import atomic_npz
 from bench.models import make_denoiser
 from bench.noise import NoiseSource
 from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, coupled_block, get_sampler
 from bench.stepclock import StepClock
+
+if TYPE_CHECKING:
+    from bench.analytic import BoundTerms
 
 
 class NonFiniteSampleError(RuntimeError):
@@ -32,14 +35,17 @@ def sigma_view(denoiser):
     return own() if own is not None else DiscreteVPAsSigma(denoiser)
 
 
-def sampler_view(denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None = None) -> tuple[object, torch.Tensor]:
+def sampler_view(
+    denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None = None, bound_terms: BoundTerms | None = None
+) -> tuple[object, torch.Tensor]:
     """(what the sampler calls, its realised grid) for K steps of ``sampler`` on a family's denoiser.
 
     Level samplers (annealed Langevin, PC) get the model's score on the K levels of the sampler's
     sigma grid, spanning the model's own [sigma_min, sigma_max] unless grid_options say otherwise
     (NCSN's levels are the model's), and the indices 0..K-1. EDM's samplers get the sigma view
-    and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid (``gamma``, the
-    model's Gamma_n moments, for grids that need them: Analytic-DPM's optimal trajectory).
+    and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid (``gamma`` and
+    ``bound_terms``, the model's moments, for grids that need them: the optimal trajectory of the
+    sampler's variance, bench.grids.trajectory_variance).
     """
     options = sampler.get("grid_options", {})
     if sampler["fn"] in LEVEL_SAMPLERS:
@@ -58,6 +64,8 @@ def sampler_view(denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None 
     if sampler["grid"] in SIGMA_GRIDS:
         view = sigma_view(denoiser)
         return view, sigma_grid(sampler["grid"], K, denoiser=view, **options)
+    if sampler["grid"] in MOMENT_GRIDS:
+        options = {**options, "bound_terms": bound_terms, "variance": trajectory_variance(sampler)}
     grid = time_grid(sampler["grid"], denoiser.schedule.T, K, alpha_bars=denoiser.alpha_bars, gamma=gamma, **options)
     return denoiser, grid
 
@@ -129,6 +137,7 @@ def generate(
     first_index: int = 0,
     device: torch.device | str = "cpu",
     gamma: torch.Tensor | None = None,
+    bound_terms: BoundTerms | None = None,
     state_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples ([N, *shape] in ``state_dtype``, on ``device``, the network's) for ``seeds``; returns (samples, grid).
@@ -136,12 +145,12 @@ def generate(
     The realised grid of a level sampler is its levels in the order visited (descending sigmas).
 
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell;
-    ``gamma`` is the model's Gamma_n, for grids chosen from it (bench.grids.MOMENT_GRIDS).
+    ``gamma`` and ``bound_terms`` are the model's moments, for grids chosen from them (bench.grids.MOMENT_GRIDS).
     Sampler calls cover the seeds as ``sampler_batches`` cuts them; no network call takes more than
     ``batch_size`` rows.
     """
     fn = get_sampler(sampler["fn"])
-    view, grid = sampler_view(denoiser, sampler, K, gamma=gamma)
+    view, grid = sampler_view(denoiser, sampler, K, gamma=gamma, bound_terms=bound_terms)
     options = sampler_options(sampler, view)
     block = coupled_block(sampler)
     model = ChunkedCalls(view, batch_size) if block > 1 else view
@@ -188,6 +197,7 @@ def sample_shard(
     clock: StepClock | None = None,
     noise: dict | None = None,
     gamma: torch.Tensor | None = None,
+    bound_terms: BoundTerms | None = None,
     speed: dict[str, Any] | None = None,
 ) -> Path:
     """Sample indices [start, stop) with seeds base_seed + i, quantise to integer levels, save .npz.
@@ -195,9 +205,9 @@ def sample_shard(
     Sampling runs on the network's device. ``clock`` (default: one started now on the CPU) gives the
     shard's device, wall_seconds and device_seconds. A cell whose samples are not finite gets a
     failure record instead (``error`` holds the message, no images), so no metric is ever computed
-    from it while the rest of the DAG goes on. ``gamma``, ``state_dtype``: as in generate. ``speed``: the
-    record of the speed options applied to ``net`` (bench.speed.apply_speed_options), kept as JSON in
-    the shard (``null``: none recorded).
+    from it while the rest of the DAG goes on. ``gamma``, ``bound_terms``, ``state_dtype``: as in generate.
+    ``speed``: the record of the speed options applied to ``net`` (bench.speed.apply_speed_options), kept
+    as JSON in the shard (``null``: none recorded).
     """
     clock = clock or StepClock(cpu_choice())
     denoiser = make_denoiser(family, net, schedule, shape, noise=noise)
@@ -208,7 +218,8 @@ def sample_shard(
         with torch.inference_mode():
             x, grid = generate(
                 denoiser, sampler, K, seeds, shape, batch_size=batch_size, context=context, first_index=start,
-                device=next(net.parameters()).device, gamma=gamma, state_dtype=state_dtype,
+                device=next(net.parameters()).device, gamma=gamma, bound_terms=bound_terms,
+                state_dtype=state_dtype,
             )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -13,12 +13,15 @@ Cov[x_s, x_t] = sqrt(abar_s abar_t) C + sqrt((bbar_s - lambda^2) bbar_t) I.
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from bench.analytic import (
     PAPER_PIXEL_QUANTUM,
+    BoundTerms,
     analytic_variance,
+    bound_trajectory,
     clipped_analytic_variance,
     estimate_gamma,
     even_trajectory,
@@ -28,9 +31,11 @@ from bench.analytic import (
     mean_square_eps,
     model_hash,
     optimal_trajectory,
+    pair_variances,
     pixel_variance_threshold,
     sampling_variances,
     save_moments,
+    step_statistics,
     trajectory_cost,
     trajectory_variances,
     variance_bounds,
@@ -42,9 +47,9 @@ from bench.grids import even_grid, time_grid
 from bench.io import CorruptFileError
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
-from bench.noise import NoiseSource
+from bench.noise import NoiseSource, normal
 from bench.samplers import analytic_ddim, analytic_ddpm, ddpm
-from bench.sampling import generate
+from bench.sampling import generate, sampler_view
 from bench.schedules import DiscreteSchedule
 
 torch.set_num_threads(1)
@@ -243,16 +248,56 @@ def test_dp_equals_brute_force(K):
 def test_dp_cost_is_eq_14():
     gamma = torch.full((1000,), 0.7, dtype=torch.float64)
     cost = trajectory_cost(ABAR, gamma)
-    s, t = 100, 300  # a pair where the clip does not bind
+    s, t = 100, 300
+    # Corollary 4's log(1 - beta_{t|s} E||score||^2 / d), with E||score||^2 / d = gamma_t / bbar_t
+    beta_ts = 1 - ABAR[t] / ABAR[s]
+    assert float(cost[s, t]) == pytest.approx(math.log(1 - float(beta_ts) * 0.7 / (1 - float(ABAR[t]))), rel=1e-12)
+    # where the clip does not bind, it is log(sigma-hat^2 / beta-tilde) less a term that telescopes
     lam2 = forward_lambda2(ABAR[s], ABAR[t], "ddpm")
     var = analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2)
     assert clipped_analytic_variance(ABAR[s], ABAR[t], gamma[t], lam2) == var
-    assert float(cost[s, t]) == pytest.approx(math.log(float(var / lam2)), rel=1e-12)
-    # Corollary 4's log(1 - beta_{t|s} E||score||^2 / d), plus a term that telescopes along a trajectory
     a_ts = ABAR[t] / ABAR[s]
-    alt = torch.log(1 - (1 - a_ts) * 0.7 / (1 - ABAR[t])) + torch.log((1 - ABAR[t]) / (a_ts * (1 - ABAR[s])))
-    assert float(cost[s, t]) == pytest.approx(float(alt), rel=1e-10)
+    shift = torch.log((1 - ABAR[t]) / (a_ts * (1 - ABAR[s])))
+    assert float(cost[s, t]) == pytest.approx(float(torch.log(var / lam2) - shift), rel=1e-10)
     assert torch.isinf(cost[t, s]) and torch.isinf(cost[s, s])
+
+
+def _official_dp_trajectory(betas: torch.Tensor, gamma: torch.Tensor, K: int) -> list[int]:
+    """Analytic-DPM's _get_fn_m + _solve_fn_dp written out (1-based steps, alphas[0] = 1), as 0-based indices."""
+    N = len(betas)
+    alphas = np.concatenate([[1.0], 1.0 - betas.numpy()])
+    cum_betas = 1.0 - alphas.cumprod()
+    ms_score = np.concatenate([[0.0], gamma.numpy()]) / np.where(cum_betas > 0, cum_betas, 1.0)
+    F = np.full((N + 1, N + 1), np.inf)
+    for s in range(1, N + 1):
+        skip_betas = 1.0 - alphas[s + 1 :].cumprod()
+        F[s, s + 1 :] = np.log(1.0 - skip_betas * ms_score[s + 1 :])
+    C = np.full((K + 1, N + 1), np.inf)
+    D = np.full((K + 1, N + 1), -1)
+    C[2, 2:N] = F[1, 2:N]
+    for k in range(3, K + 1):
+        total = C[k - 1][:, None] + F
+        C[k, k:] = total.min(axis=0)[k:]
+        D[k, k:] = total.argmin(axis=0)[k:]
+    path, n = [N], N
+    for k in range(K, 2, -1):
+        n = int(D[k, n])
+        path.append(n)
+    return [p - 1 for p in [1, *path[::-1]]]
+
+
+def test_optimal_trajectory_uses_the_official_unclipped_cost():
+    # gamma well below 1 near t = T puts the estimated Cov[x0] = bbar / abar (1 - gamma) far above Eq. 12's
+    # bound there: the clip binds, and the clipped cost picks another trajectory than the official one.
+    n = torch.arange(1000, dtype=torch.float64)
+    gamma = 0.999 - 0.3 * (n / 999) ** 4
+    official = _official_dp_trajectory(SCHED.betas, gamma, 10)
+    assert optimal_trajectory(ABAR, gamma, 10).tolist() == official
+    s, t = torch.triu_indices(1000, 1000, offset=1)
+    var, lam2 = pair_variances(ABAR, s, t, gamma, form="ddpm")
+    clipped = torch.full((1000, 1000), math.inf, dtype=torch.float64)
+    clipped[s, t] = torch.log(var / lam2)
+    assert least_cost_trajectory(clipped, 10).tolist() != official
 
 
 def test_optimal_trajectory_spaces_steps_evenly_over_an_untrusted_tail():
@@ -295,6 +340,100 @@ def test_optimal_grid_of_a_sampling_cell_is_the_dp_trajectory():
     assert grid.tolist() == optimal_trajectory(ABAR, gamma, 10).tolist()
     assert grid.tolist() == time_grid("optimal", 1000, 10, alpha_bars=ABAR, gamma=gamma).tolist()
     assert grid.tolist() != even_grid(1000, 10).tolist()
+
+
+def _official_bound_trajectory(betas: torch.Tensor, terms: BoundTerms, K: int, small_sigma: bool) -> list[int]:
+    """Analytic-DPM's get_nelbo_terms F (per dim) + dp_vb.py vectorized_dp / fetch_path, as 0-based steps."""
+    N = len(betas)
+    alphas = np.concatenate([[1.0], 1.0 - betas.numpy()])
+    cum_alphas = alphas.cumprod()
+    cum_betas = 1.0 - cum_alphas
+    recon = np.concatenate([[np.nan], terms.recon.numpy()])
+    F = np.zeros((N + 1, N + 1))
+    F[0, 1:] = terms.decoder_nll.numpy()
+    for s in range(1, N + 1):
+        for r in range(s + 1, N + 1):
+            skip_beta = 1.0 - alphas[s + 1 : r + 1].prod()
+            tilde_beta = skip_beta * cum_betas[s] / cum_betas[r]
+            sigma2 = tilde_beta if small_sigma else skip_beta
+            c = 0.5 * (tilde_beta / sigma2 + np.log(sigma2 / tilde_beta) - 1.0)
+            F[s, r] = c + 0.5 * cum_alphas[s] * skip_beta**2 / (cum_betas[r] ** 2 * sigma2) * recon[r]
+    F = np.triu(F, 1) + np.tril(np.full(F.shape, np.inf))
+    C = np.full((N + 1, N + 1), np.inf)
+    D = np.full((N + 1, N + 1), -1)
+    C[0, 0] = 0
+    for k in range(1, N + 1):
+        total = C[k - 1][:, None] + F
+        C[k] = total.min(axis=0)
+        D[k] = total.argmin(axis=0)
+    path, t = [], N
+    for k in reversed(range(K + 1)):
+        path.append(t)
+        t = D[k, t]
+    return [int(n) - 1 for n in path[::-1][1:]]
+
+
+@pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
+def test_bound_trajectory_is_the_official_dp_over_the_bounds_terms(variance):
+    sched = DiscreteSchedule.named("linear", 120)
+    g = torch.Generator().manual_seed(4)
+    # decoder terms that favour a first step above 0 for some K, as the official DP allows
+    terms = BoundTerms(
+        recon=torch.rand(120, generator=g, dtype=torch.float64) * 0.05,
+        decoder_nll=torch.linspace(3.0, 0.5, 120, dtype=torch.float64) + torch.rand(120, generator=g, dtype=torch.float64),
+    )
+    for K in (2, 5, 10, 30):
+        found = bound_trajectory(sched.alpha_bars, terms, K, variance)
+        assert found.tolist() == _official_bound_trajectory(sched.betas, terms, K, variance == "beta_tilde"), K
+        assert len(found) == K and found[-1] == 119
+    with pytest.raises(ValueError, match=r"bound trajectory variance 'analytic' is not one of \['beta', 'beta_tilde'\]"):
+        bound_trajectory(sched.alpha_bars, terms, 5, "analytic")
+    with pytest.raises(ValueError, match=r"the beta bound's recon must be finite at every one of the T=120 steps"):
+        bound_trajectory(sched.alpha_bars, BoundTerms(terms.recon[:-1], terms.decoder_nll), 5, "beta")
+
+
+def test_each_variance_samples_its_own_optimal_trajectory():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = GAUSS.sample(400, torch.Generator().manual_seed(1)).clamp(-1, 1)
+    stats = step_statistics(den, x0, None, torch.arange(400), batch_size=400, max_level=LEVELS)
+    terms = BoundTerms(stats["recon"], stats["decoder_nll"])
+    gamma = torch.tensor([_gaussian_moments(GAUSS, n)[0] for n in range(1000)], dtype=torch.float64)
+    beta = {"fn": "ddpm", "grid": "optimal", "options": {"variance": "beta"}}
+    analytic = {"fn": "analytic_ddpm", "grid": "optimal", "options": {"gamma": gamma}}
+    _, beta_grid = sampler_view(den, beta, 10, gamma=gamma, bound_terms=terms)
+    _, analytic_grid = sampler_view(den, analytic, 10, gamma=gamma, bound_terms=terms)
+    assert beta_grid.tolist() == bound_trajectory(ABAR, terms, 10, "beta").tolist()
+    assert analytic_grid.tolist() == optimal_trajectory(ABAR, gamma, 10).tolist()
+    assert beta_grid.tolist() != analytic_grid.tolist()
+    with pytest.raises(ValueError, match=r"needs alpha_bars and bound_terms \(moments saved without them"):
+        sampler_view(den, beta, 10, gamma=gamma)
+    with pytest.raises(ValueError, match=r"sampler function 'ddim' has no optimal trajectory"):
+        sampler_view(den, {"fn": "ddim", "grid": "optimal"}, 10, gamma=gamma, bound_terms=terms)
+    with pytest.raises(ValueError, match=r"optimal trajectory variance 'sigma_hat' is not one of \['analytic', 'beta'"):
+        time_grid("optimal", 1000, 10, alpha_bars=ABAR, gamma=gamma, bound_terms=terms, variance="sigma_hat")
+
+
+def test_step_statistics_hold_the_bounds_terms_from_the_same_draws():
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = _rounded(GAUSS.sample(300, torch.Generator().manual_seed(3)).clamp(-1, 1))
+    seeds = torch.arange(300) + 5
+    stats = step_statistics(den, x0, [0, 40, 900], seeds, batch_size=128, max_level=LEVELS)
+    gamma, _ = mean_square_eps(den, x0, [0, 40, 900], seeds, batch_size=128)
+    assert torch.equal(stats["gamma"][[0, 40, 900]], gamma[[0, 40, 900]])
+    assert torch.isnan(stats["recon"][1]) and torch.isnan(stats["decoder_nll"][1])
+    for n in (0, 40, 900):
+        x_n = torch.sqrt(ABAR[n]) * x0 + torch.sqrt(1 - ABAR[n]) * normal(seeds, n + 1, (3,))
+        x0_hat = den(x_n, n).x0.clamp(-1, 1)
+        torch.testing.assert_close(stats["recon"][n], ((x0 - x0_hat) ** 2).mean(), rtol=1e-10, atol=0)
+        # elbo.py L113: beta-tilde_{1|2} from the first step, 1 - abar_r from any later one
+        var = (1 - ABAR[0]) / (1 - ABAR[1]) * (1 - ABAR[1] / ABAR[0]) if n == 0 else 1 - ABAR[n]
+        half = 1.0 / LEVELS
+        hi = torch.special.ndtr((x0 + half - x0_hat) / var.sqrt())
+        lo = torch.special.ndtr((x0 - half - x0_hat) / var.sqrt())
+        hi = torch.where(x0 + half > 1 - 1e-6, torch.ones_like(hi), hi)
+        lo = torch.where(x0 - half < -1 + 1e-6, torch.zeros_like(lo), lo)
+        nll = -torch.log((hi - lo).clamp(min=1e-12)).mean()
+        torch.testing.assert_close(stats["decoder_nll"][n], nll, rtol=1e-10, atol=0)
 
 
 def test_even_trajectory_follows_the_official_code():
@@ -344,9 +483,51 @@ def test_analytic_vlb_bounds_the_exact_nll_and_beats_ddpm_variances(K):
     gap = analytic - _neg_log_prob_bits(test)  # E[gap] = E[L_vb] - H(data) >= 0
     n = len(gap)
     assert gap.mean() > -4 * gap.std() / math.sqrt(n)
-    for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS).items():
+    for variance, bpd in vlb_bits_per_dim(den, test, grid, seeds, max_level=LEVELS, decoder="chain").items():
         diff = analytic - bpd  # paired: same draws and network calls
         assert diff.mean() < -4 * diff.std() / math.sqrt(n), variance
+
+
+def _decoder_stds(monkeypatch, module) -> list[torch.Tensor]:
+    """The standard deviations the bound of ``module`` hands its discretised decoder, recorded per call."""
+    seen = []
+    original = module.discretized_gaussian_log_likelihood
+
+    def spy(x, mean, std, half_width):
+        seen.append(torch.as_tensor(std))
+        return original(x, mean, std, half_width)
+
+    monkeypatch.setattr(module, "discretized_gaussian_log_likelihood", spy)
+    return seen
+
+
+def test_analytic_bound_decodes_with_the_full_chains_first_beta_tilde(monkeypatch):
+    import bench.analytic
+    import bench.metrics.nll
+
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = _rounded(GAUSS.sample(50, torch.Generator().manual_seed(2)).clamp(-1, 1))
+    gamma = torch.full((1000,), 0.9, dtype=torch.float64)
+    grid = even_trajectory(1000, 10)
+    # elbo.py _sigma2_small(1, 2): beta_2 (1 - abar_1) / (1 - abar_2), 1-based, from the betas themselves
+    b = SCHED.betas
+    official = float(b[1] * (1 - (1 - b[0])) / (1 - (1 - b[0]) * (1 - b[1])))
+    analytic_stds = _decoder_stds(monkeypatch, bench.analytic)
+    analytic = vlb_bits_per_dim_analytic(den, x0, grid, torch.arange(50), gamma=gamma, max_level=LEVELS)
+    assert float(analytic_stds[0]) ** 2 == pytest.approx(official, rel=1e-12) and torch.isfinite(analytic).all()
+    fixed_stds = _decoder_stds(monkeypatch, bench.metrics.nll)
+    chain = vlb_bits_per_dim(den, x0, grid, torch.arange(50), max_level=LEVELS, decoder="chain")
+    trajectory = vlb_bits_per_dim(den, x0, grid, torch.arange(50), max_level=LEVELS)
+    assert float(fixed_stds[0]) ** 2 == pytest.approx(official, rel=1e-12)
+    trajectory_var = float((1 - ABAR[0]) / (1 - ABAR[grid[1]]) * (1 - ABAR[grid[1]] / ABAR[0]))
+    assert float(fixed_stds[1]) ** 2 == pytest.approx(trajectory_var, rel=1e-12)
+    assert trajectory_var > 1.8 * official  # K = 10 on the linear chain: tau_2 = 111
+    # only L_0 differs between the two decoders, and the bounds stay paired per image
+    for v in ("beta", "beta_tilde"):
+        assert not torch.equal(chain[v], trajectory[v])
+        torch.testing.assert_close(chain[v] - trajectory[v], chain["beta"] - trajectory["beta"])
+    with pytest.raises(ValueError, match=r"decoder variance 'first' is not one of \['trajectory', 'chain'\]"):
+        vlb_bits_per_dim(den, x0, grid, torch.arange(50), max_level=LEVELS, decoder="first")
 
 
 @pytest.mark.parametrize("K", [10, 25])
@@ -470,6 +651,84 @@ def test_samplers_realise_the_shared_variances(sampler, form):
     assert expected[0] == pixel_variance_threshold(1, 2 / 16)
 
 
+class _LinearEps:
+    """eps_hat = 0.3 x: far from the data, so x0_hat leaves [-1, 1] at large t and clipping matters."""
+
+    alpha_bars = ABAR
+
+    def __call__(self, x: torch.Tensor, n: int) -> Prediction:
+        eps = 0.3 * x
+        return Prediction(eps=eps, x0=(x - torch.sqrt(1 - ABAR[n]) * eps) / torch.sqrt(ABAR[n]))
+
+
+def _official_reverse(x: torch.Tensor, grid: torch.Tensor, noise: NoiseSource, move, clip_pixel: float):
+    """The official samplers' loop over pairs s < t of the grid: x = move(x, x0 clipped, eps, s, t, z, cap)."""
+    net = _LinearEps()
+    cap = (clip_pixel * 2.0 / 255.0 * (math.pi / 2.0) ** 0.5) ** 2
+    steps = grid.tolist()
+    for k in range(len(steps) - 1, 0, -1):
+        s, t = steps[k - 1], steps[k]
+        eps = net(x, t).eps
+        x0 = ((x - (1 - ABAR[t]) ** 0.5 * eps) / ABAR[t] ** 0.5).clamp(-1.0, 1.0)
+        # clip_sigma_idx = 1: `if s < ns[1]` caps the move to the first timestep only
+        x = move(x, x0, eps, s, t, noise.normal(k), cap if k == 1 else math.inf)
+    return net(x, steps[0]).x0.clamp(-1.0, 1.0)
+
+
+def test_analytic_ddim_combines_the_clipped_x0_with_the_networks_eps():
+    # core/inference/sampler/reverse_ddim.py reverse_ddim_ms_eps (eta = 0), written out
+    gamma = torch.full((1000,), 0.8, dtype=torch.float64)
+
+    def move(x, x0, eps, s, t, z, cap):
+        a_s, a_t = ABAR[s], ABAR[t]
+        cov_x0 = ((1 - a_t) / a_t * (1 - gamma[t])).clamp(0.0, 1.0)
+        sigma2 = min(float((a_s**0.5 - ((1 - a_s) * a_t / (1 - a_t)) ** 0.5) ** 2 * cov_x0), cap)
+        return a_s**0.5 * x0 + (1 - a_s) ** 0.5 * eps + sigma2**0.5 * z
+
+    grid = even_trajectory(1000, 10)
+    noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
+    official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=1)
+    kw = {"noise": noise, "gamma": gamma, "sigma2_clip_pixel": 1}
+    ours = analytic_ddim.sample(_LinearEps(), noise.latent(), grid, **kw)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+    recomputed = analytic_ddim.sample(_LinearEps(), noise.latent(), grid, eps_from_clipped_x0=True, **kw)
+    assert (recomputed - official).norm() > 0.1 * official.norm()
+
+
+def test_ddpm_clips_sigma_of_the_last_noisy_move_as_the_official_beta_runs():
+    # core/inference/sampler/reverse_ddpm.py reverse_ddpm_naive, small_sigma=False, clip_sigma_idx=1, clip_pixel=1
+    def move(x, x0, eps, s, t, z, cap):
+        skip_beta = 1 - ABAR[t] / ABAR[s]
+        mean = skip_beta * ABAR[s] ** 0.5 / (1 - ABAR[t]) * x0 + (1 - skip_beta) ** 0.5 * (1 - ABAR[s]) / (1 - ABAR[t]) * x
+        return mean + min(float(skip_beta), cap) ** 0.5 * z
+
+    grid = even_trajectory(1000, 10)
+    noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
+    official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=1)
+    ours = ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=1, clip_pixel=1)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+    unclipped = ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise)
+    assert (unclipped - official).abs().max() > 0.01
+    with pytest.raises(ValueError, match=r"clip_sigma_idx=10 must be an integer in \[0, K=10\)"):
+        ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=10, clip_pixel=1)
+    with pytest.raises(ValueError, match=r"clip_sigma_idx=1 caps sigma at clip_pixel pixels: give clip_pixel"):
+        ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=1)
+
+
+def test_a_cell_records_its_samplers_conventions():
+    from bench.samplers import resolved_options
+
+    assert resolved_options("analytic_ddim", {"gamma": torch.zeros(3), "clip": True}) == {
+        "clip": True,
+        "sigma2_clip_pixel": None,
+        "pixel_quantum": PAPER_PIXEL_QUANTUM,
+        "clip_x0": True,
+        "eps_from_clipped_x0": False,
+    }
+    assert resolved_options("ddpm", {"clip_sigma_idx": 1, "clip_pixel": 1})["clip_sigma_idx"] == 1
+    assert resolved_options("ddpm", {})["clip_sigma_idx"] == 0
+
+
 # --- the moments artifact ------------------------------------------------------------------------------------
 
 
@@ -481,7 +740,11 @@ def test_moments_round_trip_and_refuse_another_model(tmp_path):
     path = save_moments(tmp_path / "m.npz", gamma, model_hash=h, n_samples=1437, seed=3, gamma_sem=gamma / 100)
     got = load_moments(path, model_hash=h)
     assert torch.equal(got.gamma, gamma) and torch.equal(got.gamma_sem, gamma / 100)
-    assert (got.model_hash, got.n_samples, got.seed) == (h, 1437, 3)
+    assert (got.model_hash, got.n_samples, got.seed, got.bound_terms) == (h, 1437, 3, None)
+    terms = BoundTerms(gamma / 10, gamma + 1)
+    with_terms = load_moments(save_moments(tmp_path / "t.npz", gamma, model_hash=h, n_samples=9, seed=3, bound_terms=terms))
+    assert torch.equal(with_terms.bound_terms.recon, terms.recon)
+    assert torch.equal(with_terms.bound_terms.decoder_nll, terms.decoder_nll)
     with torch.no_grad():
         net.out.bias[0] += 1.0
     other = model_hash(net)

@@ -303,6 +303,39 @@ def test_samplers_sharing_an_nll_job_must_share_its_grid(cfg):
         validate_config(bad, root=ROOT)
 
 
+def test_samplers_sharing_an_nll_job_must_name_one_decoder_variance(cfg):
+    from bench.config import nll_decoder
+
+    both = mutate(cfg, ("samplers", "ddpm_beta", "nll_decoder"), "chain")
+    both = mutate(both, ("samplers", "ddpm_beta_tilde", "nll_decoder"), "chain")
+    assert nll_decoder(validate_config(both, root=ROOT), "mlp", "even") == "chain"
+    assert nll_decoder(validate_config(copy.deepcopy(cfg), root=ROOT), "mlp", "even") == "trajectory"
+    one = mutate(cfg, ("samplers", "ddpm_beta_tilde", "nll_decoder"), "chain")
+    with pytest.raises(ConfigError, match=r"samplers\.ddpm_beta_tilde\.nll_decoder': 'chain' differs from 'trajectory' "
+                                          r"of sampler 'ddpm_beta', which shares the NLL job of model 'mlp' on grid 'even'"):
+        validate_config(one, root=ROOT)
+    analytic = mutate(cfg, ("samplers", "analytic_ddpm", "nll_decoder"), "chain")
+    with pytest.raises(ConfigError, match=r"samplers\.analytic_ddpm\.nll_decoder': only a sampler with nll one of "
+                                          r"\['beta', 'beta_tilde'\] chooses the decoder variance, not nll 'analytic'"):
+        validate_config(analytic, root=ROOT)
+    with pytest.raises(ConfigError, match=r"nll_decoder"):
+        validate_config(mutate(cfg, ("samplers", "ddpm_beta", "nll_decoder"), "first"), root=ROOT)
+
+
+def test_optimal_grid_needs_a_sampler_with_a_trajectory_variance_and_its_own_bound(cfg):
+    ddim = mutate(cfg, ("samplers", "analytic_ddim_ot", "fn"), "ddim")
+    with pytest.raises(ConfigError, match=r"samplers\.analytic_ddim_ot\.fn' on grid 'optimal': sampler function 'ddim' "
+                                          r"has no optimal trajectory; \['analytic_ddpm', 'analytic_ddim', 'ddpm'\] have"):
+        validate_config(ddim, root=ROOT)
+    beta = mutate(cfg, ("samplers", "analytic_ddpm_ot", "nll"), "beta")
+    with pytest.raises(ConfigError, match=r"samplers\.analytic_ddpm_ot\.nll': value 'beta' on grid 'optimal', whose "
+                                          r"trajectory is the 'analytic' variance's"):
+        validate_config(beta, root=ROOT)
+    ddpm = mutate(cfg, ("samplers", "analytic_ddpm_ot"), {"fn": "ddpm", "grid": "optimal", "nll": "beta_tilde",
+                                                          "options": {"variance": "beta_tilde"}})
+    validate_config(ddpm, root=ROOT)
+
+
 def test_ode_nll_models_narrow_the_pf_ode_likelihoods(cfg):
     from bench.config import ode_nll_models
 

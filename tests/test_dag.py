@@ -166,3 +166,42 @@ def test_tiny_run_records_the_speed_options_its_sampling_jobs_applied(tiny_run):
     index = (tiny_run / "reports/index.html").read_text()
     # The shards keep their record as canonical JSON (sorted keys), so the index lists the options in that order.
     assert "Speed options of sampling</th><td class=\"name\">channels_last, keep_freed_memory" in index
+
+
+def test_ot_cells_of_each_variance_visit_their_own_dp_trajectory(tmp_path):
+    # Analytic-DPM Table 1: the sigma^2 = beta rows' OT is the DP over the beta bound's terms, which the
+    # moments job saves beside Gamma_n; the analytic rows' is the DP over Gamma_n.
+    from fault_dag import small_config
+
+    from bench.analytic import bound_trajectory, load_moments, optimal_trajectory
+    from bench.schedules import DiscreteSchedule
+
+    tiny = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+    path = small_config(tmp_path, samplers=("analytic_ddpm_ot",), K=(5,), name="ot")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["samplers"]["ddpm_beta_ot"] = {"fn": "ddpm", "label": "DDPM, σ²=β, OT", "grid": "optimal", "nll": "beta",
+                                       "nll_decoder": "chain", "options": {"variance": "beta", "clip_sigma_idx": 1,
+                                                                           "clip_pixel": 1, "pixel_quantum": 0.125}}
+    cfg["experiments"][0]["samplers"].append("ddpm_beta_ot")
+    cfg["moments"] = tiny["moments"]
+    cfg["metrics"]["nll"] = tiny["metrics"]["nll"]
+    cfg["sampling"] = {**cfg["sampling"], "n_samples": 20}
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    r = snakemake("--cores", "2", "--configfile", str(path), "--directory", str(tmp_path), cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    moments = load_moments(tmp_path / "results/moments/mlp.npz")
+    alpha_bars = DiscreteSchedule.named("linear", 100).alpha_bars
+    beta = bound_trajectory(alpha_bars, moments.bound_terms, 5, "beta").tolist()
+    analytic = optimal_trajectory(alpha_bars, moments.gamma, 5).tolist()
+    assert beta != analytic
+    cells = tmp_path / "results/cells/digits/mlp"
+    for sampler, grid in (("ddpm_beta_ot", beta), ("analytic_ddpm_ot", analytic)):
+        assert np.load(tmp_path / f"results/samples/digits/mlp/{sampler}/K5/shard0000.npz")["grid"].tolist() == grid
+    nll = json.loads((cells / "nll-optimal/K5.json").read_text())
+    jsonschema.validate(nll, schema("nll"))
+    assert nll["grids"] == {"beta": beta, "analytic": analytic}
+    assert nll["decoder"] == {"beta": "chain", "analytic": "chain"}
+    record = json.loads((cells / "ddpm_beta_ot/K5/fd_is.json").read_text())
+    jsonschema.validate(record, schema("fd_is"))
+    assert record["sampler_options"] == {"variance": "beta", "clip_x0": True, "clip_sigma_idx": 1, "clip_pixel": 1,
+                                         "pixel_quantum": 0.125}

@@ -11,6 +11,11 @@ from bench.noise import normal
 from bench.schedules import posterior_coefficients
 
 VARIANCES = ("beta", "beta_tilde")
+# The variance of the discretised decoder p(x_0 | x_{tau_1}): beta-tilde between the trajectory's first
+# two steps (iDDPM's respaced chain), or Analytic-DPM's: the full chain's beta-tilde_{1|2} for a trajectory
+# from the first step (core/inference/ll/elbo.py L54 and L209, _sigma2_small(1, 2, ...)), else the beta of
+# the skip from x_0, 1 - abar_{tau_1} (elbo.py L113, the decoder terms of the beta bound's DP).
+DECODER_VARIANCES = ("trajectory", "chain")
 
 
 def gaussian_kl(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
@@ -30,6 +35,20 @@ def discretized_gaussian_log_likelihood(
     return torch.log(prob.clamp(min=1e-12))
 
 
+def decoder_variance(alpha_bars: torch.Tensor, grid: torch.Tensor, decoder: str) -> torch.Tensor:
+    """The decoder's variance ``decoder``: beta-tilde_{tau_1|tau_2} ("trajectory"), or ("chain") beta-tilde_{1|2}
+    where tau_1 is the first step and 1 - abar_{tau_1} elsewhere."""
+    if decoder not in DECODER_VARIANCES:
+        raise ValueError(f"decoder variance {decoder!r} is not one of {list(DECODER_VARIANCES)}")
+    if decoder == "chain":
+        if int(grid[0]) == 0:
+            return posterior_coefficients(alpha_bars[0], alpha_bars[1])[2]
+        return 1.0 - alpha_bars[grid[0]]
+    if len(grid) > 1:
+        return posterior_coefficients(alpha_bars[grid[0]], alpha_bars[grid[1]])[2]
+    return 1.0 - alpha_bars[grid[0]]
+
+
 def vlb_bits_per_dim(
     denoiser: DiscreteEpsDenoiser,
     x0: torch.Tensor,
@@ -39,18 +58,21 @@ def vlb_bits_per_dim(
     max_level: int,
     clip_x0: bool = True,
     variances: tuple[str, ...] = VARIANCES,
+    decoder: str = "trajectory",
 ) -> dict[str, torch.Tensor]:
     """Per-image L = L_prior + sum_k L_{k-1} + L_0 in bits/dim for each reverse variance (DDPM Eq. 5).
 
     The chain is the sub-chain over ``grid`` (ascending 0-based steps). Each term draws one x_{tau_k}
     ~ q(x_{tau_k} | x_0) from the image's own seed, and both variances share those draws and the
     network evaluations. The decoder p(x_0 | x_{tau_1}) is a discretised Gaussian over the
-    max_level + 1 intensity levels, with mean x0_hat and the clipped posterior variance
-    beta-tilde of the second step (iDDPM's convention, for both variance choices).
+    max_level + 1 intensity levels, with mean x0_hat and the variance ``decoder`` names (decoder_variance),
+    for both variance choices.
     """
     for v in variances:
         if v not in VARIANCES:
             raise ValueError(f"NLL variance {v!r} is not one of {list(VARIANCES)}")
+    if decoder not in DECODER_VARIANCES:
+        raise ValueError(f"decoder variance {decoder!r} is not one of {list(DECODER_VARIANCES)}")
     if bool(torch.any(grid[1:] <= grid[:-1])):
         raise ValueError(f"the variational bound needs strictly ascending timesteps; grid {grid.tolist()} repeats some")
     x0 = x0.to(torch.float64)
@@ -69,10 +91,7 @@ def vlb_bits_per_dim(
         if clip_x0:
             pred = clip_prediction(pred, x_t, abar[k])
         if k == 0:
-            if K > 1:
-                _, _, dec_var = posterior_coefficients(abar[0], abar[1])
-            else:
-                dec_var = 1.0 - abar[0]
+            dec_var = decoder_variance(denoiser.alpha_bars, grid, decoder)
             ll = discretized_gaussian_log_likelihood(x0, pred.x0, torch.sqrt(dec_var), 1.0 / max_level)
             for v in variances:
                 total[v] = total[v] - ll.reshape(B, -1).sum(1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, edm_general, iddpm, langevin, pc, vp_sde
 
@@ -47,3 +49,18 @@ def get_sampler(name: str) -> Callable:
         return SAMPLERS[name]
     except KeyError:
         raise ValueError(f"sampler function {name!r} is not one of {sorted(SAMPLERS)}") from None
+
+
+def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a run of sampler ``name`` uses: its keyword defaults, overridden by ``options``.
+
+    The record of a cell's conventions (e.g. Analytic-DDIM's eps_from_clipped_x0) whether or not the config
+    names them; inputs from artifacts (``gamma``) and the noise source are left out.
+    """
+    params = inspect.signature(get_sampler(name)).parameters.values()
+    defaults = {
+        p.name: p.default
+        for p in params
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and p.name not in ("noise", "gamma")
+    }
+    return {**defaults, **{k: v for k, v in options.items() if k != "gamma"}}

@@ -22,10 +22,14 @@ def sample(
     sigma2_clip_pixel: Positive | None = None,
     pixel_quantum: Positive = PAPER_PIXEL_QUANTUM,
     clip_x0: bool = True,
+    eps_from_clipped_x0: bool = False,
 ) -> torch.Tensor:
     """x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s) eps_hat + sigma-hat z (Eq. 13, lambda = 0), sigma-hat^2 of Eq. 9.
 
-    Options as bench.samplers.analytic_ddpm.sample; the last step returns x0_hat.
+    Options as bench.samplers.analytic_ddpm.sample; the last step returns x0_hat. As the official
+    reverse_ddim_ms_eps (core/inference/sampler/reverse_ddim.py L79-83), the clipped x0_hat is combined
+    with the network's own eps_hat; ``eps_from_clipped_x0`` takes the eps implied by the clipped x0_hat
+    instead (improved-diffusion's ddim_sample convention).
     """
     var = sampling_variances(
         denoiser.alpha_bars,
@@ -38,4 +42,7 @@ def sample(
     )
     a_s = denoiser.alpha_bars[grid][:-1]
     c_x0, c_eps, sigma = torch.sqrt(a_s).tolist(), torch.sqrt(1.0 - a_s).tolist(), torch.sqrt(var).tolist()
-    return generalized_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c_x0, c_eps, sigma, clip_x0)
+    return generalized_steps(
+        denoiser, x_T, grid, gaussian_noise_at(noise), c_x0, c_eps, sigma, clip_x0,
+        eps_from_clipped_x0=eps_from_clipped_x0,
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.families import predict
+from bench.families import Prediction, predict
 from bench.noise import NoiseSource
 from bench.options import NonNegative
 from bench.samplers.ddpm import NoiseAt, gaussian_noise_at
@@ -27,19 +27,25 @@ def generalized_steps(
     c_eps: list[float],
     sigma: list[float],
     clip_x0: bool,
+    *,
+    eps_from_clipped_x0: bool = True,
 ) -> torch.Tensor:
     """x_s = c_x0 x0_hat + c_eps eps_hat + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at k - 1.
 
     DDIM's (Eq. 12) or Analytic-DDIM's. Noise is drawn only when some sigma is positive. A repeated
     timestep (DDIM's quad grid, bench.grids.REPEATING_GRIDS) is a zero-length step, as in DDIM's
     generalized_steps: the network is called (and counted), x stays as it is, no noise is added.
+    With ``clip_x0``, eps_hat is the one implied by the clipped x0_hat (``eps_from_clipped_x0``) or the
+    network's own.
     """
     abar = denoiser.alpha_bars[grid]
     stochastic = any(s > 0 for s in sigma)
     steps = grid.tolist()
     x = x_T
     for k in range(len(steps) - 1, 0, -1):
-        pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0)
+        pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0 and eps_from_clipped_x0)
+        if clip_x0 and not eps_from_clipped_x0:
+            pred = Prediction(eps=pred.eps, x0=pred.x0.clamp(-1.0, 1.0))
         if steps[k] == steps[k - 1]:
             continue  # DDIM's update at a_s = a_t returns x up to rounding: keep it exactly
         # c_x0 x0 + c_eps eps (+ sigma z), left to right, in one fresh buffer.

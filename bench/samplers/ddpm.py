@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal, get_args
 
 import torch
 
+from bench.analytic import PAPER_PIXEL_QUANTUM, pixel_variance_threshold
 from bench.families import predict_x0
 from bench.noise import NoiseSource
 from bench.schedules import posterior_coefficients
@@ -83,6 +85,25 @@ def sample(
     noise: NoiseSource,
     variance: Variance = "beta",
     clip_x0: bool = True,
+    clip_sigma_idx: int = 0,
+    clip_pixel: float | None = None,
+    pixel_quantum: float = PAPER_PIXEL_QUANTUM,
 ) -> torch.Tensor:
-    """x_s = mu(x_t, x0_hat) + sigma z, sigma^2 = beta_{t|s} or beta-tilde_{t|s} (DDPM Sec. 3.2), mean at the end."""
-    return ancestral(denoiser, x_T, grid, gaussian_noise_at(noise), variance, clip_x0)
+    """x_s = mu(x_t, x0_hat) + sigma z, sigma^2 = beta_{t|s} or beta-tilde_{t|s} (DDPM Sec. 3.2), mean at the end.
+
+    As Analytic-DPM's reverse_ddpm_naive (core/inference/sampler/reverse_ddpm.py L46-50), the moves to
+    timesteps below grid[clip_sigma_idx] have sigma^2 capped at (clip_pixel pixel_quantum sqrt(pi/2))^2
+    (App. F.2); clip_sigma_idx = 0 caps none.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"DDPM variance {variance!r} is not one of {list(VARIANCES)}")
+    if isinstance(clip_sigma_idx, bool) or not isinstance(clip_sigma_idx, int) or not 0 <= clip_sigma_idx < len(grid):
+        raise ValueError(f"clip_sigma_idx={clip_sigma_idx!r} must be an integer in [0, K={len(grid)})")
+    c0, ct, sigma = step_coefficients(denoiser.alpha_bars[grid], variance)
+    if clip_sigma_idx > 0:
+        if clip_pixel is None:
+            raise ValueError(f"clip_sigma_idx={clip_sigma_idx} caps sigma at clip_pixel pixels: give clip_pixel")
+        cap = math.sqrt(pixel_variance_threshold(clip_pixel, pixel_quantum))
+        bound = int(grid[clip_sigma_idx])
+        sigma = [min(sd, cap) if int(s) < bound else sd for sd, s in zip(sigma, grid[:-1].tolist(), strict=True)]
+    return ancestral_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c0, ct, sigma, clip_x0)

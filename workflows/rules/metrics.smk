@@ -109,6 +109,8 @@ rule fd_is:
                 "n_samples": config["sampling"]["n_samples"],
                 "is_splits": FD_IS.get("is_splits", 10),
                 "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
+                # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
+                "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
             }
         ),
     threads: 1
@@ -145,6 +147,7 @@ rule nll:
             }
             # grid options only when there are some, so that existing jobs keep their settings
             | ({"grid_options": o} if (o := nll_grid_options(config, w.model, w.grid)) else {})
+            | ({"decoder": d} if (d := nll_decoder(config, w.model, w.grid)) != "trajectory" else {})
         ),
         moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
     threads: 1
