@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.report.latex_text import escape_latex
 from bench.report.tables import FAILED, MISSING, PARTIAL, Cell, TableData, format_nfe, format_value
 
 MISSING_TEXT = "--"
@@ -13,19 +14,6 @@ PARTIAL_MARK = r"$^\dagger$"
 # Floats are flushed now and then so a long list of tables never hits LaTeX's float limit.
 _TABLES_PER_FLUSH = 8
 
-_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-# Symbols that spec labels use and pdflatex's default input encoding cannot typeset as text.
-_SYMBOLS = {
-    "α": r"\ensuremath{\alpha}", "β": r"\ensuremath{\beta}", "γ": r"\ensuremath{\gamma}",
-    "ε": r"\ensuremath{\epsilon}", "η": r"\ensuremath{\eta}", "σ": r"\ensuremath{\sigma}",
-    "Δ": r"\ensuremath{\Delta}", "²": r"\ensuremath{^2}", "±": r"\ensuremath{\pm}",
-    "×": r"\ensuremath{\times}", "≤": r"\ensuremath{\leq}", "≥": r"\ensuremath{\geq}",
-    "≈": r"\ensuremath{\approx}", "–": "--", "—": "---",
-}
-
 LEGEND = (
     "Cells: mean over seed replicates, with the standard deviation ($\\pm$) when there are "
     "several. Bold: best of our values in the column, judged on the rounded numbers. "
@@ -33,11 +21,6 @@ LEGEND = (
     f"{PARTIAL_MARK}: some replicates failed, the mean is over the others. "
     "Italic sub-rows: the value the paper reports, and our measured NFE where it is not K."
 )
-
-
-def escape_latex(text: str) -> str:
-    """Plain text (titles, labels) to LaTeX that pdflatex typesets verbatim."""
-    return "".join(_SPECIAL.get(ch, _SYMBOLS.get(ch, ch)) for ch in text)
 
 
 def _cell_tex(cell: Cell, decimals: int) -> str:
