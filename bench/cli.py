@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,7 +184,7 @@ SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_se
 
 def cmd_features(args: argparse.Namespace) -> None:
     from bench.metrics.extractors import extract_outputs, signature
-    from bench.metrics.shard_features import ShardFeatures, exact_stats, save_failed_shard
+    from bench.metrics.shard_features import ShardFeatures, exact_stats, save_failed_shard, stored_features
 
     spec = _spec(args.spec)
     shard = load_npz(Path(args.shard), ("seeds",))
@@ -212,6 +213,7 @@ def cmd_features(args: argparse.Namespace) -> None:
         feature_device_seconds=timing["device_seconds"],
         devices=tuple(sorted({str(shard["device"]), timing["device"]})),
         speeds=(str(shard["speed"]),),
+        features=stored_features(features),
     ).save(Path(args.out))
 
 
@@ -319,6 +321,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
     else:
         is_mean, is_std = inception_score_from_probs(cell.is_values, splits=splits)
     metric = clock.record()
+    intervals = _bootstrap_intervals(cell, reference, backend, splits, spec.get("bootstrap", {}))
     metric_wall = cell.feature_wall_seconds + metric["wall_seconds"]
     metric_device = cell.feature_device_seconds + metric["device_seconds"]
     atomic_json(
@@ -351,9 +354,30 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "devices": sorted(set(cell.devices) | {metric["device"]}),
             # The speed options each shard's sampling job applied to the network (bench.speed records).
             "speed": [json.loads(s) for s in cell.speeds],
+            **intervals,
         },
         Path(args.out),
     )
+
+
+def _bootstrap_intervals(cell, reference, backend: str, splits: int, options: dict) -> dict:
+    """fd_ci and is_ci from the cell's per-sample features (None for shards written without them),
+    the bootstrap's settings, and its wall time, which the cell's metric time leaves out."""
+    from bench.metrics.bootstrap import BootstrapSpec, fd_interval, is_interval
+    from bench.metrics.feature_stats import frechet_distance_of_backend, inception_score, inception_score_from_probs
+
+    boot = BootstrapSpec(**options)
+    if cell.features is None:
+        skipped = {"skipped": "shards hold no per-sample features"}
+        return {"fd_ci": None, "is_ci": None, "bootstrap": boot.record() | skipped}
+    start = time.perf_counter()
+    fd_ci = fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b), boot)
+    if cell.is_kind == "logits":
+        is_ci = is_interval(cell.is_values, lambda v: inception_score(v, splits=splits)[0], boot)
+    else:
+        is_ci = is_interval(cell.is_values, lambda v: inception_score_from_probs(v, splits=splits)[0], boot)
+    return {"fd_ci": list(fd_ci), "is_ci": list(is_ci),
+            "bootstrap": boot.record() | {"wall_seconds": round(time.perf_counter() - start, 3)}}
 
 
 def _version(backend: str) -> str:

@@ -108,6 +108,7 @@ rule fd_is:
                 "extractor": fd_extractor(),
                 "n_samples": config["sampling"]["n_samples"],
                 "is_splits": FD_IS.get("is_splits", 10),
+                "bootstrap": FD_IS.get("bootstrap", {}),
                 "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
             }
         ),
