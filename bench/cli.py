@@ -516,6 +516,12 @@ def cmd_collect(args: argparse.Namespace) -> None:
     collect_metrics(_spec(args.spec), Path(args.results), Path(args.out))
 
 
+def cmd_oracle(args: argparse.Namespace) -> None:
+    from bench.oracle import oracle_table
+
+    atomic_json(oracle_table(_spec(args.spec)), Path(args.out))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from bench.report.render import render_report
 
@@ -579,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("fd-is", cmd_fd_is)
     sp.add_argument("--features", nargs="+", required=True, help="the cell's per-shard features files, in seed order")
     sp.add_argument("--reference", required=True, help="reference statistics written by reference-stats")
+    step("oracle", cmd_oracle)
     sp = step("collect", cmd_collect)
     sp.add_argument("--results", required=True)
     sp = step("report", cmd_report, spec=False)

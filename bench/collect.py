@@ -139,6 +139,20 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def oracle_rows(record: dict, labels: dict[str, dict]) -> list[dict]:
+    """metrics.csv rows of the oracle table (bench.oracle): one per (sampler, K), its energy distance as value."""
+    return [
+        {
+            "dataset": record["dataset"], "model": record["model"], "family": "ddpm", "sampler": c["sampler"],
+            "sampler_label": labels[c["sampler"]]["label"], "grid": labels[c["sampler"]]["grid"], "K": c["K"],
+            "nfe": c["nfe"], "metric": record["metric"], "value": c["value"], "n_samples": record["n_samples"],
+            "seed": record["seed"], "replicate": 0, "wall_seconds": c["wall_seconds"], "status": "ok",
+            "device": "cpu", "device_seconds": "", "reference_stats_sha256": "", "ci_low": "", "ci_high": "",
+        }
+        for c in record["cells"]
+    ]
+
+
 def cell_records(cell: dict, results: Path) -> dict[str, dict]:
     """The result records of one cell by kind ('fd_is', 'nll')."""
     return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
@@ -148,6 +162,8 @@ def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
     """Write metrics.csv (one row per cell and metric) and provenance.json beside it."""
     records = [(cell, cell_records(cell, results)) for cell in spec["cells"]]
     rows = [row for cell, by_kind in records for row in metric_rows(cell, by_kind)]
+    if "oracle" in spec:
+        rows += oracle_rows(load_json(results / spec["oracle"]["record"]), spec["oracle"]["labels"])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
