@@ -33,7 +33,7 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     assert counts["nll"] == 3 * 5 - 1
     out_paths = re.findall(r"^\s*output: (.+)$", out, flags=re.MULTILINE)
     assert not [p for p in out_paths if "_ot/K1000/" in p or "nll-optimal/K1000" in p]
-    assert counts["report"] == 1 and counts["collect"] == 1
+    assert counts["report"] == 1 and counts["collect"] == 1 and counts["oracle"] == 1
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
