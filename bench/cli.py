@@ -367,9 +367,9 @@ def _bootstrap_intervals(cell, reference, backend: str, splits: int, options: di
     from bench.metrics.feature_stats import frechet_distance_of_backend, inception_score, inception_score_from_probs
 
     boot = BootstrapSpec(**options)
-    if cell.features is None:
-        skipped = {"skipped": "shards hold no per-sample features"}
-        return {"fd_ci": None, "is_ci": None, "bootstrap": boot.record() | skipped}
+    if cell.features is None or boot.resamples == 0:
+        why = "shards hold no per-sample features" if cell.features is None else "resamples: 0 in the config"
+        return {"fd_ci": None, "is_ci": None, "bootstrap": boot.record() | {"skipped": why}}
     start = time.perf_counter()
     fd_ci = fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b), boot)
     if cell.is_kind == "logits":

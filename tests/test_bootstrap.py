@@ -65,7 +65,7 @@ def test_basic_interval_reflects_the_resamples_around_the_estimate() -> None:
     assert basic_interval(0.1, values, 0.9, floor=0.0) == (0.0, 0.0)
 
 
-@pytest.mark.parametrize(("resamples", "level"), [(1, 0.95), (10, 1.0), (10, 0.0)])
+@pytest.mark.parametrize(("resamples", "level"), [(1, 0.95), (-1, 0.95), (10, 1.0), (10, 0.0)])
 def test_bad_bootstrap_settings_are_refused(resamples: int, level: float) -> None:
     with pytest.raises(ValueError, match="bootstrap"):
         BootstrapSpec(resamples=resamples, level=level)

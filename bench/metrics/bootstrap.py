@@ -26,15 +26,15 @@ DEFAULT_LEVEL = 0.95
 
 @dataclass(frozen=True)
 class BootstrapSpec:
-    """How many resamples, from which seed, and the interval's coverage."""
+    """How many resamples (0: no interval), from which seed, and the interval's coverage."""
 
     resamples: int = DEFAULT_RESAMPLES
     seed: int = DEFAULT_SEED
     level: float = DEFAULT_LEVEL
 
     def __post_init__(self) -> None:
-        if self.resamples < 2:
-            raise ValueError(f"bootstrap resamples must be >= 2, got {self.resamples}")
+        if self.resamples != 0 and self.resamples < 2:
+            raise ValueError(f"bootstrap resamples must be 0 (no interval) or >= 2, got {self.resamples}")
         if not 0 < self.level < 1:
             raise ValueError(f"bootstrap level must lie in (0, 1), got {self.level}")
 
