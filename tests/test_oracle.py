@@ -72,6 +72,15 @@ def test_oracle_error_shrinks_with_k_and_rows_reach_metrics_csv(fast_distributio
         (c["sampler"], c["K"], c["value"]) for c in record["cells"]]
 
 
+def test_the_oracle_job_counts_as_a_metrics_stage(tmp_path) -> None:
+    from bench.stage_times import stage_times
+
+    (tmp_path / "oracle").mkdir()
+    (tmp_path / "oracle" / "oracle.tsv").write_text("s\th:m:s\n135.5\t0:02:15\n")
+    metrics = {row.stage: row for row in stage_times(tmp_path)}["metrics"]
+    assert (metrics.jobs, metrics.seconds) == (1, 135.5)
+
+
 def test_an_oracle_table_needs_the_oracle_config() -> None:
     cfg = yaml.safe_load((ROOT / "workflows/config/default.yaml").read_text())
     del cfg["oracle"]
