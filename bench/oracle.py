@@ -92,10 +92,18 @@ def _sampler_options(sampler: dict[str, Any], gamma: torch.Tensor) -> dict[str, 
 
 def oracle_table(spec: dict[str, Any]) -> dict[str, Any]:
     """Energy distance of every (sampler, K) of spec['cells'] on the spec's mixture; a JSON-ready record."""
-    torch.set_num_threads(1)
-    # torch.distributions' argument checks cost more than the mixture's score itself; a non-finite input
-    # still gives a non-finite eps, which stops generate with the step and sample.
+    # torch.distributions' argument checks cost more than the mixture's score itself;
+    # a non-finite input still gives a non-finite eps, which stops generate with the step and sample.
+    validating = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        return _oracle_table(spec)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validating)
+
+
+def _oracle_table(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(1)
     mix_spec = spec["mixture"]
     mix = GaussianMixture.random(mix_spec["components"], mix_spec["dim"], seed=mix_spec["seed"])
     schedule = DiscreteSchedule.named(spec["schedule"], spec["T"])
