@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -193,7 +194,7 @@ SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_se
 
 def cmd_features(args: argparse.Namespace) -> None:
     from bench.metrics.extractors import extract_outputs, signature
-    from bench.metrics.shard_features import ShardFeatures, exact_stats, save_failed_shard
+    from bench.metrics.shard_features import ShardFeatures, exact_stats, save_failed_shard, stored_features
 
     spec = _spec(args.spec)
     shard = load_npz(Path(args.shard), ("seeds",))
@@ -222,6 +223,7 @@ def cmd_features(args: argparse.Namespace) -> None:
         feature_device_seconds=timing["device_seconds"],
         devices=tuple(sorted({str(shard["device"]), timing["device"]})),
         speeds=(str(shard["speed"]),),
+        features=stored_features(features),
     ).save(Path(args.out))
 
 
@@ -330,6 +332,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
     else:
         is_mean, is_std = inception_score_from_probs(cell.is_values, splits=splits)
     metric = clock.record()
+    intervals = _bootstrap_intervals(cell, reference, backend, splits, spec.get("bootstrap", {}))
     metric_wall = cell.feature_wall_seconds + metric["wall_seconds"]
     metric_device = cell.feature_device_seconds + metric["device_seconds"]
     atomic_json(
@@ -367,9 +370,30 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "devices": sorted(set(cell.devices) | {metric["device"]}),
             # The speed options each shard's sampling job applied to the network (bench.speed records).
             "speed": [json.loads(s) for s in cell.speeds],
+            **intervals,
         },
         Path(args.out),
     )
+
+
+def _bootstrap_intervals(cell, reference, backend: str, splits: int, options: dict) -> dict:
+    """fd_ci and is_ci from the cell's per-sample features (None for shards written without them),
+    the bootstrap's settings, and its wall time, which the cell's metric time leaves out."""
+    from bench.metrics.bootstrap import BootstrapSpec, fd_interval, is_interval
+    from bench.metrics.feature_stats import frechet_distance_of_backend, inception_score, inception_score_from_probs
+
+    boot = BootstrapSpec(**options)
+    if cell.features is None or boot.resamples == 0:
+        why = "shards hold no per-sample features" if cell.features is None else "resamples: 0 in the config"
+        return {"fd_ci": None, "is_ci": None, "bootstrap": boot.record() | {"skipped": why}}
+    start = time.perf_counter()
+    fd_ci = fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b), boot)
+    if cell.is_kind == "logits":
+        is_ci = is_interval(cell.is_values, lambda v: inception_score(v, splits=splits)[0], boot)
+    else:
+        is_ci = is_interval(cell.is_values, lambda v: inception_score_from_probs(v, splits=splits)[0], boot)
+    return {"fd_ci": list(fd_ci), "is_ci": list(is_ci),
+            "bootstrap": boot.record() | {"wall_seconds": round(time.perf_counter() - start, 3)}}
 
 
 def _version(backend: str) -> str:
@@ -537,6 +561,12 @@ def cmd_collect(args: argparse.Namespace) -> None:
     collect_metrics(_spec(args.spec), Path(args.results), Path(args.out))
 
 
+def cmd_oracle(args: argparse.Namespace) -> None:
+    from bench.oracle import oracle_table
+
+    atomic_json(oracle_table(_spec(args.spec)), Path(args.out))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from bench.report.render import render_report
 
@@ -580,6 +610,7 @@ STEPS = {
     "fd-is": (cmd_fd_is, "FD / FID and IS of a cell from its shards' features"),
     "nll": (cmd_nll, "variational bound in bits/dim of one trajectory and its reverse variances"),
     "ode-nll": (cmd_ode_nll, "probability-flow ODE likelihood in bits/dim of a continuous-time model"),
+    "oracle": (cmd_oracle, "every sampler on a Gaussian mixture's exact eps (no network): energy distance by K"),
     "collect": (cmd_collect, "gather every cell's records into results/metrics.csv and provenance.json"),
     "report": (cmd_report, "render the HTML and LaTeX tables and figures from results/metrics.csv"),
     "plan": (cmd_plan, "print each table's cells, jobs, samples, NFE and estimated GPU hours"),
@@ -646,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("fd-is", out="the cell's FD / IS record (JSON)")
     sp.add_argument("--features", nargs="+", required=True, help="the cell's per-shard features files, in seed order")
     sp.add_argument("--reference", required=True, help="reference statistics written by reference-stats")
+    step("oracle", out="the oracle table's record (JSON)")
     sp = step("collect", out="results/metrics.csv")
     sp.add_argument("--results", required=True, help="the results folder whose cells/ it reads")
     sp = step("report", spec=False, out="the report folder")

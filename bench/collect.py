@@ -36,6 +36,9 @@ COLUMNS = (
     "device",
     "device_seconds",
     "reference_stats_sha256",
+    # FD / IS rows: the bootstrap interval of the value from the cell's own features (bench.metrics.bootstrap).
+    "ci_low",
+    "ci_high",
 )
 SOURCE_DIR = Path(__file__).resolve().parents[1]
 PACKAGES = (
@@ -81,6 +84,10 @@ def _step_fields(record: dict) -> dict:
     }
 
 
+def _interval(ci: list[float] | None) -> dict:
+    return {"ci_low": ci[0], "ci_high": ci[1]} if ci else {"ci_low": "", "ci_high": ""}
+
+
 def ode_nll_row(cell: dict, r: dict) -> dict:
     """The ode_nll_bpd row of a model: K and nfe are the measured NFE of its adaptive PF-ODE solve."""
     row = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid")}
@@ -96,7 +103,7 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     if "ode_nll" in records:
         return [ode_nll_row(cell, records["ode_nll"])]
     base = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid", "K")}
-    base |= {"seed": cell["seed"], "replicate": 0, "reference_stats_sha256": ""}
+    base |= {"seed": cell["seed"], "replicate": 0, "reference_stats_sha256": "", "ci_low": "", "ci_high": ""}
     failed = {"nfe": "", "n_samples": "", "status": "failed", "value": ""}
     rows = []
     if "fd_is" in records:
@@ -111,8 +118,8 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
             "status": "ok",
             "reference_stats_sha256": r["reference_stats_sha256"],
         }
-        rows.append(common | {"metric": fd_name, "value": r["fd"]})
-        rows.append(common | {"metric": is_name, "value": r["is_mean"]})
+        rows.append(common | {"metric": fd_name, "value": r["fd"]} | _interval(r.get("fd_ci")))
+        rows.append(common | {"metric": is_name, "value": r["is_mean"]} | _interval(r.get("is_ci")))
     if "nll" in records:
         r = records["nll"]
         if r.get("status") == "failed":
@@ -132,6 +139,20 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def oracle_rows(record: dict, labels: dict[str, dict]) -> list[dict]:
+    """metrics.csv rows of the oracle table (bench.oracle): one per (sampler, K), its energy distance as value."""
+    return [
+        {
+            "dataset": record["dataset"], "model": record["model"], "family": "ddpm", "sampler": c["sampler"],
+            "sampler_label": labels[c["sampler"]]["label"], "grid": labels[c["sampler"]]["grid"], "K": c["K"],
+            "nfe": c["nfe"], "metric": record["metric"], "value": c["value"], "n_samples": record["n_samples"],
+            "seed": record["seed"], "replicate": 0, "wall_seconds": c["wall_seconds"], "status": "ok",
+            "device": "cpu", "device_seconds": "", "reference_stats_sha256": "", "ci_low": "", "ci_high": "",
+        }
+        for c in record["cells"]
+    ]
+
+
 def cell_records(cell: dict, results: Path) -> dict[str, dict]:
     """The result records of one cell by kind ('fd_is', 'nll')."""
     return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
@@ -141,6 +162,8 @@ def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
     """Write metrics.csv (one row per cell and metric) and provenance.json beside it."""
     records = [(cell, cell_records(cell, results)) for cell in spec["cells"]]
     rows = [row for cell, by_kind in records for row in metric_rows(cell, by_kind)]
+    if "oracle" in spec:
+        rows += oracle_rows(load_json(results / spec["oracle"]["record"]), spec["oracle"]["labels"])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

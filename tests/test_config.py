@@ -252,7 +252,7 @@ def test_table_with_unknown_metric(cfg, tmp_path):
     spec = read_yaml(ROOT / cfg["tables"][0]) | {"metric": "kid"}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
     bad = mutate(cfg, ("tables",), [str(tmp_path / "t.yaml")])
-    with pytest.raises(ConfigError, match=r"table spec .*t\.yaml: metric 'kid' is not allowed; allowed: \['fd_digits', 'is_digits', 'nll_bpd', 'ode_nll_bpd', 'fid', 'is'\]"):
+    with pytest.raises(ConfigError, match=r"table spec .*t\.yaml: metric 'kid' is not allowed; allowed: \['fd_digits', 'is_digits', 'nll_bpd', 'ode_nll_bpd', 'fid', 'is', 'oracle_energy'\]"):
         validate_config(bad, root=ROOT)
 
 

@@ -33,7 +33,7 @@ def test_dry_run_of_the_default_config_plans_every_job(tmp_path):
     assert counts["nll"] == 3 * 5 - 1
     out_paths = re.findall(r"^\s*output: (.+)$", out, flags=re.MULTILINE)
     assert not [p for p in out_paths if "_ot/K1000/" in p or "nll-optimal/K1000" in p]
-    assert counts["report"] == 1 and counts["collect"] == 1
+    assert counts["report"] == 1 and counts["collect"] == 1 and counts["oracle"] == 1
 
 
 def test_bad_config_fails_before_any_job(tmp_path):
@@ -52,10 +52,14 @@ def test_tiny_run_metrics_match_schema(tiny_run):
         rows = list(csv.DictReader(f))
     ints = ("K", "nfe", "n_samples", "seed", "replicate")
     for row in rows:
-        floats = ("value", "wall_seconds", "device_seconds")
-        typed = {k: int(v) if k in ints else float(v) if k in floats else v for k, v in row.items()}
+        floats = ("value", "wall_seconds", "device_seconds", "ci_low", "ci_high")
+        typed = {k: int(v) if k in ints else float(v) if k in floats else v for k, v in row.items()
+                 if v != "" or not k.startswith("ci_")}
         jsonschema.validate(typed, schema("metrics_row"))
         assert np.isfinite(typed["value"])
+        # Every FD / IS row has its bootstrap interval, none of the likelihood rows.
+        fd_or_is = row["metric"] in ("fd_digits", "is_digits")
+        assert ("ci_low" in typed and "ci_high" in typed) == fd_or_is, row
     # 9 (model, sampler) x 2 K x (fd, is) + NLL of DDPM, Analytic-DDPM (even, OT) and iDDPM at 2 K (DDIM, EDM,
     # DDGM and PC have no VLB) + the PF-ODE NLL of the ve and edm models.
     assert len(rows) == 9 * 2 * 2 + 4 * 2 + 2

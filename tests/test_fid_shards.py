@@ -33,5 +33,5 @@ def test_metrics_csv_is_the_same_for_one_and_three_shards(tmp_path):
     assert rows_1 == rows_3
     assert {r["metric"] for r in rows_1} == {"fd_digits", "is_digits"}
     assert all(r["status"] == "ok" and np.isfinite(float(r["value"])) for r in rows_1)
-    for key in ("fd", "is_mean", "is_std", "reference_stats_sha256", "backend", "mode"):
+    for key in ("fd", "is_mean", "is_std", "fd_ci", "is_ci", "reference_stats_sha256", "backend", "mode"):
         assert record_1[key] == record_3[key], key

@@ -292,7 +292,7 @@ def expected_values(results: Path) -> dict[tuple[str, str, str, int, str], list[
 
 
 LATEX_CELL = re.compile(
-    r"^(?:\\textbf\{(?P<bold>-?\d+\.\d+)\}|(?P<plain>-?\d+\.\d+))"
+    r"^(?:\\textbf\{(?P<bold>-?\d+\.\d+)\}|\\underline\{(?P<tie>-?\d+\.\d+)\}|(?P<plain>-?\d+\.\d+))"
     r"(?: \$\\pm\$ (?P<sd>\d+\.\d+))?(?P<partial>\$\^\\dagger\$)?$"
 )
 
@@ -400,7 +400,7 @@ def test_numbers_agree_between_csv_html_and_latex(report: Path, name: str) -> No
                 parsed = LATEX_CELL.match(tex_cell)
                 assert parsed, tex_cell
                 assert html_cell.find(cls="value").text == mean
-                assert (parsed["bold"] or parsed["plain"]) == mean
+                assert (parsed["bold"] or parsed["tie"] or parsed["plain"]) == mean
                 if len(ok) > 1:
                     sd = f"{statistics.stdev(ok):.{d}f}"
                     assert html_cell.find(cls="sd").text == f"± {sd}"

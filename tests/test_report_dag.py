@@ -19,7 +19,8 @@ from bench.report.render import render_report
 from bench.report.specs import load_table_spec
 
 SPECS = [load_table_spec(ROOT / path) for path in yaml.safe_load(TINY_CONFIG.read_text())["tables"]]
-PROVENANCE_COLUMNS = 10  # row, column value, status, seeds, samples, NFE, device, wall s, device s, reference
+# row, column value, status, seeds, samples, NFE, device, wall s, device s, reference, spread
+PROVENANCE_COLUMNS = 11
 
 
 def csv_rows(results: Path) -> list[dict[str, str]]:
@@ -109,7 +110,7 @@ def test_numbers_and_provenance_agree_between_csv_html_and_latex(tiny_run: Path)
                 shown = f"{float(record['value']):.{spec.decimals}f}"
                 assert cells[i][j].find(cls="value").text == shown
                 parsed = LATEX_CELL.match(tex_rows[i][j + 1])
-                assert parsed and (parsed["bold"] or parsed["plain"]) == shown, tex_rows[i][j + 1]
+                assert parsed and (parsed["bold"] or parsed["tie"] or parsed["plain"]) == shown, tex_rows[i][j + 1]
                 assert cells[i][j].find(cls="nfe-value").text == record["nfe"]
                 prov = {td.attrs["class"].split()[-1]: td for td in provenance[i * len(spec.column_values) + j]
                         .find_all("td")}
@@ -122,6 +123,9 @@ def test_numbers_and_provenance_agree_between_csv_html_and_latex(tiny_run: Path)
                     assert sha == "" and prov["ref"].text == "–"
                 else:
                     assert len(sha) == 64 and prov["ref"].find("code").attrs["title"] == sha
+                    low, high = (f"{float(record[k]):.{spec.decimals}f}" for k in ("ci_low", "ci_high"))
+                    assert prov["spread"].text == f"bootstrap interval [{low}, {high}] over the cell's samples"
+                    assert f"bootstrap interval [{low}, {high}]" in cells[i][j].attrs["title"]
 
 
 def test_a_missing_result_renders_as_missing(tiny_run: Path, tmp_path: Path) -> None:

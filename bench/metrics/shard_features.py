@@ -59,6 +59,9 @@ class ShardFeatures:
     feature_device_seconds: float
     devices: tuple[str, ...]
     speeds: tuple[str, ...]  # distinct JSON records of the speed options the shards' sampling applied
+    # Per-sample fixed-point features for the bootstrap interval; float32 holds them exactly
+    # (|x| < 2^6 on a 2^-12 grid needs 18 of float32's 24 significand bits). None in older files.
+    features: np.ndarray | None = None
 
     def save(self, path: Path) -> Path:
         """Write one .npz atomically (FeatureStats arrays plus IS inputs and shard metadata)."""
@@ -81,6 +84,7 @@ class ShardFeatures:
             feature_device_seconds=np.array(self.feature_device_seconds),
             devices=np.array(self.devices),
             speeds=np.array(self.speeds),
+            **({} if self.features is None else {"features": np.asarray(self.features, dtype=np.float32)}),
         )
 
     @classmethod
@@ -129,7 +133,23 @@ class ShardFeatures:
             feature_device_seconds=float(data["feature_device_seconds"]),
             devices=tuple(str(d) for d in data["devices"]),
             speeds=tuple(str(d) for d in data["speeds"]),
+            features=_checked_features(path, data, stats),
         )
+
+
+def _checked_features(path: Path, data, stats: FeatureStats) -> np.ndarray | None:
+    if "features" not in data:
+        return None
+    features = data["features"]
+    if features.shape != (stats.n, stats.dim):
+        raise CorruptFileError(f"{path}: per-sample features {list(features.shape)} do not match n = {stats.n}, "
+                               f"dimension {stats.dim}")
+    return features
+
+
+def stored_features(features: np.ndarray) -> np.ndarray:
+    """Fixed-point features as the shard keeps them per sample (float32, exact)."""
+    return fixed_point(features).astype(np.float32)
 
 
 class ShardFailed(RuntimeError):
@@ -169,4 +189,6 @@ def merge_shards(shards: list[ShardFeatures]) -> ShardFeatures:
         feature_device_seconds=sum(s.feature_device_seconds for s in shards),
         devices=tuple(sorted({d for s in shards for d in s.devices})),
         speeds=tuple(sorted({r for s in shards for r in s.speeds})),
+        features=(None if any(s.features is None for s in shards)
+                  else np.concatenate([s.features for s in shards])),
     )

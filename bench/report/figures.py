@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
+from bench.report.specs import RowSpec
 from bench.report.tables import TableData, format_nfe
 
 # Stable SVG ids and no timestamp, so an unchanged table gives a byte-identical file.
 _SVG_RC = {"svg.hashsalt": "dpm-bench", "svg.fonttype": "path"}
 # On the log axis, a tick closer than this factor to the last labelled one stays unlabelled.
 _MIN_LABEL_RATIO = 1.15
+# Positive values spanning more than this factor get a log y axis, so that one far-off row (the
+# sigma^2 = beta-tilde NLL at K = 10) does not flatten every other row against the bottom.
+LOG_Y_RATIO = 20.0
+# 20 distinct colours; a report's samplers take them in sorted order, so a sampler keeps its
+# colour in every figure of the report.
+PALETTE = tuple(matplotlib.colormaps["tab20"].colors[::2] + matplotlib.colormaps["tab20"].colors[1::2])
+
+
+def row_key(row: RowSpec) -> str:
+    """What a figure line's colour follows: the row's sampler, else (rows that are not samplers) its label."""
+    return str(row.selectors.get("sampler", row.label))
+
+
+def line_colours(tables: Sequence[TableData]) -> dict[str, str]:
+    """One colour per row key over all tables of a report, in sorted key order."""
+    keys = sorted({row_key(row) for t in tables for row in t.spec.rows})
+    return {key: to_hex(PALETTE[i % len(PALETTE)]) for i, key in enumerate(keys)}
+
+
+def use_log_y(values: Sequence[float]) -> bool:
+    """A log y axis when every value is positive and they span more than LOG_Y_RATIO."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_Y_RATIO
 
 
 def _tick_labels(ticks: list[float]) -> list[str]:
@@ -25,8 +50,11 @@ def _tick_labels(ticks: list[float]) -> list[str]:
     return labels
 
 
-def write_metric_figure(table: TableData, path: Path) -> Path:
+def write_metric_figure(table: TableData, path: Path, colours: Mapping[str, str] | None = None) -> Path:
     """Plot each spec row as metric vs measured NFE (log x); error bars are the replicate sd.
+
+    colours maps row keys (row_key) to colours, shared by a report's figures; the legend sits
+    below the axes, never on the data.
 
     Paper points sit at the NFE we measured for the same cell, so a paper value whose cell has
     no finished run of ours is listed in the table only.
@@ -35,11 +63,12 @@ def write_metric_figure(table: TableData, path: Path) -> Path:
     # A bare Figure draws off-screen (Agg for raster, the SVG renderer here) with no pyplot state.
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = colours or line_colours([table])
     xs: set[float] = set()
+    ys: list[float] = []
     handles = []
     for i, (row, cells) in enumerate(zip(spec.rows, table.cells, strict=True)):
-        color = colors[i % len(colors)]
+        color = colours[row_key(row)]
         ours = sorted(
             (c.nfe_mean, c.mean, c.sd or 0.0)
             for c in cells if c.mean is not None and c.nfe_mean is not None
@@ -53,6 +82,7 @@ def write_metric_figure(table: TableData, path: Path) -> Path:
             bars.lines[0].set_gid(f"ours-{i}")
             handles.append(bars)
             xs.update(x)
+            ys.extend(y)
         paper = sorted((c.nfe_mean, c.paper) for c in cells
                        if c.paper is not None and c.nfe_mean is not None)
         if paper:
@@ -62,8 +92,12 @@ def write_metric_figure(table: TableData, path: Path) -> Path:
             line.set_gid(f"paper-{i}")
             handles.append(line)
             xs.update(x)
+            ys.extend(y)
     ax.set_title(spec.title)
-    ax.set_ylabel(f"{spec.metric_label} ({spec.better} is better)")
+    log_y = use_log_y(ys)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_ylabel(f"{spec.metric_label} ({spec.better} is better{', log scale' if log_y else ''})")
     ax.set_xlabel("NFE (measured network evaluations per sample, log scale)")
     ax.grid(True, color="#dddddd", linewidth=0.6)
     if xs:

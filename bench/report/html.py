@@ -13,7 +13,7 @@ import jinja2
 from bench.report.grids import SampleGrid
 from bench.report.perf_runs import PerfRun
 from bench.report.specs import TableSpec
-from bench.report.tables import Cell, SampleKey, TableData, format_delta, format_nfe, format_value
+from bench.report.tables import SPREAD_CI, SPREAD_SD, Cell, SampleKey, TableData, format_delta, format_nfe, format_value
 from bench.stage_times import StageTime
 
 # Provenance keys summarised at the top of every page when present with a scalar value; the
@@ -137,7 +137,7 @@ def run_summary(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def cell_title(cell: Cell) -> str:
+def cell_title(cell: Cell, decimals: int = 2) -> str:
     """Hover text of a result cell: which run it is and how it was measured."""
     if cell.identity is None:
         return "no row of metrics.csv matches this cell yet"
@@ -156,9 +156,23 @@ def cell_title(cell: Cell) -> str:
         parts.append(f"device {', '.join(cell.devices)}")
     if cell.reference_hashes:
         parts.append(f"reference statistics sha256 {', '.join(cell.reference_hashes)}")
+    if cell.spread is not None:
+        parts.append(spread_text(cell, decimals))
+    if cell.tie:
+        parts.append("tied for best: its interval overlaps the best value's")
     if cell.n_failed:
         parts.append(f"{cell.n_failed} replicate{'s' if cell.n_failed != 1 else ''} failed")
     return "; ".join(parts)
+
+
+def spread_text(cell: Cell, decimals: int) -> str:
+    """The spread a cell shows, named: sd over seed replicates, or the bootstrap interval of one replicate."""
+    if cell.spread == SPREAD_SD:
+        return f"sd {format_value(cell.sd, decimals)} over {cell.n_ok} seed replicates"
+    if cell.spread == SPREAD_CI:
+        low, high = (format_value(v, decimals) for v in cell.interval)
+        return f"bootstrap interval [{low}, {high}] over the cell's samples"
+    return "–"
 
 
 def _spec_cells(table: TableData) -> list[tuple[str, Any, Cell]]:
@@ -187,6 +201,7 @@ def write_html_report(tables: Sequence[TableData], provenance: Mapping[str, Any]
         "dirty": provenance.get("git_dirty") is True,
         "page_name": table_page_name,
         "cell_title": cell_title,
+        "spread_text": spread_text,
         "spec_cells": _spec_cells,
         "figures": figures,
         "latex": latex,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.report.tables import FAILED, MISSING, PARTIAL, Cell, TableData, format_nfe, format_value
+from bench.report.latex_text import escape_latex
+from bench.report.tables import FAILED, MISSING, PARTIAL, SPREAD_CI, Cell, TableData, format_nfe, format_value
 
 MISSING_TEXT = "--"
 FAILED_TEXT = "fail"
@@ -13,42 +14,33 @@ PARTIAL_MARK = r"$^\dagger$"
 # Floats are flushed now and then so a long list of tables never hits LaTeX's float limit.
 _TABLES_PER_FLUSH = 8
 
-_SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-}
-# Symbols that spec labels use and pdflatex's default input encoding cannot typeset as text.
-_SYMBOLS = {
-    "α": r"\ensuremath{\alpha}", "β": r"\ensuremath{\beta}", "γ": r"\ensuremath{\gamma}",
-    "ε": r"\ensuremath{\epsilon}", "η": r"\ensuremath{\eta}", "σ": r"\ensuremath{\sigma}",
-    "Δ": r"\ensuremath{\Delta}", "²": r"\ensuremath{^2}", "±": r"\ensuremath{\pm}",
-    "×": r"\ensuremath{\times}", "≤": r"\ensuremath{\leq}", "≥": r"\ensuremath{\geq}",
-    "≈": r"\ensuremath{\approx}", "–": "--", "—": "---",
-}
-
 LEGEND = (
     "Cells: mean over seed replicates, with the standard deviation ($\\pm$) when there are "
-    "several. Bold: best of our values in the column, judged on the rounded numbers. "
+    "several; a cell of one replicate may show its bootstrap interval over its own samples "
+    "(95\\% unless the run's provenance says otherwise), as $\\pm$ half its width or as [low, high]. "
+    "Bold: best of our values in the column, judged on the rounded numbers; where the column's "
+    "cells have intervals (bootstrap, or mean $\\pm$ sd), only when the best one's interval "
+    "overlaps no other. Underlined: tied for best, the intervals overlap. "
     f"A dash ({MISSING_TEXT}): no result yet. {FAILED_TEXT}: every replicate failed. "
     f"{PARTIAL_MARK}: some replicates failed, the mean is over the others. "
     "Italic sub-rows: the value the paper reports, and our measured NFE where it is not K."
 )
 
 
-def escape_latex(text: str) -> str:
-    """Plain text (titles, labels) to LaTeX that pdflatex typesets verbatim."""
-    return "".join(_SPECIAL.get(ch, _SYMBOLS.get(ch, ch)) for ch in text)
-
-
-def _cell_tex(cell: Cell, decimals: int) -> str:
+def _cell_tex(cell: Cell, decimals: int, interval: str = "none") -> str:
     if cell.status == MISSING:
         return MISSING_TEXT
     if cell.status == FAILED:
         return FAILED_TEXT
     value = format_value(cell.mean, decimals)
-    text = rf"\textbf{{{value}}}" if cell.best else value
+    text = rf"\textbf{{{value}}}" if cell.best else (rf"\underline{{{value}}}" if cell.tie else value)
     if cell.sd is not None:
         text += rf" $\pm$ {format_value(cell.sd, decimals)}"
+    elif cell.spread == SPREAD_CI and interval == "pm":
+        text += rf" $\pm$ {format_value((cell.interval[1] - cell.interval[0]) / 2, decimals)}"
+    elif cell.spread == SPREAD_CI and interval == "interval":
+        low, high = (format_value(v, decimals) for v in cell.interval)
+        text += rf" [{low}, {high}]"
     return text + (PARTIAL_MARK if cell.status == PARTIAL else "")
 
 
@@ -80,7 +72,7 @@ def table_tex(table: TableData) -> str:
     groups = []
     for row, cells in zip(spec.rows, table.cells, strict=True):
         label = row.latex or escape_latex(row.label)
-        group = [label + " & " + " & ".join(_cell_tex(c, spec.decimals) for c in cells) + r" \\"]
+        group = [label + " & " + " & ".join(_cell_tex(c, spec.decimals, spec.latex_interval) for c in cells) + r" \\"]
         if row.paper:
             paper = [format_value(c.paper, spec.decimals) if c.paper is not None else ""
                      for c in cells]

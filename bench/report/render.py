@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.report.figures import write_metric_figure
+from bench.report.figures import line_colours, write_metric_figure
 from bench.report.grids import shared_sample_grids, write_sample_grids
 from bench.report.html import ReportInputs, write_html_report
 from bench.report.latex import write_latex_tables
@@ -36,8 +36,9 @@ def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path)
     grids = write_sample_grids(results_dir / "samples", out_dir)
     grids |= shared_sample_grids(grids, provenance.get("shared_cells", {}))
     figures = {}
+    colours = line_colours(tables)
     for table in tables:
-        path = write_metric_figure(table, out_dir / "figures" / f"{table.spec.id}.svg")
+        path = write_metric_figure(table, out_dir / "figures" / f"{table.spec.id}.svg", colours)
         figures[table.spec.id] = path.relative_to(out_dir).as_posix()
     latex = {
         key: path.relative_to(out_dir).as_posix()

@@ -13,8 +13,10 @@ from typing import Any
 METRICS_COLUMNS = (
     "dataset", "model", "family", "sampler", "sampler_label", "grid", "K", "nfe", "metric",
     "value", "n_samples", "seed", "replicate", "wall_seconds", "status",
-    "device", "device_seconds", "reference_stats_sha256",
+    "device", "device_seconds", "reference_stats_sha256", "ci_low", "ci_high",
 )
+# The header before the bootstrap interval columns; such files read with no interval.
+LEGACY_METRICS_COLUMNS = METRICS_COLUMNS[:-2]
 # Fields that identify one cell of the benchmark; seed replicates of a cell share them.
 CELL_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")
 STATUSES = ("ok", "failed")
@@ -47,6 +49,8 @@ class MetricRecord:
     device: str | None
     device_seconds: float | None
     reference_stats_sha256: str | None
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     @property
     def cell_key(self) -> tuple[str | int, ...]:
@@ -97,6 +101,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "device": _optional_text,
     "device_seconds": _parser(float, required=False),
     "reference_stats_sha256": _optional_text,
+    "ci_low": _parser(float, required=False),
+    "ci_high": _parser(float, required=False),
 }
 
 
@@ -119,19 +125,19 @@ def read_metrics(path: Path) -> list[MetricRecord]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = tuple(next(reader, ()))
-        if header != METRICS_COLUMNS:
+        if header not in (METRICS_COLUMNS, LEGACY_METRICS_COLUMNS):
             raise ResultsError(
                 f"{path}: header {list(header)} differs from the contract {list(METRICS_COLUMNS)}"
             )
         records: list[MetricRecord] = []
         first_line: dict[tuple[Any, ...], int] = {}
         for line, row in enumerate(reader, start=2):
-            if len(row) != len(METRICS_COLUMNS):
+            if len(row) != len(header):
                 raise ResultsError(
-                    f"{path} line {line}: {len(row)} fields, expected {len(METRICS_COLUMNS)}"
+                    f"{path} line {line}: {len(row)} fields, expected {len(header)}"
                 )
             fields: dict[str, Any] = {}
-            for name, text in zip(METRICS_COLUMNS, row, strict=True):
+            for name, text in zip(header, row, strict=True):
                 if name == "status":
                     fields[name] = _parse_status(path, line, text)
                     continue
@@ -145,6 +151,12 @@ def read_metrics(path: Path) -> list[MetricRecord]:
                 raise ResultsError(
                     f"{path} line {line}: status 'failed' must leave value empty, "
                     f"got {row[METRICS_COLUMNS.index('value')]!r}"
+                )
+            low, high = fields.get("ci_low"), fields.get("ci_high")
+            if (low is None) != (high is None) or (low is not None and not low <= high):
+                raise ResultsError(
+                    f"{path} line {line}: columns 'ci_low', 'ci_high' must both be empty or "
+                    f"low <= high, got {low!r}, {high!r}"
                 )
             record = MetricRecord(line=line, **fields)
             identity = (record.cell_key, record.metric, record.replicate)

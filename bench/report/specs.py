@@ -18,6 +18,8 @@ SELECTOR_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")
 # Output names a table id would overwrite.
 RESERVED_IDS = {"all": "tables/all.tex", "index": "index.html"}
 
+LATEX_INTERVALS = ("none", "pm", "interval")
+
 _TEXT = {"type": "string", "minLength": 1}
 
 TABLE_SPEC_SCHEMA: dict[str, Any] = {
@@ -38,6 +40,9 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
         "decimals": {"type": "integer", "minimum": 0, "maximum": 6},
         "dataset": _TEXT,
         "paper_label": _TEXT,
+        # How a one-replicate cell's bootstrap interval appears in the LaTeX table: not at all,
+        # as +- its half-width, or as [low, high] (HTML always shows it on hover).
+        "latex_interval": {"enum": list(LATEX_INTERVALS)},
         # How the paper measured its numbers (sample count, reference split, step spacing, clipping...).
         "protocol": {
             "type": "object",
@@ -136,6 +141,7 @@ class TableSpec:
     column_values: tuple[int | str, ...]
     column_label: str
     rows: tuple[RowSpec, ...]
+    latex_interval: str = "none"
 
     def row_selectors(self, row: RowSpec) -> dict[str, str | int]:
         """Fields a results cell must match to belong to `row` (the spec's dataset included)."""
@@ -223,6 +229,7 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
         column_values=tuple(raw["columns"]["values"]),
         column_label=raw["columns"]["label"],
         rows=rows,
+        latex_interval=raw.get("latex_interval", "none"),
     )
 
 

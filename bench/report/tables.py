@@ -12,6 +12,8 @@ from bench.report.specs import TableSpec, TableSpecError
 # Cell states: every replicate ok, some failed, all failed, nothing in metrics.csv.
 OK, PARTIAL, FAILED, MISSING = "ok", "partial", "failed", "missing"
 
+SPREAD_SD, SPREAD_CI = "sd", "ci"
+
 SampleKey = tuple[str, str, str, int]  # dataset, model, sampler, K: the samples/ folder of a cell
 
 
@@ -35,6 +37,11 @@ class Cell:
     devices: tuple[str, ...] = ()
     device_seconds: float | None = None
     reference_hashes: tuple[str, ...] = ()
+    # The spread the cell shows: SPREAD_SD over seed replicates, or SPREAD_CI, the one replicate's
+    # bootstrap interval from metrics.csv; interval is mean -/+ sd for the former.
+    spread: str | None = None
+    interval: tuple[float, float] | None = None
+    tie: bool = False
 
     @property
     def delta(self) -> float | None:
@@ -115,11 +122,18 @@ def _summarise(records: list[MetricRecord], paper: float | None,
     walls = [r.wall_seconds for r in ok if r.wall_seconds is not None]
     device_times = [r.device_seconds for r in ok if r.device_seconds is not None]
     identity = dict(zip(CELL_FIELDS, records[0].cell_key, strict=True))
+    mean = statistics.fmean(values) if values else None
+    # Sample standard deviation over seed replicates (n - 1 denominator).
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    spread, interval = None, None
+    if sd is not None:
+        spread, interval = SPREAD_SD, (mean - sd, mean + sd)
+    elif len(ok) == 1 and ok[0].ci_low is not None:
+        spread, interval = SPREAD_CI, (ok[0].ci_low, ok[0].ci_high)
     return Cell(
         status=status,
-        mean=statistics.fmean(values) if values else None,
-        # Sample standard deviation over seed replicates (n - 1 denominator).
-        sd=statistics.stdev(values) if len(values) > 1 else None,
+        mean=mean,
+        sd=sd,
         n_ok=len(ok),
         n_failed=n_failed,
         nfe_values=tuple(r.nfe for r in ok if r.nfe is not None),
@@ -134,11 +148,21 @@ def _summarise(records: list[MetricRecord], paper: float | None,
         devices=tuple(sorted({d for r in records if r.device for d in r.device.split("; ")})),
         device_seconds=statistics.fmean(device_times) if device_times else None,
         reference_hashes=tuple(sorted({r.reference_stats_sha256 for r in ok if r.reference_stats_sha256})),
+        spread=spread,
+        interval=interval,
     )
 
 
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 def _mark_best(spec: TableSpec, grid: list[list[Cell]]) -> None:
-    """Bold the best of our values per column, judged on the rounded numbers a reader sees."""
+    """Per column, bold the best of our values, judged on the rounded numbers a reader sees.
+
+    When every valued cell of the column has an interval, the best is bold only if its interval
+    overlaps no other's; otherwise it and every cell whose interval overlaps its interval are a tie.
+    """
     pick = min if spec.better == "lower" else max
     for j in range(len(spec.column_values)):
         shown = {
@@ -148,9 +172,17 @@ def _mark_best(spec: TableSpec, grid: list[list[Cell]]) -> None:
         if not shown:
             continue
         best = pick(shown.values())
-        for i, value in shown.items():
-            if value == best:
-                grid[i][j] = replace(grid[i][j], best=True)
+        leaders = [i for i, value in shown.items() if value == best]
+        if all(grid[i][j].interval is not None for i in shown):
+            lead = pick(leaders, key=lambda i: grid[i][j].mean)
+            tied = [i for i in shown if _overlap(grid[i][j].interval, grid[lead][j].interval)]
+            if len(tied) > 1:
+                for i in tied:
+                    grid[i][j] = replace(grid[i][j], tie=True)
+                continue
+            leaders = [lead]
+        for i in leaders:
+            grid[i][j] = replace(grid[i][j], best=True)
 
 
 def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:

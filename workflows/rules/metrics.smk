@@ -108,6 +108,7 @@ rule fd_is:
                 "extractor": fd_extractor(),
                 "n_samples": config["sampling"]["n_samples"],
                 "is_splits": FD_IS.get("is_splits", 10),
+                "bootstrap": FD_IS.get("bootstrap", {}),
                 "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
                 # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
                 "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
@@ -229,9 +230,45 @@ def run_seeds() -> dict:
     return seeds
 
 
+ORACLE = config.get("oracle")
+
+
+def oracle_spec() -> dict:
+    """The oracle job's settings: every (sampler, K) that config's experiments run on oracle.model, once each."""
+    model = ORACLE["model"]
+    if model not in config["models"]:
+        raise ValueError(f"oracle.model: {model!r} is not a model of this config; allowed: {sorted(config['models'])}")
+    if config["models"][model]["family"] != "ddpm":
+        raise ValueError(f"oracle.model: {model!r} is of family {config['models'][model]['family']!r}; the "
+                         "oracle's exact eps is a discrete chain's, so it needs a model of family 'ddpm'")
+    pairs = dict.fromkeys((s, K) for e in config["experiments"] if e["model"] == model for s in e["samplers"] for K in e["K"])
+    schedule = config["models"][model]["schedule"]
+    return {
+        **{k: ORACLE[k] for k in ("mixture", "n_samples", "reference_samples", "gamma_samples", "seed")},
+        "schedule": schedule["name"],
+        "T": schedule["T"],
+        "cells": [{"sampler": s, "K": K, "sampler_config": config["samplers"][s]} for s, K in pairs],
+    }
+
+
+if ORACLE:
+
+    rule oracle:
+        output:
+            f"{RESULTS}/oracle.json",
+        benchmark:
+            f"{RESULTS}/benchmarks/oracle/oracle.tsv"
+        params:
+            spec=lambda w: J(oracle_spec()),
+        threads: 1
+        shell:
+            "{PY} -m bench oracle --spec {params.spec:q} --out {output}"
+
+
 rule collect:
     input:
         [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll") if k in r],
+        [f"{RESULTS}/oracle.json"] if ORACLE else [],
     output:
         csv=f"{RESULTS}/metrics.csv",
         provenance=f"{RESULTS}/provenance.json",
@@ -246,6 +283,10 @@ rule collect:
                 "seeds": run_seeds(),
                 "sampling": config["sampling"],
                 "metrics": config["metrics"],
+                **({"oracle": {"record": "oracle.json", "labels": {
+                    c["sampler"]: {"label": config["samplers"][c["sampler"]].get("label", c["sampler"]),
+                                   "grid": config["samplers"][c["sampler"]]["grid"]}
+                    for c in oracle_spec()["cells"]}}} if ORACLE else {}),
             }
         ),
     shell:
