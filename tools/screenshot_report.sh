@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
-  --disable-sync --no-first-run --user-data-dir="$profile" --hide-scrollbars --window-size=1200,1000 \
+  --disable-sync --no-first-run --user-data-dir="$profile" --hide-scrollbars --window-size=1200,1700 \
   --screenshot="$PWD/docs/report-index.png" "file://$PWD/reports/index.html"
