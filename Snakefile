@@ -16,6 +16,7 @@ from bench.config import (
     ConfigError,
     cells,
     check_dataset_paths,
+    checkpoint_registry,
     config_hash,
     nll_decoder,
     nll_grid_options,

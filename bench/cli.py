@@ -409,7 +409,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
     from bench.data.digits import levels_to_unit
     from bench.families import NonFiniteOutputError
     from bench.grids import MOMENT_GRIDS, time_grid
-    from bench.metrics.nll import vlb_bits_per_dim
+    from bench.metrics.nll import standard_error, vlb_bits_per_dim
     from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
@@ -484,7 +484,7 @@ def cmd_nll(args: argparse.Namespace) -> None:
         {
             "status": "ok",
             "bpd": {v: float(b.mean()) for v, b in bpd.items()},
-            "bpd_sem": {v: float(b.std() / len(b) ** 0.5) for v, b in bpd.items()},
+            "bpd_sem": {v: standard_error(b) for v, b in bpd.items()},
             "n": len(x0),
             "split": spec["split"],
             "nfe": nfe,
@@ -507,6 +507,7 @@ def cmd_ode_nll(args: argparse.Namespace) -> None:
 
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
+    from bench.metrics.nll import standard_error
     from bench.metrics.ode_nll import ode_nll
     from bench.models import load_model, make_denoiser
 
@@ -550,7 +551,7 @@ def cmd_ode_nll(args: argparse.Namespace) -> None:
         atomic_json({"status": "failed", "error": message, **record}, Path(args.out))
         return
     atomic_json(
-        {"status": "ok", "bpd": float(bpd.mean()), "bpd_sem": float(bpd.std() / len(bpd) ** 0.5), **record},
+        {"status": "ok", "bpd": float(bpd.mean()), "bpd_sem": standard_error(bpd), **record},
         Path(args.out),
     )
 

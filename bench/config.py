@@ -350,9 +350,10 @@ def _check_references(cfg: dict) -> None:
                 f"config key 'extractors.{name}.mode': value {ext['mode']!r} is not allowed with backend "
                 f"{backend!r}; allowed: {list(BACKEND_MODES[backend])}"
             )
+    registry = checkpoint_registry(cfg)
     for name, model in cfg["models"].items():
         _need(model["dataset"], cfg["datasets"], f"models.{name}.dataset", "dataset")
-        _check_model_source(name, model)
+        _check_model_source(name, model, registry)
         if model["family"] not in compat:
             raise ConfigError(
                 f"config key 'models.{name}.family': value {model['family']!r} is not allowed; "
@@ -470,7 +471,17 @@ def _check_repeats(sampler: dict, name: str, T: int, K: int, where: str) -> None
         )
 
 
-def _check_model_source(name: str, model: dict) -> None:
+def checkpoint_registry(cfg: dict) -> dict:
+    """bench/checkpoints/registry.yaml with the config's ``checkpoints:`` entries applied (mirrors, own files)."""
+    from bench.checkpoints.registry import RegistryError, with_overrides
+
+    try:
+        return with_overrides(cfg.get("checkpoints", {}))
+    except RegistryError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_model_source(name: str, model: dict, registry: dict) -> None:
     """A model is trained here (``train``) or converted from an official checkpoint (``checkpoint``)."""
     from bench.checkpoints.convert import LOADABLE_LAYOUTS
     from bench.checkpoints.registry import UnknownCheckpoint, get_checkpoint
@@ -483,7 +494,7 @@ def _check_model_source(name: str, model: dict) -> None:
     if "checkpoint" not in model:
         return
     try:
-        entry = get_checkpoint(model["checkpoint"])
+        entry = get_checkpoint(model["checkpoint"], registry)
     except UnknownCheckpoint as err:
         raise ConfigError(f"config key 'models.{name}.checkpoint': {err}") from None
     if entry.layout not in LOADABLE_LAYOUTS:

@@ -1,13 +1,15 @@
 """The VLB's pieces against closed forms, and the bound itself on Gaussian data with the exact network."""
 
+import json
 import math
 
+import pytest
 import torch
 
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
 from bench.families import DiscreteEpsDenoiser
 from bench.grids import time_grid
-from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl, vlb_bits_per_dim
+from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl, standard_error, vlb_bits_per_dim
 from bench.schedules import DiscreteSchedule
 
 
@@ -52,3 +54,10 @@ def test_vlb_is_never_below_the_exact_nll_of_gaussian_data():
             assert b.mean().item() > exact_bpd - 4 * b.std().item() / math.sqrt(len(b))
         # Analytic-DPM Table 1: at small K the larger variance beta gives the tighter bound.
         assert bpd["beta"].mean() < bpd["beta_tilde"].mean()
+
+
+def test_the_standard_error_over_images_is_none_for_one_image_not_nan():
+    bpd = torch.tensor([3.0, 4.0, 8.0])
+    assert standard_error(bpd) == pytest.approx(float(bpd.std(correction=1)) / 3**0.5)
+    record = json.dumps({"bpd_sem": standard_error(torch.tensor([3.5]))}, allow_nan=False)
+    assert json.loads(record) == {"bpd_sem": None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -16,8 +17,9 @@ import torch
 import yaml
 
 from bench.checkpoints.download import DownloadError
+from bench.checkpoints.registry import get_checkpoint
 from bench.cli import main
-from bench.config import ConfigError, validate_config
+from bench.config import ConfigError, checkpoint_registry, validate_config
 from bench.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,3 +137,31 @@ def test_model_sources_are_checked_when_the_config_is_validated(paper_cfg, chang
     with pytest.raises(ConfigError, match="models.ddpm_cifar10") as err:
         validate_config(cfg, root=ROOT)
     assert message in str(err.value)
+
+
+def test_a_config_points_a_registry_entry_at_a_mirror_and_adds_its_own(paper_cfg):
+    cfg = copy.deepcopy(paper_cfg)
+    mirror = {"url": "http://mirror.example/ddim_celeba64.ckpt", "hash_type": "md5", "hash": "a" * 32}
+    own = {"family": "DDPM", "dataset": "CIFAR10", "url": "https://example.org/own.pt", "hash_type": "none",
+           "hash": None, "layout": "plain_state_dict", "architecture": None, "source": "us", "note": ""}
+    cfg["checkpoints"] = {"ddim_celeba64": mirror, "own_cifar10": own}
+    cfg["models"]["ddpm_cifar10"]["checkpoint"] = "own_cifar10"
+    registry = checkpoint_registry(validate_config(cfg, root=ROOT, check_paths=False))
+    official = get_checkpoint("ddim_celeba64")
+    assert registry["ddim_celeba64"] == dataclasses.replace(official, **mirror)
+    assert registry["own_cifar10"].url == own["url"] and registry["ddpm_ema_cifar10"] == get_checkpoint("ddpm_ema_cifar10")
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "message"),
+    [
+        ({"ddim_celeba64": {"url": "ftp://mirror/x"}}, r"(?s)checkpoints.ddim_celeba64.*key 'url': 'ftp://mirror/x' does not"),
+        ({"ddim_celeba64": {"hash_type": "md5"}}, r"(?s)checkpoints.ddim_celeba64.*key 'hash': null, but hash_type is 'md5'"),
+        ({"own": {"url": "https://example.org/own.pt"}}, r"(?s)checkpoints.own.*'layout' is a required property"),
+    ],
+)
+def test_a_bad_checkpoints_entry_is_named_before_any_job_runs(paper_cfg, checkpoints, message):
+    cfg = copy.deepcopy(paper_cfg)
+    cfg["checkpoints"] = checkpoints
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg, root=ROOT, check_paths=False)

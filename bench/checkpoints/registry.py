@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,19 @@ def get_checkpoint(
             f"unknown checkpoint {name!r}; known checkpoints: {', '.join(sorted(entries))}"
         )
     return entries[name]
+
+
+def with_overrides(
+    overrides: Mapping[str, Mapping[str, Any]], registry: dict[str, CheckpointEntry] | None = None
+) -> dict[str, CheckpointEntry]:
+    """The registry with a config's ``checkpoints:`` applied: each name's keys replace those of the registry's
+    entry (a mirror's url and hash, say), or make a new entry, which then gives every key; all are validated."""
+    entries = load_registry() if registry is None else registry
+    if not overrides:
+        return entries
+    added = {}
+    for name, keys in overrides.items():
+        entry = {**(asdict(entries[name]) if name in entries else {}), **dict(keys), "name": name}
+        data = {"schema_version": 1, "checkpoints": [entry]}
+        added[name] = validate_registry(data, origin=f"config key 'checkpoints.{name}'")[0]
+    return entries | added

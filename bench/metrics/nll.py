@@ -103,3 +103,10 @@ def vlb_bits_per_dim(
             var_p = var_q if v == "beta_tilde" else 1.0 - abar[k] / abar[k - 1]
             total[v] = total[v] + gaussian_kl(mean_q, var_q, mean_p, var_p).reshape(B, -1).sum(1)
     return {v: t / (dims * math.log(2.0)) for v, t in total.items()}
+
+
+def standard_error(bpd: torch.Tensor) -> float | None:
+    """Standard error of the mean bits/dim over images, std / sqrt(n); None for one image, where it is undefined
+    (torch's std would be NaN, which JSON cannot hold)."""
+    n = len(bpd)
+    return float(bpd.std() / n**0.5) if n > 1 else None

@@ -4,6 +4,7 @@
 TRAINED = [m for m, spec in config["models"].items() if "train" in spec]
 CONVERTED = [m for m, spec in config["models"].items() if "checkpoint" in spec]
 CHECKPOINTS = "resources/checkpoints"
+CHECKPOINT_REGISTRY = checkpoint_registry(config)
 
 
 def one_of(names: list[str]) -> str:
@@ -16,7 +17,7 @@ def registry_entry(name: str) -> dict:
 
     from bench.checkpoints.registry import get_checkpoint
 
-    return asdict(get_checkpoint(name))
+    return asdict(get_checkpoint(name, CHECKPOINT_REGISTRY))
 
 
 rule train_model:

@@ -1,0 +1,88 @@
+"""Issue 18's acceptance test: the whole paper profile, in miniature (tests/paper_miniature.py), through the real DAG."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from dag import SNAKEMAKE
+from paper_miniature import dump, miniature_profile, write_cifar10_md5_hook, write_inception
+
+from bench.config import PF_ODE, cells, load_config, ode_nll_models, validate_config
+from bench.plan import table_cells
+from bench.shared_cells import shared_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        """Keep test output clean."""
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; yields its base URL."""
+    (tmp_path / "www").mkdir(exist_ok=True)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "www")))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def sample_cells(tables: list[str], root: Path) -> list[tuple[str, str, int]]:
+    """(model, sampler, K) of every producible cell of the tables, PF-ODE likelihoods aside (they have no K)."""
+    specs = [(yaml.safe_load((root / t).read_text(encoding="utf-8")), t) for t in tables]
+    return [cell for spec, t in specs if spec["metric"] != "ode_nll_bpd" for cell in table_cells(spec, t)]
+
+
+@pytest.mark.slow
+def test_the_miniature_keeps_every_cell_table_and_shared_cell_of_the_paper_profile(tmp_path):
+    paper = load_config(ROOT / "workflows/config/paper.yaml", root=ROOT, check_paths=False)
+    mini, _ = miniature_profile(paper, ROOT, tmp_path, "http://127.0.0.1:1", tmp_path / "inception.pt")
+    validate_config(mini, root=ROOT)
+    assert len(cells(mini)) == len(cells(paper)) and len(shared_cells(mini)) == len(shared_cells(paper))
+    assert len(sample_cells(mini["tables"], Path("/"))) == len(sample_cells(paper["tables"], ROOT))
+    assert {m["checkpoint"] for m in mini["models"].values() if "checkpoint" in m} == set(mini["checkpoints"])
+    assert max(K for exp in mini["experiments"] for K in exp["K"]) < 30
+
+
+@pytest.mark.slow
+def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_path, server):
+    paper = yaml.safe_load((ROOT / "workflows/config/paper.yaml").read_text(encoding="utf-8"))
+    mini, cifar_md5 = miniature_profile(paper, ROOT, tmp_path, server, write_inception(tmp_path / "inception.pt"))
+    config = dump(mini, tmp_path / "miniature.json")
+    hook = write_cifar10_md5_hook(tmp_path / "hook", cifar_md5)
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    work = tmp_path / "run"
+    start = time.monotonic()
+    r = subprocess.run([*SNAKEMAKE, "--cores", "2", "--keep-going", "--configfile", str(config), "--directory",
+                        str(work)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=3000)
+    wall = time.monotonic() - start
+    (tmp_path / "snakemake.log").write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, r.stderr[-6000:]
+
+    with open(work / "results/metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    status: dict[tuple[str, str, str], set[str]] = {}
+    for row in rows:
+        status.setdefault((row["model"], row["sampler"], row["K"]), set()).add(row["status"])
+    wanted = {(m, s, str(K)) for m, s, K in sample_cells(mini["tables"], Path("/"))}
+    assert not [row for row in rows if row["status"] != "ok"]
+    assert not {cell for cell in wanted if status.get(cell) != {"ok"}}
+    assert {m for m, s, _ in status if s == PF_ODE} == set(ode_nll_models(mini))
+    assert (work / "reports/index.html").is_file()
+    assert list((work / "reports").rglob("*.tex"))
+    print(f"paper profile in miniature: {len(status)} cells run, all ok ({len(wanted)} table cells), {wall:.0f} s")
+    sys.stdout.flush()
