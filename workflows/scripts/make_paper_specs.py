@@ -92,23 +92,25 @@ def build_spec(entry: dict, csv_rows: list[dict[str, str]]) -> dict:
             rows[key].setdefault("paper_text", {})[column] = r["value"].strip()
     if entry.get("columns", "K") == "K":
         columns.sort()
+    field = entry.get("columns", "K")
+    return _spec(entry, f"Paper values from {'; '.join(sources)}.", field, columns, list(rows.values()))
+
+
+def _spec(entry: dict, caption: str, field: str, columns: list, rows: list[dict]) -> dict:
+    """A table spec's keys, in the order the specs are written."""
     metric = entry["metric"]
     return {
         "id": entry["id"],
         "title": entry["title"],
-        "caption": f"Paper values from {'; '.join(sources)}.",
+        "caption": caption,
         "metric": metric,
         "metric_label": entry.get("metric_label", METRIC_LABELS.get(metric, metric)),
         "better": "higher" if metric == "is" else "lower",
         "decimals": entry.get("decimals", 2),
         "dataset": entry["dataset"],
         "protocol": entry["protocol"],
-        "columns": {
-            "field": entry.get("columns", "K"),
-            "values": columns,
-            "label": "dataset" if entry.get("columns") == "dataset" else "K",
-        },
-        "rows": list(rows.values()),
+        "columns": {"field": field, "values": columns, "label": "dataset" if field == "dataset" else "K"},
+        "rows": rows,
     }
 
 
@@ -129,20 +131,8 @@ def build_curve_spec(entry: dict) -> dict:
             row["note"] = mapped["note"]
         row["csv"] = key
         rows.append(row)
-    metric = entry["metric"]
-    return {
-        "id": entry["id"],
-        "title": entry["title"],
-        "caption": f"{entry['curves']} plots these curves without printing values: no paper numbers.",
-        "metric": metric,
-        "metric_label": entry.get("metric_label", METRIC_LABELS.get(metric, metric)),
-        "better": "higher" if metric == "is" else "lower",
-        "decimals": entry.get("decimals", 2),
-        "dataset": entry["dataset"],
-        "protocol": entry["protocol"],
-        "columns": {"field": "K", "values": sorted(entry["K"]), "label": "K"},
-        "rows": rows,
-    }
+    caption = f"{entry['curves']} plots these curves without printing values: no paper numbers."
+    return _spec(entry, caption, "K", sorted(entry["K"]), rows)
 
 
 def _is_annotated(text: str, number: float) -> bool:
