@@ -620,7 +620,8 @@ def _check_tables(cfg: dict, root: Path) -> None:
         for r, row in enumerate(spec.get("rows", [])):
             if "unavailable" in row:
                 continue
-            for key, table in (("model", cfg["models"]), ("sampler", cfg["samplers"])):
+            models = {**cfg["models"], ORACLE_MODEL: None} if oracle else cfg["models"]
+            for key, table in (("model", models), ("sampler", cfg["samplers"])):
                 if key in row and row[key] not in table and not (key == "sampler" and row[key] == PF_ODE):
                     raise ConfigError(
                         f"table spec {rel}: rows[{r}] ({row.get('label')!r}) names unknown {key} {row[key]!r}; "
