@@ -285,11 +285,11 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
 
 def run_wide_jobs(cfg: dict, work: list[tuple[bool, str, str, int]]) -> set[tuple]:
     """The jobs the workflow runs once for the whole run beside the cells' own: data checks, models (trained,
-    or fetched and converted), the extractor, its weights and reference statistics, collect, report and the
-    target rule `all` (the rules in workflows/rules/)."""
+    or fetched and converted), the extractor, its weights and reference statistics, the oracle table, collect,
+    report and the target rule `all` (the rules in workflows/rules/)."""
     models = {model for _, model, _, _ in work} | set(ode_nll_models(cfg))
     fd_models = {model for nll, model, _, _ in work if not nll}
-    jobs: set[tuple] = {("collect",), ("report",), ("all",)}
+    jobs: set[tuple] = {("collect",), ("report",), ("all",)} | ({("oracle",)} if "oracle" in cfg else set())
     for name in models:
         m = cfg["models"][name]
         jobs.add(("check_data", m["dataset"]))
