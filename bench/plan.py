@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.config import ConfigError, ode_nll_models, read_yaml, shard_ranges
+from bench.config import ORACLE_METRIC, ConfigError, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
 from bench.grids import MOMENT_GRIDS
 from bench.shared_cells import shared_cells
@@ -260,6 +260,12 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
             }
             row = _row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models)
             rows.append(row | {"unavailable": unavailable_cells(spec)})
+            continue
+        if spec["metric"] == ORACLE_METRIC:
+            # One job runs every oracle cell on the mixture's exact eps: no network evaluations, no samples kept.
+            n_cells = len(set(table_cells(spec, rel)))
+            rows.append({"table": spec.get("id", rel), "metric": spec["metric"], "cells": n_cells, "jobs": 1,
+                         "samples": 0, "nfe": 0, "hours": 0.0, "unavailable": unavailable_cells(spec)})
             continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
