@@ -255,9 +255,41 @@ def miniature_table(spec: dict, small_K: dict[int, int]) -> dict:
     return spec
 
 
-def miniature_profile(cfg: dict, root: Path, work: Path, base_url: str, inception: Path) -> tuple[dict, dict]:
+# "full": every cell of the profile; "pairs": each (model, sampler) pair at its largest K only, which keeps every
+# model, sampler with its options, grid, metric and the K = T shared cells at a fifth of the cells.
+TIERS = ("full", "pairs")
+
+
+def largest_K_per_pair(cfg: dict) -> dict[tuple[str, str], int]:
+    largest: dict[tuple[str, str], int] = {}
+    for exp in cfg["experiments"]:
+        for sampler in exp["samplers"]:
+            pair = (exp["model"], sampler)
+            largest[pair] = max(largest.get(pair, 0), *exp["K"])
+    return largest
+
+
+def pairs_tier_table(spec: dict, kept: dict[tuple[str, str], int]) -> dict:
+    """A table spec whose K columns other than each row's kept K are unavailable in the pairs tier."""
+    if spec["columns"]["field"] != "K":
+        return spec
+    spec = copy.deepcopy(spec)
+    for row in spec["rows"]:
+        if "unavailable" in row or (row.get("model"), row.get("sampler")) not in kept:
+            continue
+        K = kept[(row["model"], row["sampler"])]
+        dropped = {v: "outside the smoke run's pairs tier" for v in spec["columns"]["values"] if v != K}
+        row["unavailable_at"] = {**dropped, **row.get("unavailable_at", {})}
+    return spec
+
+
+def miniature_profile(
+    cfg: dict, root: Path, work: Path, base_url: str, inception: Path, tier: str = "full"
+) -> tuple[dict, dict]:
     """The miniature of paper profile ``cfg`` (its table paths relative to ``root``), with its data, checkpoints
-    and table specs written under ``work``; returns it and CIFAR-10's md5s."""
+    and table specs written under ``work``, at ``tier`` (TIERS); returns it and CIFAR-10's md5s."""
+    if tier not in TIERS:
+        raise ValueError(f"tier {tier!r} is not one of {list(TIERS)}")
     mini = copy.deepcopy(cfg)
     specs = {rel: yaml.safe_load((root / rel).read_text(encoding="utf-8")) for rel in cfg["tables"]}
     small_K = k_map(cfg, list(specs.values()))
@@ -275,6 +307,9 @@ def miniature_profile(cfg: dict, root: Path, work: Path, base_url: str, inceptio
             model["train"] = {**model["train"], "steps": 2, "batch_size": 2, "checkpoint_every": 1}
     for exp in mini["experiments"]:
         exp["K"] = [small_K[K] for K in exp["K"]]
+    kept = largest_K_per_pair(mini)
+    if tier == "pairs":
+        mini["experiments"] = [{"model": m, "samplers": [s], "K": [K]} for (m, s), K in kept.items()]
     mini["moments"] = {**mini["moments"], "M": SIZES["train"], "batch_size": SIZES["train"]}
     mini["sampling"] = {**mini["sampling"], "n_samples": N_SAMPLES, "shard_size": N_SAMPLES,
                         "batch_size": N_SAMPLES}
@@ -286,7 +321,10 @@ def miniature_profile(cfg: dict, root: Path, work: Path, base_url: str, inceptio
     tables = []
     for rel, spec in specs.items():
         out = work / "tables" / Path(rel).name
-        out.write_text(yaml.safe_dump(miniature_table(spec, small_K), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        spec = miniature_table(spec, small_K)
+        if tier == "pairs":
+            spec = pairs_tier_table(spec, kept)
+        out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
         tables.append(str(out))
     mini["tables"] = tables
     return mini, cifar_md5

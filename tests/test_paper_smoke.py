@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dag import SNAKEMAKE
-from paper_miniature import dump, miniature_profile, write_cifar10_md5_hook, write_inception
+from paper_miniature import dump, largest_K_per_pair, miniature_profile, write_cifar10_md5_hook, write_inception
 
 from bench.config import PF_ODE, cells, load_config, ode_nll_models, validate_config
 from bench.plan import table_cells
@@ -55,12 +55,27 @@ def test_the_miniature_keeps_every_cell_table_and_shared_cell_of_the_paper_profi
     assert len(sample_cells(mini["tables"], Path("/"))) == len(sample_cells(paper["tables"], ROOT))
     assert {m["checkpoint"] for m in mini["models"].values() if "checkpoint" in m} == set(mini["checkpoints"])
     assert max(K for exp in mini["experiments"] for K in exp["K"]) < 30
+    pairs, _ = miniature_profile(paper, ROOT, tmp_path / "pairs", "http://127.0.0.1:1", tmp_path / "inception.pt",
+                                 tier="pairs")
+    validate_config(pairs, root=ROOT)
+    assert set(largest_K_per_pair(pairs)) == set(largest_K_per_pair(mini)) and len(cells(pairs)) == len(
+        largest_K_per_pair(mini))
+    assert len(shared_cells(pairs)) == len(shared_cells(mini))
+
+
+# The full miniature computes an Inception FID per cell (a 2048 x 2048 eigenproblem each, the official formula): over
+# 30 minutes on 2 cores, so it runs on request; the pairs tier runs every (model, sampler) pair at its largest K.
+FULL_TIER_VAR = "DPM_BENCH_PAPER_SMOKE"
 
 
 @pytest.mark.slow
-def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_path, server):
+@pytest.mark.parametrize("tier", ["pairs", "full"])
+def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_path, server, tier):
+    if tier == "full" and os.environ.get(FULL_TIER_VAR) != "full":
+        pytest.skip(f"the full miniature (every cell, over 30 min on 2 cores) runs with {FULL_TIER_VAR}=full")
     paper = yaml.safe_load((ROOT / "workflows/config/paper.yaml").read_text(encoding="utf-8"))
-    mini, cifar_md5 = miniature_profile(paper, ROOT, tmp_path, server, write_inception(tmp_path / "inception.pt"))
+    mini, cifar_md5 = miniature_profile(paper, ROOT, tmp_path, server, write_inception(tmp_path / "inception.pt"),
+                                        tier=tier)
     config = dump(mini, tmp_path / "miniature.json")
     hook = write_cifar10_md5_hook(tmp_path / "hook", cifar_md5)
     env = dict(os.environ, PYTHONUNBUFFERED="1",
@@ -84,5 +99,6 @@ def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_pat
     assert {m for m, s, _ in status if s == PF_ODE} == set(ode_nll_models(mini))
     assert (work / "reports/index.html").is_file()
     assert list((work / "reports").rglob("*.tex"))
-    print(f"paper profile in miniature: {len(status)} cells run, all ok ({len(wanted)} table cells), {wall:.0f} s")
+    print(f"paper profile in miniature ({tier}): {len(status)} cells run, all ok ({len(wanted)} table cells), "
+          f"{wall:.0f} s")
     sys.stdout.flush()
