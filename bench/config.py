@@ -131,10 +131,10 @@ def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = Tru
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
     if errors:
         raise ConfigError(_schema_error_message(errors[0]))
+    _check_shard_count(cfg)
     _check_references(cfg)
     _check_coupled_blocks(cfg)
     _check_sampling_speed(cfg)
-    _check_shard_count(cfg)
     if check_paths:
         check_dataset_paths(cfg, root)
     _check_tables(cfg, root)
