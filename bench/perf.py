@@ -823,32 +823,33 @@ def _csv_value(value) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench perf", description=__doc__.splitlines()[0])
-    p.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
+    p.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS),
+                   help="networks to time, with random weights (default: all)")
     p.add_argument("--batch", type=int, help="samples per call (default: per network, " + str(SIZES) + ")")
     p.add_argument("--steps", type=int, help="sampler steps K (default: per network)")
     p.add_argument("--samplers", nargs="+", help=f"registered samplers to measure (default: all of {sorted(SAMPLERS)})")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per row; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--clock", choices=CLOCKS, default="wall")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=CLOCKS, default="wall", help="what a run's seconds measure")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of sample 0's noise")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip diffusers' loops")
     p.add_argument("--noise-module", default="bench.noise", help="module providing NoiseSource")
     p.add_argument("--state-dtype", choices=STATE_DTYPES, default=DEFAULT_STATE_DTYPE,
                    help="dtype of the samplers' state and noise (the config's sampling.state_dtype)")
     p.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS, help="folder of the network manifests")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to append to")
-    p.add_argument("--cells", type=Path, default=DEFAULT_CELLS,
+    p.add_argument("--cells", "--configfile", "--config", dest="cells", type=Path, default=DEFAULT_CELLS,
                    help="config whose (model, sampler) pairs are timed on their own networks (default %(default)s)")
     p.add_argument("--no-cells", dest="cells", action="store_const", const=None, help="skip the config's pairs")
     p.add_argument("--no-write", dest="write", action="store_false", help="print only")
     speed = p.add_argument_group("speed options (all off by default)")
-    speed.add_argument("--channels-last", action="store_true")
-    speed.add_argument("--tf32", action="store_true")
-    speed.add_argument("--compile", dest="compile_mode", choices=COMPILE_MODES)
-    speed.add_argument("--cuda-graphs", action="store_true")
-    speed.add_argument("--autocast", choices=("bf16", "fp16"))
+    speed.add_argument("--channels-last", action="store_true", help="4-D weights and inputs in channels-last format")
+    speed.add_argument("--tf32", action="store_true", help="TF32 matmuls and convolutions on CUDA")
+    speed.add_argument("--compile", dest="compile_mode", choices=COMPILE_MODES, help="torch.compile with this mode")
+    speed.add_argument("--cuda-graphs", action="store_true", help="replay one CUDA graph per batch shape (CUDA only)")
+    speed.add_argument("--autocast", choices=("bf16", "fp16"), help="autocast the network to this dtype")
     speed.add_argument("--keep-freed-memory", action="store_true", help="glibc malloc keeps freed memory")
     return p
 
