@@ -27,17 +27,17 @@ from bench.config import (
     state_dtype_name,
     validate_config,
 )
-from bench.grids import MOMENT_GRIDS
-from bench.shared_cells import shared_cells
-from bench.warm_worker import DISABLE_ENV_VAR as DISABLE_WORKER_VAR
-from bench.warm_worker import ENV_VAR as WORKER_VAR
-from bench.warm_worker import SUPPORTED as WORKER_SUPPORTED
-from bench.warm_worker import start_worker
+from bench.core.time_grids import MOMENT_GRIDS
+from bench.steps.shared_cells import shared_cells
+from bench.runtime.warm_worker import DISABLE_ENV_VAR as DISABLE_WORKER_VAR
+from bench.runtime.warm_worker import ENV_VAR as WORKER_VAR
+from bench.runtime.warm_worker import SUPPORTED as WORKER_SUPPORTED
+from bench.runtime.warm_worker import start_worker
 
 if not config:
     config.update(read_yaml(Path(workflow.basedir) / "workflows/config/default.yaml"))
 try:
-    # Snakemake's own YAML reader keeps the last of two equal keys; ours refuses them (bench/strict_yaml.py).
+    # Snakemake's own YAML reader keeps the last of two equal keys; ours refuses them (bench/runtime/strict_yaml.py).
     for configfile in workflow.overwrite_configfiles or ():
         read_yaml(Path(configfile))
     # User data directories are checked in onstart, which a dry run (planning without data) skips.
@@ -54,7 +54,7 @@ onstart:
         check_dataset_paths(config, Path(workflow.basedir))
     except ConfigError as err:
         raise WorkflowError(f"invalid dpm-bench configuration: {err}") from None
-    # Local jobs fork from one process that imported torch once (bench/warm_worker.py); a cluster job
+    # Local jobs fork from one process that imported torch once (bench/runtime/warm_worker.py); a cluster job
     # (no local executor) or a Snakemake started inside a job imports it as before.
     if WORKER_SUPPORTED and workflow.local_exec and workflow.is_main_process and not os.environ.get(DISABLE_WORKER_VAR):
         WARM_WORKER.append(start_worker())
@@ -131,7 +131,7 @@ onerror:
 
 
 onsuccess:
-    from bench.stage_times import format_stage_times, stage_times, write_stage_times
+    from bench.runtime.stage_times import format_stage_times, stage_times, write_stage_times
 
     stop_warm_worker()
 

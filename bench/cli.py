@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.io import CorruptFileError, OutputWriteError, atomic_json, load_npz
-from bench.stepclock import StepClock
+from bench.runtime.io import CorruptFileError, OutputWriteError, atomic_json, load_npz
+from bench.runtime.stepclock import StepClock
 
 if TYPE_CHECKING:
     import torch
@@ -33,8 +33,8 @@ def _spec(text: str) -> dict:
 
 def cmd_train_extractor(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
-    from bench.device import cpu_choice
     from bench.metrics.classifier import accuracy, save_classifier, train_classifier
+    from bench.runtime.device import cpu_choice
 
     spec = _spec(args.spec)
     # The extractor trains on the CPU on purpose: its weights are defined as the CPU run's for a seed.
@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
     from bench.models import build_network, build_schedule, save_model, training_loss
-    from bench.training import TrainConfig, train_eps_model
+    from bench.steps.train import TrainConfig, train_eps_model
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
@@ -106,10 +106,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from bench.config import DEFAULT_STATE_DTYPE
-    from bench.grids import MOMENT_GRIDS
+    from bench.core.time_grids import MOMENT_GRIDS
     from bench.models import load_model
-    from bench.sampling import sample_shard
-    from bench.speed import SpeedOptions, apply_speed_options
+    from bench.runtime.speed import SpeedOptions, apply_speed_options
+    from bench.steps.sample import sample_shard
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
@@ -147,8 +147,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _moments(path: str | None, net: torch.nn.Module):
-    """The moments artifact (bench.analytic.Moments), refused if it was estimated for another network."""
-    from bench.analytic import load_moments, model_hash
+    """The moments artifact (bench.methods.analytic.Moments), refused if it was estimated for another network."""
+    from bench.methods.analytic import load_moments, model_hash
 
     if path is None:
         raise SystemExit("this sampler needs --moments (the Analytic-DPM Gamma_n artifact)")
@@ -158,9 +158,9 @@ def _moments(path: str | None, net: torch.nn.Module):
 def cmd_moments(args: argparse.Namespace) -> None:
     import torch
 
-    from bench.analytic import BoundTerms, model_hash, save_moments, step_statistics
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
+    from bench.methods.analytic import BoundTerms, model_hash, save_moments, step_statistics
     from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
@@ -188,7 +188,7 @@ def cmd_moments(args: argparse.Namespace) -> None:
     )
 
 
-# What a complete sample shard holds besides its seeds (bench.sampling.sample_shard).
+# What a complete sample shard holds besides its seeds (bench.steps.sample.sample_shard).
 SHARD_ARRAYS = ("images", "max_level", "nfe", "grid", "wall_seconds", "device_seconds", "device", "speed")
 
 
@@ -290,7 +290,6 @@ def cmd_fetch_weights(args: argparse.Namespace) -> None:
 
 
 def cmd_fd_is(args: argparse.Namespace) -> None:
-    from bench.io import load_json
     from bench.metrics.extractors import backend_and_mode, signature
     from bench.metrics.feature_stats import (
         FeatureStats,
@@ -299,6 +298,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
         inception_score_from_probs,
     )
     from bench.metrics.shard_features import ShardFailed, ShardFeatures, merge_shards
+    from bench.runtime.io import load_json
     from bench.samplers import resolved_options
 
     spec = _spec(args.spec)
@@ -368,7 +368,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
             "metric_wall_seconds": metric_wall,
             "metric_device_seconds": metric_device,
             "devices": sorted(set(cell.devices) | {metric["device"]}),
-            # The speed options each shard's sampling job applied to the network (bench.speed records).
+            # The speed options each shard's sampling job applied to the network (bench.runtime.speed records).
             "speed": [json.loads(s) for s in cell.speeds],
             **intervals,
         },
@@ -405,10 +405,10 @@ def _version(backend: str) -> str:
 def cmd_nll(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.core.denoiser import NonFiniteOutputError
+    from bench.core.time_grids import MOMENT_GRIDS, time_grid
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.families import NonFiniteOutputError
-    from bench.grids import MOMENT_GRIDS, time_grid
     from bench.metrics.nll import standard_error, vlb_bits_per_dim
     from bench.models import load_model, make_denoiser
 
@@ -458,13 +458,13 @@ def cmd_nll(args: argparse.Namespace) -> None:
             # network evaluations per image of one bound; each further grid and the analytic bound repeat them
             nfe = denoiser.nfe // max(len(by_grid), 1)
             if "learned" in spec["variances"]:
-                from bench.iddpm import learned_vlb_bits_per_dim
+                from bench.methods.iddpm import learned_vlb_bits_per_dim
 
                 bpd["learned"] = learned_vlb_bits_per_dim(
                     denoiser, x0, grid, seeds, max_level=split.max_level, clip_x0=spec["clip_x0"]
                 )
             if "analytic" in spec["variances"]:
-                from bench.analytic import vlb_bits_per_dim_analytic
+                from bench.methods.analytic import vlb_bits_per_dim_analytic
 
                 bpd["analytic"] = vlb_bits_per_dim_analytic(
                     denoiser,
@@ -557,13 +557,13 @@ def cmd_ode_nll(args: argparse.Namespace) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from bench.collect import collect_metrics
+    from bench.steps.collect import collect_metrics
 
     collect_metrics(_spec(args.spec), Path(args.results), Path(args.out))
 
 
 def cmd_oracle(args: argparse.Namespace) -> None:
-    from bench.oracle import oracle_table
+    from bench.steps.oracle import oracle_table
 
     atomic_json(oracle_table(_spec(args.spec)), Path(args.out))
 
@@ -583,7 +583,7 @@ def project_root() -> Path:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from bench.config import load_config
-    from bench.plan import format_plan, plan
+    from bench.steps.plan import format_plan, plan
 
     root = project_root()
     print(format_plan(plan(load_config(Path(args.config), root=root, check_paths=False), root=root)), end="")

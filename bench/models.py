@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from bench.io import CorruptFileError, atomic_torch_save, load_torch_file
-from bench.schedules import DiscreteSchedule
+from bench.core.schedules import DiscreteSchedule
+from bench.runtime.io import CorruptFileError, atomic_torch_save, load_torch_file
 
 FORMAT = "dpm-bench-model/1"
 
@@ -81,11 +81,11 @@ FAMILY_LOSSES: dict[str, tuple[str, ...]] = {
 def build_schedule(schedule: dict):
     """The noise schedule of a model config: a discrete chain, the VE sigma range or EDM's sigma range."""
     if schedule["name"] == "ve":
-        from bench.ncsn import VESchedule
+        from bench.methods.ncsn import VESchedule
 
         return VESchedule(schedule["sigma_min"], schedule["sigma_max"])
     if schedule["name"] == "edm":
-        from bench.edm import EDMSchedule
+        from bench.methods.edm import EDMSchedule
 
         return EDMSchedule(schedule["sigma_min"], schedule["sigma_max"], schedule.get("sigma_data", 0.5))
     return DiscreteSchedule.named(schedule["name"], schedule["T"])
@@ -99,32 +99,32 @@ def make_denoiser(
     ``data_shape`` (channels, height, width) is needed by the ``edm`` family's preconditioning, ``noise``
     (the model config's noise law) by a DDGM denoiser for its prior and samplers.
     """
-    from bench.families import DiscreteEpsDenoiser
+    from bench.core.denoiser import DiscreteEpsDenoiser
 
     if family == "ddgm":
-        from bench.ddgm import DDGMDenoiser, noise_law
+        from bench.methods.ddgm import DDGMDenoiser, noise_law
 
         return DDGMDenoiser(net, schedule, noise_law(noise))
 
     if family == "ve":
-        from bench.ncsn import VENetworkScore
+        from bench.methods.ncsn import VENetworkScore
 
         return VENetworkScore(net, schedule)
     if family == "edm":
-        from bench.edm import EDMNetworkDenoiser
+        from bench.methods.edm import EDMNetworkDenoiser
 
         if data_shape is None:
             raise ValueError("the edm family's denoiser needs the data shape (channels, height, width)")
         from bench.nets.edm_precond import Preconditioner
-        from bench.speed import unwrap_network
+        from bench.runtime.speed import unwrap_network
 
         # An official EDM network (converted pickle) carries its own preconditioning; ours is a bare backbone.
-        # Either may come wrapped by speed options (bench.speed), which keep its attributes.
+        # Either may come wrapped by speed options (bench.runtime.speed), which keep its attributes.
         if isinstance(unwrap_network(net), Preconditioner):
             return EDMNetworkDenoiser(net)
         return EDMNetworkDenoiser(schedule.precond(net, tuple(data_shape)))
     if family == "iddpm":
-        from bench.iddpm import LearnedVarianceDenoiser
+        from bench.methods.iddpm import LearnedVarianceDenoiser
 
         return LearnedVarianceDenoiser(net, schedule)
     return DiscreteEpsDenoiser(net, schedule)
@@ -134,31 +134,31 @@ def training_loss(model_cfg: dict, max_level: int):
     """The training objective of a model config: (net, schedule, x0, generator) -> scalar loss."""
     loss = model_cfg.get("loss", {"name": FAMILY_LOSSES.get(model_cfg["family"], ("simple",))[0]})
     if loss["name"] == "dsm":
-        from bench.ncsn import dsm_loss
+        from bench.methods.ncsn import dsm_loss
 
         return dsm_loss
     if loss["name"] == "ssm":
-        from bench.ncsn import ssm_loss
+        from bench.methods.ncsn import ssm_loss
 
         return ssm_loss
     if loss["name"] == "edm":
-        from bench.edm import P_MEAN, P_STD, edm_family_loss
+        from bench.methods.edm import P_MEAN, P_STD, edm_family_loss
 
         return partial(edm_family_loss, P_mean=loss.get("P_mean", P_MEAN), P_std=loss.get("P_std", P_STD))
     if loss["name"] == "simple":
-        from bench.training import simple_loss
+        from bench.steps.train import simple_loss
 
         return simple_loss
     if loss["name"] == "hybrid":
-        from bench.iddpm import HYBRID_LAMBDA, hybrid_loss
+        from bench.methods.iddpm import HYBRID_LAMBDA, hybrid_loss
 
         return partial(hybrid_loss, max_level=max_level, lam=loss.get("lambda", HYBRID_LAMBDA))
     if loss["name"] == "vlb":
-        from bench.iddpm import vlb_loss
+        from bench.methods.iddpm import vlb_loss
 
         return partial(vlb_loss, max_level=max_level)
     if loss["name"] == "l1":
-        from bench.ddgm import l1_loss, noise_law
+        from bench.methods.ddgm import l1_loss, noise_law
 
         return l1_loss(noise_law(model_cfg.get("noise")))
     raise ValueError(f"loss {loss['name']!r} is not one of ['simple', 'hybrid', 'vlb', 'dsm', 'ssm', 'edm', 'l1']")

@@ -22,7 +22,7 @@ CLASSES = 1008
 
 def write_torch_fidelity_weights(path: Path, seed: int = 0) -> Path:
     """A seeded random state_dict with every key and shape FeatureExtractorInceptionV3 expects."""
-    from bench.compat import import_torchvision
+    from bench.runtime.torchvision_compat import import_torchvision
 
     import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs the nms shim first
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

@@ -44,7 +44,7 @@ EDM_TINY = dict(model_channels=16, channel_mult=[1, 2, 2], num_blocks=1, attn_re
 # Baseline pickles hold score-SDE's VP / VE parameterisations (EDM's VPPrecond, VEPrecond), the others EDMPrecond.
 EDM_PRECOND = {"edm": "training.networks.EDMPrecond", "baseline_vp": "training.networks.VPPrecond",
                "baseline_ve": "training.networks.VEPrecond"}
-# The linear schedule scales its betas by 1000 / T (bench/schedules.py): beta_T < 1 needs T > 20.
+# The linear schedule scales its betas by 1000 / T (bench/core/schedules.py): beta_T < 1 needs T > 20.
 MIN_T = 21
 SIZES = {"train": 4, "test": 2}
 N_SAMPLES = 2

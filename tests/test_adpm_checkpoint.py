@@ -41,7 +41,7 @@ from bench.checkpoints.layouts import (
 )
 from bench.checkpoints.registry import get_checkpoint
 from bench.cli import main
-from bench.families import DiscreteEpsDenoiser
+from bench.core.denoiser import DiscreteEpsDenoiser
 from bench.models import load_model
 from bench.nets.adm_unet import ADMUNet
 

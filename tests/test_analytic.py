@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.analytic import (
+from bench.core.denoiser import DiscreteEpsDenoiser, Prediction
+from bench.core.noise import NoiseSource, normal
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import even_grid, time_grid
+from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
+from bench.methods.analytic import (
     PAPER_PIXEL_QUANTUM,
     BoundTerms,
     analytic_variance,
@@ -41,16 +46,11 @@ from bench.analytic import (
     variance_bounds,
     vlb_bits_per_dim_analytic,
 )
-from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser, Prediction
-from bench.grids import even_grid, time_grid
-from bench.io import CorruptFileError
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
-from bench.noise import NoiseSource, normal
+from bench.runtime.io import CorruptFileError
 from bench.samplers import analytic_ddim, analytic_ddpm, ddpm
-from bench.sampling import generate, sampler_view
-from bench.schedules import DiscreteSchedule
+from bench.steps.sample import generate, sampler_view
 
 torch.set_num_threads(1)
 
@@ -502,7 +502,7 @@ def _decoder_stds(monkeypatch, module) -> list[torch.Tensor]:
 
 
 def test_analytic_bound_decodes_with_the_full_chains_first_beta_tilde(monkeypatch):
-    import bench.analytic
+    import bench.methods.analytic
     import bench.metrics.nll
 
     den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
@@ -512,7 +512,7 @@ def test_analytic_bound_decodes_with_the_full_chains_first_beta_tilde(monkeypatc
     # elbo.py _sigma2_small(1, 2): beta_2 (1 - abar_1) / (1 - abar_2), 1-based, from the betas themselves
     b = SCHED.betas
     official = float(b[1] * (1 - (1 - b[0])) / (1 - (1 - b[0]) * (1 - b[1])))
-    analytic_stds = _decoder_stds(monkeypatch, bench.analytic)
+    analytic_stds = _decoder_stds(monkeypatch, bench.methods.analytic)
     analytic = vlb_bits_per_dim_analytic(den, x0, grid, torch.arange(50), gamma=gamma, max_level=LEVELS)
     assert float(analytic_stds[0]) ** 2 == pytest.approx(official, rel=1e-12) and torch.isfinite(analytic).all()
     fixed_stds = _decoder_stds(monkeypatch, bench.metrics.nll)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.collect import COLUMNS, metric_rows
 from bench.metrics.bootstrap import BootstrapSpec, basic_interval, fd_interval, is_interval
 from bench.metrics.feature_stats import FeatureStats, fd_from_stats, inception_score
 from bench.metrics.shard_features import ShardFeatures, exact_stats, fixed_point, merge_shards, stored_features
@@ -18,6 +17,7 @@ from bench.report.latex import table_tex
 from bench.report.results import METRICS_COLUMNS, ResultsError, read_metrics
 from bench.report.specs import load_table_spec
 from bench.report.tables import SPREAD_CI, SPREAD_SD, build_table
+from bench.steps.collect import COLUMNS, metric_rows
 
 
 def test_fd_interval_covers_the_true_fd_at_its_level() -> None:

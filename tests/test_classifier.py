@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.io import CorruptFileError
 from bench.metrics.classifier import (
     DigitsClassifier,
     accuracy,
@@ -14,6 +13,7 @@ from bench.metrics.classifier import (
     train_classifier,
 )
 from bench.metrics.digits_cnn import features_and_logits, load_weights
+from bench.runtime.io import CorruptFileError
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""bench.compat: torchvision imports on CPU torch, with a correct greedy NMS behind its operators."""
+"""bench.runtime.torchvision_compat: torchvision imports on CPU torch, with a correct greedy NMS behind its operators."""
 
 import importlib
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from bench import compat
+from bench.runtime import torchvision_compat as compat
 
 
 def test_import_torchvision_twice_returns_the_same_module():

@@ -17,7 +17,7 @@ from bench.config import (
     shard_ranges,
     validate_config,
 )
-from bench.speed import AUTOCAST_DTYPES, COMPILE_MODES, SpeedOptions
+from bench.runtime.speed import AUTOCAST_DTYPES, COMPILE_MODES, SpeedOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 

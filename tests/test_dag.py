@@ -87,8 +87,8 @@ def test_tiny_run_metrics_match_schema(tiny_run):
 
 
 def test_tiny_run_ot_cells_visit_the_dp_trajectory_of_the_model_moments(tiny_run):
-    from bench.analytic import load_moments, optimal_trajectory
-    from bench.schedules import DiscreteSchedule
+    from bench.core.schedules import DiscreteSchedule
+    from bench.methods.analytic import load_moments, optimal_trajectory
 
     gamma = load_moments(tiny_run / "results/moments/mlp.npz").gamma
     alpha_bars = DiscreteSchedule.named("linear", 100).alpha_bars
@@ -112,7 +112,7 @@ def test_tiny_run_report_and_rerun_is_a_no_op(tiny_run):
 
 
 def test_tiny_run_stage_times_sum_the_job_benchmarks(tiny_run):
-    from bench.stage_times import RULE_STAGES, STAGES, job_seconds
+    from bench.runtime.stage_times import RULE_STAGES, STAGES, job_seconds
 
     results = tiny_run / "results"
     with open(results / "stage_times.csv", newline="") as f:
@@ -177,8 +177,8 @@ def test_ot_cells_of_each_variance_visit_their_own_dp_trajectory(tmp_path):
     # moments job saves beside Gamma_n; the analytic rows' is the DP over Gamma_n.
     from fault_dag import small_config
 
-    from bench.analytic import bound_trajectory, load_moments, optimal_trajectory
-    from bench.schedules import DiscreteSchedule
+    from bench.core.schedules import DiscreteSchedule
+    from bench.methods.analytic import bound_trajectory, load_moments, optimal_trajectory
 
     tiny = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     path = small_config(tmp_path, samplers=("analytic_ddpm_ot",), K=(5,), name="ot")

@@ -10,7 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.ddgm import (
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule, posterior_coefficients
+from bench.core.time_grids import time_grid
+from bench.methods.ddgm import (
     GammaProcess,
     GeneratorDraws,
     LatentDraws,
@@ -28,11 +32,7 @@ from bench.ddgm import (
     mixture_phi2_schedule,
     mixture_q_sample,
 )
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import time_grid
-from bench.noise import NoiseSource
 from bench.samplers import ddgm as samplers
-from bench.schedules import DiscreteSchedule, posterior_coefficients
 
 torch.set_num_threads(1)
 

@@ -10,8 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import time_grid
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.ddgm import (
+from bench.methods.ddgm import (
     DDGMDenoiser,
     GammaProcess,
     StepDraws,
@@ -21,15 +25,11 @@ from bench.ddgm import (
     mixture_noise,
     noise_law,
 )
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import time_grid
 from bench.models import build_network, make_denoiser, training_loss
-from bench.noise import NoiseSource
 from bench.samplers import ddgm as samplers
 from bench.samplers import get_sampler
-from bench.sampling import generate
-from bench.schedules import DiscreteSchedule
-from bench.training import TrainConfig, train_eps_model
+from bench.steps.sample import generate
+from bench.steps.train import TrainConfig, train_eps_model
 
 torch.set_num_threads(1)
 
@@ -104,7 +104,7 @@ def test_gamma_prior_at_step_zero_is_measurably_skewed_and_the_code_convention_h
     assert (z**3).mean().item() > 0.15
     top = prior(GAMMA, 999)
     assert_moment(top, 2, 1 - LINEAR.alpha_bars[999].item(), "code x_T")
-    # the paper's k_t leaves x_T with variance ~4e-4 instead of ~1 (bench/ddgm.py, "Which convention")
+    # the paper's k_t leaves x_T with variance ~4e-4 instead of ~1 (bench/methods/ddgm.py, "Which convention")
     assert prior(GAMMA_PAPER, 999).var().item() < 1e-3
 
 

@@ -1,10 +1,10 @@
-"""bench.device: CPU without CUDA, the SLURM-given GPU, and workstation GPUs claimed one per job."""
+"""bench.runtime.device: CPU without CUDA, the SLURM-given GPU, and workstation GPUs claimed one per job."""
 
 import pytest
 import torch
 
-from bench import device
-from bench.device import NoFreeGPUError, claim_gpu, select_device, visible_gpu_ids
+from bench.runtime import device
+from bench.runtime.device import NoFreeGPUError, claim_gpu, select_device, visible_gpu_ids
 
 
 @pytest.fixture(autouse=True)

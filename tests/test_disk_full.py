@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.io import load_npz
 from bench.models import build_network, save_model
+from bench.runtime.io import load_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 400  # 400 samples of 8x8 uint8: a shard of about 30 KB

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
+from bench.core.time_grids import time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.edm import (
+from bench.methods.edm import (
     DiscreteVPAsSigma,
     PrecondDenoiser,
     discrete_sigma_grid,
@@ -20,13 +24,9 @@ from bench.edm import (
     ve_sigma_grid,
     vp_sigma_grid,
 )
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import time_grid
 from bench.nets.edm_precond import iDDPMPrecond
-from bench.noise import NoiseSource
 from bench.samplers import ddim
 from bench.samplers.edm import euler, heun, stochastic
-from bench.schedules import DiscreteSchedule, sigma_of_alpha_bar
 
 torch.set_num_threads(1)
 

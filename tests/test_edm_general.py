@@ -8,11 +8,11 @@ from test_edm import MixtureDenoiser, exact_flow, latent_noise
 
 from bench.config import ConfigError, _check_grid_options, _check_grid_range_sampler
 from bench.data.gaussian_mixture import GaussianMixture
-from bench.edm import edm_sigma_grid, sigma_grid, sigma_range
-from bench.plan import nfe_per_sample
+from bench.methods.edm import edm_sigma_grid, sigma_grid, sigma_range
 from bench.samplers.edm import euler, heun, stochastic
 from bench.samplers.edm_general import edm_general, noise_schedule
-from bench.sampling import sampler_options
+from bench.steps.plan import nfe_per_sample
+from bench.steps.sample import sampler_options
 
 torch.set_num_threads(1)
 
@@ -224,10 +224,10 @@ def test_config_refuses_the_grids_range_as_sampler_options():
 
 
 def test_sampling_job_passes_the_grids_range_to_the_sampler():
-    """bench.sampling.generate gives edm_general the range generate.py solves the vp schedule from, not the grid's ends."""
-    from bench.edm import EDMNetworkDenoiser, edm_mlp
-    from bench.noise import NoiseSource
-    from bench.sampling import generate
+    """bench.steps.sample.generate gives edm_general the range generate.py solves the vp schedule from, not the grid's ends."""
+    from bench.core.noise import NoiseSource
+    from bench.methods.edm import EDMNetworkDenoiser, edm_mlp
+    from bench.steps.sample import generate
 
     torch.manual_seed(0)
     denoiser = EDMNetworkDenoiser(edm_mlp(width=16, depth=1, emb_dim=8, image_size=2))

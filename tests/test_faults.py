@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.io import CorruptFileError, atomic_npz, load_npz
 from bench.models import load_model
+from bench.runtime.io import CorruptFileError, atomic_npz, load_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]
@@ -79,7 +79,7 @@ def _stats_file(tmp_path: Path) -> Path:
 
 
 def _moments_file(tmp_path: Path) -> Path:
-    from bench.analytic import save_moments
+    from bench.methods.analytic import save_moments
 
     return save_moments(tmp_path / "mlp.npz", torch.linspace(0.1, 1, 10), model_hash="abc", n_samples=5, seed=0)
 
@@ -97,7 +97,7 @@ def _load_stats(path: Path):
 
 
 def _load_moments(path: Path):
-    from bench.analytic import load_moments
+    from bench.methods.analytic import load_moments
 
     return load_moments(path)
 
@@ -177,7 +177,7 @@ def test_job_killed_while_writing_leaves_no_output_and_the_rerun_clears_its_temp
     out = tmp_path / "shard0000.npz"
     writer = textwrap.dedent(f"""
         import sys, time
-        from bench.io import atomic_write
+        from bench.runtime.io import atomic_write
 
         def write(tmp):
             with open(tmp, "wb") as f:

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.io import CorruptFileError
 from bench.metrics.classifier import save_classifier, train_classifier
 from bench.metrics.feature_stats import (
     FeatureStats,
@@ -15,6 +14,7 @@ from bench.metrics.feature_stats import (
     inception_score,
 )
 from bench.metrics.fid_is import compute_fd_is
+from bench.runtime.io import CorruptFileError
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms

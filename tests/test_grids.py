@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bench.grids import time_grid
+from bench.core.time_grids import time_grid
 
 
 def test_uniform_is_ddim_range_with_skip():

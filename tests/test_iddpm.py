@@ -7,9 +7,11 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule, posterior_coefficients
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.iddpm import (
+from bench.methods.iddpm import (
     LearnedVarianceDenoiser,
     LossSecondMomentSampler,
     VariancePrediction,
@@ -24,9 +26,7 @@ from bench.iddpm import (
 )
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
-from bench.noise import NoiseSource
 from bench.samplers import ddim, ddpm, iddpm
-from bench.schedules import DiscreteSchedule, posterior_coefficients
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,6 @@ import torch
 from inception_fixtures import write_cleanfid_torchscript, write_torch_fidelity_weights
 from PIL import Image
 
-from bench.compat import import_torchvision
 from bench.metrics.feature_stats import (
     FeatureStats,
     frechet_distance,
@@ -23,6 +22,7 @@ from bench.metrics.feature_stats import (
 )
 from bench.metrics.inception import CleanFidInception, TorchFidelityInception, load_inception, resolve_mode
 from bench.metrics.shard_features import exact_stats, fixed_point
+from bench.runtime.torchvision_compat import import_torchvision
 
 N_GEN, N_REF, SHARDS = 12, 12, (0, 4, 9, 12)
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.ncsn import (
+from bench.methods.ncsn import (
     NETWORK_TIME_SCALE,
     NoiseConditionalScore,
     ScoreFn,
@@ -20,9 +22,7 @@ from bench.ncsn import (
     ssm_loss,
 )
 from bench.nets.ncsnv2 import NCSNv2
-from bench.noise import NoiseSource
 from bench.samplers import langevin, pc
-from bench.schedules import DiscreteSchedule, sigma_of_alpha_bar
 
 N = 2000
 SHAPE = (2,)

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import time_grid
 from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl, standard_error, vlb_bits_per_dim
-from bench.schedules import DiscreteSchedule
 
 
 def test_gaussian_kl_matches_torch():

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from bench.noise import NoiseSource, normal, uniform
+from bench.core.noise import NoiseSource, normal, uniform
 
 
 def test_normal_is_standard_gaussian():

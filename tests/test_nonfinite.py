@@ -12,10 +12,10 @@ import yaml
 from fault_dag import small_config, snakemake
 from torch import nn
 
-from bench.grids import time_grid
-from bench.io import load_npz
-from bench.sampling import sample_shard
-from bench.schedules import DiscreteSchedule
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import time_grid
+from bench.runtime.io import load_npz
+from bench.steps.sample import sample_shard
 
 
 class NaNBelow(nn.Module):
@@ -87,8 +87,8 @@ def test_nan_model_fails_its_cell_and_the_rest_of_the_dag_goes_on(tmp_path):
 
 
 def test_sample_grids_skip_a_failed_cells_record(tmp_path):
-    from bench.io import atomic_npz
-    from bench.report.grids import write_sample_grids
+    from bench.report.image_grids import write_sample_grids
+    from bench.runtime.io import atomic_npz
 
     samples = tmp_path / "samples/digits/mlp"
     atomic_npz(samples / "ok/K5/shard0000.npz", images=np.full((4, 1, 8, 8), 16, np.uint8), seeds=np.arange(4),

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from bench.core.noise import NoiseSource
 from bench.data.gaussian_mixture import GaussianMixture
+from bench.methods.ncsn import geometric_sigmas
 from bench.metrics.ode_nll import ode_nll, offset_bits, uniform_dequantize
-from bench.ncsn import geometric_sigmas
-from bench.noise import NoiseSource
 
 SIGMA_MIN, SIGMA_MAX = 1e-4, 1e3
 GAUSS = GaussianMixture(

@@ -11,12 +11,12 @@ import yaml
 from dag import snakemake
 
 from bench.config import ConfigError, read_yaml, sampler_inputs, validate_config
-from bench.edm import SIGMA_GRID_FUNCTIONS
-from bench.grids import GRID_OPTION_FUNCTIONS
+from bench.core.options import OptionError, Range, check_options, option_parameters, value_error
+from bench.core.time_grids import GRID_OPTION_FUNCTIONS
+from bench.methods.edm import SIGMA_GRID_FUNCTIONS
+from bench.methods.vpsde import VPSDE
 from bench.models import NETWORK_TYPES, network_constructor, shape_keywords
-from bench.options import OptionError, Range, check_options, option_parameters, value_error
 from bench.samplers import SAMPLERS
-from bench.vpsde import VPSDE
 
 ROOT = Path(__file__).resolve().parents[1]
 DDGM_SAMPLERS = ("ddgm_beta", "ddgm_beta_tilde", "ddgm_ddim_eta0")

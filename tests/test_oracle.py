@@ -1,4 +1,4 @@
-"""The oracle table (bench.oracle): exact Gamma_n, the energy distance against closed forms, a sampler's error by K."""
+"""The oracle table (bench.steps.oracle): exact Gamma_n, the energy distance against closed forms, a sampler's error by K."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch
 import yaml
 from dag import ROOT
 
-from bench.analytic import estimate_gamma
-from bench.collect import oracle_rows
 from bench.config import ConfigError, validate_config
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.schedules import DiscreteSchedule
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.oracle import energy_distance, exact_gamma, oracle_table
-from bench.schedules import DiscreteSchedule
+from bench.methods.analytic import estimate_gamma
+from bench.steps.collect import oracle_rows
+from bench.steps.oracle import energy_distance, exact_gamma, oracle_table
 
 
 def test_exact_gamma_agrees_with_the_monte_carlo_mean_square_of_the_exact_eps(fast_distributions) -> None:
@@ -73,7 +73,7 @@ def test_oracle_error_shrinks_with_k_and_rows_reach_metrics_csv(fast_distributio
 
 
 def test_the_oracle_job_counts_as_a_metrics_stage(tmp_path) -> None:
-    from bench.stage_times import stage_times
+    from bench.runtime.stage_times import stage_times
 
     (tmp_path / "oracle").mkdir()
     (tmp_path / "oracle" / "oracle.tsv").write_text("s\th:m:s\n135.5\t0:02:15\n")

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from bench.config import Cell, load_config
-from bench.plan import is_unavailable
-from bench.shared_cells import shared_cells
+from bench.steps.plan import is_unavailable
+from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_dry_run_of_the_paper_profile_plans_every_cell_of_every_table(tmp_path):
                     continue
                 model, sampler, K = cell["model"], cell["sampler"], cell["K"]
                 if (source := shared.get(Cell(model, sampler, K))) is not None:
-                    sampler = source.sampler  # its samples and bound are another cell's (bench/shared_cells.py)
+                    sampler = source.sampler  # its samples and bound are another cell's (bench/steps/shared_cells.py)
                 dataset = cfg["models"][model]["dataset"]
                 if spec["metric"] == "nll_bpd":
                     wanted.add(f"results/cells/{dataset}/{model}/nll-{cfg['samplers'][sampler]['grid']}/K{K}.json")

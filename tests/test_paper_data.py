@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.compat import import_torchvision
 from bench.data import DATA_SHAPES, check_dataset, load_dataset
 from bench.data.layout import DatasetLayoutError
+from bench.runtime.torchvision_compat import import_torchvision
 
 
 def _md5(path) -> str:

@@ -18,8 +18,8 @@ from dag import SNAKEMAKE
 from paper_miniature import dump, largest_K_per_pair, miniature_profile, write_cifar10_md5_hook, write_inception
 
 from bench.config import PF_ODE, cells, load_config, ode_nll_models, validate_config
-from bench.plan import table_cells
-from bench.shared_cells import shared_cells
+from bench.steps.plan import table_cells
+from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 

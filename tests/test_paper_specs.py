@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from bench.config import cells, load_config, ode_nll_models
-from bench.plan import plan
 from bench.report.specs import load_table_spec
 from bench.report.tables import MISSING, build_table
-from bench.shared_cells import shared_cells
+from bench.steps.plan import plan
+from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "workflows/scripts"
@@ -108,7 +108,7 @@ def test_plan_counts_every_producible_cell_once(cfg):
     total = rows[-1]
     # Every cell of the experiments, and one PF-ODE likelihood per model of metrics.ode_nll.
     assert total["cells"] == len(cells(cfg)) + len(ode_nll_models(cfg))
-    # A cell another computes (bench/shared_cells.py) draws no samples of its own.
+    # A cell another computes (bench/steps/shared_cells.py) draws no samples of its own.
     assert total["samples"] == (len(cells(cfg)) - len(shared_cells(cfg))) * cfg["sampling"]["n_samples"]
     assert total["unavailable"] == sum(r["unavailable"] for r in rows[:-1]) > 0
     edm = next(r for r in rows if r["table"] == "paper_edm_t2_cifar10_uncond")

@@ -1,4 +1,4 @@
-"""bench.plan: cells, jobs, samples, NFE and hours per table, against a hand count of a frozen config
+"""bench.steps.plan: cells, jobs, samples, NFE and hours per table, against a hand count of a frozen config
 (tests/configs/plan_default.yaml), and invariants of the embedded default."""
 
 import copy
@@ -14,8 +14,8 @@ import yaml
 
 from bench.config import ConfigError, load_config, ode_nll_models, shard_ranges
 from bench.config import cells as all_cells
-from bench.plan import DEFAULT_SECONDS_PER_NFE, ODE_NLL_NFE, SECONDS_PER_NFE, format_plan, plan
-from bench.shared_cells import shared_cells
+from bench.steps.plan import DEFAULT_SECONDS_PER_NFE, ODE_NLL_NFE, SECONDS_PER_NFE, format_plan, plan
+from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests/configs/plan_default.yaml"

@@ -17,14 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from bench import grids
 from bench.config import ConfigError, read_yaml, validate_config
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import REPEATING_GRIDS, has_repeats, quad_grid, time_grid
+from bench.core import time_grids as grids
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import REPEATING_GRIDS, has_repeats, quad_grid, time_grid
 from bench.metrics.nll import vlb_bits_per_dim
-from bench.noise import NoiseSource
 from bench.samplers import ddim, ddpm
-from bench.schedules import DiscreteSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 4)

@@ -19,8 +19,8 @@ from bench.checkpoints.references import (
     load_references,
     statistics_entry,
 )
-from bench.io import CorruptFileError
 from bench.metrics.reference_stats import fetch_statistics, published_stats
+from bench.runtime.io import CorruptFileError
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 2048

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from bench.report.grids import grid_image
 from bench.report.html import provenance_entries, run_summary
+from bench.report.image_grids import grid_image
 from bench.report.render import render_report
 from bench.report.results import ResultsError, read_metrics
 from bench.report.specs import TableSpecError, load_table_spec, load_table_specs
@@ -122,7 +122,7 @@ PROVENANCE = {
     "reference_stats_sha256": {"digits/train": REF_SHA},
     "seeds": {"sampling": 0, "train mlp": 1},
     "sample_counts": {"fd_is": "2000", "nll": "360"},
-    # Two records, as two kinds of device make (bench.speed.apply_speed_options).
+    # Two records, as two kinds of device make (bench.runtime.speed.apply_speed_options).
     "speed": [
         {
             "tf32": {"enabled": False, "note": "TF32 only affects float32 matmuls/convolutions on CUDA; no effect on cpu"},

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from fault_dag import ENV, ROOT, metric_values, small_config, snakemake, snakemake_command
 
-from bench.io import load_npz
+from bench.runtime.io import load_npz
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import time_grid
-from bench.noise import NoiseSource
 from bench.samplers import ddim, ddpm
-from bench.schedules import DiscreteSchedule
 
 N = 4000
 SHAPE = (2,)

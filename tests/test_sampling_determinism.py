@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.io import load_npz
+from bench.core.schedules import DiscreteSchedule
 from bench.models import build_network
-from bench.sampling import sample_shard
-from bench.schedules import DiscreteSchedule
+from bench.runtime.io import load_npz
+from bench.steps.sample import sample_shard
 
 SAMPLERS = {
     "ddpm": {"fn": "ddpm", "grid": "even", "options": {"variance": "beta_tilde", "clip_x0": True}},
@@ -85,7 +85,7 @@ PC_BLOCK = {"fn": "pc", "grid": "ve", "options": {"snr": 0.16, "n_steps_each": 1
 
 
 def pc_shards(net, tmp_path, sampler, bounds, batch_size, tag):
-    from bench.ncsn import VESchedule
+    from bench.methods.ncsn import VESchedule
 
     out = []
     for i, (a, b) in enumerate(bounds):
@@ -114,8 +114,8 @@ def test_a_shard_that_splits_a_pc_norm_block_is_refused(net, tmp_path):
 
 
 def test_chunked_calls_equal_one_call_and_name_the_bad_row_of_the_whole_batch():
-    from bench.families import NonFiniteOutputError, check_finite
-    from bench.sampling import ChunkedCalls
+    from bench.core.denoiser import NonFiniteOutputError, check_finite
+    from bench.steps.sample import ChunkedCalls
 
     calls = []
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bench.schedules import (
+from bench.core.schedules import (
     DiscreteSchedule,
     alpha_bar_of_sigma,
     cosine_betas,

@@ -10,15 +10,15 @@ import torch
 import yaml
 
 from bench.cli import main
+from bench.core.noise import NoiseSource
 from bench.data.digits import levels_to_unit, load_digits_split
 from bench.data.gaussian_mixture import GaussianMixture
-from bench.edm import EDMNetworkDenoiser, EDMSchedule, ve_sigma_grid
+from bench.methods.edm import EDMNetworkDenoiser, EDMSchedule, ve_sigma_grid
+from bench.methods.ncsn import ScoreAsSigmaDenoiser, VENetworkScore, VESchedule
 from bench.models import build_network, build_schedule, make_denoiser, save_model, training_loss
-from bench.ncsn import ScoreAsSigmaDenoiser, VENetworkScore, VESchedule
-from bench.noise import NoiseSource
-from bench.sampling import generate, sampler_view
-from bench.speed import SpeedOptions, apply_speed_options, unwrap_network
-from bench.training import TrainConfig, train_eps_model
+from bench.runtime.speed import SpeedOptions, apply_speed_options, unwrap_network
+from bench.steps.sample import generate, sampler_view
+from bench.steps.train import TrainConfig, train_eps_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "bench/schema/results.schema.yaml").read_text())
@@ -76,7 +76,7 @@ def test_each_new_loss_decreases_over_a_few_steps(model_cfg):
 
 
 def test_families_get_their_losses_by_default():
-    from bench.ncsn import dsm_loss
+    from bench.methods.ncsn import dsm_loss
 
     assert training_loss({"family": "ve", "schedule": VE}, 16) is dsm_loss
     assert training_loss({"family": "edm", "schedule": EDM}, 16).func.__name__ == "edm_family_loss"

@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.analytic import optimal_trajectory
 from bench.config import Cell, load_config
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import even_grid, model_free_grid, time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import even_grid, model_free_grid, time_grid
-from bench.report.grids import SampleGrid, shared_sample_grids
-from bench.sampling import generate
-from bench.schedules import DiscreteSchedule
-from bench.shared_cells import shared_cells
+from bench.methods.analytic import optimal_trajectory
+from bench.report.image_grids import SampleGrid, shared_sample_grids
+from bench.steps.sample import generate
+from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = load_config(ROOT / "workflows/config/default.yaml", root=ROOT, check_paths=False)

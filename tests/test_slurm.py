@@ -18,7 +18,7 @@ import yte
 from snakemake.profiles import ProfileConfigFileParser
 
 from bench.config import cells, read_yaml, shard_ranges
-from bench.shared_cells import shared_cells
+from bench.steps.shared_cells import shared_cells
 
 pytest_plugins = ["slurm_cluster"]
 

@@ -1,4 +1,4 @@
-"""Every step that runs a network names its device and times in its output record (bench.stepclock)."""
+"""Every step that runs a network names its device and times in its output record (bench.runtime.stepclock)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from bench import device
 from bench.cli import main
 from bench.models import load_model
-from bench.stepclock import GPU_HELD_WALL, PROCESS_CPU, StepClock
+from bench.runtime import device
+from bench.runtime.stepclock import GPU_HELD_WALL, PROCESS_CPU, StepClock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from bench.core.schedules import DiscreteSchedule
 from bench.data.digits import levels_to_unit, load_digits_split
 from bench.models import build_network, load_model, save_model, training_loss
-from bench.schedules import DiscreteSchedule
-from bench.training import TrainConfig, train_eps_model
+from bench.steps.train import TrainConfig, train_eps_model
 
 SCH = DiscreteSchedule.named("linear", 100)
 

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from bench.config import ConfigError, _check_grid_options
+from bench.core.noise import NoiseSource
 from bench.data.gaussian_mixture import GaussianMixture
-from bench.edm import EDMNetworkDenoiser
-from bench.noise import NoiseSource
+from bench.methods.edm import EDMNetworkDenoiser
+from bench.methods.vpsde import VPSDE, VPTimeScore
 from bench.samplers import get_sampler
 from bench.samplers.vp_sde import denoising_beta, euler_maruyama, probability_flow
-from bench.sampling import generate, sampler_view
-from bench.vpsde import VPSDE, VPTimeScore
+from bench.steps.sample import generate, sampler_view
 
 N = 2000
 SHAPE = (2,)
@@ -333,10 +333,10 @@ def test_probability_flow_reproduces_the_mixture_through_the_sampler_view():
 def test_sample_shard_runs_score_sde_samplers_on_edm_preconditioners(tmp_path, precond, sampler, K, nfe):
     import numpy as np
 
-    from bench.edm import EDMSchedule
+    from bench.methods.edm import EDMSchedule
     from bench.nets.edm_networks import build_edm_network
-    from bench.perf_cells import redraw_zero_parameters
-    from bench.sampling import sample_shard
+    from bench.perf.cells import redraw_zero_parameters
+    from bench.steps.sample import sample_shard
 
     torch.manual_seed(0)
     net = build_edm_network(dict(

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.io import load_npz
 from bench.models import build_network, save_model
-from bench.warm_worker import DECLINED, ENV_VAR, SUPPORTED, remove_stale_workers, start_worker, thread_counts
+from bench.runtime.io import load_npz
+from bench.runtime.warm_worker import DECLINED, ENV_VAR, SUPPORTED, remove_stale_workers, start_worker, thread_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="the warm worker runs on Linux only")
-CLIENT = "import sys; from bench.warm_worker import run_in_worker; print(repr(run_in_worker(sys.argv[1], sys.argv[2:])))"
+CLIENT = "import sys; from bench.runtime.warm_worker import run_in_worker; print(repr(run_in_worker(sys.argv[1], sys.argv[2:])))"
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_no_server_means_the_step_runs_in_the_clients_process(tmp_path):
 
 
 def test_server_exits_and_removes_its_socket_when_its_parent_dies(tmp_path):
-    starter = ("import sys, time; sys.path.insert(0, sys.argv[1]); from bench.warm_worker import start_worker; "
+    starter = ("import sys, time; sys.path.insert(0, sys.argv[1]); from bench.runtime.warm_worker import start_worker; "
                "w = start_worker(entry='worker_probe:main'); print(w.process.pid, w.socket_path, flush=True); "
                "time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", starter, str(TESTS)], cwd=TESTS, stdout=subprocess.PIPE, text=True)

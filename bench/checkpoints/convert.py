@@ -18,7 +18,7 @@ from bench.checkpoints.layouts import (
     load_plain_state_dict,
     load_strict,
 )
-from bench.io import atomic_json
+from bench.runtime.io import atomic_json
 
 # Layouts a model can be converted from. score_sde_dict files are read by
 # layouts.load_score_sde_checkpoint, but no network here takes their keys (score-SDE's own NCSN++ /

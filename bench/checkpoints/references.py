@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 
 from bench.checkpoints.download import fetch, file_digest
-from bench.strict_yaml import load_yaml
+from bench.runtime.strict_yaml import load_yaml
 
 REFERENCES_PATH = Path(__file__).with_name("references.yaml")
 # Inception pipelines: torch-fidelity's TF1-compatible one; clean-fid's PIL-bicubic `clean` and TF-like one.

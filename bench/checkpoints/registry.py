@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bench.strict_yaml import load_yaml
+from bench.runtime.strict_yaml import load_yaml
 
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 

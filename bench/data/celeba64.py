@@ -44,7 +44,7 @@ def _files(spec: dict, split: str) -> list[Path]:
 
 def crop_resize(image: Image.Image) -> Image.Image:
     """DDIM's CelebA crop box and torchvision's Resize(64) (bilinear, antialiased)."""
-    from bench.compat import import_torchvision
+    from bench.runtime.torchvision_compat import import_torchvision
 
     functional = import_torchvision().transforms.functional
     cropped = functional.crop(image.convert("RGB"), CROP_TOP, CROP_LEFT, CROP_SIZE, CROP_SIZE)

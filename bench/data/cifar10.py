@@ -18,7 +18,7 @@ LAYOUT = (
 
 
 def _torchvision_cifar10(root: Path, split: str, download: bool):
-    from bench.compat import import_torchvision
+    from bench.runtime.torchvision_compat import import_torchvision
 
     datasets = import_torchvision().datasets
     try:

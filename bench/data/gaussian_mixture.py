@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.schedules import DiscreteSchedule
+from bench.core.schedules import DiscreteSchedule
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def _files(spec: dict, split: str) -> list[Path]:
 
 def resize_center_crop(image: Image.Image) -> Image.Image:
     """transforms.Resize(256) then CenterCrop(256), as ermongroup/ddim's LSUN pipeline."""
-    from bench.compat import import_torchvision
+    from bench.runtime.torchvision_compat import import_torchvision
 
     functional = import_torchvision().transforms.functional
     return functional.center_crop(functional.resize(image.convert("RGB"), SIDE), SIDE)

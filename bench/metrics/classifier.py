@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.data.digits import ImageSplit, levels_to_unit
-from bench.io import CorruptFileError
 from bench.metrics.digits_cnn import load_weights, save_weights
+from bench.runtime.io import CorruptFileError
 
 
 @dataclass(frozen=True)

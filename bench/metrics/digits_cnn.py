@@ -16,8 +16,8 @@ import numpy as np
 import scipy.special
 
 from bench.data.digits import levels_to_unit
-from bench.io import CorruptFileError, atomic_npz, load_npz
 from bench.metrics.feature_stats import check_level_images
+from bench.runtime.io import CorruptFileError, atomic_npz, load_npz
 
 CHECKPOINT_FORMAT = "dpm-bench-digits-classifier-v2"
 LAYERS = ("conv1", "conv2", "conv3", "head")

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from bench.io import CorruptFileError, atomic_npz, load_npz
+from bench.runtime.io import CorruptFileError, atomic_npz, load_npz
 
 # torch-fidelity's default rng_seed: the permutation applied before splitting for IS.
 IS_SHUFFLE_SEED = 2020
@@ -166,7 +166,7 @@ def fd_from_stats(stats1: FeatureStats, stats2: FeatureStats) -> float:
 
 def frechet_distance_cleanfid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """The same distance computed by clean-fid's cleanfid.fid.frechet_distance."""
-    from bench.compat import import_torchvision
+    from bench.runtime.torchvision_compat import import_torchvision
 
     import_torchvision()  # clean-fid imports torchvision too
     try:
@@ -242,7 +242,7 @@ def frechet_distance_of_backend(backend: str, stats1: FeatureStats, stats2: Feat
     if backend == OWN_BACKEND:
         return frechet_distance(mu1, sigma1, mu2, sigma2)
     if backend == "torch-fidelity":
-        from bench.compat import import_torchvision
+        from bench.runtime.torchvision_compat import import_torchvision
 
         import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs the nms shim first
         from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric

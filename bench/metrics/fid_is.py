@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench.compat import import_torchvision
 from bench.metrics.classifier import load_classifier
 from bench.metrics.feature_stats import IS_SHUFFLE_SEED, check_level_images
+from bench.runtime.torchvision_compat import import_torchvision
 
-import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs bench.compat's nms first
+import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs this shim first
 
 import torch_fidelity  # noqa: E402
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY  # noqa: E402

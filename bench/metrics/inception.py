@@ -58,7 +58,7 @@ class TorchFidelityInception:
     backend = "torch-fidelity"
 
     def __init__(self, weights: Path, mode: str | None = None) -> None:
-        from bench.compat import import_torchvision
+        from bench.runtime.torchvision_compat import import_torchvision
 
         import_torchvision()  # torch-fidelity imports torchvision, which on CPU-only torch needs the nms shim first
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -88,7 +88,7 @@ class CleanFidInception:
     backend = "clean-fid"
 
     def __init__(self, weights: Path, mode: str | None = None) -> None:
-        from bench.compat import import_torchvision
+        from bench.runtime.torchvision_compat import import_torchvision
 
         import_torchvision()  # clean-fid imports torchvision too
         from cleanfid.inception_torchscript import InceptionV3W

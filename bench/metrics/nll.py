@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from bench.families import DiscreteEpsDenoiser, clip_prediction
-from bench.noise import normal
-from bench.schedules import posterior_coefficients
+from bench.core.denoiser import DiscreteEpsDenoiser, clip_prediction
+from bench.core.noise import normal
+from bench.core.schedules import posterior_coefficients
 
 VARIANCES = ("beta", "beta_tilde")
 # The variance of the discretised decoder p(x_0 | x_{tau_1}): beta-tilde between the trajectory's first

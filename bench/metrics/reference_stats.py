@@ -8,9 +8,9 @@ import numpy as np
 
 from bench.checkpoints.download import fetch, file_digest
 from bench.checkpoints.references import FORMAT_KEYS, StatisticsEntry
-from bench.io import CorruptFileError, load_npz
 from bench.metrics.feature_stats import FeatureStats
 from bench.metrics.inception import FEATURE_DIM
+from bench.runtime.io import CorruptFileError, load_npz
 
 
 def fetch_statistics(entry: StatisticsEntry, cache: Path, lock_file: Path) -> tuple[FeatureStats, str]:

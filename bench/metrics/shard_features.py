@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.io import CorruptFileError, atomic_npz, load_npz
 from bench.metrics.feature_stats import FeatureStats
+from bench.runtime.io import CorruptFileError, atomic_npz, load_npz
 
 FIXED_POINT_BITS = 12
 FEATURE_LIMIT = 2.0**6

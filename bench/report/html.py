@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 import jinja2
 
-from bench.report.grids import SampleGrid
+from bench.report.image_grids import SampleGrid
 from bench.report.perf_runs import PerfRun
 from bench.report.specs import TableSpec
 from bench.report.tables import SPREAD_CI, SPREAD_SD, Cell, SampleKey, TableData, format_delta, format_nfe, format_value
-from bench.stage_times import StageTime
+from bench.runtime.stage_times import StageTime
 
 # Provenance keys summarised at the top of every page when present with a scalar value; the
 # index lists every key in full.
@@ -104,7 +104,7 @@ def summary_text(value: Any) -> str:
 
 
 def speed_text(record: Mapping[str, Any]) -> str:
-    """A speed-options record (bench.speed) in one line: the options enabled, with their mode or dtype,
+    """A speed-options record (bench.runtime.speed) in one line: the options enabled, with their mode or dtype,
     and those asked for but skipped, with why; 'none' when the network ran as it is."""
     parts = []
     for name, entry in record.items():

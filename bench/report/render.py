@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.report.figures import line_colours, write_metric_figure
-from bench.report.grids import shared_sample_grids, write_sample_grids
 from bench.report.html import ReportInputs, write_html_report
+from bench.report.image_grids import shared_sample_grids, write_sample_grids
 from bench.report.latex import write_latex_tables
 from bench.report.perf_runs import latest_perf_run
 from bench.report.results import read_metrics, read_provenance
 from bench.report.specs import load_table_specs
 from bench.report.tables import build_table
-from bench.stage_times import stage_times
+from bench.runtime.stage_times import stage_times
 
 
 def render_report(results_dir: Path, table_specs: Sequence[Path], out_dir: Path) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bench.strict_yaml import load_yaml
+from bench.runtime.strict_yaml import load_yaml
 
 # Fields of results/metrics.csv that identify a cell: rows select on them, columns vary one.
 SELECTOR_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")

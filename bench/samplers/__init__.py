@@ -25,15 +25,15 @@ SAMPLERS: dict[str, Callable] = {
     "vp_euler_maruyama": vp_sde.euler_maruyama,
     "vp_probability_flow": vp_sde.probability_flow,
 }
-# Samplers over a score function's table of noise levels (bench.ncsn.ScoreFn): their grid is the
+# Samplers over a score function's table of noise levels (bench.methods.ncsn.ScoreFn): their grid is the
 # table's indices, and the config's sigma grid with K entries becomes the table itself.
 LEVEL_SAMPLERS = ("langevin", "pc")
-# Samplers in EDM's sigma space (bench.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
+# Samplers in EDM's sigma space (bench.methods.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
 SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic", "edm_general")
-# Samplers that take the sigma range of their grid (bench.edm.sigma_range) as the options sigma_min,
+# Samplers that take the sigma range of their grid (bench.methods.edm.sigma_range) as the options sigma_min,
 # sigma_max and epsilon_s: EDM's general sampler solves its vp schedule from it (generate.py L99-100).
 GRID_RANGE_SAMPLERS = ("edm_general",)
-# Samplers of score-SDE's VP SDE in its own time t (bench.vpsde.VPTimeScore), on the `vp_sde` time grid.
+# Samplers of score-SDE's VP SDE in its own time t (bench.methods.vpsde.VPTimeScore), on the `vp_sde` time grid.
 VP_SDE_SAMPLERS = ("vp_euler_maruyama", "vp_probability_flow")
 
 

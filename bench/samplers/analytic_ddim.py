@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
-from bench.noise import NoiseSource
-from bench.options import Positive
+from bench.core.noise import NoiseSource
+from bench.core.options import Positive
+from bench.methods.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.samplers.ddim import generalized_steps
 from bench.samplers.ddpm import gaussian_noise_at
 

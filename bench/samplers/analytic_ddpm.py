@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
-from bench.noise import NoiseSource
-from bench.options import Positive
+from bench.core.noise import NoiseSource
+from bench.core.options import Positive
+from bench.methods.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.samplers.ddpm import ancestral_steps, gaussian_noise_at, mean_coefficients
 
 
@@ -24,7 +24,7 @@ def sample(
 ) -> torch.Tensor:
     """x_s = mu-tilde_{s|t}(x_t, x0_hat) + sigma-hat z, sigma-hat^2 of Eq. 9 on the pair with lambda^2 = beta-tilde.
 
-    ``gamma`` [T] is the mean square of eps (bench.analytic.estimate_gamma); ``clip`` clips the
+    ``gamma`` [T] is the mean square of eps (bench.methods.analytic.estimate_gamma); ``clip`` clips the
     variance to Theorem 2's bounds; ``sigma2_clip_pixel`` = y caps the variance of the step to tau_1
     at (y pixel_quantum sqrt(pi/2))^2 (App. F.2; the paper's quantum is 2/255, digits' is 2/16).
     The last step returns the mean x0_hat, without noise.

@@ -8,7 +8,7 @@ variance in the code convention. The last move returns the x0 prediction, no noi
 z = 0 at t = 1). Alg. 4 as printed divides by sqrt(1 - abar_t) (a variance (1 - abar_s) /
 (1 - abar_t) < 1); the code's sqrt(1 - abar_s) is kept, the one that makes z unit-variance.
 
-x_T: ``bench.ddgm.initial_latent`` (Gamma) or ``mixture_initial_latent``, which the DAG reaches
+x_T: ``bench.methods.ddgm.initial_latent`` (Gamma) or ``mixture_initial_latent``, which the DAG reaches
 through ``DDGMDenoiser.prior``. ``ddgm`` and ``ddgm_ddim`` are the registered samplers: they take
 the noise law from the denoiser, the law the model was trained with.
 """
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.ddgm import (
+from bench.core.noise import NoiseSource
+from bench.core.options import NonNegative
+from bench.methods.ddgm import (
     DEFAULT_PROPOSALS,
     DEFAULT_THETA_0,
     GammaProcess,
@@ -26,8 +28,6 @@ from bench.ddgm import (
     mixture_noise,
     mixture_phi2_schedule,
 )
-from bench.noise import NoiseSource
-from bench.options import NonNegative
 from bench.samplers.ddim import generalized
 from bench.samplers.ddpm import NoiseAt, Variance, ancestral
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.families import Prediction, predict
-from bench.noise import NoiseSource
-from bench.options import NonNegative
+from bench.core.denoiser import Prediction, predict
+from bench.core.noise import NoiseSource
+from bench.core.options import NonNegative
 from bench.samplers.ddpm import NoiseAt, gaussian_noise_at
 
 
@@ -33,7 +33,7 @@ def generalized_steps(
     """x_s = c_x0 x0_hat + c_eps eps_hat + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at k - 1.
 
     DDIM's (Eq. 12) or Analytic-DDIM's. Noise is drawn only when some sigma is positive. A repeated
-    timestep (DDIM's quad grid, bench.grids.REPEATING_GRIDS) is a zero-length step, as in DDIM's
+    timestep (DDIM's quad grid, bench.core.time_grids.REPEATING_GRIDS) is a zero-length step, as in DDIM's
     generalized_steps: the network is called (and counted), x stays as it is, no noise is added.
     With ``clip_x0``, eps_hat is the one implied by the clipped x0_hat (``eps_from_clipped_x0``) or the
     network's own.

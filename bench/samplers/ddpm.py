@@ -8,10 +8,10 @@ from typing import Literal, get_args
 
 import torch
 
-from bench.analytic import PAPER_PIXEL_QUANTUM, pixel_variance_threshold
-from bench.families import predict_x0
-from bench.noise import NoiseSource
-from bench.schedules import posterior_coefficients
+from bench.core.denoiser import predict_x0
+from bench.core.noise import NoiseSource
+from bench.core.schedules import posterior_coefficients
+from bench.methods.analytic import PAPER_PIXEL_QUANTUM, pixel_variance_threshold
 
 Variance = Literal["beta", "beta_tilde"]
 VARIANCES: tuple[str, ...] = get_args(Variance)
@@ -48,7 +48,7 @@ def ancestral_steps(
     """x_s = c0 x0_hat + ct x_t + sigma z with the coefficients of each move grid[k] -> grid[k - 1] at index k - 1.
 
     DDPM's posterior mean with its own variances, or with Analytic-DPM's. A repeated timestep
-    (bench.grids.REPEATING_GRIDS) is a zero-length step: one network call, x unchanged.
+    (bench.core.time_grids.REPEATING_GRIDS) is a zero-length step: one network call, x unchanged.
     """
     steps = grid.tolist()
     x = x_T

@@ -1,8 +1,8 @@
 """EDM samplers in sigma space (Karras et al. 2022, Alg. 1 and 2): Euler, Heun and the stochastic sampler.
 
 They integrate the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3 with
-sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.edm.sigma_grid),
-with ``denoiser`` a bench.edm.SigmaDenoiser.
+sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.methods.edm.sigma_grid),
+with ``denoiser`` a bench.methods.edm.SigmaDenoiser.
 
 Who scales x_T: the caller. As EDM's generate.py multiplies the latents by t_0 before its loop,
 x_T here is already at noise level grid[0]; the DAG passes ``noise.latent() * grid[0]``.
@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from bench.noise import NoiseSource
-from bench.options import NonNegative
+from bench.core.noise import NoiseSource
+from bench.core.options import NonNegative
 
 
 def euler(denoiser, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource) -> torch.Tensor:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.iddpm import VariancePrediction, log_variance_bounds
-from bench.noise import NoiseSource
+from bench.core.noise import NoiseSource
+from bench.methods.iddpm import VariancePrediction, log_variance_bounds
 from bench.samplers.ddpm import mean_coefficients
 
 
@@ -33,7 +33,7 @@ def sample(
         pred = denoiser(x, int(grid[k]))
         if not isinstance(pred, VariancePrediction):
             raise TypeError(
-                f"the iddpm sampler needs a learned-variance denoiser (bench.iddpm.LearnedVarianceDenoiser), "
+                f"the iddpm sampler needs a learned-variance denoiser (bench.methods.iddpm.LearnedVarianceDenoiser), "
                 f"got predictions of type {type(pred).__name__}"
             )
         # The mean needs x0 only: clipping it is all that clip_variance_prediction would change here.

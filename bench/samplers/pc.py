@@ -1,6 +1,6 @@
 """Predictor-corrector sampling of the VE SDE: reverse-diffusion predictor + Langevin corrector (score-SDE Alg. 2).
 
-``score_fn`` is a bench.ncsn.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``.
+``score_fn`` is a bench.methods.ncsn.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``.
 Who scales x_T: the caller. ``x_T`` is a draw from the VE prior N(0, sigma_max^2 I) (score-SDE
 ``prior_sampling``), sigma_max the largest visited level: the DAG passes
 ``score_fn.sigmas[grid[-1]] * noise.latent()``.
@@ -13,9 +13,9 @@ from typing import Annotated, Literal, get_args
 
 import torch
 
-from bench.ncsn import ScoreFn, check_level_grid
-from bench.noise import NoiseSource
-from bench.options import Positive, Range
+from bench.core.noise import NoiseSource
+from bench.core.options import Positive, Range
+from bench.methods.ncsn import ScoreFn, check_level_grid
 
 Corrector = Literal["langevin", "ald"]
 CORRECTORS: tuple[str, ...] = get_args(Corrector)
@@ -61,7 +61,7 @@ def sample(
     the means of the per-sample norms over a block of ``norm_block`` samples, rows [b B, (b + 1) B) of
     x (the last block may be shorter). score-SDE averages over its whole sampling batch; a block of
     fixed seeds keeps each sample independent of how a cell is cut into shards and batches
-    (bench.sampling.generate feeds whole blocks). ``norm_block`` = 1 is the per-sample step, whose
+    (bench.steps.sample.generate feeds whole blocks). ``norm_block`` = 1 is the per-sample step, whose
     dependence on x biases the chain's stationary law (it does not converge as K grows at low d);
     "ald" (score-SDE's AnnealedLangevinDynamics corrector): e = 2 (snr s_i)^2, state-independent.
     ``denoise`` returns the last predictor's mean, i.e. no noise is added after the lowest level

@@ -1,8 +1,8 @@
 """score-SDE's VP SDE samplers (Song et al. 2021, VP SDE of Eq. 11): Euler-Maruyama on the reverse-time SDE
 (Eq. 6) and the black-box probability-flow ODE sampler (Eq. 13).
 
-``score_fn`` is a bench.vpsde.VPTimeScore (``score_fn(x, t)`` and ``score_fn.sde.beta(t)``),
-``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.vpsde.VPSDE.time_grid). Who draws x_T:
+``score_fn`` is a bench.methods.vpsde.VPTimeScore (``score_fn(x, t)`` and ``score_fn.sde.beta(t)``),
+``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.methods.vpsde.VPSDE.time_grid). Who draws x_T:
 the caller, from the VP prior N(0, I) (``score_fn.prior``).
 """
 
@@ -13,8 +13,8 @@ from typing import Literal
 
 import torch
 
-from bench.noise import NoiseSource
-from bench.options import Positive
+from bench.core.noise import NoiseSource
+from bench.core.options import Positive
 
 # torchdiffeq's adaptive Runge-Kutta solvers.
 OdeMethod = Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"]

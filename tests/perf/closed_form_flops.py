@@ -1,4 +1,4 @@
-"""Closed-form FLOP counts of our networks, for the tests of bench.network_flops and of perf's columns."""
+"""Closed-form FLOP counts of our networks, for the tests of bench.perf.network_flops and of perf's columns."""
 
 from torch import nn
 

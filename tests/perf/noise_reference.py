@@ -1,4 +1,4 @@
-"""The plain implementation of bench.noise, kept as the reference its fast paths must equal.
+"""The plain implementation of bench.core.noise, kept as the reference its fast paths must equal.
 
 Counter-based noise: sample i's noise at stream s is a pure function of (seed_i, s, element).
 

@@ -1,4 +1,4 @@
-"""bench.network_flops: FLOPs against closed forms, the GPU peak table, and perf's TFLOP/s columns."""
+"""bench.perf.network_flops: FLOPs against closed forms, the GPU peak table, and perf's TFLOP/s columns."""
 
 import re
 
@@ -8,9 +8,9 @@ from closed_form_flops import mlp_flops
 from torch import nn
 
 from bench.nets.mlp import MLPDenoiser
-from bench.network_flops import PRECISIONS, count_flops, gpu_peak, gpu_peaks, matmul_precision, peak_tflops
 from bench.perf import PerfRow
-from bench.speed import SpeedOptions
+from bench.perf.network_flops import PRECISIONS, count_flops, gpu_peak, gpu_peaks, matmul_precision, peak_tflops
+from bench.runtime.speed import SpeedOptions
 
 
 @pytest.mark.parametrize("batch", [8, 20])

@@ -1,10 +1,10 @@
-"""bench.noise draws exactly the values of its plain reference implementation: same hash, keys and Box-Muller."""
+"""bench.core.noise draws exactly the values of its plain reference implementation: same hash, keys and Box-Muller."""
 
 import noise_reference as noise
 import pytest
 import torch
 
-from bench import noise as noise_fast
+from bench.core import noise as noise_fast
 
 SEED_SETS = {
     "consecutive": torch.arange(64),
@@ -74,7 +74,7 @@ def test_the_kernel_compiles_without_a_writable_cache(monkeypatch):
     """Where numba has no cache location (read-only install and home) the kernel compiles per process."""
     import numba
 
-    from bench import noise_kernel
+    from bench.core import noise_kernel
 
     real = numba.njit
 

@@ -1,10 +1,10 @@
-"""bench.noise's tensor lanes (the path of non-CPU devices) draw the kernel's and the reference's values, run here on CPU."""
+"""bench.core.noise's tensor lanes (the path of non-CPU devices) draw the kernel's and the reference's values, run here on CPU."""
 
 import noise_reference as noise
 import pytest
 import torch
 
-from bench import noise as noise_fast
+from bench.core import noise as noise_fast
 
 SEEDS = torch.tensor([0, 1, -1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 17, 2**63 - 1, -(2**63), *range(5, 60)])
 STREAMS = [0, 1, 17, 2**32 - 1, (1 << 32) | 5, (1 << 63) - 1]

@@ -8,9 +8,9 @@ import torch
 from closed_form_flops import mlp_flops
 
 from bench import perf
-from bench.grids import time_grid
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import time_grid
 from bench.samplers import SAMPLERS
-from bench.schedules import DiscreteSchedule
 
 TINY = ["--networks", "mlp", "--batch", "8", "--steps", "2", "--repeats", "1", "--warmup", "0", "--no-cells"]
 
@@ -66,7 +66,7 @@ def test_perf_runs_end_to_end_and_appends_to_the_csv(tmp_path, capsys):
         shares = [float(row[k]) for k in ("net_pct", "noise_pct", "arith_pct")]
         assert sum(shares) == pytest.approx(100.0, abs=1e-3) and min(shares[:2]) >= 0
         assert row["mem_kind"] in ("rss_hwm", "ru_maxrss")
-        assert row["noise_module"] == "bench.noise" and '"autocast": {"enabled": false}' in row["speed"]
+        assert row["noise_module"] == "bench.core.noise" and '"autocast": {"enabled": false}' in row["speed"]
     peers = {r["sampler"]: r for r in rows if r["loop"] == "diffusers"}
     if perf.diffusers_version():
         assert set(peers) == {"ddpm", "ddim"}
@@ -148,8 +148,8 @@ def test_bad_options_are_rejected_with_what_is_allowed(tmp_path):
         perf.PerfOptions(repeats=0)
     with pytest.raises(ValueError, match=r"samplers \['nope'\] are not registered"):
         perf.PerfOptions(samplers=("nope",))
-    with pytest.raises(ValueError, match="noise module 'bench.grids' has no NoiseSource"):
-        perf.run_perf(perf.PerfOptions(networks=("mlp",), noise_module="bench.grids"))
+    with pytest.raises(ValueError, match="noise module 'bench.core.time_grids' has no NoiseSource"):
+        perf.run_perf(perf.PerfOptions(networks=("mlp",), noise_module="bench.core.time_grids"))
     bad = tmp_path / "perf.csv"
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="has columns \\['a', 'b'\\], not the perf columns"):
@@ -158,7 +158,7 @@ def test_bad_options_are_rejected_with_what_is_allowed(tmp_path):
 
 def test_every_pair_of_the_embedded_config_is_timed_on_its_own_family_denoiser():
     from bench.config import load_config
-    from bench.perf_cells import config_pairs
+    from bench.perf.cells import config_pairs
 
     rows = perf.run_perf(perf.PerfOptions(networks=("mlp",), batch=4, steps=2, repeats=1, warmup=0, peer=False,
                                           samplers=("ddim",), cells=perf.DEFAULT_CELLS))

@@ -1,4 +1,4 @@
-"""bench.speed: each option's provenance record, and how far the options that may move numbers move them."""
+"""bench.runtime.speed: each option's provenance record, and how far the options that may move numbers move them."""
 
 import platform
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from bench.nets.ddpm_unet import DDPMUNet
 from bench.nets.mlp import MLPDenoiser
-from bench.speed import (
+from bench.runtime.speed import (
     SpeedOptions,
     apply_speed_options,
     compile_network,
@@ -20,7 +20,7 @@ from bench.speed import (
     use_cuda_graphs,
 )
 
-# Documented in bench.speed: channels_last within 1e-5 of the output scale; autocast within 16
+# Documented in bench.runtime.speed: channels_last within 1e-5 of the output scale; autocast within 16
 # unit roundoffs of it (bf16: 2^-8, fp16: 2^-11).
 CHANNELS_LAST_RTOL = 1e-5
 AUTOCAST_RTOL = {"bf16": 16 * 2.0**-8, "fp16": 16 * 2.0**-11}

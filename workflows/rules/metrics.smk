@@ -193,7 +193,7 @@ SHARED_CELLS = shared_cells(config)
 
 
 def cell_record(c) -> dict:
-    """A cell of metrics.csv and the result files it reads: those of the cell that computes it (bench/shared_cells.py)."""
+    """A cell of metrics.csv and the result files it reads: those of the cell that computes it (bench/steps/shared_cells.py)."""
     sampler = config["samplers"][c.sampler]
     dataset = dataset_of(c.model)
     source = SHARED_CELLS.get(c, c)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.strict_yaml import load_yaml
+from bench.runtime.strict_yaml import load_yaml
 
 HERE = Path(__file__).resolve().parent
 CSV_PATH = HERE / "paper_tables.csv"
@@ -167,7 +167,7 @@ def render(spec: dict) -> str:
 
 
 def main() -> int:
-    from bench.io import atomic_text
+    from bench.runtime.io import atomic_text
 
     specs = build_all()
     for name, spec in specs.items():

@@ -1,9 +1,9 @@
-"""bench.noise's CPU kernel: a step's keys, both hash rounds and the uniforms in one pass per sample (numba).
+"""bench.core.noise's CPU kernel: a step's keys, both hash rounds and the uniforms in one pass per sample (numba).
 
 Run as separate numpy ops, the hash moved every 32-bit value through memory about twenty times and
 cost more than torch.randn; fused, the values stay in vector registers and a step's uniforms cost a
 fraction of the embedded network's forward pass. The integer arithmetic is exactly that of
-bench.noise's tensor lanes (and of tests/perf/noise_reference.py): the same bits on every path.
+bench.core.noise's tensor lanes (and of tests/perf/noise_reference.py): the same bits on every path.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bench import noise
+from bench.core import noise
 
 _MULT_A = np.uint32(noise._MULT_A)
 _MULT_B = np.uint32(noise._MULT_B)
@@ -30,7 +30,7 @@ def _lowbias32(x):
 
 
 # Compiled eagerly for both output dtypes (from numba's on-disk cache after the first run), so that the
-# warm worker (bench.warm_worker), which imports this module before it forks, hands every job a ready kernel.
+# warm worker (bench.runtime.warm_worker), which imports this module before it forks, hands every job a ready kernel.
 _SIGNATURES = [
     f"void(uint32[::1], uint32[::1], int64, int64, float64[::1], {dtype}[:, :, ::1])"
     for dtype in ("float32", "float64")
@@ -56,8 +56,8 @@ def _compiled(signatures: list[str]):
 def uniform_blocks(seed_a, seed_b, stream_lo, stream_hi, scales, out):
     """out[d, i, p] = (bits_i(d m + p) + 0.5) * scales[d], rounded once to out's dtype; m = out.shape[2].
 
-    seed_a, seed_b: the per-seed key lanes (bench.noise.seed_keys) as uint32 [B]; the stream's half of
-    the keys (bench.noise.stream_keys) is hashed here, once per sample.
+    seed_a, seed_b: the per-seed key lanes (bench.core.noise.seed_keys) as uint32 [B]; the stream's half of
+    the keys (bench.core.noise.stream_keys) is hashed here, once per sample.
     """
     blocks, batch, m = out.shape
     for i in range(batch):

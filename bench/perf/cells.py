@@ -4,7 +4,7 @@
 samplers as a run uses them: each trained model of the config (its network with random weights, its
 schedule and family denoiser: DDGM's noise law, EDM's preconditioning, iDDPM's learned variance, the
 VE score) with each sampler of its experiments, through the same view the DAG's sample step gives it
-(``bench.sampling.sampler_view``: the sigma conversion for EDM's samplers on a VP chain, the levels
+(``bench.steps.sample.sampler_view``: the sigma conversion for EDM's samplers on a VP chain, the levels
 of Langevin and PC), with the config's sampling.speed options applied to the network. A sample run
 is instrumented: the time inside network calls, inside noise draws, and the rest; the overhead is
 the rest over the network time of the same run, so it needs no separate bare-forward timing and is
@@ -22,15 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.analytic import BoundTerms
 from bench.config import cells, load_config, sampling_speed
+from bench.core.noise import NoiseSource
+from bench.methods.analytic import BoundTerms
 from bench.models import build_network, build_schedule, make_denoiser
-from bench.network_flops import count_flops, matmul_precision, peak_tflops
-from bench.noise import NoiseSource
-from bench.plan import needs_moments
+from bench.perf.network_flops import count_flops, matmul_precision, peak_tflops
+from bench.runtime.speed import SpeedOptions, apply_speed_options
 from bench.samplers import get_sampler
-from bench.sampling import sampler_options, sampler_view
-from bench.speed import SpeedOptions, apply_speed_options
+from bench.steps.plan import needs_moments
+from bench.steps.sample import sampler_options, sampler_view
 
 # Gamma_n = E||eps_hat||^2 / d of a stand-in model: inside (0, 1), where Theorem 2's clipping keeps it.
 GAMMA_STAND_IN = 0.9

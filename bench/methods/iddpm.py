@@ -1,6 +1,6 @@
 """iDDPM (Nichol & Dhariwal 2021): respacing, learned-range variances, the hybrid loss and its VLB.
 
-Step indices are 0-based (bench.schedules). A respaced chain is the sub-chain over an ascending grid
+Step indices are 0-based (bench.core.schedules). A respaced chain is the sub-chain over an ascending grid
 of kept steps, its betas recomputed from alpha-bar (DiscreteSchedule.sub_chain). A learned-variance
 network outputs 2C channels [eps, v]; v = -1 gives the chain's beta-tilde (clipped at the first
 step) and v = +1 its beta, v is not clamped (improved_diffusion's ``learned_range``).
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.families import DiscreteEpsDenoiser, Prediction, clip_prediction
+from bench.core.denoiser import DiscreteEpsDenoiser, Prediction, clip_prediction
+from bench.core.noise import normal
+from bench.core.schedules import DiscreteSchedule, posterior_coefficients
 from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
-from bench.noise import normal
-from bench.schedules import DiscreteSchedule, posterior_coefficients
 
 HYBRID_LAMBDA = 0.001
 

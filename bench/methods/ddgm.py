@@ -2,7 +2,7 @@
 
 Papers: "Denoising Diffusion Gamma Models" (arXiv:2110.05948, ICLR-2022 submission) for the Gamma
 process; "Non Gaussian Denoising Diffusion Models" (arXiv:2106.07582) for the mixture noise. Steps
-are 0-based (``n`` = paper t - 1), as in bench.schedules; everything is float64.
+are 0-based (``n`` = paper t - 1), as in bench.core.schedules; everything is float64.
 
 Gamma process. theta_n = sqrt(abar_n) theta_0, kbar_n = sum_{m<=n} k_m, and k_n is either
 ``code``: beta_n / (abar_n theta_0^2), the default (Sec. 4.1 and the public code,
@@ -30,7 +30,7 @@ and takes the first accepted one; if all are rejected (probability below 0.049^p
 4e-11 for the default 8) it takes the proposal z = 0, i.e. d v = d. Proposal j uses
 ``draws.normal(j)`` and ``draws.uniform(j)``, the boost ``draws.uniform(proposals)``; a later
 proposal is only drawn while some element still waits for one, which changes no value because
-every draw of a sample is a pure function of its own seed (bench.noise). The centred value
+every draw of a sample is a pure function of its own seed (bench.core.noise). The centred value
 g - a theta is computed as theta (d (v - 1) - 1/3) with v - 1 expanded, so it keeps its precision
 when a is ~1e10 (theta_0 = 1e-3).
 
@@ -71,10 +71,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from bench import noise as counter_noise
-from bench.families import DiscreteEpsDenoiser
-from bench.noise import NoiseSource
-from bench.schedules import DiscreteSchedule
+from bench.core import noise as counter_noise
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule
 
 K_CONVENTIONS = ("code", "paper")
 # The keys each kind of ``models.<name>.noise`` entry takes (NAMES.md).

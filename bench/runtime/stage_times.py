@@ -14,7 +14,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.io import atomic_text
+from bench.runtime.io import atomic_text
 
 # Snakemake rule -> stage; the stages in the order a run passes through them.
 RULE_STAGES = {

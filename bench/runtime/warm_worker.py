@@ -53,13 +53,13 @@ PRELOAD = (
     "threadpoolctl",
     "torch",
     "bench.cli",
-    "bench.analytic",
+    "bench.methods.analytic",
     "bench.data",
-    "bench.grids",
+    "bench.core.time_grids",
     "bench.models",
-    "bench.sampling",
-    "bench.noise_kernel",
-    "bench.training",
+    "bench.steps.sample",
+    "bench.core.noise_kernel",
+    "bench.steps.train",
     "bench.metrics.digits_cnn",
     "bench.metrics.extractors",
     "bench.metrics.feature_stats",
@@ -358,7 +358,7 @@ def start_worker(cwd: Path | None = None, entry: str = ENTRY) -> WarmWorker:
     remove_stale_workers()
     directory = Path(tempfile.mkdtemp(prefix=WORKER_DIR_PREFIX))
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.warm_worker", "--directory", str(directory), "--parent", str(os.getpid()),
+        [sys.executable, "-m", "bench.runtime.warm_worker", "--directory", str(directory), "--parent", str(os.getpid()),
          "--entry", entry],
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -374,7 +374,7 @@ def start_worker(cwd: Path | None = None, entry: str = ENTRY) -> WarmWorker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.warm_worker", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.runtime.warm_worker", description=__doc__.splitlines()[0])
     p.add_argument("--directory", type=Path, required=True, help="where the socket goes (removed on exit)")
     p.add_argument("--parent", type=int, required=True, help="the server exits when this process has")
     p.add_argument("--entry", default=ENTRY, help="module:function each job calls with its argv (default %(default)s)")

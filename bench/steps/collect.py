@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bench.config import state_dtype_name
-from bench.io import atomic_json, atomic_text, load_json
+from bench.runtime.io import atomic_json, atomic_text, load_json
 
 COLUMNS = (
     "dataset",
@@ -31,7 +31,7 @@ COLUMNS = (
     "wall_seconds",
     "status",
     # Per-cell provenance: every device the cell's steps ran on, the seconds they held them
-    # (bench.stepclock: GPU-held wall time on CUDA, process CPU time on the CPU), and for FD / IS
+    # (bench.runtime.stepclock: GPU-held wall time on CUDA, process CPU time on the CPU), and for FD / IS
     # the content hash of the reference feature statistics.
     "device",
     "device_seconds",
@@ -40,7 +40,7 @@ COLUMNS = (
     "ci_low",
     "ci_high",
 )
-SOURCE_DIR = Path(__file__).resolve().parents[1]
+SOURCE_DIR = Path(__file__).resolve().parents[2]
 PACKAGES = (
     "torch",
     "torchvision",
@@ -140,7 +140,7 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
 
 
 def oracle_rows(record: dict, labels: dict[str, dict]) -> list[dict]:
-    """metrics.csv rows of the oracle table (bench.oracle): one per (sampler, K), its energy distance as value."""
+    """metrics.csv rows of the oracle table (bench.steps.oracle): one per (sampler, K), its energy distance as value."""
     return [
         {
             "dataset": record["dataset"], "model": record["model"], "family": "ddpm", "sampler": c["sampler"],

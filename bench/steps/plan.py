@@ -15,7 +15,7 @@ evaluations (NFE) and estimated device hours.
   the configuration, else ``SECONDS_PER_NFE`` by network type, else ``DEFAULT_SECONDS_PER_NFE``.
 The last row, ``total``, is the whole run: every cell of the experiments (tables may show fewer)
 with its FD / IS and NLL jobs as the workflow makes them, each job and NFE counted once, a cell that
-another computes (bench/shared_cells.py) counted as a cell but not again in jobs, and the run-wide
+another computes (bench/steps/shared_cells.py) counted as a cell but not again in jobs, and the run-wide
 jobs added: its job count is what ``snakemake -n`` plans for a fresh run.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from bench.config import ORACLE_METRIC, ConfigError, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
-from bench.grids import MOMENT_GRIDS
-from bench.shared_cells import shared_cells
+from bench.core.time_grids import MOMENT_GRIDS
+from bench.steps.shared_cells import shared_cells
 
 # Seconds per network evaluation per sample, by network type.
 # mlp: the embedded default's MLP (width 192, depth 3) sampling 1000 digits per batch on one CPU
@@ -88,7 +88,7 @@ def nfe_per_sample(sampler: dict, K: int) -> int:
     except KeyError:
         raise ConfigError(
             f"plan: sampler function {sampler['fn']!r} has no NFE count; known: {sorted(NFE_PER_SAMPLE)} "
-            "(add it to bench.plan.NFE_PER_SAMPLE)"
+            "(add it to bench.steps.plan.NFE_PER_SAMPLE)"
         ) from None
     return rule(K, sampler.get("options", {}))
 
@@ -276,7 +276,7 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
     shared = shared_cells(cfg)
     for c in all_cells(cfg):
         if c in shared:
-            continue  # its samples and bound are another cell's (bench/shared_cells.py)
+            continue  # its samples and bound are another cell's (bench/steps/shared_cells.py)
         if "fd_is" in metrics:
             work.append((False, c.model, c.sampler, c.K))
         if "nll" in metrics and "nll" in cfg["samplers"][c.sampler]:

@@ -9,7 +9,7 @@ after warm-up, device-synchronised; the loops of one network run in interleaved 
 drifting machine load affects them alike. An extra instrumented run splits a sample run into network
 calls, noise draws and the rest (our arithmetic). Networks have random weights (seeded). Then every
 (model, sampler) pair of a config (default: the embedded default) on that model's own network and
-family denoiser, as the DAG runs it (bench.perf_cells).
+family denoiser, as the DAG runs it (bench.perf.cells).
 
 Columns of results/perf.csv (rows are appended; the rows of one run share run_id):
   run_id            UTC time the run started (ISO 8601)
@@ -19,7 +19,7 @@ Columns of results/perf.csv (rows are appended; the rows of one run share run_id
   diffusers         diffusers version, '' when not installed
   threads           torch intra-op threads
   clock             wall: device-synchronised perf_counter; cpu: process CPU seconds (CPU only)
-  network           mlp | ddpm_unet | adm_unet | edm_songunet | cell:<model> (a config's model, bench.perf_cells)
+  network           mlp | ddpm_unet | adm_unet | edm_songunet | cell:<model> (a config's model, bench.perf.cells)
   shape             one sample, C x H x W
   batch             samples per network call
   loop              network (bare forward) | ours (bench.samplers) | diffusers (the peer loop)
@@ -37,16 +37,16 @@ Columns of results/perf.csv (rows are appended; the rows of one run share run_id
   noise_pct         ... share of NoiseSource draws
   arith_pct         ... the rest: the sampler's and the denoiser's tensor arithmetic, Python
   peer_max_rel_diff max |x0_ours - x0_peer| / max |x0_peer| for deterministic samplers (DDIM, eta=0)
-  gflop_per_nfe     network FLOPs per call, torch's count (bench.network_flops: 2 per multiply-add of
+  gflop_per_nfe     network FLOPs per call, torch's count (bench.perf.network_flops: 2 per multiply-add of
                     matmuls, convolutions, attention)
   tflops            gflop_per_nfe / ms_per_nfe: the rate at which the row turns network FLOPs
   precision         number format of the network's products: fp32 | tf32 | bf16 | fp16
-  peak_tflops       the GPU's dense peak in that format (bench/gpu_peaks.yaml; '' on a CPU or unknown GPU)
+  peak_tflops       the GPU's dense peak in that format (bench/perf/gpu_peaks.yaml; '' on a CPU or unknown GPU)
   peak_pct          100 tflops / peak_tflops
   repeats, warmup   timed runs per median, untimed runs before them
   noise_module      module whose NoiseSource our samplers drew from
   state_dtype       dtype of our samplers' state and noise (the config's sampling.state_dtype)
-  speed             JSON record of the bench.speed options applied to the network
+  speed             JSON record of the bench.runtime.speed options applied to the network
   note              why a sampler was skipped, and other remarks
 """
 
@@ -74,20 +74,20 @@ import torch
 from torch import nn
 
 from bench.config import DEFAULT_STATE_DTYPE, STATE_DTYPES, read_yaml
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import time_grid
-from bench.io import atomic_text
-from bench.network_flops import count_flops, gpu_peak, matmul_precision, peak_tflops
-from bench.perf_cells import measure_cells, redraw_zero_parameters
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import time_grid
+from bench.perf.cells import measure_cells, redraw_zero_parameters
+from bench.perf.network_flops import count_flops, gpu_peak, matmul_precision, peak_tflops
+from bench.runtime.io import atomic_text
+from bench.runtime.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, inference_context, unwrap_network
 from bench.samplers import SAMPLERS
-from bench.schedules import DiscreteSchedule
-from bench.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, inference_context, unwrap_network
 
 NETWORKS = ("mlp", "ddpm_unet", "adm_unet", "edm_songunet")
 CLOCKS = ("wall", "cpu")
-DEFAULT_MANIFESTS = Path(__file__).resolve().parents[1] / "tests" / "manifests"
+DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "tests" / "manifests"
 DEFAULT_OUT = Path("results/perf.csv")
-DEFAULT_CELLS = Path(__file__).resolve().parents[1] / "workflows" / "config" / "default.yaml"
+DEFAULT_CELLS = Path(__file__).resolve().parents[2] / "workflows" / "config" / "default.yaml"
 # (batch, steps) per network: the embedded sampling batch, and a CPU-sized one at CIFAR-10 scale.
 SIZES = {"mlp": (1000, 10), "ddpm_unet": (2, 4), "adm_unet": (2, 4), "edm_songunet": (2, 4)}
 MANIFESTS = {
@@ -139,7 +139,7 @@ class PerfOptions:
     peer: bool = True
     clock: str = "wall"
     seed: int = 0
-    noise_module: str = "bench.noise"
+    noise_module: str = "bench.core.noise"
     state_dtype: str = DEFAULT_STATE_DTYPE
     manifests: Path = DEFAULT_MANIFESTS
     speed: SpeedOptions = field(default_factory=SpeedOptions)
@@ -345,8 +345,8 @@ def _required_options(fn: Callable) -> list[str]:
 
 
 def _trial(fn: Callable, grid_kind: str, options: dict[str, Any]) -> str:
+    from bench.core.noise import NoiseSource
     from bench.nets.mlp import MLPDenoiser
-    from bench.noise import NoiseSource
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -618,7 +618,7 @@ def run_perf(options: PerfOptions) -> list[PerfRow]:
                 rows += measure_cells(options.cells, K=steps, batch=batch, repeats=options.repeats,
                                       warmup=options.warmup, clock=clock, seed=options.seed,
                                       state_dtype=getattr(torch, options.state_dtype),
-                                      context={**context, "speed": json.dumps({}), "noise_module": "bench.noise"})
+                                      context={**context, "speed": json.dumps({}), "noise_module": "bench.core.noise"})
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -835,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=CLOCKS, default="wall", help="what a run's seconds measure")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of sample 0's noise")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip diffusers' loops")
-    p.add_argument("--noise-module", default="bench.noise", help="module providing NoiseSource")
+    p.add_argument("--noise-module", default="bench.core.noise", help="module providing NoiseSource")
     p.add_argument("--state-dtype", choices=STATE_DTYPES, default=DEFAULT_STATE_DTYPE,
                    help="dtype of the samplers' state and noise (the config's sampling.state_dtype)")
     p.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS, help="folder of the network manifests")

@@ -12,7 +12,7 @@ r = sqrt(-2 log u) in the requested dtype, so a float32 sampler pays for float32
 
 For speed (the noise of a DDPM step must cost little beside the network):
 
-- on CPU, bench.noise_kernel fuses the stream keys, both hash rounds and the uniforms in one numba
+- on CPU, bench.core.noise_kernel fuses the stream keys, both hash rounds and the uniforms in one numba
   pass; elsewhere the hash runs as in-place int32 tensor ops on two work buffers (a logical right
   shift is an arithmetic shift then a mask; the multiply wraps in two's complement);
 - ``NoiseSource`` hashes the per-seed half of the keys once and keeps its work buffers;
@@ -85,7 +85,7 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
 
 
 def stream_keys(keys: torch.Tensor, stream: int) -> torch.Tensor:
-    """The keys of (seed, stream) as int32 lanes [2, B] from the per-seed keys (bench.noise_kernel does the same)."""
+    """The keys of (seed, stream) as int32 lanes [2, B] from the per-seed keys (noise_kernel does the same)."""
     lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
     k = keys ^ _lane_column(keys, lo, hi ^ _STREAM_SALT)
     tmp = torch.empty_like(k)
@@ -116,7 +116,7 @@ class _Blocks:
         if _uses_kernel(device):
             # Imported here: loading numba and the compiled kernel takes most of a second, which jobs on
             # other devices need not pay (the warm worker preloads it for local runs).
-            from bench.noise_kernel import uniform_blocks
+            from bench.core.noise_kernel import uniform_blocks
 
             self.kernel = uniform_blocks
             self.key_lanes = keys.numpy().view(np.uint32)

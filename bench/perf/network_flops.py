@@ -2,7 +2,7 @@
 
 FLOPs are torch's count (torch.utils.flop_counter): 2 per multiply-add of every matmul, convolution
 and attention product; elementwise work is not counted, so the rate is that of the network's products,
-the usual convention for model FLOP utilisation. Peaks come from bench/gpu_peaks.yaml.
+the usual convention for model FLOP utilisation. Peaks come from bench/perf/gpu_peaks.yaml.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.speed import SpeedOptions
-from bench.strict_yaml import load_yaml
+from bench.runtime.speed import SpeedOptions
+from bench.runtime.strict_yaml import load_yaml
 
-# Number formats of the network's products, as bench/gpu_peaks.yaml lists their peaks.
+# Number formats of the network's products, as bench/perf/gpu_peaks.yaml lists their peaks.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class GPUPeak:
-    """One entry of bench/gpu_peaks.yaml: dense peak TFLOP/s by number format, and where it comes from."""
+    """One entry of bench/perf/gpu_peaks.yaml: dense peak TFLOP/s by number format, and where it comes from."""
 
     name: str
     match: str  # a regular expression searched in torch.cuda.get_device_name()
@@ -53,8 +53,8 @@ def matmul_precision(device: torch.device, speed: SpeedOptions) -> str:
 
 @cache
 def gpu_peaks() -> tuple[GPUPeak, ...]:
-    """The entries of bench/gpu_peaks.yaml, in file order."""
-    data = load_yaml(resources.files("bench").joinpath("gpu_peaks.yaml").read_text())
+    """The entries of bench/perf/gpu_peaks.yaml, in file order."""
+    data = load_yaml(resources.files("bench.perf").joinpath("gpu_peaks.yaml").read_text())
     return tuple(GPUPeak(e["name"], e["match"], e["source"], dict(e["tflops"])) for e in data["devices"])
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from bench.device import DeviceChoice
+    from bench.runtime.device import DeviceChoice
 
 GPU_HELD_WALL = "gpu_held_wall"
 PROCESS_CPU = "process_cpu"
@@ -37,10 +37,10 @@ class StepClock:
 
     @classmethod
     def start(cls) -> StepClock:
-        """Choose this process's device (bench.device.select_device), make it current, start timing."""
+        """Choose this process's device (bench.runtime.device.select_device), make it current, start timing."""
         import torch
 
-        from bench.device import select_device
+        from bench.runtime.device import select_device
 
         choice = select_device()
         if choice.device.type == "cuda":
@@ -64,7 +64,7 @@ class StepClock:
         if self.choice is None:
             device, detail, on_gpu = "cpu", f"cpu ({platform.processor() or platform.machine()}, numpy)", False
         else:
-            from bench.device import device_label
+            from bench.runtime.device import device_label
 
             device, detail, on_gpu = device_label(self.choice), self.choice.description, self.device.type == "cuda"
         if on_gpu:

@@ -1,6 +1,6 @@
 """Analytic-DPM (Bao et al. 2022): the optimal reverse variance estimated from the mean square of eps.
 
-Step indices are 0-based (bench.schedules). abar = alpha-bar, bbar = 1 - abar; for a pair s < t of a
+Step indices are 0-based (bench.core.schedules). abar = alpha-bar, bbar = 1 - abar; for a pair s < t of a
 trajectory, alpha_{t|s} = abar_t / abar_s. ``gamma[n]`` is the Monte Carlo mean square of the eps
 prediction, E||eps_hat(x_n, n)||^2 / d (the official code's ``ms_eps``). Bao et al.'s Gamma_n of Eq. 8
 is the mean square of the score s = -eps / sqrt(bbar_n), so their factor 1 - bbar_n Gamma_n is
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.families import DiscreteEpsDenoiser, clip_prediction
-from bench.io import CorruptFileError, atomic_npz, load_npz
+from bench.core.denoiser import DiscreteEpsDenoiser, clip_prediction
+from bench.core.noise import normal
+from bench.core.schedules import posterior_coefficients
 from bench.metrics.nll import decoder_variance, discretized_gaussian_log_likelihood, gaussian_kl
-from bench.noise import normal
-from bench.schedules import posterior_coefficients
+from bench.runtime.io import CorruptFileError, atomic_npz, load_npz
 
 FORMS = ("ddpm", "ddim")
 PAPER_PIXEL_QUANTUM = 2.0 / 255.0  # one intensity level of 8-bit data scaled to [-1, 1]
@@ -175,7 +175,7 @@ def save_moments(
 ) -> Path:
     """Write gamma (and its standard error) atomically, recording the model hash, M, the seed and ``provenance``.
 
-    ``bound_terms`` are stored beside gamma where given; ``provenance`` (bench.stepclock.StepClock.record:
+    ``bound_terms`` are stored beside gamma where given; ``provenance`` (bench.runtime.stepclock.StepClock.record:
     device and timing) is stored as one array per key.
     """
     gamma = torch.as_tensor(gamma, dtype=torch.float64)
@@ -352,7 +352,7 @@ def sampling_variances(
 def even_trajectory(T: int, K: int) -> torch.Tensor:
     """App. F.4: tau_k = round(1 + (k - 1)(N - 1)/(K - 1)) accumulated in floats as the official code, 0-based.
 
-    Differs from bench.grids.even_grid where a value is a tie: T = 1000, K = 25 gives 167 vs 166 at k = 4.
+    Differs from bench.core.time_grids.even_grid where a value is a tie: T = 1000, K = 25 gives 167 vs 166 at k = 4.
     """
     if not isinstance(K, int) or isinstance(K, bool) or not 2 <= K <= T:
         raise ValueError(f"number of steps K={K!r} must be an integer in [2, T={T}]")

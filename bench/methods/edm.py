@@ -15,12 +15,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from bench.families import DiscreteEpsDenoiser
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.noise import NoiseSource
+from bench.core.options import Positive
+from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
 from bench.nets.edm_precond import EDMPrecond
 from bench.nets.mlp import MLPDenoiser
-from bench.noise import NoiseSource
-from bench.options import Positive
-from bench.schedules import DiscreteSchedule, sigma_of_alpha_bar
 
 SIGMA_GRIDS = ("edm", "vp", "ve", "iddpm")
 
@@ -384,8 +384,8 @@ class EDMNetworkDenoiser:
         return self
 
     def as_score(self):
-        """The score (D - x) / sigma^2 on 1000 geometric levels of the range (a bench.ncsn.ScoreFn), for the PF-ODE."""
-        from bench.ncsn import VEDenoiserScore
+        """The score (D - x) / sigma^2 on 1000 geometric levels of the range (an ncsn.ScoreFn), for the PF-ODE."""
+        from bench.methods.ncsn import VEDenoiserScore
 
         return VEDenoiserScore(self)
 
@@ -394,7 +394,7 @@ class EDMNetworkDenoiser:
 
         NFE stays counted here, in this denoiser's ``nfe``.
         """
-        from bench.ncsn import LevelScore, VEDenoiserScore
+        from bench.methods.ncsn import LevelScore, VEDenoiserScore
 
         return LevelScore(VEDenoiserScore(self, sigmas), sigmas)
 

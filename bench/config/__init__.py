@@ -17,7 +17,8 @@ import jsonschema
 import yaml
 
 from bench.checkpoints.references import BACKEND_MODES, DEFAULT_MODE, load_references
-from bench.grids import (
+from bench.core.options import OptionError, check_options, check_values, option_parameters, required_options
+from bench.core.time_grids import (
     GRIDS,
     MOMENT_GRIDS,
     REPEATING_GRIDS,
@@ -28,13 +29,12 @@ from bench.grids import (
     time_grid,
     trajectory_variance,
 )
-from bench.options import OptionError, check_options, check_values, option_parameters, required_options
-from bench.speed import SpeedOptions
-from bench.strict_yaml import load_yaml
+from bench.runtime.speed import SpeedOptions
+from bench.runtime.strict_yaml import load_yaml
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
-# The oracle table's metric and model name in metrics.csv (bench.oracle; config key 'oracle').
+# The oracle table's metric and model name in metrics.csv (bench.steps.oracle; config key 'oracle').
 ORACLE_METRIC, ORACLE_MODEL = "oracle_energy", "oracle"
 # Families with a continuous-time score, whose likelihood the probability-flow ODE gives (metrics.ode_nll).
 CONTINUOUS_FAMILIES = ("ve", "edm")
@@ -227,7 +227,7 @@ def _check_model(name: str, model: dict) -> None:
         )
     s = model["schedule"]
     if s["name"] in ("linear", "cosine"):
-        from bench.schedules import DiscreteSchedule
+        from bench.core.schedules import DiscreteSchedule
 
         try:
             DiscreteSchedule.named(s["name"], s["T"])
@@ -281,8 +281,8 @@ VP_SDE_GRID = "vp_sde"
 
 def grid_option_types(grid: str) -> dict[str, Any]:
     """Name -> annotation of each grid_option of ``grid``: the parameters of the functions that receive them."""
-    from bench.edm import SIGMA_GRID_FUNCTIONS
-    from bench.vpsde import VPSDE
+    from bench.methods.edm import SIGMA_GRID_FUNCTIONS
+    from bench.methods.vpsde import VPSDE
 
     if grid == VP_SDE_GRID:
         return {**option_parameters(VPSDE), **option_parameters(VPSDE.time_grid, exclude=("self", "K"))}
@@ -293,7 +293,7 @@ def grid_option_types(grid: str) -> dict[str, Any]:
 
 def _check_grid_options(name: str, sampler: dict) -> None:
     """grid_options against the parameters of the grid's functions, past the step count and the model."""
-    from bench.vpsde import VPSDE
+    from bench.methods.vpsde import VPSDE
 
     grid = sampler["grid"]
     options = sampler.get("grid_options", {})
@@ -326,8 +326,8 @@ def _check_grid_range_sampler(name: str, sampler: dict) -> None:
         check_options(**{k: v for k, v in options.items() if k in known})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config key 'samplers.{name}.options': {err}") from None
-    # The range is read from grid_options (bench.edm.sigma_range), whose names _check_grid_options checked.
-    from bench.edm import sigma_grid
+    # The range is read from grid_options (bench.methods.edm.sigma_range), whose names _check_grid_options checked.
+    from bench.methods.edm import sigma_grid
 
     try:
         sigma_grid(sampler["grid"], 2, **sampler.get("grid_options", {}))
@@ -336,7 +336,7 @@ def _check_grid_range_sampler(name: str, sampler: dict) -> None:
 
 
 def _check_references(cfg: dict) -> None:
-    from bench.edm import SIGMA_GRIDS
+    from bench.methods.edm import SIGMA_GRIDS
     from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
 
     compat = compatibility()
@@ -504,7 +504,7 @@ def _check_model_source(name: str, model: dict, registry: dict) -> None:
         )
 def _check_noise(name: str, model: dict) -> None:
     """A DDGM model needs a noise law; no other family takes one (its L1 loss is checked with the others')."""
-    from bench.ddgm import noise_law
+    from bench.methods.ddgm import noise_law
 
     ddgm = model["family"] == "ddgm"
     if "noise" in model and not ddgm:
@@ -707,7 +707,7 @@ def state_dtype_name(cfg: dict) -> str:
 
 
 def sampling_speed(cfg: dict) -> dict[str, Any]:
-    """The config's sampling.speed with every option present (bench.speed.SpeedOptions' defaults, all off)."""
+    """The config's sampling.speed with every option present (bench.runtime.speed.SpeedOptions' defaults, all off)."""
     return SpeedOptions(**cfg["sampling"].get("speed", {})).as_dict()
 
 

@@ -20,11 +20,11 @@ import scipy.spatial
 import torch
 
 from bench.config import ORACLE_METRIC, ORACLE_MODEL
+from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.schedules import DiscreteSchedule
+from bench.core.time_grids import MOMENT_GRIDS
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.families import DiscreteEpsDenoiser
-from bench.grids import MOMENT_GRIDS
-from bench.sampling import generate
-from bench.schedules import DiscreteSchedule
+from bench.steps.sample import generate
 
 DATASET = "gmm2d"
 # Clipping x0 to the pixel range has no meaning for an unbounded mixture: the oracle runs every sampler

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bench.io import atomic_torch_save, load_torch_file
-from bench.schedules import DiscreteSchedule
+from bench.core.schedules import DiscreteSchedule
+from bench.runtime.io import atomic_torch_save, load_torch_file
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,6 @@ def _t_sampler(name: str, schedule, loss_fn):
             f"train t_sampler 'loss_aware' needs a loss that weights its samples (iddpm's hybrid or vlb), "
             f"not {getattr(loss_fn, 'func', loss_fn).__name__}"
         )
-    from bench.iddpm import LossSecondMomentSampler
+    from bench.methods.iddpm import LossSecondMomentSampler
 
     return LossSecondMomentSampler(schedule.T)

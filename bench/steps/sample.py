@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bench.core.denoiser import DiscreteEpsDenoiser, NonFiniteOutputError
+from bench.core.noise import NoiseSource
+from bench.core.time_grids import MOMENT_GRIDS, time_grid, trajectory_variance
 from bench.data.digits import unit_to_levels
-from bench.device import cpu_choice
-from bench.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
-from bench.families import DiscreteEpsDenoiser, NonFiniteOutputError
-from bench.grids import MOMENT_GRIDS, time_grid, trajectory_variance
-from bench.io import atomic_npz
+from bench.methods.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
 from bench.models import make_denoiser
-from bench.noise import NoiseSource
+from bench.runtime.device import cpu_choice
+from bench.runtime.io import atomic_npz
+from bench.runtime.stepclock import StepClock
 from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, coupled_block, get_sampler
-from bench.stepclock import StepClock
 
 if TYPE_CHECKING:
-    from bench.analytic import BoundTerms
+    from bench.methods.analytic import BoundTerms
 
 
 class NonFiniteSampleError(RuntimeError):
@@ -45,7 +45,7 @@ def sampler_view(
     (NCSN's levels are the model's), and the indices 0..K-1. EDM's samplers get the sigma view
     and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid (``gamma`` and
     ``bound_terms``, the model's moments, for grids that need them: the optimal trajectory of the
-    sampler's variance, bench.grids.trajectory_variance).
+    sampler's variance, bench.core.time_grids.trajectory_variance).
     """
     options = sampler.get("grid_options", {})
     if sampler["fn"] in LEVEL_SAMPLERS:
@@ -54,7 +54,7 @@ def sampler_view(
         levels = sigma_grid(sampler["grid"], K, denoiser=view, **options)[:-1].flip(0)
         return denoiser.with_levels(levels), torch.arange(K)
     if sampler["fn"] in VP_SDE_SAMPLERS:
-        from bench.vpsde import SAMPLING_EPS, VPSDE, VPTimeScore
+        from bench.methods.vpsde import SAMPLING_EPS, VPSDE, VPTimeScore
 
         sde = VPSDE(**{k: v for k, v in options.items() if k in ("beta_min", "beta_max")})
         view = VPTimeScore(sigma_view(denoiser), sde)
@@ -145,7 +145,7 @@ def generate(
     The realised grid of a level sampler is its levels in the order visited (descending sigmas).
 
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell;
-    ``gamma`` and ``bound_terms`` are the model's moments, for grids chosen from them (bench.grids.MOMENT_GRIDS).
+    ``gamma`` and ``bound_terms`` are the model's moments, for grids chosen from them (time_grids.MOMENT_GRIDS).
     Sampler calls cover the seeds as ``sampler_batches`` cuts them; no network call takes more than
     ``batch_size`` rows.
     """
@@ -206,7 +206,7 @@ def sample_shard(
     shard's device, wall_seconds and device_seconds. A cell whose samples are not finite gets a
     failure record instead (``error`` holds the message, no images), so no metric is ever computed
     from it while the rest of the DAG goes on. ``gamma``, ``bound_terms``, ``state_dtype``: as in generate.
-    ``speed``: the record of the speed options applied to ``net`` (bench.speed.apply_speed_options), kept
+    ``speed``: the record of the speed options applied to ``net`` (bench.runtime.speed.apply_speed_options), kept
     as JSON in the shard (``null``: none recorded).
     """
     clock = clock or StepClock(cpu_choice())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from bench.config import Cell, cells
-from bench.grids import MOMENT_GRIDS, model_free_grid
+from bench.core.time_grids import MOMENT_GRIDS, model_free_grid
 
 # Keys of a sampler that name or place it without changing what it computes on a given grid.
 GRID_KEYS = ("grid", "grid_options")

@@ -18,8 +18,8 @@ from typing import Annotated
 
 import torch
 
-from bench.noise import NoiseSource
-from bench.options import Range
+from bench.core.noise import NoiseSource
+from bench.core.options import Range
 
 # score-SDE configs/default_cifar10_configs.py (model.beta_min, model.beta_max) and the sampling
 # eps of its run_lib.py for the VP SDE (sampling_eps = 1e-3).
@@ -77,7 +77,7 @@ class VPSDE:
 class VPTimeScore:
     """The VP-SDE score grad log p_t(x) of an EDM-space denoiser D(x; sigma), for the VP SDE samplers.
 
-    ``denoiser`` follows bench.edm.SigmaDenoiser (x's dtype in and out, one scalar sigma per call);
+    ``denoiser`` follows bench.methods.edm.SigmaDenoiser (x's dtype in and out, one scalar sigma per call);
     every time the sampler visits must map into its [sigma_min, sigma_max] (relative slack ``rtol``,
     for ranges the network stores in float32), else the call is refused. Calls and NFE go to it.
     """

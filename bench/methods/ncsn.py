@@ -18,8 +18,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from bench.noise import NoiseSource
-from bench.schedules import DiscreteSchedule, alpha_bar_of_sigma, sigma_of_alpha_bar, timestep_of_sigma
+from bench.core.noise import NoiseSource
+from bench.core.schedules import DiscreteSchedule, alpha_bar_of_sigma, sigma_of_alpha_bar, timestep_of_sigma
 
 # Our VE networks see c_noise = 999 t, t in [0, 1] the log-sigma position (score-SDE feeds t * 999 to
 # its DDPM-style networks), so the MLP's sinusoidal embedding spans the same range as for DDPM.
@@ -151,8 +151,8 @@ class NoiseConditionalScore:
 class VEDenoiserScore:
     """Score of a VE denoiser D(x; sigma) ~ E[x0 | x]: (D(x; sigma) - x) / sigma^2 (Tweedie; EDM Eq. 3).
 
-    ``denoiser`` follows bench.edm.SigmaDenoiser: x and one scalar sigma in, x's dtype out
-    (wrap a raw EDM network in bench.edm.PrecondDenoiser). ``sigmas`` defaults to 1000 geometric
+    ``denoiser`` follows bench.methods.edm.SigmaDenoiser: x and one scalar sigma in, x's dtype out
+    (wrap a raw EDM network in bench.methods.edm.PrecondDenoiser). ``sigmas`` defaults to 1000 geometric
     levels over the denoiser's [sigma_min, sigma_max].
     """
 
@@ -177,7 +177,7 @@ class VEDenoiserScore:
 class VPEpsScore:
     """Score of a discrete VP eps network at a VE level: x_vp = sqrt(abar) x, score = -eps(x_vp, n(sigma)) / sigma.
 
-    abar = 1 / (1 + sigma^2) and the (continuous) step n(sigma) come from bench.schedules, the one
+    abar = 1 / (1 + sigma^2) and the (continuous) step n(sigma) come from bench.core.schedules, the one
     sigma <-> timestep conversion (x_vp / sqrt(abar) = x0 + sigma eps, EDM Eq. 4); levels outside the chain's
     [sigma(0), sigma(T-1)] are refused. The default level table is the chain's own sigma(n).
     """
@@ -331,7 +331,7 @@ def dsm_loss(net: nn.Module, schedule: VESchedule, x0: torch.Tensor, gen: torch.
     With s = F / sigma (``VENetworkScore``) this is 1/2 E ||F(x0 + sigma z, 999 t) + z||^2. sigma is
     log-uniform on [sigma_min, sigma_max] (t ~ U(0, 1), score-SDE's continuous VE training) rather
     than uniform over L fixed levels, so one network serves every level table and the PF-ODE.
-    The argument order follows bench.training.simple_loss.
+    The argument order follows bench.steps.train.simple_loss.
     """
     shape = (x0.shape[0],) + (1,) * (x0.dim() - 1)
     t = torch.rand(x0.shape[0], generator=gen, dtype=torch.float64)

@@ -1,0 +1,1 @@
+"""Shared mathematics: schedules, time grids, the denoiser protocol, counter-based noise, option checks."""
