@@ -81,7 +81,8 @@ from bench.perf.cells import measure_cells, redraw_zero_parameters
 from bench.perf.network_flops import count_flops, gpu_peak, matmul_precision, peak_tflops
 from bench.runtime.io import atomic_text
 from bench.runtime.speed import COMPILE_MODES, SpeedOptions, apply_speed_options, inference_context, unwrap_network
-from bench.samplers import SAMPLERS
+from bench.samplers import SAMPLER_SPECS, SAMPLERS
+from bench.samplers.spec import PeerSpec
 
 NETWORKS = ("mlp", "ddpm_unet", "adm_unet", "edm_songunet")
 CLOCKS = ("wall", "cpu")
@@ -98,21 +99,8 @@ MANIFESTS = {
 SCHEDULE = ("linear", 1000)
 
 
-@dataclass(frozen=True)
-class PeerSpec:
-    """Which diffusers scheduler runs the same sampler, on which of our grids, with which options."""
-
-    scheduler: str
-    grid: str
-    options: dict[str, Any]
-    deterministic: bool
-
-
 # Our sampler options are the embedded config's (workflows/config/default.yaml: ddpm_beta, ddim_eta0).
-PEERS = {
-    "ddpm": PeerSpec("DDPMScheduler", "even", {"variance": "beta", "clip_x0": True}, deterministic=False),
-    "ddim": PeerSpec("DDIMScheduler", "uniform", {"eta": 0.0, "clip_x0": False}, deterministic=True),
-}
+PEERS = {name: spec.peer for name, spec in SAMPLER_SPECS.items() if spec.peer is not None}
 DEFAULT_GRID = "uniform"
 
 COLUMNS = (

@@ -7,40 +7,55 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, edm_general, iddpm, langevin, pc, vp_sde
+from bench.samplers.spec import PeerSpec, SamplerSpec
 
-SAMPLERS: dict[str, Callable] = {
-    "ddpm": ddpm.sample,
-    "ddim": ddim.sample,
-    "analytic_ddpm": analytic_ddpm.sample,
-    "analytic_ddim": analytic_ddim.sample,
-    "edm_euler": edm.euler,
-    "edm_heun": edm.heun,
-    "edm_stochastic": edm.stochastic,
-    "edm_general": edm_general.edm_general,
-    "iddpm": iddpm.sample,
-    "ddgm": ddgm.ddgm,
-    "ddgm_ddim": ddgm.ddgm_ddim,
-    "langevin": langevin.sample,
-    "pc": pc.sample,
-    "vp_euler_maruyama": vp_sde.euler_maruyama,
-    "vp_probability_flow": vp_sde.probability_flow,
+# The sampler functions' specs (each module will declare its own; this list gathers them).
+VP_ODE_NFE = 200
+SAMPLER_SPECS: dict[str, SamplerSpec] = {
+    s.name: s
+    for s in (
+        SamplerSpec("ddpm", ddpm.sample, "discrete", lambda K, o: K, trajectory_variance="option",
+                    zero_length_steps=True,
+                    peer=PeerSpec("DDPMScheduler", "even", {"variance": "beta", "clip_x0": True}, deterministic=False)),
+        SamplerSpec("ddim", ddim.sample, "discrete", lambda K, o: K, zero_length_steps=True,
+                    peer=PeerSpec("DDIMScheduler", "uniform", {"eta": 0.0, "clip_x0": False}, deterministic=True)),
+        SamplerSpec("analytic_ddpm", analytic_ddpm.sample, "discrete", lambda K, o: K, takes_gamma=True,
+                    trajectory_variance="analytic"),
+        SamplerSpec("analytic_ddim", analytic_ddim.sample, "discrete", lambda K, o: K, takes_gamma=True,
+                    trajectory_variance="analytic"),
+        SamplerSpec("iddpm", iddpm.sample, "learned_variance", lambda K, o: K),
+        SamplerSpec("ddgm", ddgm.ddgm, "ddgm", lambda K, o: K),
+        SamplerSpec("ddgm_ddim", ddgm.ddgm_ddim, "ddgm", lambda K, o: K),
+        # EDM Alg. 1 and 2 with K = N sigma steps: Heun's correction on all but the last step.
+        SamplerSpec("edm_euler", edm.euler, "sigma", lambda K, o: K),
+        SamplerSpec("edm_heun", edm.heun, "sigma", lambda K, o: 2 * K - 1),
+        SamplerSpec("edm_stochastic", edm.stochastic, "sigma", lambda K, o: 2 * K - 1),
+        # generate.py ablation_sampler: Euler N, 2nd order on all but the last step (default solver heun).
+        SamplerSpec("edm_general", edm_general.edm_general, "sigma",
+                    lambda K, o: K if o.get("solver", "heun") == "euler" else 2 * K - 1, takes_grid_range=True),
+        # K noise levels: n_steps_each Langevin steps each, plus Tweedie's final denoising step (NCSN Alg. 1).
+        SamplerSpec("langevin", langevin.sample, "levels",
+                    lambda K, o: K * o.get("n_steps_each", 100) + int(o.get("denoise", False))),
+        # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
+        SamplerSpec("pc", pc.sample, "levels", lambda K, o: K * (1 + o.get("n_steps_each", 1)),
+                    coupled_block=pc.norm_block),
+        SamplerSpec("vp_euler_maruyama", vp_sde.euler_maruyama, "vp_time", lambda K, o: K),
+        # Adaptive: no count is known before the solve (the shards record the measured NFE). A planning
+        # assumption, not a measurement: VP_ODE_NFE solver evaluations, plus one for the denoising step.
+        SamplerSpec("vp_probability_flow", vp_sde.probability_flow, "vp_time",
+                    lambda K, o: VP_ODE_NFE + int(o.get("denoise", True))),
+    )
 }
-# Samplers over a score function's table of noise levels (bench.methods.ncsn.ScoreFn): their grid is the
-# table's indices, and the config's sigma grid with K entries becomes the table itself.
-LEVEL_SAMPLERS = ("langevin", "pc")
-# Samplers in EDM's sigma space (bench.methods.edm.SigmaDenoiser), on a descending sigma grid ending at 0.
-SIGMA_SAMPLERS = ("edm_euler", "edm_heun", "edm_stochastic", "edm_general")
-# Samplers that take the sigma range of their grid (bench.methods.edm.sigma_range) as the options sigma_min,
-# sigma_max and epsilon_s: EDM's general sampler solves its vp schedule from it (generate.py L99-100).
-GRID_RANGE_SAMPLERS = ("edm_general",)
-# Samplers of score-SDE's VP SDE in its own time t (bench.methods.vpsde.VPTimeScore), on the `vp_sde` time grid.
-VP_SDE_SAMPLERS = ("vp_euler_maruyama", "vp_probability_flow")
-
+SAMPLERS: dict[str, Callable] = {name: spec.fn for name, spec in SAMPLER_SPECS.items()}
+LEVEL_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.space == "levels")
+SIGMA_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.space == "sigma")
+GRID_RANGE_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.takes_grid_range)
+VP_SDE_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.space == "vp_time")
 
 def coupled_block(sampler: dict) -> int:
     """How many consecutive samples (cell indices [b n, (b + 1) n)) the config entry ``sampler`` couples:
     PC's Langevin corrector takes its norms over a block (bench.samplers.pc.norm_block); others, 1."""
-    return pc.norm_block(sampler.get("options", {})) if sampler["fn"] == "pc" else 1
+    return SAMPLER_SPECS[sampler["fn"]].coupled_block(sampler.get("options", {}))
 
 
 def get_sampler(name: str) -> Callable:

@@ -1,0 +1,1 @@
+"""Model families: each module declares a FamilySpec (bench.families.spec)."""

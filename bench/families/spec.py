@@ -1,0 +1,26 @@
+"""What the pipeline knows about a model family, declared once in its module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A model family: how a config's network becomes a denoiser, and what it may be trained and sampled with.
+
+    ``schedules``: the schedule names its models take. ``losses``: loss name -> builder of the training
+    objective ``(model_cfg, max_level) -> loss(net, schedule, x0, generator)``; the first is the default.
+    ``denoiser(net, schedule, data_shape, noise)``: the adapter the samplers call. ``spaces``: the denoiser
+    views (bench.core.spaces) it offers; a sampler applies when its SamplerSpec.space is one of them.
+    ``continuous``: its models have a probability-flow ODE likelihood (PF-ODE NLL).
+    """
+
+    name: str
+    schedules: tuple[str, ...]
+    losses: dict[str, Callable[[dict, int], Callable[..., Any]]]
+    denoiser: Callable[..., Any]
+    spaces: tuple[str, ...]
+    continuous: bool = False
