@@ -50,9 +50,11 @@ def cmd_train_extractor(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.checkpoints.model_file import save_model
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
-    from bench.models import build_network, build_schedule, save_model, training_loss
+    from bench.families import build_schedule, training_loss
+    from bench.nets.factory import build_network
     from bench.steps.train import TrainConfig, train_eps_model
 
     spec = _spec(args.spec)
@@ -105,9 +107,9 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.checkpoints.model_file import load_model
     from bench.config import DEFAULT_STATE_DTYPE
     from bench.core.time_grids import MOMENT_GRIDS
-    from bench.models import load_model
     from bench.runtime.speed import SpeedOptions, apply_speed_options
     from bench.steps.sample import sample_shard
 
@@ -158,10 +160,11 @@ def _moments(path: str | None, net: torch.nn.Module):
 def cmd_moments(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.checkpoints.model_file import load_model
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
+    from bench.families import make_denoiser
     from bench.methods.analytic import BoundTerms, model_hash, save_moments, step_statistics
-    from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
@@ -405,12 +408,13 @@ def _version(backend: str) -> str:
 def cmd_nll(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.checkpoints.model_file import load_model
     from bench.core.denoiser import NonFiniteOutputError
     from bench.core.time_grids import MOMENT_GRIDS, time_grid
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
+    from bench.families import make_denoiser
     from bench.metrics.nll import standard_error, vlb_bits_per_dim
-    from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)
@@ -505,11 +509,12 @@ def cmd_nll(args: argparse.Namespace) -> None:
 def cmd_ode_nll(args: argparse.Namespace) -> None:
     import torch
 
+    from bench.checkpoints.model_file import load_model
     from bench.data import load_dataset
     from bench.data.digits import levels_to_unit
+    from bench.families import make_denoiser
     from bench.metrics.nll import standard_error
     from bench.metrics.ode_nll import ode_nll
-    from bench.models import load_model, make_denoiser
 
     spec = _spec(args.spec)
     torch.set_num_threads(args.threads)

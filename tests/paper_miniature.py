@@ -26,8 +26,8 @@ from PIL import Image
 
 from bench.checkpoints.registry import get_checkpoint
 from bench.data import DATA_SHAPES
-from bench.models import build_network
 from bench.nets.edm_networks import build_edm_network
+from bench.nets.factory import build_network
 
 # Every level, attention resolution and head layout of the official networks stays; only widths and depths shrink
 # (32 channels: the U-Nets' GroupNorm has 32 groups).

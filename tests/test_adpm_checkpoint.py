@@ -39,10 +39,10 @@ from bench.checkpoints.layouts import (
     load_plain_state_dict,
     load_strict,
 )
+from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
 from bench.cli import main
 from bench.core.denoiser import DiscreteEpsDenoiser
-from bench.models import load_model
 from bench.nets.adm_unet import ADMUNet
 
 torch.set_num_threads(1)

@@ -26,25 +26,26 @@ from bench.methods.analytic import (
     PAPER_PIXEL_QUANTUM,
     BoundTerms,
     analytic_variance,
-    bound_trajectory,
     clipped_analytic_variance,
     estimate_gamma,
-    even_trajectory,
     forward_lambda2,
-    least_cost_trajectory,
     load_moments,
     mean_square_eps,
     model_hash,
-    optimal_trajectory,
     pair_variances,
     pixel_variance_threshold,
     sampling_variances,
     save_moments,
     step_statistics,
-    trajectory_cost,
     trajectory_variances,
     variance_bounds,
     vlb_bits_per_dim_analytic,
+)
+from bench.methods.analytic_trajectory import (
+    bound_trajectory,
+    least_cost_trajectory,
+    optimal_trajectory,
+    trajectory_cost,
 )
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
@@ -436,12 +437,24 @@ def test_step_statistics_hold_the_bounds_terms_from_the_same_draws():
         torch.testing.assert_close(stats["decoder_nll"][n], nll, rtol=1e-10, atol=0)
 
 
-def test_even_trajectory_follows_the_official_code():
-    assert even_trajectory(1000, 10).tolist() == even_grid(1000, 10).tolist()
-    t25 = even_trajectory(1000, 25)
+def official_even_trajectory(T: int, K: int) -> torch.Tensor:
+    """App. F.4: tau_k = round(1 + (k - 1)(N - 1)/(K - 1)) accumulated in floats as the official code, 0-based.
+
+    Differs from bench.core.time_grids.even_grid where a value is a tie: T = 1000, K = 25 gives 167 vs 166 at k = 4.
+    """
+    stride = (T - 1) / (K - 1)
+    steps, cur = [], 1.0
+    for _ in range(K):
+        steps.append(round(cur) - 1)
+        cur += stride
+    return torch.tensor(steps, dtype=torch.int64)
+
+
+def test_even_grid_is_the_official_even_trajectory_except_at_ties():
+    assert even_grid(1000, 10).tolist() == official_even_trajectory(1000, 10).tolist()
+    t25 = official_even_trajectory(1000, 25)
     assert t25[0] == 0 and t25[-1] == 999 and t25[4] == 167 and t25[12] == 499
-    with pytest.raises(ValueError, match=r"K=1 must be an integer in \[2, T=1000\]"):
-        even_trajectory(1000, 1)
+    assert even_grid(1000, 25)[4] == 166
 
 
 # --- the variational bound ---------------------------------------------------------------------------
@@ -508,7 +521,7 @@ def test_analytic_bound_decodes_with_the_full_chains_first_beta_tilde(monkeypatc
     den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
     x0 = _rounded(GAUSS.sample(50, torch.Generator().manual_seed(2)).clamp(-1, 1))
     gamma = torch.full((1000,), 0.9, dtype=torch.float64)
-    grid = even_trajectory(1000, 10)
+    grid = even_grid(1000, 10)
     # elbo.py _sigma2_small(1, 2): beta_2 (1 - abar_1) / (1 - abar_2), 1-based, from the betas themselves
     b = SCHED.betas
     official = float(b[1] * (1 - (1 - b[0])) / (1 - (1 - b[0]) * (1 - b[1])))
@@ -685,7 +698,7 @@ def test_analytic_ddim_combines_the_clipped_x0_with_the_networks_eps():
         sigma2 = min(float((a_s**0.5 - ((1 - a_s) * a_t / (1 - a_t)) ** 0.5) ** 2 * cov_x0), cap)
         return a_s**0.5 * x0 + (1 - a_s) ** 0.5 * eps + sigma2**0.5 * z
 
-    grid = even_trajectory(1000, 10)
+    grid = even_grid(1000, 10)
     noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
     official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=1)
     kw = {"noise": noise, "gamma": gamma, "sigma2_clip_pixel": 1}
@@ -702,7 +715,7 @@ def test_ddpm_clips_sigma_of_the_last_noisy_move_as_the_official_beta_runs():
         mean = skip_beta * ABAR[s] ** 0.5 / (1 - ABAR[t]) * x0 + (1 - skip_beta) ** 0.5 * (1 - ABAR[s]) / (1 - ABAR[t]) * x
         return mean + min(float(skip_beta), cap) ** 0.5 * z
 
-    grid = even_trajectory(1000, 10)
+    grid = even_grid(1000, 10)
     noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
     official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=1)
     ours = ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, clip_sigma_idx=1, clip_pixel=1)

@@ -88,7 +88,8 @@ def test_tiny_run_metrics_match_schema(tiny_run):
 
 def test_tiny_run_ot_cells_visit_the_dp_trajectory_of_the_model_moments(tiny_run):
     from bench.core.schedules import DiscreteSchedule
-    from bench.methods.analytic import load_moments, optimal_trajectory
+    from bench.methods.analytic import load_moments
+    from bench.methods.analytic_trajectory import optimal_trajectory
 
     gamma = load_moments(tiny_run / "results/moments/mlp.npz").gamma
     alpha_bars = DiscreteSchedule.named("linear", 100).alpha_bars
@@ -178,7 +179,8 @@ def test_ot_cells_of_each_variance_visit_their_own_dp_trajectory(tmp_path):
     from fault_dag import small_config
 
     from bench.core.schedules import DiscreteSchedule
-    from bench.methods.analytic import bound_trajectory, load_moments, optimal_trajectory
+    from bench.methods.analytic import load_moments
+    from bench.methods.analytic_trajectory import bound_trajectory, optimal_trajectory
 
     tiny = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
     path = small_config(tmp_path, samplers=("analytic_ddpm_ot",), K=(5,), name="ot")

@@ -14,20 +14,17 @@ from bench.core.denoiser import DiscreteEpsDenoiser
 from bench.core.noise import NoiseSource
 from bench.core.schedules import DiscreteSchedule, posterior_coefficients
 from bench.core.time_grids import time_grid
+from bench.families.ddgm import ddgm_loss, mixture_loss
 from bench.methods.ddgm import (
     GammaProcess,
     GeneratorDraws,
     LatentDraws,
     StepDraws,
     centred_gamma,
-    ddgm_loss,
-    forward_chain,
     gamma_sample,
     initial_latent,
     mixture_components,
-    mixture_forward_chain,
     mixture_initial_latent,
-    mixture_loss,
     mixture_noise,
     mixture_phi2_schedule,
     mixture_q_sample,
@@ -40,6 +37,26 @@ Z = 5.0
 F64 = torch.float64
 # A short chain with large betas: abar falls from 0.99 to ~1e-4 in 50 steps.
 SHORT = DiscreteSchedule(torch.linspace(0.01, 0.3, 50, dtype=F64))
+
+
+def forward_chain(process: GammaProcess, x0: torch.Tensor, n: int, draws_of_step) -> list[torch.Tensor]:
+    """States after steps 0..n of x_m = sqrt(alpha_m) x_{m-1} + g_m - k_m theta_m, g_m ~ Gamma(k_m, theta_m) (Sec. 3.2)."""
+    xs = [x0.to(torch.float64)]
+    for m in range(n + 1):
+        g = centred_gamma(process.k[m], process.theta[m], draws_of_step(m))
+        xs.append(torch.sqrt(process.schedule.alphas[m]) * xs[-1] + g)
+    return xs[1:]
+
+
+def mixture_forward_chain(
+    schedule: DiscreteSchedule, x0: torch.Tensor, n: int, draws_of_step, *, phi2: float, p: float = 0.5
+) -> list[torch.Tensor]:
+    """States after steps 0..n of x_m = sqrt(alpha_m) x_{m-1} + sqrt(beta_m) eps_m (mixture eps)."""
+    xs = [x0.to(torch.float64)]
+    for m in range(n + 1):
+        eps = mixture_noise(draws_of_step(m), phi2=phi2, p=p)
+        xs.append(torch.sqrt(schedule.alphas[m]) * xs[-1] + torch.sqrt(schedule.betas[m]) * eps)
+    return xs[1:]
 
 
 def central_moment(x: torch.Tensor, mean: float | torch.Tensor, order: int) -> tuple[float, float]:

@@ -15,17 +15,10 @@ from bench.core.noise import NoiseSource
 from bench.core.schedules import DiscreteSchedule
 from bench.core.time_grids import time_grid
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.methods.ddgm import (
-    DDGMDenoiser,
-    GammaProcess,
-    StepDraws,
-    ddgm_loss,
-    mixture_components,
-    mixture_loss,
-    mixture_noise,
-    noise_law,
-)
-from bench.models import build_network, make_denoiser, training_loss
+from bench.families import make_denoiser, training_loss
+from bench.families.ddgm import DDGMDenoiser, ddgm_loss, mixture_loss, noise_law
+from bench.methods.ddgm import GammaProcess, StepDraws, mixture_components, mixture_noise
+from bench.nets.factory import build_network
 from bench.samplers import ddgm as samplers
 from bench.samplers import get_sampler
 from bench.steps.sample import generate

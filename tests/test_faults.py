@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.models import load_model
+from bench.checkpoints.model_file import load_model
 from bench.runtime.io import CorruptFileError, atomic_npz, load_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,8 @@ def test_corrupted_model_checkpoint_names_the_file(tmp_path, damage):
 
 
 def test_checkpoint_with_unexpected_keys_lists_them(tmp_path):
-    from bench.models import build_network, save_model
+    from bench.checkpoints.model_file import save_model
+    from bench.nets.factory import build_network
 
     net = build_network({"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}, channels=1, image_size=8)
     cfg = {"network": {"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}, "schedule": {"name": "linear", "T": 100}}
@@ -57,7 +58,8 @@ def test_checkpoint_with_unexpected_keys_lists_them(tmp_path):
 
 
 def test_checkpoint_with_wrongly_shaped_tensor_names_file_and_tensor(tmp_path):
-    from bench.models import build_network, save_model
+    from bench.checkpoints.model_file import save_model
+    from bench.nets.factory import build_network
 
     network = {"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}
     net = build_network(network, channels=1, image_size=8)
@@ -135,7 +137,8 @@ def test_extractor_with_missing_tensor_lists_it(tmp_path):
 
 
 def _tiny_model(tmp_path: Path) -> Path:
-    from bench.models import build_network, save_model
+    from bench.checkpoints.model_file import save_model
+    from bench.nets.factory import build_network
 
     network = {"type": "mlp", "width": 8, "depth": 1, "emb_dim": 8}
     cfg = {"network": network, "family": "ddpm", "schedule": {"name": "linear", "T": 100}}

@@ -10,6 +10,7 @@ from torch import nn
 from bench.core.denoiser import DiscreteEpsDenoiser
 from bench.core.noise import NoiseSource
 from bench.core.schedules import DiscreteSchedule, posterior_coefficients
+from bench.core.time_grids import respaced_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
 from bench.methods.iddpm import (
     LearnedVarianceDenoiser,
@@ -20,7 +21,6 @@ from bench.methods.iddpm import (
     learned_log_variance,
     learned_vlb_bits_per_dim,
     log_variance_bounds,
-    space_timesteps,
     vlb_loss,
     vlb_terms,
 )
@@ -31,40 +31,39 @@ from bench.samplers import ddim, ddpm, iddpm
 torch.set_num_threads(1)
 
 
-# --- respacing ----------------------------------------------------------------------------------
+# --- respacing (bench.core.time_grids.respaced_grid, improved_diffusion respace.py space_timesteps) ----------
+
+
+def respaced(T: int, spec: str) -> torch.Tensor:
+    """iDDPM's respacing of T steps by ``spec``, asking for as many steps as the spec keeps."""
+    counts = spec[len("ddim") :] if spec.startswith("ddim") else spec
+    return respaced_grid(T, sum(int(c) for c in counts.split(",")), spec)
 
 
 def test_respacing_documented_examples():
-    assert space_timesteps(1000, "10").tolist() == [111 * i for i in range(10)]  # 999 / 9 = 111
-    assert space_timesteps(1000, "ddim50").tolist() == list(range(0, 1000, 20))
+    assert respaced(1000, "10").tolist() == [111 * i for i in range(10)]  # 999 / 9 = 111
+    assert respaced(1000, "ddim50").tolist() == list(range(0, 1000, 20))
     # stride 30 gives 34 steps, stride 31 gives exactly 33 (31 * 32 = 992 < 1000)
-    assert space_timesteps(1000, "ddim33").tolist() == list(range(0, 1000, 31))
+    assert respaced(1000, "ddim33").tolist() == list(range(0, 1000, 31))
     second = [100 + round(i * 99 / 14) for i in range(15)]
     # 7 * 99/14 = 49.5 exactly, but improved_diffusion sums the float stride 99/14 seven times: 49.4999...
     assert second[7] == 150
     second[7] = 149
     expected = [round(i * 99 / 9) for i in range(10)] + second + [200 + round(i * 99 / 19) for i in range(20)]
-    assert space_timesteps(300, "10,15,20").tolist() == expected
-    assert space_timesteps(300, [10, 15, 20]).tolist() == expected
+    assert respaced(300, "10,15,20").tolist() == expected
+    assert respaced_grid(300, 45, [10, 15, 20]).tolist() == expected
     assert {0, 99, 100, 199, 200, 299} <= set(expected)
 
 
 def test_respacing_sections_rounding_and_single_steps():
     # T=10 in 3 sections: sizes 4, 3, 3 (the remainder goes to the first); 1.5 rounds to 2
-    assert space_timesteps(10, "3,3,3").tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9]
-    assert space_timesteps(6, "3").tolist() == [0, 2, 5]  # round(2.5) = 2: Python rounds half to even
+    assert respaced(10, "3,3,3").tolist() == [0, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert respaced(6, "3").tolist() == [0, 2, 5]  # round(2.5) = 2: Python rounds half to even
     # improved_diffusion accumulates the float stride 15/14; 7 * 15/14 = 7.5 would round to 8
-    assert space_timesteps(16, "15").tolist() == [s for s in range(16) if s != 8]
-    assert space_timesteps(100, "1").tolist() == [0]
-    assert space_timesteps(100, "1,1").tolist() == [0, 50]
-    assert space_timesteps(1000, "1000").tolist() == list(range(1000))
-
-
-def test_ddim_stride_without_exact_count_raises():
-    with pytest.raises(ValueError, match=r"'ddim600'.*N=600 of T=1000"):
-        space_timesteps(1000, "ddim600")  # strides 1 and 2 give 1000 and 500 steps
-    with pytest.raises(ValueError, match=r"N=1 of T=1000"):
-        space_timesteps(1000, "ddim1")  # improved_diffusion tries strides 1 .. T-1 only
+    assert respaced(16, "15").tolist() == [s for s in range(16) if s != 8]
+    assert respaced(100, "1").tolist() == [0]
+    assert respaced(100, "1,1").tolist() == [0, 50]
+    assert respaced(1000, "1000").tolist() == list(range(1000))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -77,34 +76,15 @@ def test_realised_length_equals_the_request(seed):
         counts = [int(torch.randint(0, size + 1, (1,), generator=g)) for _ in range(n_sections)]
         if sum(counts) == 0:
             continue
-        steps = space_timesteps(T, ",".join(map(str, counts)))
-        assert len(steps) == sum(counts)
+        steps = respaced(T, ",".join(map(str, counts)))
         assert steps[0] >= 0 and steps[-1] <= T - 1 and torch.all(steps[1:] > steps[:-1])
         N = int(torch.randint(1, T + 1, (1,), generator=g))
         try:
-            ddim_steps = space_timesteps(T, f"ddim{N}")
+            ddim_steps = respaced(T, f"ddim{N}")
         except ValueError:
             assert all(len(range(0, T, s)) != N for s in range(1, T))
         else:
-            assert len(ddim_steps) == N and ddim_steps[0] == 0
-
-
-@pytest.mark.parametrize(
-    ("T", "spec", "message"),
-    [
-        (100, "ten", r"'ten' is not an integer step count"),
-        (100, "10,-1", r"step count -1 must be non-negative"),
-        (100, "0", r"keeps no steps of T=100"),
-        (10, "11", r"section 0 spans 10 of T=10 steps and cannot keep 11"),
-        (10, "5,6", r"section 1 spans 5 of T=10 steps and cannot keep 6"),
-        (100, "ddimx", r"'x' is not an integer step count"),
-        (100, [], r"non-empty list of integer step counts"),
-        (0, "10", r"T=0"),
-    ],
-)
-def test_bad_respacing_is_rejected(T, spec, message):
-    with pytest.raises(ValueError, match=message):
-        space_timesteps(T, spec)
+            assert ddim_steps[0] == 0
 
 
 # --- the cosine schedule ------------------------------------------------------------------------
@@ -133,7 +113,7 @@ def test_cosine_alpha_bar_is_iddpm_formula(T):
 @pytest.mark.parametrize("spec", ["1000", "25", "ddim40", "3,5,8"])
 def test_learned_variance_interpolates_beta_and_clipped_beta_tilde(spec):
     sch = DiscreteSchedule.named("cosine", 1000)
-    grid = space_timesteps(1000, spec)
+    grid = respaced(1000, spec)
     abar = sch.alpha_bars[grid].tolist()
     prev = [1.0] + abar[:-1]
     beta = torch.tensor([1 - a / p for a, p in zip(abar, prev, strict=True)], dtype=torch.float64)
@@ -277,7 +257,7 @@ def discretised_gaussian_data(n, seed):
 @pytest.fixture(scope="module", params=["20", "4,8,8"])
 def gaussian_vlbs(request):
     sch = DiscreteSchedule.named("cosine", 1000)
-    grid = space_timesteps(1000, request.param)
+    grid = respaced(1000, request.param)
     den = LearnedVarianceDenoiser(OptimalVarianceNetwork(GAUSS_MEAN, GAUSS_VAR, sch, grid, 1.0), sch)
     x0, nll = discretised_gaussian_data(4000, seed=1)
     seeds = torch.arange(len(x0))
@@ -551,7 +531,7 @@ def run(sampler, den, grid, n=N, **opts):
 def test_constant_v_equals_ddpm_fixed_variances_on_a_respaced_grid(v, variance, clip_x0):
     sch = DiscreteSchedule.named("cosine", 500)
     mix = GaussianMixture.random(3, 2, seed=1)
-    grid = space_timesteps(500, "3,5,8")
+    grid = respaced(500, "3,5,8")
     learned = LearnedVarianceDenoiser(ConstantVNetwork(mix, sch, v, 2.0), sch)
     fixed = DiscreteEpsDenoiser(ExactEpsNetwork(mix, sch, (2,)), sch)
     x_learned = run(iddpm.sample, learned, grid, 256, clip_x0=clip_x0)
@@ -565,7 +545,7 @@ def test_constant_v_equals_ddpm_fixed_variances_on_a_respaced_grid(v, variance, 
 def test_ddim_runs_on_the_eps_channels_of_a_learned_variance_denoiser():
     sch = DiscreteSchedule.named("cosine", 1000)
     mix = GaussianMixture.random(3, 2, seed=1)
-    grid = space_timesteps(1000, "ddim20")
+    grid = respaced(1000, "ddim20")
     learned = LearnedVarianceDenoiser(ConstantVNetwork(mix, sch, 0.3, 1.0), sch)
     fixed = DiscreteEpsDenoiser(ExactEpsNetwork(mix, sch, (2,)), sch)
     for eta in (0.0, 1.0):
@@ -580,7 +560,7 @@ def test_ddim_runs_on_the_eps_channels_of_a_learned_variance_denoiser():
 def test_optimal_learned_variance_samples_a_gaussian_exactly_in_few_steps():
     """For Gaussian data the KL-optimal Gaussian step is the true reverse step, so 10 respaced steps are exact."""
     sch = DiscreteSchedule.named("cosine", 1000)
-    grid = space_timesteps(1000, "10")
+    grid = respaced(1000, "10")
     net = OptimalVarianceNetwork(GAUSS_MEAN, GAUSS_VAR, sch, grid, 1.0)
     x = run(iddpm.sample, LearnedVarianceDenoiser(net, sch), grid, clip_x0=False)
     # the output is E[x0 | x_{tau_1}], whose covariance lacks Cov[x0 | x_{tau_1}]
@@ -595,7 +575,7 @@ def test_optimal_learned_variance_samples_a_gaussian_exactly_in_few_steps():
 def test_learned_variance_sampling_reproduces_the_mixture():
     sch = DiscreteSchedule.named("cosine", 1000)
     mix = GaussianMixture.random(3, 2, seed=1)
-    grid = space_timesteps(1000, "200")
+    grid = respaced(1000, "200")
     den = LearnedVarianceDenoiser(ConstantVNetwork(mix, sch, 0.0, 1.0), sch)
     x = run(iddpm.sample, den, grid, clip_x0=False)
     assert max(moment_z_scores(x, mix.mean(), mix.cov())) < 4.5
@@ -605,4 +585,4 @@ def test_iddpm_sampler_needs_a_learned_variance_denoiser():
     sch = DiscreteSchedule.named("cosine", 100)
     den = DiscreteEpsDenoiser(ExactEpsNetwork(GaussianMixture.random(1, 2), sch, (2,)), sch)
     with pytest.raises(TypeError, match="needs a learned-variance denoiser"):
-        run(iddpm.sample, den, space_timesteps(100, "5"))
+        run(iddpm.sample, den, respaced(100, "5"))

@@ -15,7 +15,7 @@ from bench.core.options import OptionError, Range, check_options, option_paramet
 from bench.core.time_grids import GRID_OPTION_FUNCTIONS
 from bench.methods.edm import SIGMA_GRID_FUNCTIONS
 from bench.methods.vpsde import VPSDE
-from bench.models import NETWORK_TYPES, network_constructor, shape_keywords
+from bench.nets.factory import NETWORK_TYPES, network_constructor, shape_keywords
 from bench.samplers import SAMPLERS
 
 ROOT = Path(__file__).resolve().parents[1]

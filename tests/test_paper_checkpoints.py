@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from bench.checkpoints.download import DownloadError
+from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
 from bench.cli import main
 from bench.config import ConfigError, checkpoint_registry, validate_config
-from bench.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = Path(__file__).parent / "manifests"

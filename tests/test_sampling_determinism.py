@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.core.schedules import DiscreteSchedule
-from bench.models import build_network
+from bench.nets.factory import build_network
 from bench.runtime.io import load_npz
 from bench.steps.sample import sample_shard
 

@@ -11,7 +11,7 @@ from bench.core.denoiser import DiscreteEpsDenoiser
 from bench.core.schedules import DiscreteSchedule
 from bench.core.time_grids import even_grid, model_free_grid, time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.methods.analytic import optimal_trajectory
+from bench.methods.analytic_trajectory import optimal_trajectory
 from bench.report.image_grids import SampleGrid, shared_sample_grids
 from bench.steps.sample import generate
 from bench.steps.shared_cells import shared_cells

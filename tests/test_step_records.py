@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
+from bench.checkpoints.model_file import load_model
 from bench.cli import main
-from bench.models import load_model
 from bench.runtime import device
 from bench.runtime.stepclock import GPU_HELD_WALL, PROCESS_CPU, StepClock
 

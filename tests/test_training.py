@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from bench.checkpoints.model_file import load_model, save_model
 from bench.core.schedules import DiscreteSchedule
 from bench.data.digits import levels_to_unit, load_digits_split
-from bench.models import build_network, load_model, save_model, training_loss
+from bench.families import training_loss
+from bench.nets.factory import build_network
 from bench.steps.train import TrainConfig, train_eps_model
 
 SCH = DiscreteSchedule.named("linear", 100)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.models import build_network, save_model
+from bench.checkpoints.model_file import save_model
+from bench.nets.factory import build_network
 from bench.runtime.io import load_npz
 from bench.runtime.warm_worker import DECLINED, ENV_VAR, SUPPORTED, remove_stale_workers, start_worker, thread_counts
 

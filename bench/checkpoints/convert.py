@@ -70,7 +70,7 @@ def fetch_checkpoint(entry: dict, dest: Path, lock_file: Path) -> Path:
 
 
 def _network_from_state_dict(path: Path, layout: str, network: dict, data_shape: tuple[int, ...]) -> nn.Module:
-    from bench.models import build_network
+    from bench.nets.factory import build_network
 
     state = STATE_DICT_LOADERS[layout](path)
     net = build_network(network, channels=data_shape[0], image_size=data_shape[1])
@@ -82,7 +82,7 @@ def convert_checkpoint(
     entry: dict, path: Path, model_cfg: dict, data_shape: tuple[int, ...], max_level: int, out: Path
 ) -> Path:
     """Read checkpoint file ``path`` (registry ``entry``) with its layout's loader; write our model file."""
-    from bench.models import save_model
+    from bench.checkpoints.model_file import save_model
 
     layout = entry["layout"]
     if layout not in LOADABLE_LAYOUTS:

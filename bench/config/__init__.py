@@ -29,6 +29,7 @@ from bench.core.time_grids import (
     time_grid,
     trajectory_variance,
 )
+from bench.families import check_model, compatible_samplers, continuous_families
 from bench.runtime.speed import SpeedOptions
 from bench.runtime.strict_yaml import load_yaml
 
@@ -36,8 +37,6 @@ from bench.runtime.strict_yaml import load_yaml
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
 # The oracle table's metric and model name in metrics.csv (bench.steps.oracle; config key 'oracle').
 ORACLE_METRIC, ORACLE_MODEL = "oracle_energy", "oracle"
-# Families with a continuous-time score, whose likelihood the probability-flow ODE gives (metrics.ode_nll).
-CONTINUOUS_FAMILIES = ("ve", "edm")
 # The `sampler` of an ode_nll_bpd row in metrics.csv and in table specs: the PF-ODE solve itself.
 PF_ODE = "pf_ode"
 # The sampler state's dtypes (the schema's sampling.state_dtype) and the one a config without it gets.
@@ -64,11 +63,6 @@ class Cell:
 
 def _schema() -> dict:
     return load_yaml(resources.files("bench.schema").joinpath("config.schema.yaml").read_text())
-
-
-def compatibility() -> dict[str, list[str]]:
-    """Family -> sampler functions that apply to it."""
-    return load_yaml(resources.files("bench.schema").joinpath("compatibility.yaml").read_text())
 
 
 def read_yaml(path: Path) -> Any:
@@ -154,7 +148,7 @@ def ode_nll_models(cfg: dict) -> list[str]:
     chosen = cfg["metrics"]["ode_nll"].get("models")
     return [
         name for name, m in cfg["models"].items()
-        if m["family"] in CONTINUOUS_FAMILIES and (chosen is None or name in chosen)
+        if m["family"] in continuous_families() and (chosen is None or name in chosen)
     ]
 
 
@@ -163,20 +157,16 @@ def _check_ode_nll_models(cfg: dict) -> None:
     for i, name in enumerate(chosen):
         _need(name, cfg["models"], f"metrics.ode_nll.models[{i}]", "model")
         family = cfg["models"][name]["family"]
-        if family not in CONTINUOUS_FAMILIES:
+        if family not in continuous_families():
             raise ConfigError(
                 f"config key 'metrics.ode_nll.models[{i}]': model {name!r} of family {family!r} has no "
-                f"PF-ODE likelihood; allowed: models of the families {list(CONTINUOUS_FAMILIES)}"
+                f"PF-ODE likelihood; allowed: models of the families {continuous_families()}"
             )
-
-
-# The losses that take iDDPM's importance sampling of t (they weight each sample by 1 / (T p_t)).
-LOSS_AWARE_LOSSES = ("hybrid", "vlb")
 
 
 def _check_network(name: str, network: dict) -> None:
     """``network`` options against the constructor of its type, past what build_network fills from the data shape."""
-    from bench.models import NETWORK_TYPES, network_constructor, shape_keywords
+    from bench.nets.factory import NETWORK_TYPES, network_constructor, shape_keywords
 
     kind = network["type"]
     key = f"models.{name}.network"
@@ -203,41 +193,11 @@ def _check_network(name: str, network: dict) -> None:
 
 
 def _check_model(name: str, model: dict) -> None:
-    from bench.models import FAMILY_LOSSES, FAMILY_SCHEDULES
-
+    try:
+        check_model(name, model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     _check_network(name, model["network"])
-    family = model["family"]
-    schedules = FAMILY_SCHEDULES.get(family)
-    if schedules is not None and model["schedule"]["name"] not in schedules:
-        raise ConfigError(
-            f"config key 'models.{name}.schedule.name': value {model['schedule']['name']!r} does not apply to "
-            f"family {family!r}; allowed: {list(schedules)}"
-        )
-    losses = FAMILY_LOSSES.get(family)
-    if losses is not None and "loss" in model and model["loss"]["name"] not in losses:
-        raise ConfigError(
-            f"config key 'models.{name}.loss.name': value {model['loss']['name']!r} does not apply to "
-            f"family {family!r}; allowed: {list(losses)}"
-        )
-    loss_name = model.get("loss", {}).get("name", (losses or ("simple",))[0])
-    if model.get("train", {}).get("t_sampler") == "loss_aware" and loss_name not in LOSS_AWARE_LOSSES:
-        raise ConfigError(
-            f"config key 'models.{name}.train.t_sampler': 'loss_aware' weights each sample's loss, which the loss "
-            f"{loss_name!r} does not; allowed with loss.name in {list(LOSS_AWARE_LOSSES)}"
-        )
-    s = model["schedule"]
-    if s["name"] in ("linear", "cosine"):
-        from bench.core.schedules import DiscreteSchedule
-
-        try:
-            DiscreteSchedule.named(s["name"], s["T"])
-        except ValueError as err:
-            raise ConfigError(f"config key 'models.{name}.schedule.T': {err}") from None
-    if "sigma_min" in s and not s["sigma_min"] < s["sigma_max"]:
-        raise ConfigError(
-            f"config key 'models.{name}.schedule': sigma_min={s['sigma_min']!r} must be below "
-            f"sigma_max={s['sigma_max']!r}"
-        )
 
 
 def _options_error(key: str, err: OptionError) -> ConfigError:
@@ -339,7 +299,6 @@ def _check_references(cfg: dict) -> None:
     from bench.methods.edm import SIGMA_GRIDS
     from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
 
-    compat = compatibility()
     for name, ext in cfg["extractors"].items():
         if ext["kind"] == "digits_cnn":
             _need(ext["dataset"], cfg["datasets"], f"extractors.{name}.dataset", "dataset")
@@ -354,12 +313,6 @@ def _check_references(cfg: dict) -> None:
     for name, model in cfg["models"].items():
         _need(model["dataset"], cfg["datasets"], f"models.{name}.dataset", "dataset")
         _check_model_source(name, model, registry)
-        if model["family"] not in compat:
-            raise ConfigError(
-                f"config key 'models.{name}.family': value {model['family']!r} is not allowed; "
-                f"allowed: {sorted(compat)}"
-            )
-        _check_noise(name, model)
         _check_model(name, model)
     for name, s in cfg["samplers"].items():
         if s["fn"] not in SAMPLERS:
@@ -385,11 +338,11 @@ def _check_references(cfg: dict) -> None:
         for j, s in enumerate(exp["samplers"]):
             _need(s, cfg["samplers"], f"experiments[{i}].samplers[{j}]", "sampler")
             fn = cfg["samplers"][s]["fn"]
-            if fn not in compat[model["family"]]:
+            allowed = compatible_samplers(model["family"])
+            if fn not in allowed:
                 raise ConfigError(
                     f"config key 'experiments[{i}].samplers[{j}]': sampler {s!r} ({fn}) does not apply to "
-                    f"model {exp['model']!r} of family {model['family']!r}; that family allows "
-                    f"{compat[model['family']]}"
+                    f"model {exp['model']!r} of family {model['family']!r}; that family allows {allowed}"
                 )
         # Continuous-time models have no T: K counts their sigma steps or levels.
         T = model["schedule"].get("T")
@@ -502,27 +455,6 @@ def _check_model_source(name: str, model: dict, registry: dict) -> None:
             f"config key 'models.{name}.checkpoint': {entry.name!r} has layout {entry.layout!r}, from which no "
             f"model converts yet; convertible layouts: {sorted(LOADABLE_LAYOUTS)}"
         )
-def _check_noise(name: str, model: dict) -> None:
-    """A DDGM model needs a noise law; no other family takes one (its L1 loss is checked with the others')."""
-    from bench.methods.ddgm import noise_law
-
-    ddgm = model["family"] == "ddgm"
-    if "noise" in model and not ddgm:
-        raise ConfigError(
-            f"config key 'models.{name}.noise': only family 'ddgm' takes a noise law, not family {model['family']!r}"
-        )
-    if ddgm and "noise" not in model:
-        raise ConfigError(
-            f"config key 'models.{name}.noise': missing; family 'ddgm' needs a noise law, "
-            "{kind: gamma, k_t: code|paper} or {kind: gaussian_mixture, phi2: <(0, 1]>, phi2_end: <(0, 1]>}"
-        )
-    if ddgm:
-        try:
-            noise_law(model["noise"])
-        except ValueError as err:
-            raise ConfigError(f"config key 'models.{name}.noise': {err}") from None
-
-
 def check_dataset_paths(cfg: dict, root: Path) -> None:
     """A dataset read from user files (``root:``) must point at an existing directory before any job starts."""
     for name, ds in cfg["datasets"].items():

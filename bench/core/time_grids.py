@@ -21,7 +21,7 @@ GRIDS = ("uniform", "quad", "even", "respace", "optimal")
 # Grids chosen from a model's Analytic-DPM moments (Gamma_n): realised only once the moments exist.
 MOMENT_GRIDS = ("optimal",)
 # The variances with an optimal trajectory: the analytic one's from Gamma_n (Sec. 4), the fixed ones' from
-# their bound's terms (bench.methods.analytic.bound_trajectory).
+# their bound's terms (bench.methods.analytic_trajectory.bound_trajectory).
 TRAJECTORY_VARIANCES = ("analytic", "beta", "beta_tilde")
 # Grids kept exactly as their paper's code builds them, repeated timesteps included: DDIM's quad skip
 # int(linspace(0, sqrt(0.8 T), K)^2) repeats steps from K = 50 at T = 1000 (runners/diffusion.py), and
@@ -68,7 +68,7 @@ def time_grid(
     elif variance == "analytic":
         if alpha_bars is None or gamma is None:
             raise ValueError(f"time grid {kind!r} is chosen from the model's Gamma_n: it needs alpha_bars and gamma")
-        from bench.methods.analytic import optimal_trajectory
+        from bench.methods.analytic_trajectory import optimal_trajectory
 
         grid = optimal_trajectory(alpha_bars, gamma, K)
     else:
@@ -77,7 +77,7 @@ def time_grid(
                 f"time grid {kind!r} of variance {variance!r} is chosen from the beta bound's terms of the model's "
                 "moments: it needs alpha_bars and bound_terms (moments saved without them: rerun the moments job)"
             )
-        from bench.methods.analytic import bound_trajectory
+        from bench.methods.analytic_trajectory import bound_trajectory
 
         grid = bound_trajectory(alpha_bars, bound_terms, K, variance)
     if torch.any(grid[1:] < grid[:-1]):

@@ -11,16 +11,24 @@ from typing import Any
 class FamilySpec:
     """A model family: how a config's network becomes a denoiser, and what it may be trained and sampled with.
 
-    ``schedules``: the schedule names its models take. ``losses``: loss name -> builder of the training
-    objective ``(model_cfg, max_level) -> loss(net, schedule, x0, generator)``; the first is the default.
-    ``denoiser(net, schedule, data_shape, noise)``: the adapter the samplers call. ``spaces``: the denoiser
-    views (bench.core.spaces) it offers; a sampler applies when its SamplerSpec.space is one of them.
-    ``continuous``: its models have a probability-flow ODE likelihood (PF-ODE NLL).
+    ``schedules``: schedule name -> builder of the schedule from the config's ``schedule:`` entry.
+    ``losses``: loss name -> builder of the training objective ``(model_cfg, max_level) -> loss(net, schedule,
+    x0, generator)``; the first is the default. ``denoiser(net, schedule, data_shape, noise)``: the adapter the
+    samplers call. ``spaces``: the denoiser views it offers; a sampler applies when its SamplerSpec.space is one
+    of them. ``continuous``: its models have a probability-flow ODE likelihood (PF-ODE NLL). ``noise_law``:
+    the checker and reader of the model's ``noise:`` entry, for a family trained with non-Gaussian noise
+    (None: the family takes none); ``noise_forms`` says which entries it takes.
     """
 
     name: str
-    schedules: tuple[str, ...]
+    schedules: dict[str, Callable[[dict], Any]]
     losses: dict[str, Callable[[dict, int], Callable[..., Any]]]
     denoiser: Callable[..., Any]
     spaces: tuple[str, ...]
     continuous: bool = False
+    noise_law: Callable[[dict], Any] | None = None
+    noise_forms: str = ""
+
+    @property
+    def default_loss(self) -> str:
+        return next(iter(self.losses))

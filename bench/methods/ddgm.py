@@ -47,32 +47,22 @@ vary phi with t (linearly in t, resp. in sqrt(abar_t)). Here phi^2 is one consta
 sqrt(phi2_end) at n = T - 1 (``mixture_phi2_schedule``), each step's noise keeping zero mean and
 unit variance. That code publishes no values for the two ends, and its sampler builds phi from the
 start value twice (runners/diffusion.py L498-499, a constant phi) where training uses both ends
-(L227-228); here sampling and the prior use the law the model was trained with
-(``mixture_forward_chain`` keeps one constant phi^2). Both implementations define the forward
-process by its marginal x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps
-(`mixture_q_sample`, used for training): the Markov chain
-x_n = sqrt(alpha_n) x_{n-1} + sqrt(beta_n) eps_n (`mixture_forward_chain`) has no two-component
-closed form (its marginal is a 2^(n+1)-component mixture with the same mean and variance but
-another fourth cumulant). Loss: L1, as for Gamma.
-
-In the DAG a model of family ``ddgm`` names its law in ``noise:`` (``noise_law``); ``l1_loss`` trains
-it and ``DDGMDenoiser`` samples it, its ``prior`` giving x_T ~ q(x_{grid[-1]} | x_0 = 0) from the
-latent streams of ``LatentDraws``, so that x_T depends only on the sample's seed.
+(L227-228); here sampling and the prior use the law the model was trained with. Both
+implementations define the forward process by its marginal x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps
+(`mixture_q_sample`, used for training): the Markov chain x_n = sqrt(alpha_n) x_{n-1} + sqrt(beta_n) eps_n
+has no two-component closed form (its marginal is a 2^(n+1)-component mixture with the same mean and variance but
+another fourth cumulant). Loss: L1, as for Gamma. The ``ddgm`` family (bench.families.ddgm) holds a
+model's noise law, its L1 losses and its denoiser.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from typing import Protocol
 
 import torch
-from torch import nn
 
 from bench.core import noise as counter_noise
-from bench.core.denoiser import DiscreteEpsDenoiser
 from bench.core.noise import NoiseSource
 from bench.core.schedules import DiscreteSchedule
 
@@ -268,13 +258,6 @@ class GammaProcess:
         """Var(x_n | x_0) = kbar_n theta_n^2 (= 1 - abar_n exactly in the code convention)."""
         return self.k_bar * self.theta**2
 
-    def forward_step(
-        self, x_prev: torch.Tensor, n: int, draws: Draws, *, proposals: int = DEFAULT_PROPOSALS
-    ) -> torch.Tensor:
-        """x_n = sqrt(alpha_n) x_{n-1} + g_n - k_n theta_n, g_n ~ Gamma(k_n, theta_n) (Sec. 3.2)."""
-        g = centred_gamma(self.k[n], self.theta[n], draws, proposals=proposals)
-        return torch.sqrt(self.schedule.alphas[n]) * x_prev + g
-
     def centred_noise(
         self, n: torch.Tensor | int, draws: Draws, *, proposals: int = DEFAULT_PROPOSALS
     ) -> torch.Tensor:
@@ -296,45 +279,6 @@ class GammaProcess:
     ) -> torch.Tensor:
         """(gbar_n - kbar_n theta_n) / sqrt(1 - abar_n), the noise of Alg. 4 (mean 0, var. 1)."""
         return self.eps_target(n, self.centred_noise(n, draws, proposals=proposals))
-
-
-def forward_chain(
-    process: GammaProcess,
-    x0: torch.Tensor,
-    n: int,
-    draws_of_step,
-    *,
-    proposals: int = DEFAULT_PROPOSALS,
-) -> list[torch.Tensor]:
-    """States after steps 0..n of the Gamma chain from data x0 (``draws_of_step(m)`` for step m)."""
-    xs = [x0.to(torch.float64)]
-    for m in range(n + 1):
-        xs.append(process.forward_step(xs[-1], m, draws_of_step(m), proposals=proposals))
-    return xs[1:]
-
-
-def _steps_like(n: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    return n.view(-1, *([1] * (x0.dim() - 1)))
-
-
-def ddgm_loss(
-    net: nn.Module,
-    schedule: DiscreteSchedule,
-    x0: torch.Tensor,
-    gen: torch.Generator,
-    *,
-    theta_0: float = DEFAULT_THETA_0,
-    k_convention: str = "code",
-    proposals: int = DEFAULT_PROPOSALS,
-) -> torch.Tensor:
-    """E |(gbar_n - kbar_n theta_n) / sqrt(1 - abar_n) - eps_theta(x_n, n)|, n uniform (Lemma 2)."""
-    process = GammaProcess(schedule, theta_0, k_convention)
-    n = torch.randint(0, schedule.T, (x0.shape[0],), generator=gen)
-    nb = _steps_like(n, x0)
-    centred = process.centred_noise(nb, GeneratorDraws(gen, tuple(x0.shape)), proposals=proposals)
-    xt = process.q_sample(x0.to(torch.float64), nb, centred).to(x0.dtype)
-    target = process.eps_target(nb, centred).to(x0.dtype)
-    return (net(xt, n.to(x0.dtype)) - target).abs().mean()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,42 +336,6 @@ def mixture_q_sample(
     return torch.sqrt(abar) * x0 + torch.sqrt(1.0 - abar) * eps
 
 
-def mixture_forward_chain(
-    schedule: DiscreteSchedule,
-    x0: torch.Tensor,
-    n: int,
-    draws_of_step,
-    *,
-    phi2: float,
-    p: float = 0.5,
-) -> list[torch.Tensor]:
-    """States after steps 0..n of x_m = sqrt(alpha_m) x_{m-1} + sqrt(beta_m) eps_m (mixture eps)."""
-    xs = [x0.to(torch.float64)]
-    for m in range(n + 1):
-        eps = mixture_noise(draws_of_step(m), phi2=phi2, p=p)
-        xs.append(torch.sqrt(schedule.alphas[m]) * xs[-1] + torch.sqrt(schedule.betas[m]) * eps)
-    return xs[1:]
-
-
-def mixture_loss(
-    net: nn.Module,
-    schedule: DiscreteSchedule,
-    x0: torch.Tensor,
-    gen: torch.Generator,
-    *,
-    phi2: float,
-    p: float = 0.5,
-    phi2_end: float | None = None,
-) -> torch.Tensor:
-    """E |eps - eps_theta(sqrt(abar_n) x_0 + sqrt(1 - abar_n) eps, n)|, eps mixture of variances phi_n^2, n uniform."""
-    n = torch.randint(0, schedule.T, (x0.shape[0],), generator=gen)
-    nb = _steps_like(n, x0)
-    phi2_n = phi2 if phi2_end is None else mixture_phi2_schedule(schedule.T, phi2, phi2_end)[nb]
-    eps = mixture_noise(GeneratorDraws(gen, tuple(x0.shape)), phi2=phi2_n, p=p)
-    xt = mixture_q_sample(schedule, x0.to(torch.float64), nb, eps).to(x0.dtype)
-    return (net(xt, n.to(x0.dtype)) - eps.to(x0.dtype)).abs().mean()
-
-
 # ---------------------------------------------------------------------------------------------
 # Initial latents
 
@@ -457,70 +365,3 @@ def mixture_initial_latent(
 ) -> torch.Tensor:
     """x_T ~ p N(mu_1, phi^2) + (1 - p) N(mu_2, phi^2), the mixture noise itself (unit variance)."""
     return mixture_noise(LatentDraws(noise_source), phi2=phi2, p=p).to(noise_source.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# A trained DDGM model: its noise law, training objective and denoiser
-
-
-@dataclass(frozen=True)
-class NoiseLaw:
-    """The noise a DDGM model is trained and sampled with: Gamma (k_t, theta_0) or the mixture (phi2, phi2_end, p)."""
-
-    kind: str
-    k_t: str = "code"
-    theta_0: float = DEFAULT_THETA_0
-    phi2: float = 1.0
-    p: float = 0.5
-    phi2_end: float | None = None
-
-    def phi2_at(self, schedule: DiscreteSchedule, n: int) -> float:
-        """The mixture's component variance phi_n^2 at step n (``phi2`` itself for a constant law)."""
-        if self.phi2_end is None:
-            return self.phi2
-        return float(mixture_phi2_schedule(schedule.T, self.phi2, self.phi2_end)[n])
-
-
-def noise_law(cfg: dict) -> NoiseLaw:
-    """The law of a model config's ``noise:`` entry, e.g. {kind: gamma, k_t: code}, checked."""
-    kind = cfg.get("kind") if isinstance(cfg, dict) else None
-    if kind not in NOISE_KEYS:
-        raise ValueError(f"DDGM noise kind {kind!r} is not one of {list(NOISE_KEYS)} (noise entry {cfg!r})")
-    extra = sorted(set(cfg) - set(NOISE_KEYS[kind]))
-    if extra:
-        raise ValueError(f"DDGM noise of kind {kind!r} takes keys {list(NOISE_KEYS[kind])}, not {extra}")
-    if kind == "gamma":
-        k_t = cfg.get("k_t", "code")
-        if k_t not in K_CONVENTIONS:
-            raise ValueError(f"DDGM Gamma noise k_t {k_t!r} is not one of {list(K_CONVENTIONS)}")
-        return NoiseLaw(kind, k_t=k_t)
-    if "phi2" not in cfg:
-        raise ValueError("DDGM noise of kind 'gaussian_mixture' needs phi2, the variance of each component, in (0, 1]")
-    phi2_end = cfg.get("phi2_end")
-    mixture_phi2_schedule(1, cfg["phi2"], phi2_end)
-    return NoiseLaw(kind, phi2=float(cfg["phi2"]), phi2_end=None if phi2_end is None else float(phi2_end))
-
-
-def l1_loss(law: NoiseLaw) -> Callable[..., torch.Tensor]:
-    """The L1 objective of DDGM (Lemma 2) for ``law``: (net, schedule, x0, generator) -> loss."""
-    if law.kind == "gamma":
-        return partial(ddgm_loss, theta_0=law.theta_0, k_convention=law.k_t)
-    return partial(mixture_loss, phi2=law.phi2, p=law.p, phi2_end=law.phi2_end)
-
-
-class DDGMDenoiser(DiscreteEpsDenoiser):
-    """A DDGM eps network: x0 = (x_n - sqrt(1 - abar_n) eps) / sqrt(abar_n) under either law (Lemma 1)."""
-
-    def __init__(self, net: nn.Module, schedule: DiscreteSchedule, law: NoiseLaw):
-        super().__init__(net, schedule)
-        self.noise_law = law
-
-    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
-        """x_T ~ q(x_s | x_0 = 0), s = grid[-1]: centred Gamma(kbar_s, theta_s) (Alg. 4) or sqrt(1 - abar_s) eps."""
-        step = int(grid[-1])
-        law = self.noise_law
-        if law.kind == "gamma":
-            return initial_latent(noise, self.schedule, law.theta_0, k_convention=law.k_t, step=step)
-        scale = torch.sqrt(1.0 - self.alpha_bars[step])
-        phi2 = law.phi2_at(self.schedule, step)
-        return (scale * mixture_initial_latent(noise, phi2=phi2, p=law.p)).to(noise.dtype)

@@ -1,16 +1,17 @@
-"""iDDPM (Nichol & Dhariwal 2021): respacing, learned-range variances, the hybrid loss and its VLB.
+"""iDDPM (Nichol & Dhariwal 2021): learned-range variances, the hybrid loss and its VLB.
 
-Step indices are 0-based (bench.core.schedules). A respaced chain is the sub-chain over an ascending grid
-of kept steps, its betas recomputed from alpha-bar (DiscreteSchedule.sub_chain). A learned-variance
-network outputs 2C channels [eps, v]; v = -1 gives the chain's beta-tilde (clipped at the first
-step) and v = +1 its beta, v is not clamped (improved_diffusion's ``learned_range``).
+Step indices are 0-based (bench.core.schedules). A respaced chain (bench.core.time_grids.respaced_grid)
+is the sub-chain over an ascending grid of kept steps, its betas recomputed from alpha-bar
+(DiscreteSchedule.sub_chain). A learned-variance network outputs 2C channels [eps, v]; v = -1 gives
+the chain's beta-tilde (clipped at the first step) and v = +1 its beta, v is not clamped
+(improved_diffusion's ``learned_range``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -34,75 +35,7 @@ def _check_T(T: int) -> None:
         raise ValueError(f"number of diffusion steps T={T!r} must be a positive integer")
 
 
-# --- respacing ----------------------------------------------------------------------------------
-
-
-def space_timesteps(T: int, spec: str | Sequence[int]) -> torch.Tensor:
-    """The steps kept by iDDPM's --timestep_respacing ``spec``, ascending 0-based int64 (usable as a grid).
-
-    ``"ddimN"``: range(0, T, stride) with the smallest integer stride giving exactly N steps.
-    ``"N"`` or ``"a,b,c"`` (or a list of counts): T is cut into len(counts) equal sections (the first
-    T % len(counts) one step longer) and section j keeps counts[j] steps strided evenly with both of
-    its ends included (one step: its start).
-    """
-    _check_T(T)
-    if isinstance(spec, str) and spec.startswith("ddim"):
-        return _ddim_stride_steps(T, _parse_count(spec[len("ddim") :], spec), spec)
-    counts = _parse_counts(spec)
-    base, extra = divmod(T, len(counts))
-    kept: list[int] = []
-    start = 0
-    for j, count in enumerate(counts):
-        size = base + (1 if j < extra else 0)
-        if count > size:
-            raise ValueError(
-                f"respacing {spec!r}: section {j} spans {size} of T={T} steps and cannot keep {count}"
-            )
-        stride = (size - 1) / (count - 1) if count > 1 else 1.0
-        # improved_diffusion adds the float stride repeatedly; at exact half-way points its rounding
-        # differs from round(i * stride) (T=16, "15" keeps 7, not 8), and its grids are the reference.
-        position = 0.0
-        for _ in range(count):
-            kept.append(start + round(position))
-            position += stride
-        start += size
-    if not kept:
-        raise ValueError(f"respacing {spec!r} keeps no steps of T={T}")
-    return torch.tensor(sorted(kept), dtype=torch.int64)
-
-
-def _ddim_stride_steps(T: int, N: int, spec: str) -> torch.Tensor:
-    # improved_diffusion tries the strides 1 .. T-1 only, so "ddim1" fails for every T.
-    for stride in range(1, T):
-        if len(range(0, T, stride)) == N:
-            return torch.arange(0, T, stride, dtype=torch.int64)
-    raise ValueError(
-        f"respacing {spec!r}: no integer stride in [1, T-1] gives exactly N={N} of T={T} steps "
-        f"(len(range(0, T, stride)) == N)"
-    )
-
-
-def _parse_count(text: str, spec: str | Sequence[int]) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise ValueError(
-            f"respacing {spec!r}: {text!r} is not an integer step count; allowed: 'ddimN', 'N' or 'a,b,c'"
-        ) from None
-    if count < 0:
-        raise ValueError(f"respacing {spec!r}: step count {count} must be non-negative")
-    return count
-
-
-def _parse_counts(spec: str | Sequence[int]) -> list[int]:
-    if isinstance(spec, str):
-        return [_parse_count(part, spec) for part in spec.split(",")]
-    if not spec or any(not isinstance(c, int) or isinstance(c, bool) for c in spec):
-        raise ValueError(f"respacing {spec!r} must be a non-empty list of integer step counts")
-    return [_parse_count(str(c), spec) for c in spec]
-
-
-# --- learned-range variance ---------------------------------------------------------------------
+# --- learned-range variances --------------------------------------------------------------------
 
 
 def log_variance_bounds(schedule: DiscreteSchedule, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,6 +320,17 @@ def vlb_loss(
     noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     term = vlb_terms(net, schedule, x0, n, noise, max_level=max_level, time_scale=time_scale)
     return _weighted_mean(schedule.T * term, n, weights, t_sampler)
+
+
+def hybrid_objective(model_cfg: dict, max_level: int):
+    """L_hybrid with the config's ``loss.lambda`` (default HYBRID_LAMBDA, improved_diffusion's RESCALED_MSE)."""
+    lam = model_cfg.get("loss", {}).get("lambda", HYBRID_LAMBDA)
+    return partial(hybrid_loss, max_level=max_level, lam=lam)
+
+
+def vlb_objective(model_cfg: dict, max_level: int):
+    """L_vlb, which takes no options."""
+    return partial(vlb_loss, max_level=max_level)
 
 
 # --- the VLB of a learned-variance model --------------------------------------------------------

@@ -331,7 +331,7 @@ def dsm_loss(net: nn.Module, schedule: VESchedule, x0: torch.Tensor, gen: torch.
     With s = F / sigma (``VENetworkScore``) this is 1/2 E ||F(x0 + sigma z, 999 t) + z||^2. sigma is
     log-uniform on [sigma_min, sigma_max] (t ~ U(0, 1), score-SDE's continuous VE training) rather
     than uniform over L fixed levels, so one network serves every level table and the PF-ODE.
-    The argument order follows bench.steps.train.simple_loss.
+    The argument order follows bench.families.ddpm.simple_loss.
     """
     shape = (x0.shape[0],) + (1,) * (x0.dim() - 1)
     t = torch.rand(x0.shape[0], generator=gen, dtype=torch.float64)

@@ -252,7 +252,7 @@ def build_perf_network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name == "mlp":
-            from bench.models import build_network
+            from bench.nets.factory import build_network
 
             # The embedded default's own network (models.mlp.network), whatever its size.
             network = read_yaml(DEFAULT_CELLS)["models"]["mlp"]["network"]

@@ -24,8 +24,9 @@ from torch import nn
 
 from bench.config import cells, load_config, sampling_speed
 from bench.core.noise import NoiseSource
+from bench.families import build_schedule, make_denoiser
 from bench.methods.analytic import BoundTerms
-from bench.models import build_network, build_schedule, make_denoiser
+from bench.nets.factory import build_network
 from bench.perf.network_flops import count_flops, matmul_precision, peak_tflops
 from bench.runtime.speed import SpeedOptions, apply_speed_options
 from bench.samplers import get_sampler

@@ -56,7 +56,7 @@ PRELOAD = (
     "bench.methods.analytic",
     "bench.data",
     "bench.core.time_grids",
-    "bench.models",
+    "bench.families",
     "bench.steps.sample",
     "bench.core.noise_kernel",
     "bench.steps.train",

@@ -14,8 +14,8 @@ from bench.core.denoiser import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.core.noise import NoiseSource
 from bench.core.time_grids import MOMENT_GRIDS, time_grid, trajectory_variance
 from bench.data.digits import unit_to_levels
+from bench.families import make_denoiser
 from bench.methods.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
-from bench.models import make_denoiser
 from bench.runtime.device import cpu_choice
 from bench.runtime.io import atomic_npz
 from bench.runtime.stepclock import StepClock

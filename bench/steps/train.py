@@ -1,4 +1,4 @@
-"""Training of eps-prediction networks with L_simple (Ho et al. 2020, Eq. 14), EMA and resumable state."""
+"""Training of a network with its family's loss (L_simple by default, DDPM Eq. 14), EMA and resumable state."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bench.core.schedules import DiscreteSchedule
+from bench.families.ddpm import simple_loss
 from bench.runtime.io import atomic_torch_save, load_torch_file
 
 
@@ -39,16 +40,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         # One fused pass over all tensors: a per-tensor loop cost 5% of a step of the small MLP.
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-
-
-def simple_loss(net: nn.Module, schedule: DiscreteSchedule, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """L_simple = E ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (DDPM Eq. 14)."""
-    # Draws come from the CPU generator, so a seeded run trains on the same noise on any device.
-    n = torch.randint(0, schedule.T, (x0.shape[0],), generator=gen)
-    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-    abar = schedule.alpha_bars[n].to(x0).view(-1, *([1] * (x0.dim() - 1)))
-    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-    return ((net(xt, n.to(x0)) - eps) ** 2).mean()
 
 
 def train_eps_model(
