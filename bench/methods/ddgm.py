@@ -208,17 +208,6 @@ def centred_gamma(
     return _scale(theta) * _unit_gamma(torch.as_tensor(k, dtype=torch.float64), draws, proposals)[1]
 
 
-def gamma_sample(
-    k: torch.Tensor | float,
-    theta: torch.Tensor | float,
-    draws: Draws,
-    *,
-    proposals: int = DEFAULT_PROPOSALS,
-) -> torch.Tensor:
-    """g ~ Gamma(k, theta): mean k theta, variance k theta^2, skewness 2 / sqrt(k)."""
-    return _scale(theta) * _unit_gamma(torch.as_tensor(k, dtype=torch.float64), draws, proposals)[0]
-
-
 def _scale(theta: torch.Tensor | float) -> torch.Tensor:
     theta = torch.as_tensor(theta, dtype=torch.float64)
     if not torch.all(theta > 0):
@@ -253,10 +242,6 @@ class GammaProcess:
         self.k = schedule.betas / (denominator * self.theta_0**2)
         self.theta = torch.sqrt(self.alpha_bars) * self.theta_0
         self.k_bar = torch.cumsum(self.k, dim=0)
-
-    def marginal_variance(self) -> torch.Tensor:
-        """Var(x_n | x_0) = kbar_n theta_n^2 (= 1 - abar_n exactly in the code convention)."""
-        return self.k_bar * self.theta**2
 
     def centred_noise(
         self, n: torch.Tensor | int, draws: Draws, *, proposals: int = DEFAULT_PROPOSALS
