@@ -59,7 +59,6 @@ def ddgm_loss(
     return (net(xt, n.to(x0.dtype)) - target).abs().mean()
 
 
-
 def mixture_loss(
     net: nn.Module,
     schedule: DiscreteSchedule,
@@ -118,12 +117,8 @@ def noise_law(cfg: dict) -> NoiseLaw:
 
 
 def l1_objective(model_cfg: dict, max_level: int) -> Callable[..., torch.Tensor]:
-    """The L1 objective of the config's noise law."""
-    return l1_loss(noise_law(model_cfg.get("noise")))
-
-
-def l1_loss(law: NoiseLaw) -> Callable[..., torch.Tensor]:
-    """The L1 objective of DDGM (Lemma 2) for ``law``: (net, schedule, x0, generator) -> loss."""
+    """The L1 objective of DDGM (Lemma 2) under the config's noise law: (net, schedule, x0, generator) -> loss."""
+    law = noise_law(model_cfg.get("noise"))
     if law.kind == "gamma":
         return partial(ddgm_loss, theta_0=law.theta_0, k_convention=law.k_t)
     return partial(mixture_loss, phi2=law.phi2, p=law.p, phi2_end=law.phi2_end)
