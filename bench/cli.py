@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", type=Path, required=True, help=out)
         return sp
 
-    def path(sp: argparse.ArgumentParser, flag: str, help: str, **kwargs) -> argparse.ArgumentParser:
-        sp.add_argument(flag, type=Path, help=help, **kwargs)
+    def path(sp: argparse.ArgumentParser, flag: str, text: str, **kwargs) -> argparse.ArgumentParser:
+        sp.add_argument(flag, type=Path, help=text, **kwargs)
         return sp
 
     def threads(sp: argparse.ArgumentParser) -> None:
