@@ -31,6 +31,6 @@ def test_plan_validate_and_perf_take_the_config_flag_as_snakemake_spells_it():
     sub = _subparsers(build_parser())
     for step in ("plan", "validate"):
         for flag in ("--configfile", "--config"):
-            assert sub.choices[step].parse_args([flag, "c.yaml"]).config == "c.yaml"
+            assert str(sub.choices[step].parse_args([flag, "c.yaml"]).config) == "c.yaml"
     for flag in ("--cells", "--configfile", "--config"):
         assert str(build_perf_parser().parse_args([flag, "c.yaml"]).cells) == "c.yaml"

@@ -158,8 +158,9 @@ def cell_records(cell: dict, results: Path) -> dict[str, dict]:
     return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
 
 
-def collect_metrics(spec: dict, results: Path, out: Path) -> Path:
-    """Write metrics.csv (one row per cell and metric) and provenance.json beside it."""
+def run(spec: dict, out: Path, results: Path) -> Path:
+    """The collect step: metrics.csv (one row per cell and metric) from the records under ``results``,
+    provenance.json beside it."""
     records = [(cell, cell_records(cell, results)) for cell in spec["cells"]]
     rows = [row for cell, by_kind in records for row in metric_rows(cell, by_kind)]
     if "oracle" in spec:

@@ -13,6 +13,7 @@ mixture, so only the outer mean over exact draws of x_n is Monte Carlo and Gamma
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from bench.core.denoiser import DiscreteEpsDenoiser
 from bench.core.schedules import DiscreteSchedule
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
+from bench.runtime.io import atomic_json
 from bench.steps.sample import generate
 
 DATASET = "gmm2d"
@@ -100,6 +102,11 @@ def oracle_table(spec: dict[str, Any]) -> dict[str, Any]:
         return _oracle_table(spec)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validating)
+
+
+def run(spec: dict[str, Any], out: Path) -> None:
+    """The oracle step: the oracle table's record, written to ``out``."""
+    atomic_json(oracle_table(spec), out)
 
 
 def _oracle_table(spec: dict[str, Any]) -> dict[str, Any]:

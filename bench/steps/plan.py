@@ -24,10 +24,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.config import ORACLE_METRIC, ConfigError, ode_nll_models, read_yaml, shard_ranges
+from bench.config import ORACLE_METRIC, ConfigError, load_config, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.steps.shared_cells import shared_cells
+from bench.steps.validate import project_root
 
 # Seconds per network evaluation per sample, by network type.
 # mlp: the embedded default's MLP (width 192, depth 3) sampling 1000 digits per batch on one CPU
@@ -330,3 +331,9 @@ def format_plan(rows: list[dict]) -> str:
         return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in cols)
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]) + "\n"
+
+
+def run(config: Path) -> None:
+    """The plan step: print each table's cells, jobs, samples, NFE and estimated hours for ``config``."""
+    root = project_root()
+    print(format_plan(plan(load_config(config, root=root, check_paths=False), root=root)), end="")

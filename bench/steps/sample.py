@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
+from bench.checkpoints.model_file import load_model
+from bench.config import DEFAULT_STATE_DTYPE
 from bench.core.denoiser import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.core.noise import NoiseSource
 from bench.core.time_grids import MOMENT_GRIDS, time_grid, trajectory_variance
@@ -17,9 +18,11 @@ from bench.data.digits import unit_to_levels
 from bench.families import make_denoiser
 from bench.methods.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
 from bench.runtime.device import cpu_choice
-from bench.runtime.io import atomic_npz
+from bench.runtime.speed import SpeedOptions, apply_speed_options
 from bench.runtime.stepclock import StepClock
 from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, coupled_block, get_sampler
+from bench.steps.moments import moments_of
+from bench.steps.shard_format import SampleShard, save_failed_shard
 
 if TYPE_CHECKING:
     from bench.methods.analytic import BoundTerms
@@ -223,22 +226,58 @@ def sample_shard(
             )
     except NonFiniteSampleError as err:
         print(f"error: {err}", file=sys.stderr)
-        return atomic_npz(out_path, error=np.array(str(err)), seeds=seeds.numpy())
+        return save_failed_shard(out_path, str(err), seeds.numpy())
     images = unit_to_levels(x.cpu().numpy(), max_level)
     bounds = sampler_batches(start, len(seeds), batch_size, coupled_block(sampler))
     n_batches = network_calls_per_step(bounds, batch_size)
     timing = clock.record()
-    return atomic_npz(
-        out_path,
+    return SampleShard(
         images=images,
         seeds=seeds.numpy(),
-        max_level=np.int64(max_level),
+        max_level=max_level,
         grid=grid.cpu().numpy(),
-        nfe=np.int64(denoiser.nfe // n_batches),
-        wall_seconds=np.float64(timing["wall_seconds"]),
-        device_seconds=np.float64(timing["device_seconds"]),
-        device_clock=np.array(timing["device_clock"]),
-        device=np.array(timing["device"]),
-        device_detail=np.array(timing["device_detail"]),
-        speed=np.array(json.dumps(speed, sort_keys=True)),
+        nfe=denoiser.nfe // n_batches,
+        wall_seconds=timing["wall_seconds"],
+        device_seconds=timing["device_seconds"],
+        device_clock=timing["device_clock"],
+        device=timing["device"],
+        device_detail=timing["device_detail"],
+        speed=json.dumps(speed, sort_keys=True),
+    ).save(out_path)
+
+
+def run(spec: dict, out: Path, model: Path, threads: int, moments: Path | None) -> None:
+    """Draw the shard [spec["start"], spec["stop"]) of a cell's samples from ``model`` (``moments``: its Gamma_n)."""
+    torch.set_num_threads(threads)
+    clock = StepClock.start()
+    net, schedule, ckpt = load_model(model)
+    sampler = dict(spec["sampler"])
+    gamma = bound_terms = None
+    # Issue #19: this test becomes bench.samplers.needs_moments(sampler), the one place that decides it.
+    if sampler.get("inputs", {}).get("gamma") == "moments" or sampler["grid"] in MOMENT_GRIDS:
+        found = moments_of(moments, net)
+        gamma, bound_terms = found.gamma, found.bound_terms
+    if sampler.get("inputs", {}).get("gamma") == "moments":
+        sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}
+    net, speed = apply_speed_options(net.to(clock.device), SpeedOptions(**spec.get("speed", {})))
+    sample_shard(
+        net,
+        schedule,
+        sampler,
+        spec["K"],
+        spec["start"],
+        spec["stop"],
+        base_seed=spec["seed"],
+        shape=tuple(ckpt["data_shape"]),
+        max_level=ckpt["max_level"],
+        batch_size=spec["batch_size"],
+        state_dtype=getattr(torch, spec.get("state_dtype", DEFAULT_STATE_DTYPE)),
+        out_path=out,
+        context=spec["context"],
+        family=ckpt["config"]["family"],
+        clock=clock,
+        noise=ckpt["config"].get("noise"),
+        gamma=gamma,
+        bound_terms=bound_terms,
+        speed=speed,
     )
