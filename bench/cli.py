@@ -106,9 +106,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from bench.config import DEFAULT_STATE_DTYPE
-    from bench.core.time_grids import MOMENT_GRIDS
     from bench.models import load_model
     from bench.runtime.speed import SpeedOptions, apply_speed_options
+    from bench.samplers import needs_moments
     from bench.steps.sample import sample_shard
 
     spec = _spec(args.spec)
@@ -117,7 +117,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     net, schedule, ckpt = load_model(Path(args.model))
     sampler = dict(spec["sampler"])
     gamma = bound_terms = None
-    if sampler.get("inputs", {}).get("gamma") == "moments" or sampler["grid"] in MOMENT_GRIDS:
+    if needs_moments(sampler):
         moments = _moments(args.moments, net)
         gamma, bound_terms = moments.gamma, moments.bound_terms
     if sampler.get("inputs", {}).get("gamma") == "moments":

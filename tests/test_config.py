@@ -325,7 +325,7 @@ def test_samplers_sharing_an_nll_job_must_name_one_decoder_variance(cfg):
 def test_optimal_grid_needs_a_sampler_with_a_trajectory_variance_and_its_own_bound(cfg):
     ddim = mutate(cfg, ("samplers", "analytic_ddim_ot"), {"fn": "ddim", "label": "DDIM, OT", "grid": "optimal"})
     with pytest.raises(ConfigError, match=r"samplers\.analytic_ddim_ot\.fn' on grid 'optimal': sampler function 'ddim' "
-                                          r"has no optimal trajectory; \['analytic_ddpm', 'analytic_ddim', 'ddpm'\] have"):
+                                          r"has no optimal trajectory; \['analytic_ddim', 'analytic_ddpm', 'ddpm'\] have"):
         validate_config(ddim, root=ROOT)
     beta = mutate(cfg, ("samplers", "analytic_ddpm_ot", "nll"), "beta")
     with pytest.raises(ConfigError, match=r"samplers\.analytic_ddpm_ot\.nll': value 'beta' on grid 'optimal', whose "

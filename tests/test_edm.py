@@ -5,18 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from sigma_fixtures import PrecondDenoiser, discrete_sigma_grid, edm_mlp
 
-from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.denoiser import DiscreteEpsDenoiser, DiscreteVPAsSigma
 from bench.core.noise import NoiseSource
 from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
 from bench.core.time_grids import time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
 from bench.methods.edm import (
-    DiscreteVPAsSigma,
-    PrecondDenoiser,
-    discrete_sigma_grid,
     edm_loss,
-    edm_mlp,
     edm_sigma_grid,
     edm_training_sigmas,
     iddpm_sigma_grid,

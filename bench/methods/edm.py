@@ -1,8 +1,9 @@
-"""EDM (Karras et al. 2022): sigma grids, the sigma-space denoiser interface and the EDM training loss.
+"""EDM (Karras et al. 2022): sigma grids, the ``edm`` family's denoiser and the EDM training loss.
 
-Sigma space: x = y + sigma n with y the data and n ~ N(0, I); a denoiser D(x; sigma) estimates y.
-The samplers in bench/samplers/edm.py only see this interface, so the same code runs EDM-trained
-networks (PrecondDenoiser) and discrete VP eps-networks (DiscreteVPAsSigma, EDM Table 2's VP column).
+Sigma space: x = y + sigma n with y the data and n ~ N(0, I); a denoiser D(x; sigma) estimates y
+(bench.core.denoiser.SigmaDenoiser). The samplers in bench/samplers/edm.py only see that view, so the
+same code runs EDM-trained networks (EDMNetworkDenoiser) and the other families' conversions to it
+(bench.core.denoiser.as_sigma; EDM Table 2's VP and VE columns).
 """
 
 from __future__ import annotations
@@ -10,37 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.denoiser import LevelScore, SigmaDenoiser, VEDenoiserScore, scalar_sigma
 from bench.core.noise import NoiseSource
 from bench.core.options import Positive
-from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
 from bench.nets.edm_precond import EDMPrecond
-from bench.nets.mlp import MLPDenoiser
-
-SIGMA_GRIDS = ("edm", "vp", "ve", "iddpm")
 
 # EDM Table 1 / training/loss.py: ln(sigma) ~ N(P_mean, P_std^2) during training.
 P_MEAN = -1.2
 P_STD = 1.2
-
-
-class SigmaDenoiser(Protocol):
-    """D(x; sigma) -> estimate of the clean data in x's dtype, with the noise range it supports."""
-
-    sigma_min: float
-    sigma_max: float
-
-    @property
-    def nfe(self) -> int: ...
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor: ...
-
-    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +65,7 @@ def default_sigma_range(kind: str, *, epsilon_s: float = 1e-3) -> tuple[float, f
         ends = vp_sigma(VP_BETA_D, VP_BETA_MIN, torch.tensor([epsilon_s, 1.0], dtype=torch.float64))
         return float(ends[0]), float(ends[1])
     if kind not in DEFAULT_SIGMA_RANGES:
-        raise ValueError(f"sigma grid {kind!r} is not one of {list(SIGMA_GRIDS)}")
+        raise ValueError(f"sigma grid {kind!r} is not one of {list(SIGMA_GRID_FUNCTIONS)}")
     return DEFAULT_SIGMA_RANGES[kind]
 
 
@@ -191,19 +173,8 @@ SIGMA_GRID_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
 def sigma_grid(kind: str, N: int, *, denoiser: SigmaDenoiser | None = None, **options) -> torch.Tensor:
     """The N-step sigma grid of EDM's ablation discretisation ``kind`` (generate.py ``--disc``)."""
     if kind not in SIGMA_GRID_FUNCTIONS:
-        raise ValueError(f"sigma grid {kind!r} is not one of {list(SIGMA_GRIDS)}")
+        raise ValueError(f"sigma grid {kind!r} is not one of {list(SIGMA_GRID_FUNCTIONS)}")
     return SIGMA_GRID_FUNCTIONS[kind](N, denoiser=denoiser, **options)
-
-
-def discrete_sigma_grid(schedule: DiscreteSchedule, steps: torch.Tensor) -> torch.Tensor:
-    """The sigmas of ascending 0-based discrete steps, descending, with 0 appended (a DDIM grid in sigma space)."""
-    steps = torch.as_tensor(steps, dtype=torch.int64)
-    if steps.ndim != 1 or steps.numel() == 0 or torch.any(steps[1:] <= steps[:-1]):
-        raise ValueError(f"discrete steps must be a non-empty ascending 1-D sequence, got {steps.tolist()}")
-    if steps[0] < 0 or steps[-1] >= schedule.T:
-        raise ValueError(f"discrete steps {steps.tolist()} must lie in [0, T-1={schedule.T - 1}]")
-    sigmas = sigma_of_alpha_bar(schedule.alpha_bars[steps]).flip(0)
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
 def _check_steps(N: int) -> None:
@@ -236,75 +207,6 @@ def _finish_grid(sigmas: torch.Tensor, denoiser: SigmaDenoiser | None) -> torch.
 
 
 # ---------------------------------------------------------------------------------------------
-# Denoisers in sigma space
-
-
-def _scalar_sigma(sigma: torch.Tensor | float) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    if sigma.numel() != 1 or not sigma.item() > 0:
-        raise ValueError(f"sigma must be one positive noise level per call, got {sigma.tolist()}")
-    return sigma.reshape(())
-
-
-class PrecondDenoiser:
-    """An EDM-preconditioned network (EDMPrecond, VPPrecond, VEPrecond, iDDPMPrecond) as a SigmaDenoiser."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-        self.sigma_min = float(net.sigma_min)
-        self.sigma_max = float(net.sigma_max)
-        self.nfe = 0
-
-    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        return self.net.round_sigma(torch.as_tensor(sigma, dtype=torch.float64)).to(torch.float64)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = _scalar_sigma(sigma)
-        self.nfe += 1
-        return self.net(x, sigma.to(x.device)).to(x.dtype)
-
-
-class DiscreteVPAsSigma:
-    """A discrete VP eps-denoiser in sigma space: D(x; sigma) = x - sigma eps(x / sqrt(1 + sigma^2), n(sigma)).
-
-    x = x_n / sqrt(abar_n) turns the VP chain into x = y + sigma n with sigma = sqrt((1 - abar)/abar)
-    (EDM Eq. 4). As EDM's iDDPMPrecond (Table 1, 'iDDPM' column), only the network's step index is
-    snapped to the nearest discrete sigma (by absolute distance); c_in = 1/sqrt(1 + sigma^2) and
-    c_out = -sigma use sigma as given, which on a rounded grid is the snapped value itself.
-    """
-
-    def __init__(self, denoiser: DiscreteEpsDenoiser):
-        self.denoiser = denoiser
-        self.sigmas = sigma_of_alpha_bar(denoiser.alpha_bars)
-        self.sigma_min = float(self.sigmas[0])
-        self.sigma_max = float(self.sigmas[-1])
-
-    @property
-    def nfe(self) -> int:
-        return self.denoiser.nfe
-
-    def step_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The 0-based discrete step whose sigma is nearest to each element of ``sigma``."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        return (sigma.reshape(-1, 1) - self.sigmas.reshape(1, -1)).abs().argmin(dim=1).reshape(sigma.shape)
-
-    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        return self.sigmas[self.step_of_sigma(sigma)]
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = _scalar_sigma(sigma)
-        n = int(self.step_of_sigma(sigma))
-        s = float(sigma)
-        eps = self.denoiser(torch.mul(x, 1.0 / math.sqrt(1.0 + s * s)), n).eps
-        return torch.add(x, eps, alpha=-s)
-
-    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
-        """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
-        return grid[0] * noise.latent()
-
-
-# ---------------------------------------------------------------------------------------------
 # EDM training
 
 
@@ -321,12 +223,6 @@ class TimeConditionedBackbone(nn.Module):
         if class_labels is not None:
             raise ValueError("this backbone is unconditional; got class_labels, expected None (label_dim=0)")
         return self.net(x, noise_labels)
-
-
-def edm_mlp(*, channels: int = 1, image_size: int = 8, sigma_data: float = 0.5, **mlp_options) -> EDMPrecond:
-    """Our MLP denoiser behind EDM preconditioning: D = c_skip x + c_out F(c_in x; ln(sigma)/4) (EDM Eq. 7)."""
-    mlp = MLPDenoiser(channels=channels, image_size=image_size, **mlp_options)
-    return EDMPrecond(TimeConditionedBackbone(mlp), image_size, channels, sigma_data=sigma_data)
 
 
 @dataclass(frozen=True)
@@ -376,26 +272,24 @@ class EDMNetworkDenoiser:
         return torch.as_tensor(sigma, dtype=torch.float64)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        sigma = _scalar_sigma(sigma)
+        sigma = scalar_sigma(sigma)
         self.nfe += 1
         return self.net(x, sigma.to(x.device)).to(x.dtype)
 
     def as_sigma_denoiser(self) -> EDMNetworkDenoiser:
         return self
 
-    def as_score(self):
-        """The score (D - x) / sigma^2 on 1000 geometric levels of the range (an ncsn.ScoreFn), for the PF-ODE."""
-        from bench.methods.ncsn import VEDenoiserScore
+    def as_score(self) -> VEDenoiserScore:
+        """The score (D - x) / sigma^2 on 1000 geometric levels of the range (a ScoreFn), for the PF-ODE."""
+        from bench.methods.ncsn import geometric_sigmas
 
-        return VEDenoiserScore(self)
+        return VEDenoiserScore(self, geometric_sigmas(self.sigma_min, self.sigma_max, 1000))
 
-    def with_levels(self, sigmas: torch.Tensor):
+    def with_levels(self, sigmas: torch.Tensor) -> LevelScore:
         """The score (D - x) / sigma^2 on the level table ``sigmas``, for score-SDE's PC sampler (its VE view).
 
         NFE stays counted here, in this denoiser's ``nfe``.
         """
-        from bench.methods.ncsn import LevelScore, VEDenoiserScore
-
         return LevelScore(VEDenoiserScore(self, sigmas), sigmas)
 
     def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from bench.core.noise import NoiseSource
 from bench.methods.edm import vp_betas
 from bench.samplers.edm import _check_grid
+from bench.samplers.spec import SamplerSpec
 
 Solver = Literal["euler", "heun"]
 Schedule = Literal["vp", "ve", "linear"]
@@ -172,3 +173,10 @@ def _scaling(
 
         return s, lambda t: -sigma(t) * sigma_deriv(t) * s(t) ** 3
     return (lambda t: 1.0), (lambda t: 0.0)
+
+
+# generate.py ablation_sampler: Euler N, 2nd order on all but the last step (default solver heun).
+SPEC = SamplerSpec(
+    "edm_general", edm_general, "sigma", lambda K, o: K if o.get("solver", "heun") == "euler" else 2 * K - 1,
+    takes_grid_range=True, check_options=check_options,
+)

@@ -30,6 +30,8 @@ class SamplerSpec:
     (a planning count; shards record the measured one). ``trajectory_variance`` names the variance whose
     optimal trajectory the sampler visits on a moments grid ("option": the entry's ``variance`` option),
     None where it has none. ``coupled_block(options)`` is how many consecutive samples one call couples.
+    ``takes_grid_range``: its sigma range is its grid's (bench.steps.sample.sampler_options).
+    ``check_options(**options)``: refuses option combinations no annotation states, before any job runs.
     """
 
     name: str
@@ -41,4 +43,5 @@ class SamplerSpec:
     zero_length_steps: bool = False
     takes_grid_range: bool = False
     coupled_block: Callable[[Mapping[str, Any]], int] = _uncoupled
+    check_options: Callable[..., None] | None = None
     peer: PeerSpec | None = None
