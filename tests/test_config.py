@@ -187,6 +187,9 @@ MODEL_CASES = [
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0, "T": 5}, r"models\.ncsn\.schedule': Additional properties are not allowed \('T' was unexpected\)"),
     (("models", "edm", "schedule", "sigma_min"), 20.0, r"models\.edm\.schedule': sigma_min=20\.0 must be below sigma_max=10\.0"),
     (("samplers", "pc", "grid"), "even", r"samplers\.pc\.grid': value 'even' is not a sigma grid, which sampler function 'pc' needs; allowed: \['edm', 'vp', 've', 'iddpm'\]"),
+    # A sampler's grid is one of its space's (bench.core.spaces): DDIM on a sigma grid, VP-SDE samplers off theirs.
+    (("samplers", "ddim_eta0", "grid"), "edm", r"samplers\.ddim_eta0\.grid': value 'edm' is not a time grid, which sampler function 'ddim' needs; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal'\]"),
+    (("samplers", "pc"), {"fn": "vp_euler_maruyama", "grid": "ve"}, r"samplers\.pc\.grid': value 've' is not a VP SDE grid, which sampler function 'vp_euler_maruyama' needs; allowed: \['vp_sde'\]"),
     (("metrics", "ode_nll", "rtol"), 0, r"metrics\.ode_nll\.rtol': value 0 must be > 0"),
 ]
 

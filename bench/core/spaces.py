@@ -57,7 +57,7 @@ def _vp_sde_grid_options(grid: str) -> dict[str, Any]:
 
 TIME_GRIDS = GridKind("time grid", GRIDS, grid_options)
 SIGMA_GRIDS = GridKind("sigma grid", tuple(SIGMA_GRID_FUNCTIONS), _sigma_grid_options)
-VP_SDE_GRIDS = GridKind("grid", (VP_SDE_GRID,), _vp_sde_grid_options)
+VP_SDE_GRIDS = GridKind("VP SDE grid", (VP_SDE_GRID,), _vp_sde_grid_options)
 GRID_KINDS = (TIME_GRIDS, SIGMA_GRIDS, VP_SDE_GRIDS)
 GRID_NAMES = tuple(name for kind in GRID_KINDS for name in kind.names)
 

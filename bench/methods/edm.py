@@ -258,7 +258,7 @@ class EDMSchedule:
 class EDMNetworkDenoiser:
     """The ``edm`` family's adapter: a trained EDMPrecond as a SigmaDenoiser on [sigma_min, sigma_max].
 
-    Unlike PrecondDenoiser it leaves autograd alone (the caller picks inference_mode), so the
+    It leaves autograd alone (the caller picks inference_mode), so the
     PF-ODE likelihood can take the divergence of D through it.
     """
 
