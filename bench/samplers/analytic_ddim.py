@@ -49,6 +49,5 @@ def sample(
     )
 
 
-SPEC = SamplerSpec(
-    "analytic_ddim", sample, "discrete", lambda K, o: K, takes_gamma=True, trajectory_variance="analytic"
-)
+# Gamma_n comes as the required ``gamma`` input (the config's inputs: {gamma: moments}).
+SPEC = SamplerSpec("analytic_ddim", sample, "discrete", lambda K, o: K, trajectory_variance="analytic")

@@ -44,6 +44,5 @@ def sample(
     return ancestral_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c0, ct, sigma, clip_x0)
 
 
-SPEC = SamplerSpec(
-    "analytic_ddpm", sample, "discrete", lambda K, o: K, takes_gamma=True, trajectory_variance="analytic"
-)
+# Gamma_n comes as the required ``gamma`` input (the config's inputs: {gamma: moments}).
+SPEC = SamplerSpec("analytic_ddpm", sample, "discrete", lambda K, o: K, trajectory_variance="analytic")
