@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_edm import MixtureDenoiser, exact_flow, latent_noise
 
+from bench.core.sigma_grids import edm_sigma_grid, sigma_grid, sigma_range
 from bench.data.gaussian_mixture import GaussianMixture
-from bench.methods.edm import edm_sigma_grid, sigma_grid, sigma_range
 from bench.samplers.edm import euler, heun, stochastic
 from bench.samplers.edm_general import edm_general, noise_schedule
 from bench.samplers.validation import SamplerConfigError, check_grid_options, check_grid_range_sampler

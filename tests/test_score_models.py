@@ -12,9 +12,10 @@ import yaml
 from bench.cli import main
 from bench.core.denoiser import ScoreAsSigmaDenoiser
 from bench.core.noise import NoiseSource
+from bench.core.sigma_grids import ve_sigma_grid
 from bench.data.digits import levels_to_unit, load_digits_split
 from bench.data.gaussian_mixture import GaussianMixture
-from bench.methods.edm import EDMNetworkDenoiser, EDMSchedule, ve_sigma_grid
+from bench.methods.edm import EDMNetworkDenoiser, EDMSchedule
 from bench.methods.ncsn import VENetworkScore, VESchedule
 from bench.models import build_network, build_schedule, make_denoiser, save_model, training_loss
 from bench.runtime.speed import SpeedOptions, apply_speed_options, unwrap_network

@@ -8,9 +8,9 @@ from torch import nn
 
 from bench.core.denoiser import VPTimeScore
 from bench.core.noise import NoiseSource
+from bench.core.vp_schedule import VPSDE
 from bench.data.gaussian_mixture import GaussianMixture
 from bench.methods.edm import EDMNetworkDenoiser
-from bench.methods.vpsde import VPSDE
 from bench.samplers import get_sampler
 from bench.samplers.validation import SamplerConfigError, check_grid_options
 from bench.samplers.vp_sde import denoising_beta, euler_maruyama, probability_flow

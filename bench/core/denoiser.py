@@ -328,7 +328,7 @@ class ScoreAsSigmaDenoiser:
 class VPTimeScore:
     """The VP-SDE score grad log p_t(x) = (s D(x / s; sigma(t)) - x) / (1 - s^2) of a SigmaDenoiser D.
 
-    score-SDE's VP SDE (bench.methods.vpsde.VPSDE: ``sigma(t)``, ``scale(t)`` = s(t), ``integral(t)``) has
+    score-SDE's VP SDE (bench.core.vp_schedule.VPSDE: ``sigma(t)``, ``scale(t)`` = s(t), ``integral(t)``) has
     x_t / s(t) = x_0 + sigma(t) z (EDM Eq. 4); for EDM's VPPrecond (D = x - sigma F) this is score-SDE's own
     -F / sqrt(1 - s^2). Every time the sampler visits must map into the denoiser's [sigma_min, sigma_max]
     (relative slack ``rtol``, for ranges the network stores in float32), else the call is refused. Calls

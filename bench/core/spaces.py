@@ -27,9 +27,9 @@ import torch
 
 from bench.core.denoiser import VPTimeScore, as_sigma
 from bench.core.options import option_parameters
+from bench.core.sigma_grids import SIGMA_GRID_FUNCTIONS, sigma_grid
 from bench.core.time_grids import GRIDS, MOMENT_GRIDS, grid_options, time_grid
-from bench.methods.edm import SIGMA_GRID_FUNCTIONS, sigma_grid
-from bench.methods.vpsde import SAMPLING_EPS, VPSDE
+from bench.core.vp_schedule import SAMPLING_EPS, VPSDE
 
 if TYPE_CHECKING:
     from bench.methods.analytic import BoundTerms

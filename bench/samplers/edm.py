@@ -1,7 +1,7 @@
 """EDM samplers in sigma space (Karras et al. 2022, Alg. 1 and 2): Euler, Heun and the stochastic sampler.
 
 They integrate the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3 with
-sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.methods.edm.sigma_grid),
+sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.core.sigma_grids.sigma_grid),
 with ``denoiser`` a bench.core.denoiser.SigmaDenoiser.
 
 Who scales x_T: the caller. As EDM's generate.py multiplies the latents by t_0 before its loop,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import inspect
 
 from bench.core.options import OptionError, check_options, check_values, option_parameters, required_options
+from bench.core.sigma_grids import sigma_grid
 from bench.core.spaces import GRID_NAMES, SPACES, TIME_GRIDS, VP_SDE_GRID, grid_kind
 from bench.core.time_grids import MOMENT_GRIDS, REPEATING_GRIDS, check_time_grid, has_repeats, time_grid
-from bench.methods.edm import sigma_grid
-from bench.methods.vpsde import VPSDE
+from bench.core.vp_schedule import VPSDE
 from bench.samplers import (
     SAMPLER_SPECS,
     SAMPLERS,
@@ -88,7 +88,7 @@ def check_grid_range_sampler(name: str, sampler: dict) -> None:
             check(**{k: v for k, v in options.items() if k in known})
         except (TypeError, ValueError) as err:
             raise SamplerConfigError(f"config key 'samplers.{name}.options': {err}") from None
-    # The range is read from grid_options (bench.methods.edm.sigma_range), whose names check_grid_options checked.
+    # The range is read from grid_options (bench.core.sigma_grids.sigma_range), whose names check_grid_options checked.
     try:
         sigma_grid(sampler["grid"], 2, **sampler.get("grid_options", {}))
     except (TypeError, ValueError) as err:

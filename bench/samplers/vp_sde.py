@@ -2,7 +2,7 @@
 (Eq. 6) and the black-box probability-flow ODE sampler (Eq. 13).
 
 ``score_fn`` is a bench.core.denoiser.VPTimeScore (``score_fn(x, t)`` and ``score_fn.sde.beta(t)``),
-``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.methods.vpsde.VPSDE.time_grid). Who draws x_T:
+``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.core.vp_schedule.VPSDE.time_grid). Who draws x_T:
 the caller, from the VP prior N(0, I) (``score_fn.prior``).
 """
 

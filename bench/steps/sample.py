@@ -12,9 +12,9 @@ import torch
 
 from bench.core.denoiser import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.core.noise import NoiseSource
+from bench.core.sigma_grids import sigma_range
 from bench.core.spaces import SPACES, view_for
 from bench.data.digits import unit_to_levels
-from bench.methods.edm import sigma_range
 from bench.models import make_denoiser
 from bench.runtime.device import cpu_choice
 from bench.runtime.io import atomic_npz

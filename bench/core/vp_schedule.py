@@ -1,4 +1,6 @@
-"""score-SDE's VP SDE (Song et al. 2021, Eq. 11); bench.core.denoiser.VPTimeScore reads a denoiser in it.
+"""score-SDE's VP SDE (Song et al. 2021, Eq. 11), the schedule of the vp_time space (bench.core.spaces).
+
+bench.core.denoiser.VPTimeScore reads a sigma-space denoiser in its coordinates.
 
 dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1].
 Its marginal is x_t = s(t) x_0 + sqrt(1 - s(t)^2) z with s(t) = exp(-1/2 int_0^t beta), so
