@@ -209,7 +209,7 @@ def param_dtype(net) -> torch.dtype:
     return torch.float64
 
 
-def _sigma_prior(noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+def sigma_prior(noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
     """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
     return grid[0] * noise.latent()
 
@@ -252,7 +252,7 @@ class DiscreteVPAsSigma:
         eps = self.denoiser(torch.mul(x, 1.0 / math.sqrt(1.0 + s * s)), n).eps
         return torch.add(x, eps, alpha=-s)
 
-    prior = staticmethod(_sigma_prior)
+    prior = staticmethod(sigma_prior)
 
 
 def as_sigma(denoiser) -> SigmaDenoiser:
@@ -322,7 +322,7 @@ class ScoreAsSigmaDenoiser:
         s = as_level(sigma)
         return x + s**2 * self.score(x, s)
 
-    prior = staticmethod(_sigma_prior)
+    prior = staticmethod(sigma_prior)
 
 
 class VPTimeScore:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.core.denoiser import LevelScore, VEDenoiserScore, scalar_sigma
-from bench.core.noise import NoiseSource
+from bench.core.denoiser import LevelScore, VEDenoiserScore, scalar_sigma, sigma_prior
 from bench.nets.edm_precond import EDMPrecond
 
 # EDM Table 1 / training/loss.py: ln(sigma) ~ N(P_mean, P_std^2) during training.
@@ -109,9 +108,7 @@ class EDMNetworkDenoiser:
         """
         return LevelScore(VEDenoiserScore(self, sigmas), sigmas)
 
-    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
-        """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
-        return grid[0] * noise.latent()
+    prior = staticmethod(sigma_prior)
 
 
 def edm_training_sigmas(n: int, gen: torch.Generator, *, P_mean: float = P_MEAN, P_std: float = P_STD) -> torch.Tensor:
