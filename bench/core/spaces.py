@@ -14,7 +14,8 @@ levels             sigma grids                     the score on K levels of the 
 vp_time            ``vp_sde``                      the VP-SDE score (denoiser.VPTimeScore), times 1..0
 =================  ==============================  ===================================================
 
-``GRID_NAMES`` is the one list of grid names: the config's, the schema's and the DAG's.
+``GRID_NAMES`` is the one list of grid names: the config's check of a sampler's grid reads it (the schema
+leaves grid names to it), and each name belongs to one kind (``grid_kind``) with its grid_options.
 """
 
 from __future__ import annotations
