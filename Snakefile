@@ -10,6 +10,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from bench import samplers
 from bench.checkpoints.references import default_weights
 from bench.config import (
     PF_ODE,
@@ -103,8 +104,7 @@ def has_nll(sampler: str) -> bool:
 
 
 def needs_moments(sampler: str) -> bool:
-    s = config["samplers"][sampler]
-    return s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic" or s["grid"] in MOMENT_GRIDS
+    return samplers.needs_moments(config["samplers"][sampler])
 
 
 def moments_arg(model: str, wanted: bool) -> dict:

@@ -188,6 +188,9 @@ MODEL_CASES = [
     (("models", "ncsn", "schedule"), {"name": "ve", "sigma_min": 0.01, "sigma_max": 10.0, "T": 5}, r"models\.ncsn\.schedule': Additional properties are not allowed \('T' was unexpected\)"),
     (("models", "edm", "schedule", "sigma_min"), 20.0, r"models\.edm\.schedule': sigma_min=20\.0 must be below sigma_max=10\.0"),
     (("samplers", "pc", "grid"), "even", r"samplers\.pc\.grid': value 'even' is not a sigma grid, which sampler function 'pc' needs; allowed: \['edm', 'vp', 've', 'iddpm'\]"),
+    # A sampler's grid is one of its space's (bench.core.spaces): DDIM on a sigma grid, VP-SDE samplers off theirs.
+    (("samplers", "ddim_eta0", "grid"), "edm", r"samplers\.ddim_eta0\.grid': value 'edm' is not a time grid, which sampler function 'ddim' needs; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal'\]"),
+    (("samplers", "pc"), {"fn": "vp_euler_maruyama", "grid": "ve"}, r"samplers\.pc\.grid': value 've' is not a VP SDE grid, which sampler function 'vp_euler_maruyama' needs; allowed: \['vp_sde'\]"),
     (("metrics", "ode_nll", "rtol"), 0, r"metrics\.ode_nll\.rtol': value 0 must be > 0"),
 ]
 
@@ -326,7 +329,7 @@ def test_samplers_sharing_an_nll_job_must_name_one_decoder_variance(cfg):
 def test_optimal_grid_needs_a_sampler_with_a_trajectory_variance_and_its_own_bound(cfg):
     ddim = mutate(cfg, ("samplers", "analytic_ddim_ot"), {"fn": "ddim", "label": "DDIM, OT", "grid": "optimal"})
     with pytest.raises(ConfigError, match=r"samplers\.analytic_ddim_ot\.fn' on grid 'optimal': sampler function 'ddim' "
-                                          r"has no optimal trajectory; \['analytic_ddpm', 'analytic_ddim', 'ddpm'\] have"):
+                                          r"has no optimal trajectory; \['analytic_ddim', 'analytic_ddpm', 'ddpm'\] have"):
         validate_config(ddim, root=ROOT)
     beta = mutate(cfg, ("samplers", "analytic_ddpm_ot", "nll"), "beta")
     with pytest.raises(ConfigError, match=r"samplers\.analytic_ddpm_ot\.nll': value 'beta' on grid 'optimal', whose "

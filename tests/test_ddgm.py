@@ -6,6 +6,7 @@ of Z standard errors estimated from the same samples.
 
 import math
 
+import ddgm_samplers as samplers
 import pytest
 import torch
 from torch import nn
@@ -30,7 +31,6 @@ from bench.methods.ddgm import (
     mixture_phi2_schedule,
     mixture_q_sample,
 )
-from bench.samplers import ddgm as samplers
 
 torch.set_num_threads(1)
 

@@ -6,6 +6,7 @@ errors estimated from the same samples.
 
 import math
 
+import ddgm_samplers
 import pytest
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ def test_t_varying_mixture_prior_has_the_component_variance_of_its_step(step):
 def test_t_varying_mixture_samplers_draw_the_noise_of_the_target_step():
     den = ddgm_denoiser(MIXTURE_T)
     source = NoiseSource(torch.arange(5), SHAPE, F64, "cpu")
-    noise_at = samplers._law_noise_at(den, source)
+    noise_at = samplers.law_noise_at(den, source)
     for k, s in ((1, 0), (3, 400), (6, 999)):
         expected = mixture_noise(StepDraws(source, k), phi2=(0.1 + 0.8 * s / 999) ** 2)
         assert torch.allclose(noise_at(k, s), expected, rtol=1e-13, atol=1e-15)
@@ -166,18 +167,18 @@ def test_noise_law_of_a_missing_or_bad_entry_is_refused():
 @pytest.mark.parametrize(
     "noise,name,options,direct",
     [
-        (GAMMA, "ddgm", {"variance": "beta_tilde"}, lambda d, x, g, n: samplers.sample(
+        (GAMMA, "ddgm", {"variance": "beta_tilde"}, lambda d, x, g, n: ddgm_samplers.sample(
             d, x, g, noise=n, theta_0=0.001, k_convention="code", variance="beta_tilde")),
-        (GAMMA_PAPER, "ddgm", {}, lambda d, x, g, n: samplers.sample(
+        (GAMMA_PAPER, "ddgm", {}, lambda d, x, g, n: ddgm_samplers.sample(
             d, x, g, noise=n, theta_0=0.001, k_convention="paper")),
-        (GAMMA, "ddgm_ddim", {"eta": 1.0}, lambda d, x, g, n: samplers.sample_ddim(
+        (GAMMA, "ddgm_ddim", {"eta": 1.0}, lambda d, x, g, n: ddgm_samplers.sample_ddim(
             d, x, g, noise=n, theta_0=0.001, k_convention="code", eta=1.0)),
-        (MIXTURE, "ddgm", {}, lambda d, x, g, n: samplers.sample_mixture(d, x, g, noise=n, phi2=0.2)),
-        (MIXTURE, "ddgm_ddim", {"eta": 0.5}, lambda d, x, g, n: samplers.sample_mixture_ddim(
+        (MIXTURE, "ddgm", {}, lambda d, x, g, n: ddgm_samplers.sample_mixture(d, x, g, noise=n, phi2=0.2)),
+        (MIXTURE, "ddgm_ddim", {"eta": 0.5}, lambda d, x, g, n: ddgm_samplers.sample_mixture_ddim(
             d, x, g, noise=n, phi2=0.2, eta=0.5)),
-        (MIXTURE_T, "ddgm", {}, lambda d, x, g, n: samplers.sample_mixture(
+        (MIXTURE_T, "ddgm", {}, lambda d, x, g, n: ddgm_samplers.sample_mixture(
             d, x, g, noise=n, phi2=0.01, phi2_end=0.81)),
-        (MIXTURE_T, "ddgm_ddim", {"eta": 0.5}, lambda d, x, g, n: samplers.sample_mixture_ddim(
+        (MIXTURE_T, "ddgm_ddim", {"eta": 0.5}, lambda d, x, g, n: ddgm_samplers.sample_mixture_ddim(
             d, x, g, noise=n, phi2=0.01, phi2_end=0.81, eta=0.5)),
     ],
 )

@@ -5,25 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from sigma_fixtures import PrecondDenoiser, discrete_sigma_grid, edm_mlp
 
-from bench.core.denoiser import DiscreteEpsDenoiser
+from bench.core.denoiser import DiscreteEpsDenoiser, DiscreteVPAsSigma
 from bench.core.noise import NoiseSource
 from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
+from bench.core.sigma_grids import edm_sigma_grid, iddpm_sigma_grid, sigma_grid, ve_sigma_grid, vp_sigma_grid
 from bench.core.time_grids import time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
-from bench.methods.edm import (
-    DiscreteVPAsSigma,
-    PrecondDenoiser,
-    discrete_sigma_grid,
-    edm_loss,
-    edm_mlp,
-    edm_sigma_grid,
-    edm_training_sigmas,
-    iddpm_sigma_grid,
-    sigma_grid,
-    ve_sigma_grid,
-    vp_sigma_grid,
-)
+from bench.methods.edm import edm_loss, edm_training_sigmas
 from bench.nets.edm_precond import iDDPMPrecond
 from bench.samplers import ddim
 from bench.samplers.edm import euler, heun, stochastic

@@ -6,11 +6,11 @@ import pytest
 import torch
 from test_edm import MixtureDenoiser, exact_flow, latent_noise
 
-from bench.config import ConfigError, _check_grid_options, _check_grid_range_sampler
+from bench.core.sigma_grids import edm_sigma_grid, sigma_grid, sigma_range
 from bench.data.gaussian_mixture import GaussianMixture
-from bench.methods.edm import edm_sigma_grid, sigma_grid, sigma_range
 from bench.samplers.edm import euler, heun, stochastic
 from bench.samplers.edm_general import edm_general, noise_schedule
+from bench.samplers.validation import SamplerConfigError, check_grid_options, check_grid_range_sampler
 from bench.steps.plan import nfe_per_sample
 from bench.steps.sample import sampler_options
 
@@ -213,20 +213,22 @@ def test_bad_options_are_refused_by_the_sampler_and_the_config(options, message)
     with pytest.raises(ValueError) as err:
         edm_general(den, noise.latent() * grid[0], grid, noise=noise, **options)
     assert str(err.value).startswith(message)
-    with pytest.raises(ConfigError) as err:
-        _check_grid_range_sampler("fig2", {"fn": "edm_general", "grid": "edm", "options": options})
+    with pytest.raises(SamplerConfigError) as err:
+        check_grid_range_sampler("fig2", {"fn": "edm_general", "grid": "edm", "options": options})
     assert f"config key 'samplers.fig2.options': {message}" in str(err.value)
 
 
 def test_config_refuses_the_grids_range_as_sampler_options():
-    with pytest.raises(ConfigError, match=r"\['epsilon_s', 'sigma_max'\] are the grid's .* give them in 'samplers.s.grid_options'"):
-        _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "options": {"sigma_max": 5.0, "epsilon_s": 0.1}})
+    with pytest.raises(SamplerConfigError, match=r"\['epsilon_s', 'sigma_max'\] are the grid's .* give them in 'samplers.s.grid_options'"):
+        check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "options": {"sigma_max": 5.0, "epsilon_s": 0.1}})
 
 
 def test_sampling_job_passes_the_grids_range_to_the_sampler():
     """bench.steps.sample.generate gives edm_general the range generate.py solves the vp schedule from, not the grid's ends."""
+    from sigma_fixtures import edm_mlp
+
     from bench.core.noise import NoiseSource
-    from bench.methods.edm import EDMNetworkDenoiser, edm_mlp
+    from bench.methods.edm import EDMNetworkDenoiser
     from bench.steps.sample import generate
 
     torch.manual_seed(0)
@@ -244,8 +246,8 @@ def test_sampling_job_passes_the_grids_range_to_the_sampler():
 
 
 def test_config_refuses_grid_options_the_grid_does_not_take():
-    with pytest.raises(ConfigError, match=r"grid_options\.epsilon_s': unknown option 'epsilon_s' of sigma grid 'edm'; allowed: \['rho', 'sigma_max', 'sigma_min'\]"):
-        _check_grid_options("s", {"fn": "edm_general", "grid": "edm", "grid_options": {"epsilon_s": 0.01}})
-    with pytest.raises(ConfigError, match=r"grid_options': VP epsilon_s=2.0 must lie in \(0, 1\)"):
-        _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "grid_options": {"epsilon_s": 2.0}})
-    _check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "grid_options": {"epsilon_s": 0.01, "sigma_max": 50.0}})
+    with pytest.raises(SamplerConfigError, match=r"grid_options\.epsilon_s': unknown option 'epsilon_s' of sigma grid 'edm'; allowed: \['rho', 'sigma_max', 'sigma_min'\]"):
+        check_grid_options("s", {"fn": "edm_general", "grid": "edm", "grid_options": {"epsilon_s": 0.01}})
+    with pytest.raises(SamplerConfigError, match=r"grid_options': VP epsilon_s=2.0 must lie in \(0, 1\)"):
+        check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "grid_options": {"epsilon_s": 2.0}})
+    check_grid_range_sampler("s", {"fn": "edm_general", "grid": "vp", "grid_options": {"epsilon_s": 0.01, "sigma_max": 50.0}})

@@ -1,22 +1,20 @@
 """NCSN / score-SDE VE family: levels, score adapters, DSM loss, annealed Langevin and PC against exact oracles."""
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
+from bench.core.denoiser import ScoreFn, VEDenoiserScore, as_level, ascending_table, param_dtype
 from bench.core.noise import NoiseSource
-from bench.core.schedules import DiscreteSchedule, sigma_of_alpha_bar
+from bench.core.schedules import DiscreteSchedule, alpha_bar_of_sigma, sigma_of_alpha_bar, timestep_of_sigma
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
 from bench.methods.ncsn import (
     NETWORK_TIME_SCALE,
-    NoiseConditionalScore,
-    ScoreFn,
-    VEDenoiserScore,
     VENetworkScore,
     VESchedule,
-    VPEpsScore,
     dsm_loss,
     geometric_sigmas,
     ssm_loss,
@@ -29,6 +27,105 @@ SHAPE = (2,)
 
 
 pytestmark = pytest.mark.usefixtures("fast_distributions")
+
+
+# Score adapters of networks the pipeline does not load (NCSNv2's level-indexed network, a VP eps
+# network read at VE levels): ScoreFn conversions checked against the oracle.
+
+
+class NoiseConditionalScore:
+    """Score from a network on level indices, net(a x + b, y) = grad log p (NCSN/NCSNv2 s_theta(x, sigma_y)).
+
+    The network's data live in ``data_range`` = [lo, hi] (NCSNv2: [0, 1]), bench data in [-1, 1]:
+    x_net = a x + b with a = (hi - lo) / 2, b = (hi + lo) / 2. Then sigma_net = a sigma and, since
+    p(x) = p_net(a x + b) a^d, score(x, sigma) = a s_net(a x + b, a sigma). ``net_sigmas`` is the
+    network's own level table (its order defines y; NCSNv2: ``net.sigmas``, descending).
+    Only the levels of that table are accepted.
+    """
+
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        net_sigmas: torch.Tensor,
+        *,
+        data_range: tuple[float, float] = (0.0, 1.0),
+        rtol: float = 1e-6,
+    ):
+        lo, hi = data_range
+        if not hi > lo:
+            raise ValueError(f"data_range={data_range!r} must be (lo, hi) with hi > lo")
+        self.net = net
+        self.scale = (hi - lo) / 2.0
+        self.shift = (hi + lo) / 2.0
+        table = torch.as_tensor(net_sigmas).detach().to("cpu", torch.float64) / self.scale
+        order = torch.argsort(table)
+        self.sigmas = table[order]
+        self._net_index = order
+        self.rtol = rtol
+        self.nfe = 0
+        self._dtype = param_dtype(net)
+
+    def level_index(self, sigma: float | torch.Tensor) -> int:
+        """The network's index y of level ``sigma`` (in bench scale)."""
+        s = as_level(sigma)
+        n = int(torch.argmin(torch.abs(torch.log(self.sigmas / s))))
+        if abs(float(self.sigmas[n] / s) - 1.0) > self.rtol:
+            raise ValueError(
+                f"sigma={float(s)!r} is not one of the network's levels (nearest {float(self.sigmas[n])!r}); "
+                "a noise-conditional network is defined on its own table only"
+            )
+        return int(self._net_index[n])
+
+    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        y = torch.full((x.shape[0],), self.level_index(sigma), dtype=torch.int64, device=x.device)
+        out = self.net((self.scale * x + self.shift).to(self._dtype), y)
+        self.nfe += 1
+        return self.scale * out.to(x.dtype)
+
+
+class VPEpsScore:
+    """Score of a discrete VP eps network at a VE level: x_vp = sqrt(abar) x, score = -eps(x_vp, n(sigma)) / sigma.
+
+    abar = 1 / (1 + sigma^2) and the (continuous) step n(sigma) come from bench.core.schedules, the one
+    sigma <-> timestep conversion (x_vp / sqrt(abar) = x0 + sigma eps, EDM Eq. 4); levels outside the chain's
+    [sigma(0), sigma(T-1)] are refused. The default level table is the chain's own sigma(n).
+    """
+
+    def __init__(
+        self,
+        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        schedule: DiscreteSchedule,
+        *,
+        time_scale: float = 1.0,
+        sigmas: torch.Tensor | None = None,
+        rtol: float = 1e-9,
+    ):
+        self.net = net
+        self.schedule = schedule
+        self.time_scale = time_scale
+        chain = sigma_of_alpha_bar(schedule.alpha_bars)
+        self._lo, self._hi = float(chain[0]) * (1 - rtol), float(chain[-1]) * (1 + rtol)
+        self.sigmas = chain if sigmas is None else ascending_table(sigmas)
+        if self.sigmas[0] < self._lo or self.sigmas[-1] > self._hi:
+            raise ValueError(
+                f"level table [{float(self.sigmas[0])!r}, {float(self.sigmas[-1])!r}] exceeds the chain's "
+                f"sigma range [{float(chain[0])!r}, {float(chain[-1])!r}]"
+            )
+        self.nfe = 0
+        self._dtype = param_dtype(net)
+
+    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        s = as_level(sigma)
+        if not self._lo <= float(s) <= self._hi:
+            raise ValueError(
+                f"sigma={float(s)!r} lies outside the VP chain's sigma range [{self._lo!r}, {self._hi!r}]"
+            )
+        n = timestep_of_sigma(self.schedule, s)
+        abar = alpha_bar_of_sigma(s)
+        t = torch.full((x.shape[0],), float(n) * self.time_scale, dtype=self._dtype, device=x.device)
+        eps = self.net((torch.sqrt(abar) * x).to(self._dtype), t).to(x.dtype)
+        self.nfe += 1
+        return -eps / s
 
 
 @pytest.fixture(scope="module")

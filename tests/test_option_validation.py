@@ -12,9 +12,9 @@ from dag import snakemake
 
 from bench.config import ConfigError, read_yaml, sampler_inputs, validate_config
 from bench.core.options import OptionError, Range, check_options, option_parameters, value_error
+from bench.core.sigma_grids import SIGMA_GRID_FUNCTIONS
 from bench.core.time_grids import GRID_OPTION_FUNCTIONS
-from bench.methods.edm import SIGMA_GRID_FUNCTIONS
-from bench.methods.vpsde import VPSDE
+from bench.core.vp_schedule import VPSDE
 from bench.nets.factory import NETWORK_TYPES, network_constructor, shape_keywords
 from bench.samplers import SAMPLERS
 

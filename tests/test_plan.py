@@ -184,9 +184,9 @@ def test_nll_job_reads_the_moments_when_any_bound_of_its_grid_is_analytic(cfg, f
     assert counts(table) == {"cells": 1, "jobs": 1, "samples": 0, "nfe": N_TEST * 10}
 
 
-def test_sampler_without_an_nfe_count_is_named(cfg, frozen_dir):
+def test_an_unregistered_sampler_is_named(cfg, frozen_dir):
     cfg["samplers"]["ddim_eta0"]["fn"] = "dpm_solver"
-    with pytest.raises(ConfigError, match=r"plan: sampler function 'dpm_solver' has no NFE count; known: \[.*'ddim'"):
+    with pytest.raises(ConfigError, match=r"plan: sampler function 'dpm_solver' is not one of \[.*'ddim'"):
         plan(cfg, root=frozen_dir)
 
 

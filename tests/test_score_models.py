@@ -11,12 +11,14 @@ import yaml
 
 from bench.checkpoints.model_file import save_model
 from bench.cli import main
+from bench.core.denoiser import ScoreAsSigmaDenoiser
 from bench.core.noise import NoiseSource
+from bench.core.sigma_grids import ve_sigma_grid
 from bench.data.digits import levels_to_unit, load_digits_split
 from bench.data.gaussian_mixture import GaussianMixture
 from bench.families import build_schedule, make_denoiser, training_loss
-from bench.methods.edm import EDMNetworkDenoiser, EDMSchedule, ve_sigma_grid
-from bench.methods.ncsn import ScoreAsSigmaDenoiser, VENetworkScore, VESchedule
+from bench.methods.edm import EDMNetworkDenoiser, EDMSchedule
+from bench.methods.ncsn import VENetworkScore, VESchedule
 from bench.nets.factory import build_network
 from bench.runtime.speed import SpeedOptions, apply_speed_options, unwrap_network
 from bench.steps.sample import generate, sampler_view

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, _check_grid_options
+from bench.core.denoiser import VPTimeScore
 from bench.core.noise import NoiseSource
+from bench.core.vp_schedule import VPSDE
 from bench.data.gaussian_mixture import GaussianMixture
 from bench.methods.edm import EDMNetworkDenoiser
-from bench.methods.vpsde import VPSDE, VPTimeScore
 from bench.samplers import get_sampler
+from bench.samplers.validation import SamplerConfigError, check_grid_options
 from bench.samplers.vp_sde import denoising_beta, euler_maruyama, probability_flow
 from bench.steps.sample import generate, sampler_view
 
@@ -95,13 +96,13 @@ def test_bad_time_grids_are_refused(K, eps):
 def test_bad_sde_and_grid_options_are_refused():
     with pytest.raises(ValueError, match="beta_min"):
         VPSDE(0.0, 20.0)
-    with pytest.raises(ConfigError, match="unknown option 'rho'"):
-        _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 0.1, "rho": 7}})
-    with pytest.raises(ConfigError, match="eps"):
-        _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"eps": 2.0}})
-    with pytest.raises(ConfigError, match="beta_min"):
-        _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 30.0}})
-    _check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}})
+    with pytest.raises(SamplerConfigError, match="unknown option 'rho'"):
+        check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 0.1, "rho": 7}})
+    with pytest.raises(SamplerConfigError, match="eps"):
+        check_grid_options("s", {"grid": "vp_sde", "grid_options": {"eps": 2.0}})
+    with pytest.raises(SamplerConfigError, match="beta_min"):
+        check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 30.0}})
+    check_grid_options("s", {"grid": "vp_sde", "grid_options": {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3}})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ Every error names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -17,18 +16,7 @@ import jsonschema
 import yaml
 
 from bench.checkpoints.references import BACKEND_MODES, DEFAULT_MODE, load_references
-from bench.core.options import OptionError, check_options, check_values, option_parameters, required_options
-from bench.core.time_grids import (
-    GRIDS,
-    MOMENT_GRIDS,
-    REPEATING_GRIDS,
-    ZERO_LENGTH_STEP_SAMPLERS,
-    check_time_grid,
-    grid_options,
-    has_repeats,
-    time_grid,
-    trajectory_variance,
-)
+from bench.core.options import OptionError, check_options, option_parameters, required_options
 from bench.families import check_model, compatible_samplers, continuous_families
 from bench.runtime.speed import SpeedOptions
 from bench.runtime.strict_yaml import load_yaml
@@ -209,95 +197,18 @@ def sampler_inputs() -> dict[str, dict]:
     return _schema()["properties"]["samplers"]["additionalProperties"]["properties"]["inputs"]["properties"]
 
 
-def _check_sampler_options(name: str, sampler: dict) -> None:
-    """``options`` and ``inputs`` against the sampler function's keyword-only parameters, past the protocol's noise."""
-    from bench.samplers import SAMPLERS
-
-    fn, fn_name = SAMPLERS[sampler["fn"]], sampler["fn"]
-    owner = f"sampler function {fn_name!r}"
-    injected = sampler_inputs()
-    takes = [n for n in option_parameters(fn, keyword_only=True) if n in injected]
-    inputs = sampler.get("inputs", {})
-    for artifact in inputs:
-        if artifact not in takes:
-            raise ConfigError(
-                f"config key 'samplers.{name}.inputs.{artifact}': {owner} takes no input {artifact!r}; "
-                f"allowed: {takes}"
-            )
-    try:
-        check_options(fn, sampler.get("options", {}), owner=owner, exclude=("noise", *injected), keyword_only=True)
-    except OptionError as err:
-        raise _options_error(f"samplers.{name}.options", err) from None
-    for artifact in required_options(fn, takes):
-        if artifact not in inputs:
-            raise ConfigError(
-                f"config key 'samplers.{name}.inputs': {owner} needs input {artifact!r}; "
-                f"give inputs: {{{artifact}: {injected[artifact]['const']}}}"
-            )
-
-
-VP_SDE_GRID = "vp_sde"
-
-
-def grid_option_types(grid: str) -> dict[str, Any]:
-    """Name -> annotation of each grid_option of ``grid``: the parameters of the functions that receive them."""
-    from bench.methods.edm import SIGMA_GRID_FUNCTIONS
-    from bench.methods.vpsde import VPSDE
-
-    if grid == VP_SDE_GRID:
-        return {**option_parameters(VPSDE), **option_parameters(VPSDE.time_grid, exclude=("self", "K"))}
-    if grid in SIGMA_GRID_FUNCTIONS:
-        return option_parameters(SIGMA_GRID_FUNCTIONS[grid], exclude=("N", "denoiser"))
-    return grid_options(grid)
-
-
-def _check_grid_options(name: str, sampler: dict) -> None:
-    """grid_options against the parameters of the grid's functions, past the step count and the model."""
-    from bench.methods.vpsde import VPSDE
-
-    grid = sampler["grid"]
-    options = sampler.get("grid_options", {})
-    what = "time grid" if grid in GRIDS else "grid" if grid == VP_SDE_GRID else "sigma grid"
-    try:
-        check_values(options, grid_option_types(grid), owner=f"{what} {grid!r}")
-    except OptionError as err:
-        raise _options_error(f"samplers.{name}.grid_options", err) from None
-    if grid == VP_SDE_GRID:
-        # beta_min <= beta_max relates two options, which no annotation states.
-        try:
-            VPSDE(**{k: v for k, v in options.items() if k in option_parameters(VPSDE)})
-        except ValueError as err:
-            raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
-
-
-def _check_grid_range_sampler(name: str, sampler: dict) -> None:
-    """EDM's general sampler: its range is the grid's, and its options must form a sampler generate.py runs."""
-    from bench.samplers.edm_general import check_options
-
-    options = sampler.get("options", {})
-    from_grid = sorted({"sigma_min", "sigma_max", "epsilon_s"} & set(options))
-    if from_grid:
-        raise ConfigError(
-            f"config key 'samplers.{name}.options': {from_grid} are the grid's (its sigma range, generate.py "
-            f"L87-100); give them in 'samplers.{name}.grid_options'"
-        )
-    known = inspect.signature(check_options).parameters
-    try:
-        check_options(**{k: v for k, v in options.items() if k in known})
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key 'samplers.{name}.options': {err}") from None
-    # The range is read from grid_options (bench.methods.edm.sigma_range), whose names _check_grid_options checked.
-    from bench.methods.edm import sigma_grid
+def _sampler_check(check, *args, **kwargs) -> None:
+    """One of bench.samplers.validation's checks, its error raised as the config's."""
+    from bench.samplers.validation import SamplerConfigError
 
     try:
-        sigma_grid(sampler["grid"], 2, **sampler.get("grid_options", {}))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"config key 'samplers.{name}.grid_options': {err}") from None
+        check(*args, **kwargs)
+    except SamplerConfigError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_references(cfg: dict) -> None:
-    from bench.methods.edm import SIGMA_GRIDS
-    from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, SAMPLERS, SIGMA_SAMPLERS, VP_SDE_SAMPLERS
+    from bench.samplers import validation
 
     for name, ext in cfg["extractors"].items():
         if ext["kind"] == "digits_cnn":
@@ -315,23 +226,7 @@ def _check_references(cfg: dict) -> None:
         _check_model_source(name, model, registry)
         _check_model(name, model)
     for name, s in cfg["samplers"].items():
-        if s["fn"] not in SAMPLERS:
-            raise ConfigError(
-                f"config key 'samplers.{name}.fn': value {s['fn']!r} is not allowed; allowed: {sorted(SAMPLERS)}"
-            )
-        if s["fn"] in LEVEL_SAMPLERS + SIGMA_SAMPLERS and s["grid"] not in SIGMA_GRIDS:
-            raise ConfigError(
-                f"config key 'samplers.{name}.grid': value {s['grid']!r} is not a sigma grid, which sampler "
-                f"function {s['fn']!r} needs; allowed: {list(SIGMA_GRIDS)}"
-            )
-        if (s["fn"] in VP_SDE_SAMPLERS) != (s["grid"] == VP_SDE_GRID):
-            raise ConfigError(
-                f"config key 'samplers.{name}.grid': value {s['grid']!r} with sampler function {s['fn']!r}: "
-                f"grid {VP_SDE_GRID!r} (VP SDE times) is the grid of, and only of, {list(VP_SDE_SAMPLERS)}"
-            )
-        _check_grid_options(name, s)
-        if s["fn"] in GRID_RANGE_SAMPLERS:
-            _check_grid_range_sampler(name, s)
+        _sampler_check(validation.check_entry, name, s)
     for i, exp in enumerate(cfg["experiments"]):
         _need(exp["model"], cfg["models"], f"experiments[{i}].model", "model")
         model = cfg["models"][exp["model"]]
@@ -355,31 +250,9 @@ def _check_references(cfg: dict) -> None:
                     f"integer in [1, T={T}] for model {exp['model']!r}"
                 )
             for s in exp["samplers"]:
-                sampler = cfg["samplers"][s]
-                if sampler["grid"] not in GRIDS:
-                    continue
-                try:
-                    check_time_grid(sampler["grid"], T, K, **sampler.get("grid_options", {}))
-                except ValueError as err:
-                    raise ConfigError(f"config key 'experiments[{i}].K[{j}]' with sampler {s!r}: {err}") from None
-                _check_repeats(sampler, s, T, K, f"experiments[{i}].K[{j}]")
+                _sampler_check(validation.check_steps, s, cfg["samplers"][s], T, K, f"experiments[{i}].K[{j}]")
     for name, s in cfg["samplers"].items():
-        _check_sampler_options(name, s)
-        if s["grid"] in MOMENT_GRIDS:
-            try:
-                variance = trajectory_variance(s)
-            except ValueError as err:
-                raise ConfigError(f"config key 'samplers.{name}.fn' on grid {s['grid']!r}: {err}") from None
-            if s.get("nll", variance) != variance:
-                raise ConfigError(
-                    f"config key 'samplers.{name}.nll': value {s['nll']!r} on grid {s['grid']!r}, whose trajectory is "
-                    f"the {variance!r} variance's: the bound must be that variance's"
-                )
-        uses_moments = s.get("inputs", {}).get("gamma") == "moments" or s.get("nll") == "analytic"
-        if (uses_moments or s["grid"] in MOMENT_GRIDS) and "moments" not in cfg:
-            raise ConfigError(
-                f"config key 'samplers.{name}': needs the Analytic-DPM moments, but the config has no 'moments' key"
-            )
+        _sampler_check(validation.check_inputs, name, s, sampler_inputs(), has_moments="moments" in cfg)
     _check_shared_nll_grids(cfg)
     _check_ode_nll_models(cfg)
     fd = cfg["metrics"].get("fd_is")
@@ -404,23 +277,6 @@ def _check_published_reference(name: str, extractor: dict) -> None:
         raise ConfigError(
             f"config key 'metrics.fd_is.reference_stats': {name!r} was made in mode {stats[name].mode!r}, "
             f"but the extractor runs {backend} in mode {mode!r}"
-        )
-
-
-def _check_repeats(sampler: dict, name: str, T: int, K: int, where: str) -> None:
-    """A grid that keeps repeated timesteps (DDIM's quad) is run only by samplers with DDIM's zero-length step."""
-    if sampler["grid"] not in REPEATING_GRIDS or not has_repeats(time_grid(sampler["grid"], T, K)):
-        return
-    if sampler["fn"] not in ZERO_LENGTH_STEP_SAMPLERS:
-        raise ConfigError(
-            f"config key '{where}' with sampler {name!r}: time grid {sampler['grid']!r} repeats timesteps at "
-            f"T={T}, K={K}, which only {list(ZERO_LENGTH_STEP_SAMPLERS)} run (as DDIM's zero-length step), "
-            f"not {sampler['fn']!r}"
-        )
-    if "nll" in sampler:
-        raise ConfigError(
-            f"config key '{where}' with sampler {name!r}: time grid {sampler['grid']!r} repeats timesteps at "
-            f"T={T}, K={K}; the variational bound (nll: {sampler['nll']}) has no term for a zero-length step"
         )
 
 
@@ -644,20 +500,11 @@ def sampling_speed(cfg: dict) -> dict[str, Any]:
 
 
 def _check_coupled_blocks(cfg: dict) -> None:
-    """A sampler that couples blocks of samples (PC's Langevin norms) needs shards made of whole blocks."""
-    from bench.samplers import coupled_block
+    from bench.samplers import validation
 
     used = {s for exp in cfg["experiments"] for s in exp["samplers"]}
-    for name in sorted(used):
-        s = cfg["samplers"][name]
-        block = coupled_block(s)
-        n, size = cfg["sampling"]["n_samples"], cfg["sampling"]["shard_size"]
-        if size % block and size < n:
-            raise ConfigError(
-                f"config key 'sampling.shard_size': value {size} splits the blocks of {block} samples over which "
-                f"sampler {name!r} ({s['fn']}) averages its corrector's norms (options.norm_block); use a multiple "
-                f"of {block}, or at least sampling.n_samples = {n}"
-            )
+    n, size = cfg["sampling"]["n_samples"], cfg["sampling"]["shard_size"]
+    _sampler_check(validation.check_coupled_blocks, cfg["samplers"], used, n, size)
 
 
 def _check_sampling_speed(cfg: dict) -> None:

@@ -26,11 +26,9 @@ TRAJECTORY_VARIANCES = ("analytic", "beta", "beta_tilde")
 # Grids kept exactly as their paper's code builds them, repeated timesteps included: DDIM's quad skip
 # int(linspace(0, sqrt(0.8 T), K)^2) repeats steps from K = 50 at T = 1000 (runners/diffusion.py), and
 # DDIM's loop (functions/denoising.py generalized_steps) runs each repeated pair as a zero-length step:
-# one network call, x unchanged. Every other grid refuses repeats.
+# one network call, x unchanged; only samplers whose spec says so (SamplerSpec.zero_length_steps) run
+# such a grid, and the variational bound has no term for such a step. Every other grid refuses repeats.
 REPEATING_GRIDS = ("quad",)
-# Sampler functions that run a repeated timestep as DDIM does (a zero-length step), the only ones
-# allowed on a grid with repeats; the variational bound has no term for such a step.
-ZERO_LENGTH_STEP_SAMPLERS = ("ddim", "ddpm")
 
 
 def time_grid(
@@ -85,20 +83,6 @@ def time_grid(
     if kind not in REPEATING_GRIDS and has_repeats(grid):
         raise ValueError(f"time grid {kind!r} with T={T}, K={K} has repeated timesteps: {grid.tolist()}")
     return grid
-
-
-# The variance whose optimal trajectory a sampler on a grid of MOMENT_GRIDS visits (Analytic-DPM Table 1:
-# each variance its own OT); a ddpm sampler's is its own `variance` option.
-TRAJECTORY_VARIANCE_OF = {"analytic_ddpm": "analytic", "analytic_ddim": "analytic", "ddpm": None}
-
-
-def trajectory_variance(sampler: dict) -> str:
-    """The variance (TRAJECTORY_VARIANCES) of the optimal trajectory that ``sampler`` visits."""
-    if sampler["fn"] not in TRAJECTORY_VARIANCE_OF:
-        raise ValueError(
-            f"sampler function {sampler['fn']!r} has no optimal trajectory; {list(TRAJECTORY_VARIANCE_OF)} have"
-        )
-    return TRAJECTORY_VARIANCE_OF[sampler["fn"]] or sampler.get("options", {}).get("variance", "beta")
 
 
 def model_free_grid(kind: str, T: int, K: int, **options) -> torch.Tensor | None:

@@ -1,54 +1,33 @@
-"""NCSN / score-SDE (VE) family: noise levels, score adapters and the denoising score matching loss.
+"""NCSN / score-SDE (VE) family: noise levels, the VE network's score and the score matching losses.
 
-Every adapter is a ``ScoreFn``: ``score_fn(x, sigma)`` returns grad_x log p_sigma(x) (in x's dtype) for
-bench data in [-1, 1], where p_sigma is the law of x0 + sigma z, z ~ N(0, I) (the VE marginal of
-Song & Ermon 2019 and of the VE SDE, Song et al. 2021). ``.sigmas`` is the ascending float64
-table of levels the samplers index (index n, larger n = more noise, as for the discrete chains:
-the paper's sigma_1 > ... > sigma_L is ``sigmas[L - 1], ..., sigmas[0]``), and ``.nfe`` counts
-network evaluations.
+``VENetworkScore`` is a bench.core.denoiser.ScoreFn: ``score_fn(x, sigma)`` returns grad_x log p_sigma(x)
+(in x's dtype) for bench data in [-1, 1], where p_sigma is the law of x0 + sigma z, z ~ N(0, I) (the VE
+marginal of Song & Ermon 2019 and of the VE SDE, Song et al. 2021).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from bench.core.noise import NoiseSource
-from bench.core.schedules import DiscreteSchedule, alpha_bar_of_sigma, sigma_of_alpha_bar, timestep_of_sigma
+from bench.core.denoiser import LevelScore, ScoreAsSigmaDenoiser, as_level, check_sigma_range, param_dtype
 
 # Our VE networks see c_noise = 999 t, t in [0, 1] the log-sigma position (score-SDE feeds t * 999 to
 # its DDPM-style networks), so the MLP's sinusoidal embedding spans the same range as for DDPM.
 NETWORK_TIME_SCALE = 999.0
 
 
-@runtime_checkable
-class ScoreFn(Protocol):
-    """What the VE samplers and the PF-ODE likelihood call: ``score_fn(x, sigma) -> score`` (in x's dtype)."""
-
-    sigmas: torch.Tensor
-    nfe: int
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor: ...
-
-
 def geometric_sigmas(sigma_min: float, sigma_max: float, L: int) -> torch.Tensor:
     """L levels in geometric progression from sigma_min to sigma_max, ascending float64 (NCSN Sec. 4.1)."""
     if not isinstance(L, int) or isinstance(L, bool) or L < 2:
         raise ValueError(f"number of noise levels L={L!r} must be an integer >= 2")
-    _check_range(sigma_min, sigma_max)
+    check_sigma_range(sigma_min, sigma_max)
     levels = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), L, dtype=torch.float64))
     levels[0], levels[-1] = sigma_min, sigma_max  # exact ends: exp(log(s)) is off in the last bit
     return levels
-
-
-def _check_range(sigma_min: float, sigma_max: float) -> None:
-    if not (math.isfinite(sigma_min) and math.isfinite(sigma_max) and 0 < sigma_min < sigma_max):
-        raise ValueError(f"noise range sigma_min={sigma_min!r}, sigma_max={sigma_max!r} must satisfy 0 < min < max")
 
 
 @dataclass(frozen=True)
@@ -59,7 +38,7 @@ class VESchedule:
     sigma_max: float
 
     def __post_init__(self) -> None:
-        _check_range(self.sigma_min, self.sigma_max)
+        check_sigma_range(self.sigma_min, self.sigma_max)
 
     def levels(self, L: int) -> torch.Tensor:
         """L geometric levels spanning [sigma_min, sigma_max], ascending."""
@@ -70,153 +49,6 @@ class VESchedule:
 
     def time_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
-
-
-def as_level(sigma: float | torch.Tensor) -> torch.Tensor:
-    """A noise level as a positive finite float64 scalar tensor."""
-    s = torch.as_tensor(sigma, dtype=torch.float64)
-    if s.numel() != 1 or not torch.isfinite(s) or s <= 0:
-        raise ValueError(f"noise level sigma={sigma!r} must be one positive finite number")
-    return s.reshape(())
-
-
-def check_level_grid(grid: torch.Tensor, L: int) -> torch.Tensor:
-    """``grid`` as ascending, unique int64 indices into a table of L levels."""
-    g = torch.as_tensor(grid)
-    if g.dim() != 1 or g.numel() == 0 or g.is_floating_point():
-        raise ValueError(f"level grid must be a non-empty 1-D integer tensor, got {g!r}")
-    if g[0] < 0 or g[-1] >= L or torch.any(g[1:] <= g[:-1]):
-        raise ValueError(f"level grid {g.tolist()} must be ascending unique indices in [0, {L - 1}]")
-    return g.to(torch.int64)
-
-
-def _param_dtype(net: Callable) -> torch.dtype:
-    if isinstance(net, nn.Module):
-        p = next(net.parameters(), None)
-        if p is not None:
-            return p.dtype
-    return torch.float64
-
-
-class NoiseConditionalScore:
-    """Score from a network on level indices, net(a x + b, y) = grad log p (NCSN/NCSNv2 s_theta(x, sigma_y)).
-
-    The network's data live in ``data_range`` = [lo, hi] (NCSNv2: [0, 1]), bench data in [-1, 1]:
-    x_net = a x + b with a = (hi - lo) / 2, b = (hi + lo) / 2. Then sigma_net = a sigma and, since
-    p(x) = p_net(a x + b) a^d, score(x, sigma) = a s_net(a x + b, a sigma). ``net_sigmas`` is the
-    network's own level table (its order defines y; NCSNv2: ``net.sigmas``, descending).
-    Only the levels of that table are accepted.
-    """
-
-    def __init__(
-        self,
-        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        net_sigmas: torch.Tensor,
-        *,
-        data_range: tuple[float, float] = (0.0, 1.0),
-        rtol: float = 1e-6,
-    ):
-        lo, hi = data_range
-        if not hi > lo:
-            raise ValueError(f"data_range={data_range!r} must be (lo, hi) with hi > lo")
-        self.net = net
-        self.scale = (hi - lo) / 2.0
-        self.shift = (hi + lo) / 2.0
-        table = torch.as_tensor(net_sigmas).detach().to("cpu", torch.float64) / self.scale
-        order = torch.argsort(table)
-        self.sigmas = table[order]
-        self._net_index = order
-        self.rtol = rtol
-        self.nfe = 0
-        self._dtype = _param_dtype(net)
-
-    def level_index(self, sigma: float | torch.Tensor) -> int:
-        """The network's index y of level ``sigma`` (in bench scale)."""
-        s = as_level(sigma)
-        n = int(torch.argmin(torch.abs(torch.log(self.sigmas / s))))
-        if abs(float(self.sigmas[n] / s) - 1.0) > self.rtol:
-            raise ValueError(
-                f"sigma={float(s)!r} is not one of the network's levels (nearest {float(self.sigmas[n])!r}); "
-                "a noise-conditional network is defined on its own table only"
-            )
-        return int(self._net_index[n])
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        y = torch.full((x.shape[0],), self.level_index(sigma), dtype=torch.int64, device=x.device)
-        out = self.net((self.scale * x + self.shift).to(self._dtype), y)
-        self.nfe += 1
-        return self.scale * out.to(x.dtype)
-
-
-class VEDenoiserScore:
-    """Score of a VE denoiser D(x; sigma) ~ E[x0 | x]: (D(x; sigma) - x) / sigma^2 (Tweedie; EDM Eq. 3).
-
-    ``denoiser`` follows bench.methods.edm.SigmaDenoiser: x and one scalar sigma in, x's dtype out
-    (wrap a raw EDM network in bench.methods.edm.PrecondDenoiser). ``sigmas`` defaults to 1000 geometric
-    levels over the denoiser's [sigma_min, sigma_max].
-    """
-
-    def __init__(
-        self, denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sigmas: torch.Tensor | None = None
-    ):
-        self.denoiser = denoiser
-        if sigmas is None:
-            if not (hasattr(denoiser, "sigma_min") and hasattr(denoiser, "sigma_max")):
-                raise ValueError("give the level table `sigmas`: the denoiser has no sigma_min / sigma_max")
-            sigmas = geometric_sigmas(float(denoiser.sigma_min), float(denoiser.sigma_max), 1000)
-        self.sigmas = _ascending_table(sigmas)
-        self.nfe = 0
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        s = as_level(sigma)
-        d = self.denoiser(x, s).to(x.dtype)
-        self.nfe += 1
-        return (d - x) / s**2
-
-
-class VPEpsScore:
-    """Score of a discrete VP eps network at a VE level: x_vp = sqrt(abar) x, score = -eps(x_vp, n(sigma)) / sigma.
-
-    abar = 1 / (1 + sigma^2) and the (continuous) step n(sigma) come from bench.core.schedules, the one
-    sigma <-> timestep conversion (x_vp / sqrt(abar) = x0 + sigma eps, EDM Eq. 4); levels outside the chain's
-    [sigma(0), sigma(T-1)] are refused. The default level table is the chain's own sigma(n).
-    """
-
-    def __init__(
-        self,
-        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        schedule: DiscreteSchedule,
-        *,
-        time_scale: float = 1.0,
-        sigmas: torch.Tensor | None = None,
-        rtol: float = 1e-9,
-    ):
-        self.net = net
-        self.schedule = schedule
-        self.time_scale = time_scale
-        chain = sigma_of_alpha_bar(schedule.alpha_bars)
-        self._lo, self._hi = float(chain[0]) * (1 - rtol), float(chain[-1]) * (1 + rtol)
-        self.sigmas = chain if sigmas is None else _ascending_table(sigmas)
-        if self.sigmas[0] < self._lo or self.sigmas[-1] > self._hi:
-            raise ValueError(
-                f"level table [{float(self.sigmas[0])!r}, {float(self.sigmas[-1])!r}] exceeds the chain's "
-                f"sigma range [{float(chain[0])!r}, {float(chain[-1])!r}]"
-            )
-        self.nfe = 0
-        self._dtype = _param_dtype(net)
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        s = as_level(sigma)
-        if not self._lo <= float(s) <= self._hi:
-            raise ValueError(
-                f"sigma={float(s)!r} lies outside the VP chain's sigma range [{self._lo!r}, {self._hi!r}]"
-            )
-        n = timestep_of_sigma(self.schedule, s)
-        abar = alpha_bar_of_sigma(s)
-        t = torch.full((x.shape[0],), float(n) * self.time_scale, dtype=self._dtype, device=x.device)
-        eps = self.net((torch.sqrt(abar) * x).to(self._dtype), t).to(x.dtype)
-        self.nfe += 1
-        return -eps / s
 
 
 class VENetworkScore:
@@ -239,7 +71,7 @@ class VENetworkScore:
         self.time_scale = time_scale
         self.sigmas = schedule.levels(levels)
         self.nfe = 0
-        self._dtype = _param_dtype(net)
+        self._dtype = param_dtype(net)
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         s = as_level(sigma)
@@ -268,61 +100,6 @@ class VENetworkScore:
     def as_sigma_denoiser(self) -> ScoreAsSigmaDenoiser:
         """This score as EDM's D(x; sigma), for EDM's samplers (EDM Table 2, VE column)."""
         return ScoreAsSigmaDenoiser(self, self.sigma_min, self.sigma_max)
-
-
-class LevelScore:
-    """A ScoreFn read on its own level table: calls (and NFE) go to ``score``; x_T ~ N(0, sigma_max^2 I)."""
-
-    def __init__(self, score: ScoreFn, sigmas: torch.Tensor):
-        self.score = score
-        self.sigmas = _ascending_table(sigmas)
-
-    @property
-    def nfe(self) -> int:
-        return self.score.nfe
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        return self.score(x, sigma)
-
-    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
-        """The VE prior at the largest visited level (score-SDE ``prior_sampling``), per-sample seeded."""
-        return self.sigmas[check_level_grid(grid, len(self.sigmas))[-1]] * noise.latent()
-
-
-class ScoreAsSigmaDenoiser:
-    """D(x; sigma) = x + sigma^2 score(x, sigma), the VE score in EDM's sigma space (Tweedie; EDM Eq. 3).
-
-    Continuous in sigma (``round_sigma`` is the identity) on [sigma_min, sigma_max]; calls and NFE
-    go to ``score``.
-    """
-
-    def __init__(self, score: ScoreFn, sigma_min: float, sigma_max: float):
-        _check_range(sigma_min, sigma_max)
-        self.score = score
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-
-    @property
-    def nfe(self) -> int:
-        return self.score.nfe
-
-    def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(sigma, dtype=torch.float64)
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        s = as_level(sigma)
-        return x + s**2 * self.score(x, s)
-
-    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
-        """x_T ~ N(0, grid[0]^2 I), as EDM's generate.py scales its latents by t_0."""
-        return grid[0] * noise.latent()
-
-
-def _ascending_table(sigmas: torch.Tensor) -> torch.Tensor:
-    table = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
-    if table.dim() != 1 or table.numel() < 1 or torch.any(table <= 0) or torch.any(table[1:] <= table[:-1]):
-        raise ValueError(f"level table must be 1-D, positive and strictly ascending, got {table.tolist()}")
-    return table
 
 
 def dsm_loss(net: nn.Module, schedule: VESchedule, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -20,8 +20,8 @@ from typing import get_args
 import torch
 from torchdiffeq import odeint
 
+from bench.core.denoiser import ScoreFn, as_level
 from bench.core.noise import NoiseSource
-from bench.methods.ncsn import ScoreFn, as_level
 from bench.samplers.vp_sde import OdeMethod
 
 ESTIMATORS = ("rademacher", "gaussian", "exact")

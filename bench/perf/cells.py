@@ -29,8 +29,7 @@ from bench.methods.analytic import BoundTerms
 from bench.nets.factory import build_network
 from bench.perf.network_flops import count_flops, matmul_precision, peak_tflops
 from bench.runtime.speed import SpeedOptions, apply_speed_options
-from bench.samplers import get_sampler
-from bench.steps.plan import needs_moments
+from bench.samplers import get_sampler, needs_moments
 from bench.steps.sample import sampler_options, sampler_view
 
 # Gamma_n = E||eps_hat||^2 / d of a stand-in model: inside (0, 1), where Theorem 2's clipping keeps it.

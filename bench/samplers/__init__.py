@@ -1,69 +1,98 @@
-"""Samplers: pure functions ``sample(denoiser, x_T, grid, *, noise, **options) -> x_0``."""
+"""Samplers: pure functions ``sample(denoiser, x_T, grid, *, noise, **options) -> x_0``.
+
+Each module of this package declares its samplers' facts beside their functions, as ``SPEC`` or ``SPECS``
+(bench.samplers.spec.SamplerSpec); the registry below gathers them, so adding a sampler is adding a module.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-from bench.samplers import analytic_ddim, analytic_ddpm, ddgm, ddim, ddpm, edm, edm_general, iddpm, langevin, pc, vp_sde
-from bench.samplers.spec import PeerSpec, SamplerSpec
+from bench.core.time_grids import MOMENT_GRIDS
+from bench.samplers.spec import SamplerSpec
 
-# The sampler functions' specs (each module will declare its own; this list gathers them).
-VP_ODE_NFE = 200
-SAMPLER_SPECS: dict[str, SamplerSpec] = {
-    s.name: s
-    for s in (
-        SamplerSpec("ddpm", ddpm.sample, "discrete", lambda K, o: K, trajectory_variance="option",
-                    zero_length_steps=True,
-                    peer=PeerSpec("DDPMScheduler", "even", {"variance": "beta", "clip_x0": True}, deterministic=False)),
-        SamplerSpec("ddim", ddim.sample, "discrete", lambda K, o: K, zero_length_steps=True,
-                    peer=PeerSpec("DDIMScheduler", "uniform", {"eta": 0.0, "clip_x0": False}, deterministic=True)),
-        SamplerSpec("analytic_ddpm", analytic_ddpm.sample, "discrete", lambda K, o: K, takes_gamma=True,
-                    trajectory_variance="analytic"),
-        SamplerSpec("analytic_ddim", analytic_ddim.sample, "discrete", lambda K, o: K, takes_gamma=True,
-                    trajectory_variance="analytic"),
-        SamplerSpec("iddpm", iddpm.sample, "learned_variance", lambda K, o: K),
-        SamplerSpec("ddgm", ddgm.ddgm, "ddgm", lambda K, o: K),
-        SamplerSpec("ddgm_ddim", ddgm.ddgm_ddim, "ddgm", lambda K, o: K),
-        # EDM Alg. 1 and 2 with K = N sigma steps: Heun's correction on all but the last step.
-        SamplerSpec("edm_euler", edm.euler, "sigma", lambda K, o: K),
-        SamplerSpec("edm_heun", edm.heun, "sigma", lambda K, o: 2 * K - 1),
-        SamplerSpec("edm_stochastic", edm.stochastic, "sigma", lambda K, o: 2 * K - 1),
-        # generate.py ablation_sampler: Euler N, 2nd order on all but the last step (default solver heun).
-        SamplerSpec("edm_general", edm_general.edm_general, "sigma",
-                    lambda K, o: K if o.get("solver", "heun") == "euler" else 2 * K - 1, takes_grid_range=True),
-        # K noise levels: n_steps_each Langevin steps each, plus Tweedie's final denoising step (NCSN Alg. 1).
-        SamplerSpec("langevin", langevin.sample, "levels",
-                    lambda K, o: K * o.get("n_steps_each", 100) + int(o.get("denoise", False))),
-        # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
-        SamplerSpec("pc", pc.sample, "levels", lambda K, o: K * (1 + o.get("n_steps_each", 1)),
-                    coupled_block=pc.norm_block),
-        SamplerSpec("vp_euler_maruyama", vp_sde.euler_maruyama, "vp_time", lambda K, o: K),
-        # Adaptive: no count is known before the solve (the shards record the measured NFE). A planning
-        # assumption, not a measurement: VP_ODE_NFE solver evaluations, plus one for the denoising step.
-        SamplerSpec("vp_probability_flow", vp_sde.probability_flow, "vp_time",
-                    lambda K, o: VP_ODE_NFE + int(o.get("denoise", True))),
-    )
-}
-SAMPLERS: dict[str, Callable] = {name: spec.fn for name, spec in SAMPLER_SPECS.items()}
-LEVEL_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.space == "levels")
-SIGMA_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.space == "sigma")
-GRID_RANGE_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.takes_grid_range)
-VP_SDE_SAMPLERS = tuple(n for n, s in SAMPLER_SPECS.items() if s.space == "vp_time")
+# Modules of this package that hold what the samplers share rather than samplers.
+_NOT_SAMPLERS = ("spec", "validation")
 
-def coupled_block(sampler: dict) -> int:
-    """How many consecutive samples (cell indices [b n, (b + 1) n)) the config entry ``sampler`` couples:
-    PC's Langevin corrector takes its norms over a block (bench.samplers.pc.norm_block); others, 1."""
-    return SAMPLER_SPECS[sampler["fn"]].coupled_block(sampler.get("options", {}))
+SAMPLER_SPECS: dict[str, SamplerSpec] = {}
+SAMPLERS: dict[str, Callable] = {}
+
+
+def register(spec: SamplerSpec) -> None:
+    """Make ``spec`` known to the registry, plan, validation, DAG and perf; a name is registered once."""
+    if spec.name in SAMPLER_SPECS and SAMPLER_SPECS[spec.name] is not spec:
+        raise ValueError(f"sampler function {spec.name!r} is registered twice")
+    SAMPLER_SPECS[spec.name] = spec
+    SAMPLERS[spec.name] = spec.fn
+
+
+def _discover() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _NOT_SAMPLERS:
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        specs = getattr(module, "SPECS", ()) + ((module.SPEC,) if hasattr(module, "SPEC") else ())
+        if not specs:
+            raise ImportError(f"sampler module {module.__name__} declares no SPEC or SPECS")
+        for spec in specs:
+            register(spec)
+
+
+_discover()
+
+
+def get_spec(name: str) -> SamplerSpec:
+    """The SamplerSpec registered as ``name``."""
+    try:
+        return SAMPLER_SPECS[name]
+    except KeyError:
+        raise ValueError(f"sampler function {name!r} is not one of {sorted(SAMPLERS)}") from None
 
 
 def get_sampler(name: str) -> Callable:
     """The sampler function registered as ``name``."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"sampler function {name!r} is not one of {sorted(SAMPLERS)}") from None
+    return get_spec(name).fn
+
+
+def coupled_block(sampler: dict) -> int:
+    """How many consecutive samples (cell indices [b n, (b + 1) n)) the config entry ``sampler`` couples:
+    PC's Langevin corrector takes its norms over a block (bench.samplers.pc.norm_block); others, 1."""
+    return get_spec(sampler["fn"]).coupled_block(sampler.get("options", {}))
+
+
+def nfe_per_sample(sampler: dict, K: int) -> int:
+    """Network evaluations one sample of the config entry ``sampler`` costs with K steps (its spec's count)."""
+    return get_spec(sampler["fn"]).nfe(K, sampler.get("options", {}))
+
+
+def needs_moments(sampler: dict) -> bool:
+    """Whether the config entry ``sampler`` reads Analytic-DPM's Gamma_n: as an input, for its bound or its grid."""
+    uses_gamma = sampler.get("inputs", {}).get("gamma") == "moments" or sampler.get("nll") == "analytic"
+    return uses_gamma or sampler["grid"] in MOMENT_GRIDS
+
+
+def trajectory_variance(sampler: dict) -> str:
+    """The variance (time_grids.TRAJECTORY_VARIANCES) of the optimal trajectory that ``sampler`` visits.
+
+    Analytic-DPM Table 1: each variance has its own optimal trajectory; a sampler whose spec says "option"
+    visits that of its ``variance`` option.
+    """
+    spec = get_spec(sampler["fn"])
+    if spec.trajectory_variance is None:
+        have = sorted(n for n, s in SAMPLER_SPECS.items() if s.trajectory_variance is not None)
+        raise ValueError(f"sampler function {sampler['fn']!r} has no optimal trajectory; {have} have")
+    if spec.trajectory_variance == "option":
+        return sampler.get("options", {}).get("variance", "beta")
+    return spec.trajectory_variance
+
+
+def zero_length_step_samplers() -> list[str]:
+    """The sampler functions that run a repeated timestep as DDIM does (a zero-length step)."""
+    return sorted(n for n, s in SAMPLER_SPECS.items() if s.zero_length_steps)
 
 
 def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

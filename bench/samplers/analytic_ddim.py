@@ -9,6 +9,7 @@ from bench.core.options import Positive
 from bench.methods.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.samplers.ddim import generalized_steps
 from bench.samplers.ddpm import gaussian_noise_at
+from bench.samplers.spec import SamplerSpec
 
 
 def sample(
@@ -46,3 +47,7 @@ def sample(
         denoiser, x_T, grid, gaussian_noise_at(noise), c_x0, c_eps, sigma, clip_x0,
         eps_from_clipped_x0=eps_from_clipped_x0,
     )
+
+
+# Gamma_n comes as the required ``gamma`` input (the config's inputs: {gamma: moments}).
+SPEC = SamplerSpec("analytic_ddim", sample, "discrete", lambda K, o: K, trajectory_variance="analytic")

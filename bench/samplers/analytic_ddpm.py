@@ -8,6 +8,7 @@ from bench.core.noise import NoiseSource
 from bench.core.options import Positive
 from bench.methods.analytic import PAPER_PIXEL_QUANTUM, sampling_variances
 from bench.samplers.ddpm import ancestral_steps, gaussian_noise_at, mean_coefficients
+from bench.samplers.spec import SamplerSpec
 
 
 def sample(
@@ -41,3 +42,7 @@ def sample(
     c0, ct = mean_coefficients(denoiser.alpha_bars[grid])
     sigma = torch.sqrt(var).tolist()
     return ancestral_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c0, ct, sigma, clip_x0)
+
+
+# Gamma_n comes as the required ``gamma`` input (the config's inputs: {gamma: moments}).
+SPEC = SamplerSpec("analytic_ddpm", sample, "discrete", lambda K, o: K, trajectory_variance="analytic")

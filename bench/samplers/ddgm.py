@@ -9,8 +9,8 @@ z = 0 at t = 1). Alg. 4 as printed divides by sqrt(1 - abar_t) (a variance (1 - 
 (1 - abar_t) < 1); the code's sqrt(1 - abar_s) is kept, the one that makes z unit-variance.
 
 x_T: ``bench.methods.ddgm.initial_latent`` (Gamma) or ``mixture_initial_latent``, which the DAG reaches
-through ``DDGMDenoiser.prior``. ``ddgm`` and ``ddgm_ddim`` are the registered samplers: they take
-the noise law from the denoiser, the law the model was trained with.
+through ``DDGMDenoiser.prior``. ``ddgm`` and ``ddgm_ddim`` take the noise law from the denoiser, the
+law the model was trained with.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from bench.core.noise import NoiseSource
 from bench.core.options import NonNegative
 from bench.methods.ddgm import (
     DEFAULT_PROPOSALS,
-    DEFAULT_THETA_0,
     GammaProcess,
     StepDraws,
     mixture_components,
@@ -30,9 +29,10 @@ from bench.methods.ddgm import (
 )
 from bench.samplers.ddim import generalized
 from bench.samplers.ddpm import NoiseAt, Variance, ancestral
+from bench.samplers.spec import SamplerSpec
 
 
-def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposals) -> NoiseAt:
+def gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposals) -> NoiseAt:
     process = GammaProcess(denoiser.schedule, theta_0, k_convention)
 
     def noise_at(k: int, s: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ def _gamma_noise_at(denoiser, noise: NoiseSource, theta_0, k_convention, proposa
     return noise_at
 
 
-def _mixture_noise_at(denoiser, noise: NoiseSource, phi2: float, p: float, phi2_end: float | None) -> NoiseAt:
+def mixture_noise_at(denoiser, noise: NoiseSource, phi2: float, p: float, phi2_end: float | None) -> NoiseAt:
     """The mixture noise of target step s, its components' variance phi_s^2 (constant without ``phi2_end``)."""
     mixture_components(phi2, p)  # fail before the first network call
     phi2_at = mixture_phi2_schedule(denoiser.schedule.T, phi2, phi2_end).tolist() if phi2_end is not None else None
@@ -52,74 +52,7 @@ def _mixture_noise_at(denoiser, noise: NoiseSource, phi2: float, p: float, phi2_
     return noise_at
 
 
-def sample(
-    denoiser,
-    x_T: torch.Tensor,
-    grid: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    theta_0: float = DEFAULT_THETA_0,
-    k_convention: str = "code",
-    variance: Variance = "beta",
-    clip_x0: bool = True,
-    proposals: int = DEFAULT_PROPOSALS,
-) -> torch.Tensor:
-    """x_s = mu(x_t, x0_hat) + sigma z, z = (gbar_s - kbar_s theta_s) / sqrt(1 - abar_s) (Alg 4)."""
-    noise_at = _gamma_noise_at(denoiser, noise, theta_0, k_convention, proposals)
-    return ancestral(denoiser, x_T, grid, noise_at, variance, clip_x0)
-
-
-def sample_ddim(
-    denoiser,
-    x_T: torch.Tensor,
-    grid: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    theta_0: float = DEFAULT_THETA_0,
-    k_convention: str = "code",
-    eta: float = 0.0,
-    clip_x0: bool = False,
-    proposals: int = DEFAULT_PROPOSALS,
-) -> torch.Tensor:
-    """DDIM Eq. 12, sigma(eta), z the normalised centred Gamma noise (code: generalized_gamma)."""
-    noise_at = _gamma_noise_at(denoiser, noise, theta_0, k_convention, proposals)
-    return generalized(denoiser, x_T, grid, noise_at, eta, clip_x0)
-
-
-def sample_mixture(
-    denoiser,
-    x_T: torch.Tensor,
-    grid: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    phi2: float,
-    p: float = 0.5,
-    phi2_end: float | None = None,
-    variance: Variance = "beta",
-    clip_x0: bool = True,
-) -> torch.Tensor:
-    """x_s = mu(x_t, x0_hat) + sigma eps, eps ~ p N(mu_1, phi_s^2) + (1 - p) N(mu_2, phi_s^2)."""
-    noise_at = _mixture_noise_at(denoiser, noise, phi2, p, phi2_end)
-    return ancestral(denoiser, x_T, grid, noise_at, variance, clip_x0)
-
-
-def sample_mixture_ddim(
-    denoiser,
-    x_T: torch.Tensor,
-    grid: torch.Tensor,
-    *,
-    noise: NoiseSource,
-    phi2: float,
-    p: float = 0.5,
-    phi2_end: float | None = None,
-    eta: float = 0.0,
-    clip_x0: bool = False,
-) -> torch.Tensor:
-    """DDIM Eq. 12 with sigma(eta) and z two-Gaussian mixture noise (zero mean, unit variance, phi_s^2)."""
-    return generalized(denoiser, x_T, grid, _mixture_noise_at(denoiser, noise, phi2, p, phi2_end), eta, clip_x0)
-
-
-def _law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
+def law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
     law = getattr(denoiser, "noise_law", None)
     if law is None:
         raise ValueError(
@@ -127,8 +60,8 @@ def _law_noise_at(denoiser, noise: NoiseSource) -> NoiseAt:
             f"{type(denoiser).__name__}"
         )
     if law.kind == "gamma":
-        return _gamma_noise_at(denoiser, noise, law.theta_0, law.k_t, DEFAULT_PROPOSALS)
-    return _mixture_noise_at(denoiser, noise, law.phi2, law.p, law.phi2_end)
+        return gamma_noise_at(denoiser, noise, law.theta_0, law.k_t, DEFAULT_PROPOSALS)
+    return mixture_noise_at(denoiser, noise, law.phi2, law.p, law.phi2_end)
 
 
 def ddgm(
@@ -141,7 +74,7 @@ def ddgm(
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """DDGM Alg. 4 with the denoiser's own noise law (Gamma, or the two-Gaussian mixture)."""
-    return ancestral(denoiser, x_T, grid, _law_noise_at(denoiser, noise), variance, clip_x0)
+    return ancestral(denoiser, x_T, grid, law_noise_at(denoiser, noise), variance, clip_x0)
 
 
 def ddgm_ddim(
@@ -154,4 +87,10 @@ def ddgm_ddim(
     clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM Eq. 12 with sigma(eta), z the denoiser's own normalised noise (code: generalized_gamma)."""
-    return generalized(denoiser, x_T, grid, _law_noise_at(denoiser, noise), eta, clip_x0)
+    return generalized(denoiser, x_T, grid, law_noise_at(denoiser, noise), eta, clip_x0)
+
+
+SPECS = (
+    SamplerSpec("ddgm", ddgm, "ddgm", lambda K, o: K),
+    SamplerSpec("ddgm_ddim", ddgm_ddim, "ddgm", lambda K, o: K),
+)

@@ -8,6 +8,7 @@ from bench.core.denoiser import Prediction, predict
 from bench.core.noise import NoiseSource
 from bench.core.options import NonNegative
 from bench.samplers.ddpm import NoiseAt, gaussian_noise_at
+from bench.samplers.spec import PeerSpec, SamplerSpec
 
 
 def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, eta: float, clip_x0: bool):
@@ -73,3 +74,9 @@ def sample(
 ) -> torch.Tensor:
     """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""
     return generalized(denoiser, x_T, grid, gaussian_noise_at(noise), eta, clip_x0)
+
+
+SPEC = SamplerSpec(
+    "ddim", sample, "discrete", lambda K, o: K, zero_length_steps=True,
+    peer=PeerSpec("DDIMScheduler", "uniform", {"eta": 0.0, "clip_x0": False}, deterministic=True),
+)

@@ -12,6 +12,7 @@ from bench.core.denoiser import predict_x0
 from bench.core.noise import NoiseSource
 from bench.core.schedules import posterior_coefficients
 from bench.methods.analytic import PAPER_PIXEL_QUANTUM, pixel_variance_threshold
+from bench.samplers.spec import PeerSpec, SamplerSpec
 
 Variance = Literal["beta", "beta_tilde"]
 VARIANCES: tuple[str, ...] = get_args(Variance)
@@ -107,3 +108,9 @@ def sample(
         bound = int(grid[clip_sigma_idx])
         sigma = [min(sd, cap) if int(s) < bound else sd for sd, s in zip(sigma, grid[:-1].tolist(), strict=True)]
     return ancestral_steps(denoiser, x_T, grid, gaussian_noise_at(noise), c0, ct, sigma, clip_x0)
+
+
+SPEC = SamplerSpec(
+    "ddpm", sample, "discrete", lambda K, o: K, trajectory_variance="option", zero_length_steps=True,
+    peer=PeerSpec("DDPMScheduler", "even", {"variance": "beta", "clip_x0": True}, deterministic=False),
+)

@@ -1,8 +1,8 @@
 """EDM samplers in sigma space (Karras et al. 2022, Alg. 1 and 2): Euler, Heun and the stochastic sampler.
 
 They integrate the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma (EDM Eq. 3 with
-sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.methods.edm.sigma_grid),
-with ``denoiser`` a bench.methods.edm.SigmaDenoiser.
+sigma(t) = t, s(t) = 1) over ``grid``, a descending sigma grid ending at 0 (bench.core.sigma_grids.sigma_grid),
+with ``denoiser`` a bench.core.denoiser.SigmaDenoiser.
 
 Who scales x_T: the caller. As EDM's generate.py multiplies the latents by t_0 before its loop,
 x_T here is already at noise level grid[0]; the DAG passes ``noise.latent() * grid[0]``.
@@ -16,6 +16,7 @@ import torch
 
 from bench.core.noise import NoiseSource
 from bench.core.options import NonNegative
+from bench.samplers.spec import SamplerSpec
 
 
 def euler(denoiser, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource) -> torch.Tensor:
@@ -88,3 +89,11 @@ def _check_grid(grid: torch.Tensor) -> torch.Tensor:
     if sigmas[-1] != 0 or torch.any(sigmas[:-1] <= 0) or torch.any(sigmas[1:] > sigmas[:-1]):
         raise ValueError(f"sigma grid must descend from positive sigmas to 0, got {sigmas.tolist()}")
     return sigmas
+
+
+# EDM Alg. 1 and 2 with K = N sigma steps: Heun's correction on all but the last step.
+SPECS = (
+    SamplerSpec("edm_euler", euler, "sigma", lambda K, o: K),
+    SamplerSpec("edm_heun", heun, "sigma", lambda K, o: 2 * K - 1),
+    SamplerSpec("edm_stochastic", stochastic, "sigma", lambda K, o: 2 * K - 1),
+)

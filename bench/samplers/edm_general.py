@@ -6,7 +6,7 @@ It solves the probability-flow ODE of a noise schedule sigma(t) and a scaling s(
 
 with Euler's method or the 2nd-order Runge-Kutta method of parameter alpha (EDM Alg. 1 with
 alpha = 1 is Heun), optionally with EDM Alg. 2's churn. The discretisation is the sigma grid
-(bench.methods.edm.sigma_grid: vp, ve, iddpm or edm, generate.py L102-119, already clamped and rounded to
+(bench.core.sigma_grids.sigma_grid: vp, ve, iddpm or edm, generate.py L102-119, already clamped and rounded to
 the network's levels); its time steps are t_i = sigma^-1(sigma_i) and t_N = 0 (generate.py L146-147).
 
 Who scales x_T: the caller gives it at noise level grid[0] in sigma space (``grid[0] * latent``),
@@ -22,8 +22,9 @@ from typing import Literal, get_args
 import torch
 
 from bench.core.noise import NoiseSource
-from bench.methods.edm import vp_betas
+from bench.core.sigma_grids import vp_betas
 from bench.samplers.edm import _check_grid
+from bench.samplers.spec import SamplerSpec
 
 Solver = Literal["euler", "heun"]
 Schedule = Literal["vp", "ve", "linear"]
@@ -110,7 +111,7 @@ def edm_general(
     """generate.py ``ablation_sampler`` (L66-176): Euler (N NFE) or 2nd-order (2N - 1 NFE) steps in t of EDM Eq. 4.
 
     ``sigma_min``, ``sigma_max``, ``epsilon_s``: what the vp schedule's beta_d, beta_min are solved
-    from (generate.py L99-100); the DAG passes the grid's own range (bench.methods.edm.sigma_range), and
+    from (generate.py L99-100); the DAG passes the grid's own range (bench.core.sigma_grids.sigma_range), and
     None takes the grid's ends, which is that range for the vp, ve and edm grids of a network that
     does not round its sigmas. Churn as EDM Alg. 2: gamma_i = min(S_churn / N, sqrt(2) - 1) where
     S_tmin <= sigma(t_i) <= S_tmax; step i draws ``noise.normal(i)``, and only when gamma_i > 0.
@@ -172,3 +173,10 @@ def _scaling(
 
         return s, lambda t: -sigma(t) * sigma_deriv(t) * s(t) ** 3
     return (lambda t: 1.0), (lambda t: 0.0)
+
+
+# generate.py ablation_sampler: Euler N, 2nd order on all but the last step (default solver heun).
+SPEC = SamplerSpec(
+    "edm_general", edm_general, "sigma", lambda K, o: K if o.get("solver", "heun") == "euler" else 2 * K - 1,
+    takes_grid_range=True, check_options=check_options,
+)

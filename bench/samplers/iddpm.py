@@ -11,6 +11,7 @@ import torch
 from bench.core.noise import NoiseSource
 from bench.methods.iddpm import VariancePrediction, log_variance_bounds
 from bench.samplers.ddpm import mean_coefficients
+from bench.samplers.spec import SamplerSpec
 
 
 def sample(
@@ -44,3 +45,6 @@ def sample(
         # c0 x0 + ct x + sigma z, summed left to right as written, in one fresh buffer.
         x = torch.mul(x0, c0[k - 1]).add_(x, alpha=ct[k - 1]).addcmul_(sigma, noise.normal(k))
     return x
+
+
+SPEC = SamplerSpec("iddpm", sample, "learned_variance", lambda K, o: K)

@@ -1,6 +1,6 @@
 """Annealed Langevin dynamics over the VE noise levels (Song & Ermon 2019, Alg. 1; NCSNv2 denoising).
 
-``score_fn`` is a bench.methods.ncsn.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``
+``score_fn`` is a bench.core.denoiser.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``
 (the visited levels; sigma_L below is the smallest visited one). Who scales x_T: the caller.
 ``x_T`` is a draw from the VE prior N(0, sigma_max^2 I) of score-SDE, sigma_max the largest
 visited level: the DAG passes ``score_fn.sigmas[grid[-1]] * noise.latent()`` (NCSN and NCSNv2
@@ -14,9 +14,10 @@ from typing import Annotated
 
 import torch
 
+from bench.core.denoiser import ScoreFn, check_level_grid
 from bench.core.noise import NoiseSource
 from bench.core.options import Positive, Range
-from bench.methods.ncsn import ScoreFn, check_level_grid
+from bench.samplers.spec import SamplerSpec
 
 
 @torch.no_grad()
@@ -52,3 +53,9 @@ def sample(
     if denoise:
         x = torch.add(x, score_fn(x, sigma_L), alpha=sigma_L**2)
     return x
+
+
+# K noise levels: n_steps_each Langevin steps each, plus Tweedie's final denoising step (NCSN Alg. 1).
+SPEC = SamplerSpec(
+    "langevin", sample, "levels", lambda K, o: K * o.get("n_steps_each", 100) + int(o.get("denoise", False))
+)

@@ -1,6 +1,6 @@
 """Predictor-corrector sampling of the VE SDE: reverse-diffusion predictor + Langevin corrector (score-SDE Alg. 2).
 
-``score_fn`` is a bench.methods.ncsn.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``.
+``score_fn`` is a bench.core.denoiser.ScoreFn and ``grid`` ascending indices into ``score_fn.sigmas``.
 Who scales x_T: the caller. ``x_T`` is a draw from the VE prior N(0, sigma_max^2 I) (score-SDE
 ``prior_sampling``), sigma_max the largest visited level: the DAG passes
 ``score_fn.sigmas[grid[-1]] * noise.latent()``.
@@ -13,9 +13,10 @@ from typing import Annotated, Literal, get_args
 
 import torch
 
+from bench.core.denoiser import ScoreFn, check_level_grid
 from bench.core.noise import NoiseSource
 from bench.core.options import Positive, Range
-from bench.methods.ncsn import ScoreFn, check_level_grid
+from bench.samplers.spec import SamplerSpec
 
 Corrector = Literal["langevin", "ald"]
 CORRECTORS: tuple[str, ...] = get_args(Corrector)
@@ -97,3 +98,7 @@ def sample(
         x_mean = torch.add(x, score_fn(x, sigma), alpha=var)
         x = torch.add(x_mean, noise.normal(k), alpha=math.sqrt(var))
     return x_mean if denoise else x
+
+
+# K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
+SPEC = SamplerSpec("pc", sample, "levels", lambda K, o: K * (1 + o.get("n_steps_each", 1)), coupled_block=norm_block)

@@ -30,15 +30,18 @@ class SamplerSpec:
     (a planning count; shards record the measured one). ``trajectory_variance`` names the variance whose
     optimal trajectory the sampler visits on a moments grid ("option": the entry's ``variance`` option),
     None where it has none. ``coupled_block(options)`` is how many consecutive samples one call couples.
+    ``zero_length_steps``: it runs a repeated timestep as DDIM's loop does (bench.core.time_grids.REPEATING_GRIDS).
+    ``takes_grid_range``: its sigma range is its grid's (bench.steps.sample.sampler_options).
+    ``check_options(**options)``: refuses option combinations no annotation states, before any job runs.
     """
 
     name: str
     fn: Callable[..., Any]
     space: str
     nfe: Callable[[int, Mapping[str, Any]], int]
-    takes_gamma: bool = False
     trajectory_variance: str | None = None
     zero_length_steps: bool = False
     takes_grid_range: bool = False
     coupled_block: Callable[[Mapping[str, Any]], int] = _uncoupled
+    check_options: Callable[..., None] | None = None
     peer: PeerSpec | None = None

@@ -1,8 +1,8 @@
 """score-SDE's VP SDE samplers (Song et al. 2021, VP SDE of Eq. 11): Euler-Maruyama on the reverse-time SDE
 (Eq. 6) and the black-box probability-flow ODE sampler (Eq. 13).
 
-``score_fn`` is a bench.methods.vpsde.VPTimeScore (``score_fn(x, t)`` and ``score_fn.sde.beta(t)``),
-``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.methods.vpsde.VPSDE.time_grid). Who draws x_T:
+``score_fn`` is a bench.core.denoiser.VPTimeScore (``score_fn(x, t)`` and ``score_fn.sde.beta(t)``),
+``grid`` K + 1 descending times t_0 = 1 > ... > t_K (bench.core.vp_schedule.VPSDE.time_grid). Who draws x_T:
 the caller, from the VP prior N(0, I) (``score_fn.prior``).
 """
 
@@ -15,6 +15,7 @@ import torch
 
 from bench.core.noise import NoiseSource
 from bench.core.options import Positive
+from bench.samplers.spec import SamplerSpec
 
 # torchdiffeq's adaptive Runge-Kutta solvers.
 OdeMethod = Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"]
@@ -108,3 +109,14 @@ def probability_flow(
         b = denoising_beta(score_fn.sde, SCORE_SDE_N, float(eps))
         x = (2.0 - math.sqrt(1.0 - b)) * x + b * score_fn(x, eps)
     return x
+
+
+# Adaptive: no count is known before the solve (the shards record the measured NFE). A planning
+# assumption, not a measurement: VP_ODE_NFE solver evaluations, plus one for the denoising step.
+VP_ODE_NFE = 200
+SPECS = (
+    SamplerSpec("vp_euler_maruyama", euler_maruyama, "vp_time", lambda K, o: K),
+    SamplerSpec(
+        "vp_probability_flow", probability_flow, "vp_time", lambda K, o: VP_ODE_NFE + int(o.get("denoise", True))
+    ),
+)

@@ -21,9 +21,9 @@ jobs added: its job count is what ``snakemake -n`` plans for a fresh run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from bench import samplers
 from bench.config import ORACLE_METRIC, ConfigError, load_config, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
 from bench.core.time_grids import MOMENT_GRIDS
@@ -39,32 +39,6 @@ SECONDS_PER_NFE: dict[str, float] = {"mlp": 1e-5}
 # 20 hours on an Nvidia 2080 Ti, i.e. 20 * 3600 / (50_000 * 1000) s per NFE per sample.
 DEFAULT_SECONDS_PER_NFE = 20 * 3600 / (50_000 * 1000)
 
-# Network evaluations per sample of a K-step trajectory, by sampler function.
-NFE_PER_SAMPLE: dict[str, Callable[[int, dict], int]] = {
-    "ddpm": lambda K, options: K,
-    "ddim": lambda K, options: K,
-    "analytic_ddpm": lambda K, options: K,
-    "analytic_ddim": lambda K, options: K,
-    "iddpm": lambda K, options: K,
-    "ddgm": lambda K, options: K,
-    "ddgm_ddim": lambda K, options: K,
-    # EDM Alg. 1 and 2 with K = N sigma steps: Heun's correction on all but the last step.
-    "edm_euler": lambda K, options: K,
-    "edm_heun": lambda K, options: 2 * K - 1,
-    "edm_stochastic": lambda K, options: 2 * K - 1,
-    # generate.py ablation_sampler: Euler N, 2nd order on all but the last step (default solver heun).
-    "edm_general": lambda K, options: K if options.get("solver", "heun") == "euler" else 2 * K - 1,
-    # K noise levels: n_steps_each Langevin steps each, plus Tweedie's final denoising step (NCSN Alg. 1).
-    "langevin": lambda K, options: K * options.get("n_steps_each", 100) + int(options.get("denoise", False)),
-    # K predictor steps, each after n_steps_each corrector steps (score-SDE Alg. 2).
-    "pc": lambda K, options: K * (1 + options.get("n_steps_each", 1)),
-    # K Euler-Maruyama steps of the reverse VP SDE, one network call each.
-    "vp_euler_maruyama": lambda K, options: K,
-    # Adaptive: no count is known before the solve (the shards record the measured NFE). A planning
-    # assumption, not a measurement: VP_ODE_NFE solver evaluations, plus one for the denoising step.
-    "vp_probability_flow": lambda K, options: VP_ODE_NFE + int(options.get("denoise", True)),
-}
-VP_ODE_NFE = 200
 # Network evaluations of one adaptive PF-ODE likelihood solve (each with one backward pass for the
 # Hutchinson trace); measured on the embedded ncsn and edm models with dopri5 at rtol = atol = 1e-3.
 ODE_NLL_NFE = 55
@@ -83,15 +57,11 @@ def is_nll_metric(metric: str) -> bool:
 
 
 def nfe_per_sample(sampler: dict, K: int) -> int:
-    """Network evaluations one sample of ``sampler`` costs with K steps."""
+    """Network evaluations one sample of ``sampler`` costs with K steps (its SamplerSpec's count)."""
     try:
-        rule = NFE_PER_SAMPLE[sampler["fn"]]
-    except KeyError:
-        raise ConfigError(
-            f"plan: sampler function {sampler['fn']!r} has no NFE count; known: {sorted(NFE_PER_SAMPLE)} "
-            "(add it to bench.steps.plan.NFE_PER_SAMPLE)"
-        ) from None
-    return rule(K, sampler.get("options", {}))
+        return samplers.nfe_per_sample(sampler, K)
+    except ValueError as err:
+        raise ConfigError(f"plan: {err}") from None
 
 
 def split_size(dataset: dict, split: str) -> int:
@@ -145,12 +115,6 @@ def table_cells(spec: dict, source: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def needs_moments(sampler: dict) -> bool:
-    """Whether a sampler reads Analytic-DPM's Gamma_n (for sampling, its grid or its bound)."""
-    uses_gamma = sampler.get("inputs", {}).get("gamma") == "moments" or sampler.get("nll") == "analytic"
-    return uses_gamma or sampler["grid"] in MOMENT_GRIDS
-
-
 class _Sizes:
     """Split sizes, looked up once each."""
 
@@ -191,7 +155,7 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     grid = sampler["grid"]
     variances = _nll_variances(cfg, model, grid) if nll else set()
     # An nll job reads Gamma_n when any bound it evaluates is the analytic one, whichever sampler asks for it.
-    wants_moments = ("analytic" in variances or grid in MOMENT_GRIDS) if nll else needs_moments(sampler)
+    wants_moments = ("analytic" in variances or grid in MOMENT_GRIDS) if nll else samplers.needs_moments(sampler)
     jobs = {}
     if wants_moments:
         m = cfg["moments"]

@@ -13,14 +13,14 @@ from bench.checkpoints.model_file import load_model
 from bench.config import DEFAULT_STATE_DTYPE
 from bench.core.denoiser import DiscreteEpsDenoiser, NonFiniteOutputError
 from bench.core.noise import NoiseSource
-from bench.core.time_grids import MOMENT_GRIDS, time_grid, trajectory_variance
+from bench.core.sigma_grids import sigma_range
+from bench.core.spaces import SPACES, view_for
 from bench.data.digits import unit_to_levels
 from bench.families import make_denoiser
-from bench.methods.edm import SIGMA_GRIDS, DiscreteVPAsSigma, sigma_grid, sigma_range
 from bench.runtime.device import cpu_choice
 from bench.runtime.speed import SpeedOptions, apply_speed_options
 from bench.runtime.stepclock import StepClock
-from bench.samplers import GRID_RANGE_SAMPLERS, LEVEL_SAMPLERS, VP_SDE_SAMPLERS, coupled_block, get_sampler
+from bench.samplers import coupled_block, get_sampler, get_spec, needs_moments, trajectory_variance
 from bench.steps.moments import moments_of
 from bench.steps.shard_format import SampleShard, save_failed_shard
 
@@ -32,52 +32,25 @@ class NonFiniteSampleError(RuntimeError):
     """A sampler produced NaN or Inf: no metric may be computed from such a cell."""
 
 
-def sigma_view(denoiser):
-    """The denoiser in EDM's sigma space: the family's own view where it has one, else the discrete VP chain's."""
-    own = getattr(denoiser, "as_sigma_denoiser", None)
-    return own() if own is not None else DiscreteVPAsSigma(denoiser)
-
-
 def sampler_view(
     denoiser, sampler: dict, K: int, *, gamma: torch.Tensor | None = None, bound_terms: BoundTerms | None = None
 ) -> tuple[object, torch.Tensor]:
-    """(what the sampler calls, its realised grid) for K steps of ``sampler`` on a family's denoiser.
-
-    Level samplers (annealed Langevin, PC) get the model's score on the K levels of the sampler's
-    sigma grid, spanning the model's own [sigma_min, sigma_max] unless grid_options say otherwise
-    (NCSN's levels are the model's), and the indices 0..K-1. EDM's samplers get the sigma view
-    and the sigma grid (EDM Table 2); discrete samplers the chain and its time grid (``gamma`` and
-    ``bound_terms``, the model's moments, for grids that need them: the optimal trajectory of the
-    sampler's variance, bench.core.time_grids.trajectory_variance).
+    """(what the sampler calls, its grid) for K steps of ``sampler`` on a family's denoiser, in its spec's space
+    (bench.core.spaces). ``gamma`` and ``bound_terms`` are the model's moments, for grids that need them:
+    the optimal trajectory of the sampler's variance (bench.samplers.trajectory_variance).
     """
-    options = sampler.get("grid_options", {})
-    if sampler["fn"] in LEVEL_SAMPLERS:
-        view = sigma_view(denoiser)
-        options = {"sigma_min": view.sigma_min, "sigma_max": view.sigma_max, **options}
-        levels = sigma_grid(sampler["grid"], K, denoiser=view, **options)[:-1].flip(0)
-        return denoiser.with_levels(levels), torch.arange(K)
-    if sampler["fn"] in VP_SDE_SAMPLERS:
-        from bench.methods.vpsde import SAMPLING_EPS, VPSDE, VPTimeScore
-
-        sde = VPSDE(**{k: v for k, v in options.items() if k in ("beta_min", "beta_max")})
-        view = VPTimeScore(sigma_view(denoiser), sde)
-        times = sde.time_grid(K, options.get("eps", SAMPLING_EPS))
-        view.check_times(times[:-1])
-        return view, times
-    if sampler["grid"] in SIGMA_GRIDS:
-        view = sigma_view(denoiser)
-        return view, sigma_grid(sampler["grid"], K, denoiser=view, **options)
-    if sampler["grid"] in MOMENT_GRIDS:
-        options = {**options, "bound_terms": bound_terms, "variance": trajectory_variance(sampler)}
-    grid = time_grid(sampler["grid"], denoiser.schedule.T, K, alpha_bars=denoiser.alpha_bars, gamma=gamma, **options)
-    return denoiser, grid
+    return view_for(
+        get_spec(sampler["fn"]).space, denoiser, sampler["grid"], K, sampler.get("grid_options", {}),
+        gamma=gamma, bound_terms=bound_terms, variance=lambda: trajectory_variance(sampler),
+    )
 
 
 def sampler_options(sampler: dict, view) -> dict:
-    """The keyword options of ``sampler`` on ``view`` (what sampler_view returned): the config's, plus for
-    GRID_RANGE_SAMPLERS the grid's sigma range on that network and its epsilon_s (generate.py L87-100)."""
+    """The keyword options of ``sampler`` on ``view`` (what sampler_view returned): the config's, plus for a
+    sampler that takes the grid's range (SamplerSpec.takes_grid_range) the grid's sigma range on that
+    network and its epsilon_s (generate.py L87-100)."""
     options = dict(sampler.get("options", {}))
-    if sampler["fn"] in GRID_RANGE_SAMPLERS:
+    if get_spec(sampler["fn"]).takes_grid_range:
         grid_options = sampler.get("grid_options", {})
         sigma_min, sigma_max = sigma_range(sampler["grid"], denoiser=view, **grid_options)
         options.update(sigma_min=sigma_min, sigma_max=sigma_max, epsilon_s=grid_options.get("epsilon_s", 1e-3))
@@ -177,7 +150,7 @@ def generate(
                 f"(seed {int(batch[idx])})"
             )
         out.append(x)
-    realised = model.sigmas[grid].flip(0) if sampler["fn"] in LEVEL_SAMPLERS else grid
+    realised = SPACES[get_spec(sampler["fn"]).space].realised(model, grid)
     return torch.cat(out), realised
 
 
@@ -253,8 +226,7 @@ def run(spec: dict, out: Path, model: Path, threads: int, moments: Path | None) 
     net, schedule, ckpt = load_model(model)
     sampler = dict(spec["sampler"])
     gamma = bound_terms = None
-    # Issue #19: this test becomes bench.samplers.needs_moments(sampler), the one place that decides it.
-    if sampler.get("inputs", {}).get("gamma") == "moments" or sampler["grid"] in MOMENT_GRIDS:
+    if needs_moments(sampler):
         found = moments_of(moments, net)
         gamma, bound_terms = found.gamma, found.bound_terms
     if sampler.get("inputs", {}).get("gamma") == "moments":

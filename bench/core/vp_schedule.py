@@ -1,4 +1,6 @@
-"""score-SDE's VP SDE (Song et al. 2021, Eq. 11) and a sigma-space denoiser read in its coordinates.
+"""score-SDE's VP SDE (Song et al. 2021, Eq. 11), the schedule of the vp_time space (bench.core.spaces).
+
+bench.core.denoiser.VPTimeScore reads a sigma-space denoiser in its coordinates.
 
 dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1].
 Its marginal is x_t = s(t) x_0 + sqrt(1 - s(t)^2) z with s(t) = exp(-1/2 int_0^t beta), so
@@ -18,7 +20,6 @@ from typing import Annotated
 
 import torch
 
-from bench.core.noise import NoiseSource
 from bench.core.options import Range
 
 # score-SDE configs/default_cifar10_configs.py (model.beta_min, model.beta_max) and the sampling
@@ -72,48 +73,3 @@ class VPSDE:
         times = torch.linspace(1.0, eps, K, dtype=torch.float64)
         times[-1] = eps  # linspace's last entry can be off in the last bit
         return torch.cat([times, torch.zeros(1, dtype=torch.float64)])
-
-
-class VPTimeScore:
-    """The VP-SDE score grad log p_t(x) of an EDM-space denoiser D(x; sigma), for the VP SDE samplers.
-
-    ``denoiser`` follows bench.methods.edm.SigmaDenoiser (x's dtype in and out, one scalar sigma per call);
-    every time the sampler visits must map into its [sigma_min, sigma_max] (relative slack ``rtol``,
-    for ranges the network stores in float32), else the call is refused. Calls and NFE go to it.
-    """
-
-    def __init__(self, denoiser, sde: VPSDE, *, rtol: float = 1e-5):
-        self.denoiser = denoiser
-        self.sde = sde
-        self._lo = float(denoiser.sigma_min) * (1 - rtol)
-        self._hi = float(denoiser.sigma_max) * (1 + rtol)
-
-    @property
-    def nfe(self) -> int:
-        return self.denoiser.nfe
-
-    def check_times(self, times: torch.Tensor) -> None:
-        """Refuse times whose sigma(t) lies outside the denoiser's noise range."""
-        sig = self.sde.sigma(times)
-        if torch.any(sig < self._lo) or torch.any(sig > self._hi):
-            raise ValueError(
-                f"VP SDE times [{float(times.min())!r}, {float(times.max())!r}] map to sigma in "
-                f"[{float(sig.min())!r}, {float(sig.max())!r}], outside the denoiser's range "
-                f"[{float(self.denoiser.sigma_min)!r}, {float(self.denoiser.sigma_max)!r}]"
-            )
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        if t.numel() != 1:
-            raise ValueError(f"one time per call, got {t.tolist()}")
-        t = t.reshape(())
-        self.check_times(t)
-        sigma = self.sde.sigma(t)
-        s = self.sde.scale(t)
-        d = self.denoiser(x / s, sigma).to(x.dtype)
-        # 1 - s^2 = -expm1(-int beta), exact for small t.
-        return (s * d - x) / (-torch.expm1(-self.sde.integral(t)))
-
-    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
-        """x_1 ~ N(0, I), score-SDE's ``VPSDE.prior_sampling``."""
-        return noise.latent()
