@@ -61,7 +61,7 @@ CASES = [
     (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 've', 'edm'\]"),
     (("metrics", "fd_is", "extractor"), "inception", r"metrics\.fd_is\.extractor': unknown extractor 'inception'; defined: \['digits_cnn'\]"),
     (("metrics", "fid"), {"extractor": "digits_cnn"}, r"config key 'metrics': Additional properties are not allowed \('fid' was unexpected\); allowed keys: \['fd_is', 'nll', 'ode_nll'\]"),
-    (("samplers", "ddim_eta0", "fn"), "iddpm", r"experiments\[0\]\.samplers\[2\]': sampler 'ddim_eta0' \(iddpm\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'ddim', 'analytic_ddpm'"),
+    (("samplers", "ddim_eta0", "fn"), "iddpm", r"experiments\[0\]\.samplers\[2\]': sampler 'ddim_eta0' \(iddpm\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm'"),
     (("datasets", "digits", "root"), "no/such/dir", r"datasets\.digits\.root': path 'no/such/dir' \(.*no/such/dir\) is not an existing directory; allowed: the directory that holds the 'digits' files"),
     (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size', 'speed', 'state_dtype'\]"),
     (("sampling", "state_dtype"), "float16", r"sampling\.state_dtype': value 'float16' is not allowed; allowed: \['float32', 'float64'\]"),
@@ -87,10 +87,12 @@ def test_table_referring_to_undefined_cell(cfg):
 def test_a_sampler_applies_to_the_families_that_offer_its_space(cfg, monkeypatch):
     import dataclasses
 
-    from bench.samplers import SAMPLER_SPECS
+    from bench.families import FAMILY_SPECS
 
-    monkeypatch.setitem(SAMPLER_SPECS, "ddim", dataclasses.replace(SAMPLER_SPECS["ddim"], space="elsewhere"))
-    with pytest.raises(ConfigError, match=r"sampler 'ddim_eta0' \(ddim\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['ddpm', 'analytic_ddpm', 'analytic_ddim', 'edm_euler'"):
+    ddpm = FAMILY_SPECS["ddpm"]
+    monkeypatch.setitem(FAMILY_SPECS, "ddpm", dataclasses.replace(ddpm, spaces=("sigma",)))
+    with pytest.raises(ConfigError, match=r"does not apply to model 'mlp' of family 'ddpm'; that family allows "
+                       r"\['edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic'\]"):
         validate_config(cfg, root=ROOT)
 
 
@@ -99,7 +101,7 @@ def test_a_sampler_applies_to_the_families_that_offer_its_space(cfg, monkeypatch
     [
         ("ddgm", "ddpm_beta", "ddpm", "ddgm", r"\['ddgm', 'ddgm_ddim'\]"),
         ("ddgm_gmm", "ddim_eta0", "ddim", "ddgm", r"\['ddgm', 'ddgm_ddim'\]"),
-        ("mlp", "ddgm_alg4", "ddgm", "ddpm", r"\['ddpm', 'ddim', 'analytic_ddpm'"),
+        ("mlp", "ddgm_alg4", "ddgm", "ddpm", r"\['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm'"),
     ],
 )
 def test_gaussian_and_ddgm_samplers_do_not_cross_families(cfg, model, sampler, fn, family, allowed):
@@ -163,9 +165,9 @@ def test_ddgm_mixture_takes_a_t_varying_component_variance(cfg):
 
 
 FAMILY_SAMPLER_CASES = [
-    ("ncsn", "ddpm_beta", "ddpm", "ve", "['edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general', 'langevin', 'pc']"),
-    ("edm", "ddpm_beta", "ddpm", "edm", "['edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general', 'langevin', 'pc', 'vp_euler_maruyama', 'vp_probability_flow']"),
-    ("mlp", "pc", "pc", "ddpm", "['ddpm', 'ddim', 'analytic_ddpm', 'analytic_ddim', 'edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general']"),
+    ("ncsn", "ddpm_beta", "ddpm", "ve", "['edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic', 'langevin', 'pc']"),
+    ("edm", "ddpm_beta", "ddpm", "edm", "['edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic', 'langevin', 'pc', 'vp_euler_maruyama', 'vp_probability_flow']"),
+    ("mlp", "pc", "pc", "ddpm", "['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm', 'edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic']"),
 ]
 
 

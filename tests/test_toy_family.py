@@ -120,7 +120,7 @@ def test_the_toy_family_is_validated_and_planned(toy_package):
     assert refused.returncode != 0
     assert (
         "sampler 'pc' (pc) does not apply to model 'toy' of family 'toy'; that family allows "
-        "['ddpm', 'ddim', 'analytic_ddpm', 'analytic_ddim', 'edm_euler', 'edm_heun', 'edm_stochastic', 'edm_general']"
+        "['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm', 'edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic']"
     ) in refused.stderr
 
 

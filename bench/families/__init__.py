@@ -35,9 +35,9 @@ def get_family(name: str) -> FamilySpec:
 
 
 def compatible_samplers(family: str) -> list[str]:
-    """The sampler functions that apply to ``family``: those whose space its denoiser offers."""
+    """The sampler functions that apply to ``family``, sorted: those whose space its denoiser offers."""
     spaces = get_family(family).spaces
-    return [name for name, spec in SAMPLER_SPECS.items() if spec.space in spaces]
+    return sorted(name for name, spec in SAMPLER_SPECS.items() if spec.space in spaces)
 
 
 def continuous_families() -> list[str]:
