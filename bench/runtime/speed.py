@@ -35,11 +35,15 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # torch.compile modes that capture CUDA graphs themselves.
 _COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
-# glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets.
+# glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets, in this process by
+# mallopt or in a new one by malloc_environment. 32 MiB is the largest mmap threshold that glibc
+# before 2.35 accepts on 64-bit (malloc.c do_set_mmap_threshold: value <= HEAP_MAX_SIZE / 2; a
+# larger MALLOC_MMAP_THRESHOLD_ is silently ignored there, while the trim threshold still freezes the
+# mmap threshold at 128 KiB); glibc 2.35 removed the limit (bugzilla 27801).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD = 1 << 30
-MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: tensors up to 32 MiB come from the reused heap
+MMAP_THRESHOLD = 32 << 20  # tensors up to 32 MiB come from the reused heap
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,11 @@ def keep_freed_memory(enabled: bool) -> dict[str, Any]:
     if not (libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)):
         raise RuntimeError(f"glibc {version} mallopt refused {thresholds}")
     return {"enabled": True, "libc": f"glibc {version}", **thresholds}
+
+
+def malloc_environment() -> dict[str, str]:
+    """keep_freed_memory's thresholds as the environment variables glibc reads when a process starts."""
+    return {"MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 
 
 def apply_speed_options(net: nn.Module, options: SpeedOptions) -> tuple[nn.Module, dict[str, Any]]:
