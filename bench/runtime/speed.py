@@ -14,7 +14,8 @@ What can change numbers, and by how much (tests/perf/test_speed.py checks these 
   reorder float sums.
 - keep_freed_memory (glibc's malloc keeps freed memory instead of returning it to the kernel)
   changes no number, only page faults; it is process-wide and cannot be undone, so SpeedOptions
-  leaves it off (the shipped configs turn it on for their sampling jobs, one process each).
+  leaves it off (the shipped configs turn it on for their sampling jobs, one process each; the
+  Snakefile starts every job with the same thresholds, malloc_environment).
 
 The DAG's sampling jobs apply a config's ``sampling.speed`` (bench.config.sampling_speed) and keep
 the record in each shard; ``python -m bench perf`` takes the options as flags.
@@ -240,8 +241,8 @@ def keep_freed_memory(enabled: bool) -> dict[str, Any]:
     """Make glibc's malloc keep freed memory: trim threshold 1 GiB, mmap threshold 32 MiB (process-wide).
 
     A CPU forward pass frees and reallocates MiB-sized tensors on every call; with glibc's default
-    thresholds many come back as fresh pages that the kernel faults in and zeroes: about 2000 page
-    faults and a fifth of the embedded MLP's forward time at batch 1000.
+    thresholds many come back as fresh pages that the kernel faults in and zeroes, a large share of
+    the embedded MLP's forward time at batch 1000.
     """
     if not enabled:
         return {"enabled": False}
