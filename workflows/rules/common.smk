@@ -2,9 +2,9 @@
 # Paths of a cell come from bench/steps/paths.py, the one definition of the results layout.
 
 import json
+import os
 import re
 from dataclasses import asdict
-from pathlib import Path
 
 from bench.checkpoints.references import default_weights
 from bench.checkpoints.registry import get_checkpoint
