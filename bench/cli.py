@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["perf"]:
         # perf has its own parser (its options start with --, which a REMAINDER subparser refuses).
-        from bench.perf import main as perf_main
+        from bench.perf.cli import main as perf_main
 
         return perf_main(argv[1:])
     args = vars(build_parser().parse_args(argv))

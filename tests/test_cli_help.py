@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import STEPS, build_parser
-from bench.perf import build_parser as build_perf_parser
+from bench.perf.cli import build_parser as build_perf_parser
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:

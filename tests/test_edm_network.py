@@ -1,4 +1,4 @@
-"""load_edm_network: our EDM networks pickled as the official training loop does, rebuilt."""
+"""load_edm_network (bench.checkpoints.edm_pickle): our EDM networks pickled as the official training loop does, rebuilt."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from edm_pickle_fixtures import dumps_official, official_stand_ins, persistent
 
-from bench.checkpoints.edm_network import load_edm_network
-from bench.checkpoints.edm_pickle import EdmPickleError, unpickle_edm
+from bench.checkpoints.edm_pickle import EdmPickleError, load_edm_network, unpickle_edm
 from bench.checkpoints.layouts import StateDictMismatch
 from bench.nets.dhariwal_unet import DhariwalUNet
 from bench.nets.edm_networks import build_edm_network

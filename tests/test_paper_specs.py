@@ -16,7 +16,7 @@ from bench.steps.plan import plan
 from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "workflows/scripts"
+SCRIPTS = ROOT / "tools/paper_specs"
 SPEC_FILES = sorted((ROOT / "workflows/config/tables").glob("paper_*.yaml"))
 
 

@@ -735,7 +735,7 @@ def test_provenance_entries_cover_any_json_shape() -> None:
 
 
 def perf_row(loop: str, sampler: str, ms: float, run_id: str, **values):
-    from bench.perf import PerfRow
+    from bench.perf.rows import PerfRow
 
     context = {"run_id": run_id, "device": "cpu", "device_name": "Test CPU", "torch": "2.13.0", "threads": 1,
                "clock": "wall", "repeats": 5, "warmup": 1, "state_dtype": "float32", "precision": "fp32"}
@@ -744,7 +744,7 @@ def perf_row(loop: str, sampler: str, ms: float, run_id: str, **values):
 
 
 def test_index_shows_the_newest_perf_run_as_the_sampler_cost_table(tmp_path: Path) -> None:
-    from bench.perf import append_csv
+    from bench.perf.rows import append_csv
 
     results = write_results(tmp_path)
     older = [perf_row("network", "", 9.0, "2026-12-01T00:00:00+00:00", nfe=1, overhead_pct=0.0)]

@@ -94,6 +94,20 @@ def test_profile_is_found_as_slurm_from_the_repository_root(tmp_path):
     assert out.count("Group job metrics") == planned["metrics"]
 
 
+def test_local_profile_is_found_as_local_from_the_repository_root_and_gives_gpu_rules_one_gpu(tmp_path):
+    # `--profile local` resolves ./local/config.yaml, beside ./slurm: the two profiles live side by side.
+    r = subprocess.run(snakemake_cmd("-n", "--cores", "2", "--profile", "local", "--resources", "gpu=1",
+                                     "--configfile", str(TINY), "--directory", str(tmp_path)),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    gpu_rules = set(yaml.safe_load((ROOT / "local/config.yaml").read_text())["set-resources"])
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(.*?)(?=^\[|\Z)", r.stdout + r.stderr, flags=re.M | re.S)
+    planned = {rule for rule, _ in jobs}
+    assert {"train_model", "sample_shard", "features", "fd_is", "nll"} <= planned & gpu_rules
+    for rule, block in jobs:
+        assert ("gpu=1" in block) == (rule in gpu_rules), (rule, block)
+
+
 def test_profile_keys_are_options_of_snakemake_or_the_slurm_plugin():
     r = subprocess.run(snakemake_cmd("--help"), capture_output=True, text=True, timeout=120)
     options = set(re.findall(r"--([a-z][a-z0-9-]+)", r.stdout))

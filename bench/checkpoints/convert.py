@@ -91,7 +91,7 @@ def convert_checkpoint(
         )
     cfg = json.loads(json.dumps(model_cfg))
     if layout == "edm_pickle":
-        from bench.checkpoints.edm_network import load_edm_network
+        from bench.checkpoints.edm_pickle import load_edm_network
 
         net, info = load_edm_network(Path(path))
         # The pickle carries its constructor: our model file records it as the network config.

@@ -20,6 +20,7 @@ from bench.core.options import OptionError, check_options, option_parameters, re
 from bench.families import check_model, compatible_samplers, continuous_families
 from bench.runtime.speed import SpeedOptions
 from bench.runtime.strict_yaml import load_yaml
+from bench.steps.paths import cell_key
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
@@ -46,7 +47,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.model}/{self.sampler}/K{self.K}"
+        return cell_key(self.model, self.sampler, self.K)
 
 
 def _schema() -> dict:

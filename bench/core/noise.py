@@ -32,11 +32,8 @@ import math
 import numpy as np
 import torch
 
-_MASK32 = 0xFFFFFFFF
-_MULT_A = 0x7FEB352D
-_MULT_B = 0x846CA68B
-_LANE_MULT = 0x61C88647
-_STREAM_SALT = 0x68E31DA4
+from bench.core.noise_hash import LANE_MULT, MASK32, MULT_A, MULT_B, STREAM_SALT
+
 _UNIT = 2.0**-32
 _TWO_PI_UNIT = 2.0 * math.pi * _UNIT  # exact: a power-of-two multiple of the double 2 pi
 _NORMAL_SCALES = (_UNIT, _TWO_PI_UNIT)  # Box-Muller's radius and angle blocks
@@ -44,7 +41,7 @@ _NORMAL_SCALES = (_UNIT, _TWO_PI_UNIT)  # Box-Muller's radius and angle blocks
 
 def _signed32(value: int) -> int:
     """The signed 32-bit integer with the bit pattern of ``value`` mod 2^32."""
-    value &= _MASK32
+    value &= MASK32
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
@@ -65,7 +62,7 @@ def _shift_right(x: torch.Tensor, shift: int, out: torch.Tensor) -> torch.Tensor
 
 def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     """lowbias32 in place on int32 lanes; ``tmp`` is scratch of x's shape."""
-    for shift, mult in ((16, _MULT_A), (15, _MULT_B)):
+    for shift, mult in ((16, MULT_A), (15, MULT_B)):
         x ^= _shift_right(x, shift, tmp)
         x *= _signed32(mult)
     x ^= _shift_right(x, 16, tmp)
@@ -75,7 +72,7 @@ def _hash32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
 def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
     """The per-seed half of the keys as int32 lanes [2, B] (rows: lane a, lane b)."""
     s = seeds.to(torch.int64)
-    lo, hi = _to_lanes(s & _MASK32), _to_lanes((s >> 32) & _MASK32)
+    lo, hi = _to_lanes(s & MASK32), _to_lanes((s >> 32) & MASK32)
     k = torch.stack([lo ^ 0x2545F491, hi ^ _signed32(0x9E3779B9)])
     tmp = torch.empty_like(k)
     _hash32_(k, tmp)
@@ -86,8 +83,8 @@ def seed_keys(seeds: torch.Tensor) -> torch.Tensor:
 
 def stream_keys(keys: torch.Tensor, stream: int) -> torch.Tensor:
     """The keys of (seed, stream) as int32 lanes [2, B] from the per-seed keys (noise_kernel does the same)."""
-    lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
-    k = keys ^ _lane_column(keys, lo, hi ^ _STREAM_SALT)
+    lo, hi = stream & MASK32, (stream >> 32) & MASK32
+    k = keys ^ _lane_column(keys, lo, hi ^ STREAM_SALT)
     tmp = torch.empty_like(k)
     _hash32_(k, tmp)
     k ^= _lane_column(keys, hi, lo)
@@ -125,7 +122,7 @@ class _Blocks:
         else:
             self.counter = torch.arange(blocks * m, dtype=torch.int32, device=device).reshape(blocks, 1, m)
             j = torch.arange(blocks * m, dtype=torch.int64, device=device).reshape(blocks, 1, m)
-            self.counter_salt = _to_lanes((j * _LANE_MULT) & _MASK32)
+            self.counter_salt = _to_lanes((j * LANE_MULT) & MASK32)
             self.bits = torch.empty(blocks, batch, m, dtype=torch.int32, device=device)
             self.scratch = torch.empty_like(self.bits)
             self.wide = torch.empty(blocks, batch, m, dtype=torch.float64, device=device)
@@ -134,7 +131,7 @@ class _Blocks:
     def fill(self, stream: int) -> torch.Tensor:
         """The uniforms of ``stream`` in self.out (overwritten by the next fill)."""
         if _uses_kernel(self.out.device):
-            lo, hi = stream & _MASK32, (stream >> 32) & _MASK32
+            lo, hi = stream & MASK32, (stream >> 32) & MASK32
             self.kernel(self.key_lanes[0], self.key_lanes[1], lo, hi, self.scale_array, self.out_array)
             return self.out
         keys, x = stream_keys(self.keys, stream), self.bits

@@ -11,12 +11,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bench.core import noise
+from bench.core.noise_hash import LANE_MULT, MULT_A, MULT_B, STREAM_SALT
 
-_MULT_A = np.uint32(noise._MULT_A)
-_MULT_B = np.uint32(noise._MULT_B)
-_LANE_MULT = noise._LANE_MULT
-_STREAM_SALT = noise._STREAM_SALT
+_MULT_A = np.uint32(MULT_A)
+_MULT_B = np.uint32(MULT_B)
 
 
 @numba.njit(inline="always")
@@ -62,7 +60,7 @@ def uniform_blocks(seed_a, seed_b, stream_lo, stream_hi, scales, out):
     blocks, batch, m = out.shape
     for i in range(batch):
         a = _lowbias32(np.uint32(seed_a[i] ^ stream_lo))
-        b = _lowbias32(np.uint32(seed_b[i] ^ stream_hi ^ _STREAM_SALT))
+        b = _lowbias32(np.uint32(seed_b[i] ^ stream_hi ^ STREAM_SALT))
         a = _lowbias32(np.uint32(a ^ stream_hi))
         b = _lowbias32(np.uint32(b ^ stream_lo))
         for d in range(blocks):
@@ -70,5 +68,5 @@ def uniform_blocks(seed_a, seed_b, stream_lo, stream_hi, scales, out):
             for p in range(m):
                 j = np.uint32(d * m + p)
                 x = _lowbias32(np.uint32(j ^ a))
-                x = _lowbias32(np.uint32(x ^ b ^ np.uint32(j * _LANE_MULT)))
+                x = _lowbias32(np.uint32(x ^ b ^ np.uint32(j * LANE_MULT)))
                 out[d, i, p] = (np.float64(x) + 0.5) * scale

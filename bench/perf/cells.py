@@ -28,6 +28,8 @@ from bench.families import build_schedule, make_denoiser
 from bench.methods.analytic import BoundTerms
 from bench.nets.factory import build_network
 from bench.perf.network_flops import count_flops, matmul_precision, peak_tflops
+from bench.perf.rows import PerfRow
+from bench.perf.timing import TimedNetwork, TimedNoise
 from bench.runtime.speed import SpeedOptions, apply_speed_options
 from bench.samplers import get_sampler, needs_moments
 from bench.steps.sample import sampler_options, sampler_view
@@ -73,10 +75,7 @@ def measure_cells(
     state_dtype: torch.dtype = torch.float32,
     context: dict[str, Any],
 ) -> list:
-    """One bench.perf.PerfRow per (model, sampler) of ``config``: K steps on ``batch`` samples."""
-    # bench.perf runs this module's pairs after its own networks, so it is imported here, not above.
-    from bench.perf import PerfRow, TimedNetwork, TimedNoise
-
+    """One bench.perf.rows.PerfRow per (model, sampler) of ``config``: K steps on ``batch`` samples."""
     cfg = load_config(config, check_paths=False) if not isinstance(config, dict) else config
     device = clock.device
     options = SpeedOptions(**sampling_speed(cfg))

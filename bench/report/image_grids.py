@@ -12,9 +12,9 @@ from matplotlib import image as mpimg
 
 from bench.report.results import ResultsError
 from bench.report.tables import SampleKey
+from bench.steps.paths import CELL_DIR_GLOB, cell_dir, cell_key, parse_cell_key
 
 _SHARD = re.compile(r"shard(\d{4})\.npz")
-_K_DIR = re.compile(r"K(\d+)")
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,17 @@ class SampleGrid:
 
 
 def first_shards(samples_dir: Path) -> dict[SampleKey, Path]:
-    """Map each cell folder {dataset}/{model}/{sampler}/K{K} to its lowest-numbered shard."""
+    """Map each cell folder (bench.steps.paths.CELL_DIR) to its lowest-numbered shard."""
     found: dict[SampleKey, Path] = {}
     if not samples_dir.is_dir():
         return found
-    for k_dir in sorted(samples_dir.glob("*/*/*/K*")):
-        k_match = _K_DIR.fullmatch(k_dir.name)
+    for k_dir in sorted(samples_dir.glob(CELL_DIR_GLOB)):
+        dataset, *key = k_dir.relative_to(samples_dir).parts
+        cell = parse_cell_key("/".join(key))
         # Names outside the pattern (e.g. half-written temporary files) are not shards.
         shards = sorted(p for p in k_dir.glob("shard*.npz") if _SHARD.fullmatch(p.name))
-        if k_match and shards:
-            dataset, model, sampler = k_dir.relative_to(samples_dir).parts[:3]
-            found[(dataset, model, sampler, int(k_match.group(1)))] = shards[0]
+        if cell and shards:
+            found[(dataset, *cell)] = shards[0]
     return found
 
 
@@ -99,7 +99,7 @@ def _load_shard(shard: Path, limit: int) -> tuple[np.ndarray, np.ndarray, int] |
 
 def write_sample_grids(samples_dir: Path, report_dir: Path, *, n_images: int = 64,
                        columns: int = 8) -> dict[SampleKey, SampleGrid]:
-    """Write report_dir/samples/{dataset}/{model}/{sampler}/K{K}.png for every cell with a shard."""
+    """Write report_dir/samples/{cell folder}.png (bench.steps.paths.CELL_DIR) for every cell with a shard."""
     grids: dict[SampleKey, SampleGrid] = {}
     for key, shard in first_shards(Path(samples_dir)).items():
         loaded = _load_shard(shard, n_images)
@@ -107,7 +107,7 @@ def write_sample_grids(samples_dir: Path, report_dir: Path, *, n_images: int = 6
             continue  # the table marks the failed cell; there are no samples to show
         images, seeds, max_level = loaded
         dataset, model, sampler, k = key
-        relpath = f"samples/{dataset}/{model}/{sampler}/K{k}.png"
+        relpath = f"samples/{cell_dir(dataset, model, sampler, k)}.png"
         target = Path(report_dir) / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         mpimg.imsave(target, grid_image(images, max_level, columns=columns))
@@ -124,10 +124,9 @@ def write_sample_grids(samples_dir: Path, report_dir: Path, *, n_images: int = 6
 
 def shared_sample_grids(grids: dict[SampleKey, SampleGrid], shared: dict[str, str]) -> dict[SampleKey, SampleGrid]:
     """The grid of each shared cell ('model/sampler/K', provenance's shared_cells): its computing cell's grid."""
-    by_cell = {f"{model}/{sampler}/K{k}": grid for (_, model, sampler, k), grid in grids.items()}
+    by_cell = {cell_key(model, sampler, k): grid for (_, model, sampler, k), grid in grids.items()}
     out = {}
     for cell, source in shared.items():
-        if source in by_cell:
-            model, sampler, k = cell.split("/")
-            out[(by_cell[source].key[0], model, sampler, int(k[1:]))] = by_cell[source]
+        if source in by_cell and (key := parse_cell_key(cell)):
+            out[(by_cell[source].key[0], *key)] = by_cell[source]
     return out

@@ -1,6 +1,6 @@
 """The latest run of ``python -m bench perf`` in results/perf.csv, as the report's sampler-cost table.
 
-perf appends every run's rows to the CSV (bench.perf, whose docstring defines the columns); the
+perf appends every run's rows to the CSV (bench.perf.rows, whose docstring defines the columns); the
 report shows the rows of the newest run_id, formatted for reading. It reads the CSV only, without
 importing torch, so that the report job stays light; a column an older perf did not write reads '-'.
 """

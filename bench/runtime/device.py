@@ -3,7 +3,7 @@
 - Under SLURM (``SLURM_JOB_ID`` set) with ``CUDA_VISIBLE_DEVICES`` set, SLURM has given the job
   its own GPUs and hidden the others: the job takes the first visible one, ``cuda:0``.
 - On a workstation, ``snakemake --cores all --resources gpu=N`` with ``gpu: 1`` on the GPU rules
-  (workflows/profiles/local) runs at most N GPU jobs at once, but Snakemake's resources are counts
+  (local/config.yaml) runs at most N GPU jobs at once, but Snakemake's resources are counts
   without slot numbers, so nothing tells a job *which* GPU is free. Each job therefore claims one:
   it takes an exclusive, non-blocking ``flock`` on a lock file per visible GPU and keeps the first
   it gets for the life of the process. The kernel releases the lock when the process exits or

@@ -14,7 +14,8 @@ What can change numbers, and by how much (tests/perf/test_speed.py checks these 
   reorder float sums.
 - keep_freed_memory (glibc's malloc keeps freed memory instead of returning it to the kernel)
   changes no number, only page faults; it is process-wide and cannot be undone, so SpeedOptions
-  leaves it off (the shipped configs turn it on for their sampling jobs, one process each).
+  leaves it off (the shipped configs turn it on for their sampling jobs, one process each; the
+  Snakefile starts every job with the same thresholds, malloc_environment).
 
 The DAG's sampling jobs apply a config's ``sampling.speed`` (bench.config.sampling_speed) and keep
 the record in each shard; ``python -m bench perf`` takes the options as flags.
@@ -35,11 +36,15 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # torch.compile modes that capture CUDA graphs themselves.
 _COMPILE_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
-# glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets.
+# glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets, in this process by
+# mallopt or in a new one by malloc_environment. 32 MiB is the largest mmap threshold that glibc
+# before 2.35 accepts on 64-bit (malloc.c do_set_mmap_threshold: value <= HEAP_MAX_SIZE / 2; a
+# larger MALLOC_MMAP_THRESHOLD_ is silently ignored there, while the trim threshold still freezes the
+# mmap threshold at 128 KiB); glibc 2.35 removed the limit (bugzilla 27801).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 TRIM_THRESHOLD = 1 << 30
-MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: tensors up to 32 MiB come from the reused heap
+MMAP_THRESHOLD = 32 << 20  # tensors up to 32 MiB come from the reused heap
 
 
 @dataclass(frozen=True)
@@ -236,8 +241,8 @@ def keep_freed_memory(enabled: bool) -> dict[str, Any]:
     """Make glibc's malloc keep freed memory: trim threshold 1 GiB, mmap threshold 32 MiB (process-wide).
 
     A CPU forward pass frees and reallocates MiB-sized tensors on every call; with glibc's default
-    thresholds many come back as fresh pages that the kernel faults in and zeroes: about 2000 page
-    faults and a fifth of the embedded MLP's forward time at batch 1000.
+    thresholds many come back as fresh pages that the kernel faults in and zeroes, a large share of
+    the embedded MLP's forward time at batch 1000.
     """
     if not enabled:
         return {"enabled": False}
@@ -250,6 +255,11 @@ def keep_freed_memory(enabled: bool) -> dict[str, Any]:
     if not (libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)):
         raise RuntimeError(f"glibc {version} mallopt refused {thresholds}")
     return {"enabled": True, "libc": f"glibc {version}", **thresholds}
+
+
+def malloc_environment() -> dict[str, str]:
+    """keep_freed_memory's thresholds as the environment variables glibc reads when a process starts."""
+    return {"MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD), "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 
 
 def apply_speed_options(net: nn.Module, options: SpeedOptions) -> tuple[nn.Module, dict[str, Any]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.config import state_dtype_name
 from bench.runtime.io import atomic_json, atomic_text, load_json
+from bench.steps.paths import cell_key
 
 COLUMNS = (
     "dataset",
@@ -241,7 +242,7 @@ def provenance(spec: dict, records: list[tuple[dict, dict[str, dict]]]) -> dict:
         "packages": versions,
         "seeds": spec["seeds"],
         "shared_cells": {
-            f"{c['model']}/{c['sampler']}/K{c['K']}": c["computed_as"] for c in spec["cells"] if "computed_as" in c
+            cell_key(c["model"], c["sampler"], c["K"]): c["computed_as"] for c in spec["cells"] if "computed_as" in c
         },
         **run_summary(records),
         "sampling": {**spec["sampling"], "state_dtype": state_dtype_name(spec)},  # a default made explicit

@@ -8,8 +8,8 @@ from closed_form_flops import mlp_flops
 from torch import nn
 
 from bench.nets.mlp import MLPDenoiser
-from bench.perf import PerfRow
 from bench.perf.network_flops import PRECISIONS, count_flops, gpu_peak, gpu_peaks, matmul_precision, peak_tflops
+from bench.perf.rows import PerfRow
 from bench.runtime.speed import SpeedOptions
 
 

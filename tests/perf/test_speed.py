@@ -1,6 +1,9 @@
 """bench.runtime.speed: each option's provenance record, and how far the options that may move numbers move them."""
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from bench.runtime.speed import (
     compile_network,
     inference_context,
     keep_freed_memory,
+    malloc_environment,
     set_tf32,
     use_autocast,
     use_channels_last,
@@ -205,3 +209,34 @@ def test_inference_context_disables_grad_and_records_no_graph():
     assert out.grad_fn is None and not out.requires_grad and out.is_inference()
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
     assert net(x, t).requires_grad
+
+
+# In a fresh process: is a malloc'd block of argv[1] bytes an mmap'd chunk? glibc marks one with
+# IS_MMAPPED (0x2) in the size word just before the block.
+_MMAPPED_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+p = libc.malloc(int(sys.argv[1]))
+print(bool(ctypes.c_size_t.from_address(p - ctypes.sizeof(ctypes.c_size_t)).value & 2))
+"""
+
+
+def _block_is_mmapped(size: int, env: dict[str, str]) -> bool:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", _MMAPPED_PROBE, str(size)], env=clean | env,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's")
+def test_malloc_environment_is_keep_freed_memorys_thresholds_in_a_form_every_glibc_takes():
+    env = malloc_environment()
+    record = keep_freed_memory(True)
+    assert env == {"MALLOC_TRIM_THRESHOLD_": str(record["trim_threshold"]),
+                   "MALLOC_MMAP_THRESHOLD_": str(record["mmap_threshold"])}
+    # glibc before 2.35 ignores an mmap threshold above HEAP_MAX_SIZE / 2 = 32 MiB (malloc.c do_set_mmap_threshold).
+    assert int(env["MALLOC_MMAP_THRESHOLD_"]) <= 32 << 20
+    # A new process started with it serves a 16 MiB block from the heap, which glibc's default would mmap.
+    assert _block_is_mmapped(16 << 20, {})
+    assert not _block_is_mmapped(16 << 20, env)

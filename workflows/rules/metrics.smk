@@ -4,38 +4,6 @@
 # continuous-time model.
 
 
-FD_IS = config["metrics"].get("fd_is", {})
-
-
-def fd_extractor() -> dict:
-    return config["extractors"][FD_IS["extractor"]]
-
-
-def extractor_weights(name: str) -> str:
-    """The file an extractor loads: a trained digits classifier, a local Inception file, or the registry's."""
-    ext = config["extractors"][name]
-    if ext["kind"] == "digits_cnn":
-        return f"{RESULTS}/extractors/{name}.npz"
-    if "weights_path" in ext:
-        return ext["weights_path"]
-    entry = default_weights(ext.get("backend", "torch-fidelity"))
-    return f"resources/inception/{entry.name}/{entry.file}"
-
-
-def reference_stats_file(dataset: str) -> str:
-    """Reference statistics of the fd_is metric: published (by registry name) or computed once per split."""
-    if "reference_stats" in FD_IS:
-        return f"{RESULTS}/refs/published/{FD_IS['reference_stats']}-{FD_IS['extractor']}.npz"
-    return f"{RESULTS}/refs/{dataset}-{FD_IS['reference_split']}-{FD_IS['extractor']}.npz"
-
-
-def cell_features(w) -> list[str]:
-    return [
-        f"{RESULTS}/features/{w.dataset}/{w.model}/{w.sampler}/K{w.K}/shard{i:04d}.npz"
-        for i in range(len(SHARDS))
-    ]
-
-
 rule fetch_inception_weights:
     output:
         "resources/inception/{weights}/{file}",
@@ -80,12 +48,12 @@ rule published_reference_stats:
 
 rule features:
     input:
-        shard=f"{RESULTS}/samples/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
+        shard=f"{RESULTS}/samples/{CELL_DIR}/shard{{shard}}.npz",
         extractor=lambda w: extractor_weights(FD_IS["extractor"]),
     output:
-        f"{RESULTS}/features/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.npz",
+        f"{RESULTS}/features/{CELL_DIR}/shard{{shard}}.npz",
     benchmark:
-        f"{RESULTS}/benchmarks/features/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/shard{{shard}}.tsv"
+        f"{RESULTS}/benchmarks/features/{CELL_DIR}/shard{{shard}}.tsv"
     params:
         spec=lambda w: J({"extractor": fd_extractor()}),
     threads: 1
@@ -99,9 +67,9 @@ rule fd_is:
         features=cell_features,
         reference=lambda w: reference_stats_file(w.dataset),
     output:
-        f"{RESULTS}/cells/{{dataset}}/{{model}}/{{sampler}}/K{{K}}/fd_is.json",
+        f"{RESULTS}/cells/{CELL_DIR}/fd_is.json",
     benchmark:
-        f"{RESULTS}/benchmarks/fd_is/{{dataset}}/{{model}}/{{sampler}}/K{{K}}.tsv"
+        f"{RESULTS}/benchmarks/fd_is/{CELL_DIR}.tsv"
     params:
         spec=lambda w: J(
             {
@@ -120,21 +88,14 @@ rule fd_is:
         "--out {output}"
 
 
-def nll_variances(model: str, grid: str) -> list[str]:
-    """Every reverse variance whose VLB some sampler on this model and grid reports."""
-    wanted = {config["samplers"][c.sampler]["nll"] for c in CELLS
-              if c.model == model and has_nll(c.sampler) and config["samplers"][c.sampler]["grid"] == grid}
-    return sorted(wanted)
-
-
 rule nll:
     input:
         unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt", "data": data_check(w.dataset)}
                | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid) or w.grid in MOMENT_GRIDS)),
     output:
-        f"{RESULTS}/cells/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.json",
+        f"{RESULTS}/cells/{NLL_CELL}.json",
     benchmark:
-        f"{RESULTS}/benchmarks/nll/{{dataset}}/{{model}}/nll-{{grid}}/K{{K}}.tsv"
+        f"{RESULTS}/benchmarks/nll/{NLL_CELL}.tsv"
     params:
         spec=lambda w: J(
             {
@@ -174,83 +135,6 @@ rule ode_nll:
         "{PY} -m bench ode-nll --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
 
 
-def ode_nll_record(model: str) -> dict:
-    """A PF-ODE likelihood row of metrics.csv: sampler `pf_ode`, grid `adaptive`, K = the solve's measured NFE."""
-    o = config["metrics"]["ode_nll"]
-    return {
-        "dataset": dataset_of(model),
-        "model": model,
-        "family": config["models"][model]["family"],
-        "sampler": PF_ODE,
-        "sampler_label": f"PF-ODE, rtol={o['rtol']}, atol={o['atol']}",
-        "grid": "adaptive",
-        "seed": config["seed"],
-        "ode_nll": f"cells/{dataset_of(model)}/{model}/ode_nll.json",
-    }
-
-
-SHARED_CELLS = shared_cells(config)
-
-
-def cell_record(c) -> dict:
-    """A cell of metrics.csv and the result files it reads: those of the cell that computes it (bench/steps/shared_cells.py)."""
-    sampler = config["samplers"][c.sampler]
-    dataset = dataset_of(c.model)
-    source = SHARED_CELLS.get(c, c)
-    rec = {
-        "dataset": dataset,
-        "model": c.model,
-        "family": config["models"][c.model]["family"],
-        "sampler": c.sampler,
-        "sampler_label": sampler.get("label", c.sampler),
-        "grid": sampler["grid"],
-        "K": c.K,
-        "seed": config["sampling"]["seed"],
-    }
-    if "fd_is" in config["metrics"]:
-        rec["fd_is"] = f"cells/{dataset}/{source.model}/{source.sampler}/K{source.K}/fd_is.json"
-    if has_nll(c.sampler):
-        rec["nll"] = f"cells/{dataset}/{source.model}/nll-{config['samplers'][source.sampler]['grid']}/K{source.K}.json"
-        rec["nll_variance"] = sampler["nll"]
-    if source != c:
-        rec["computed_as"] = source.key
-    return rec
-
-
-CELL_RECORDS = [cell_record(c) for c in CELLS] + [ode_nll_record(m) for m in ode_nll_models(config)]
-
-
-def run_seeds() -> dict:
-    """Every seed of the run, by what it seeds (shown on the report's index)."""
-    seeds = {"sampling (sample i has seed + i)": config["sampling"]["seed"], "nll noise": config["seed"]}
-    if "moments" in config:
-        seeds["moments"] = config["moments"]["seed"]
-    seeds |= {f"train {m}": cfg["train"]["seed"] for m, cfg in config["models"].items() if "train" in cfg}
-    seeds |= {f"extractor {e}": cfg.get("seed", 0) for e, cfg in config.get("extractors", {}).items()}
-    return seeds
-
-
-ORACLE = config.get("oracle")
-
-
-def oracle_spec() -> dict:
-    """The oracle job's settings: every (sampler, K) that config's experiments run on oracle.model, once each."""
-    model = ORACLE["model"]
-    if model not in config["models"]:
-        raise ValueError(f"oracle.model: {model!r} is not a model of this config; allowed: {sorted(config['models'])}")
-    if config["models"][model]["family"] != "ddpm":
-        raise ValueError(f"oracle.model: {model!r} is of family {config['models'][model]['family']!r}; the "
-                         "oracle's exact eps is a discrete chain's, so it needs a model of family 'ddpm'")
-    pairs = dict.fromkeys((s, K) for e in config["experiments"] if e["model"] == model for s in e["samplers"] for K in e["K"])
-    schedule = config["models"][model]["schedule"]
-    return {
-        **{k: ORACLE[k] for k in ("mixture", "n_samples", "reference_samples", "gamma_samples", "seed")},
-        "schedule": schedule["name"],
-        "T": schedule["T"],
-        "cells": [{"sampler": s, "K": K, "sampler_config": config["samplers"][s]} for s, K in pairs],
-    }
-
-
 if ORACLE:
 
     rule oracle:
@@ -275,19 +159,6 @@ rule collect:
     benchmark:
         f"{RESULTS}/benchmarks/collect/collect.tsv"
     params:
-        spec=J(
-            {
-                "cells": CELL_RECORDS,
-                "config_hash": config_hash(config),
-                "profile": config["profile"],
-                "seeds": run_seeds(),
-                "sampling": config["sampling"],
-                "metrics": config["metrics"],
-                **({"oracle": {"record": "oracle.json", "labels": {
-                    c["sampler"]: {"label": config["samplers"][c["sampler"]].get("label", c["sampler"]),
-                                   "grid": config["samplers"][c["sampler"]]["grid"]}
-                    for c in oracle_spec()["cells"]}}} if ORACLE else {}),
-            }
-        ),
+        spec=J(collect_spec()),
     shell:
         "{PY} -m bench collect --spec {params.spec:q} --results {RESULTS} --out {output.csv}"

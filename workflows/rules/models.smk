@@ -1,24 +1,6 @@
 # Models: trained here (`train:`) or converted from an official checkpoint (`checkpoint:`, paper profile).
 # Both write results/models/{model}.pt in our format, so every later rule is the same.
 
-TRAINED = [m for m, spec in config["models"].items() if "train" in spec]
-CONVERTED = [m for m, spec in config["models"].items() if "checkpoint" in spec]
-CHECKPOINTS = "resources/checkpoints"
-CHECKPOINT_REGISTRY = checkpoint_registry(config)
-
-
-def one_of(names: list[str]) -> str:
-    """A wildcard regex matching exactly these names (nothing when there are none)."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"
-
-
-def registry_entry(name: str) -> dict:
-    from dataclasses import asdict
-
-    from bench.checkpoints.registry import get_checkpoint
-
-    return asdict(get_checkpoint(name, CHECKPOINT_REGISTRY))
-
 
 rule train_model:
     input:

@@ -8,12 +8,7 @@ rule report:
         tables=TABLES,
         # python -m bench perf's table, when one has been written: the report reruns when it changes.
         perf=lambda w: [f"{RESULTS}/perf.csv"] if Path(f"{RESULTS}/perf.csv").is_file() else [],
-        shards=sorted(
-            {
-                f"{RESULTS}/samples/{dataset_of(s.model)}/{s.model}/{s.sampler}/K{s.K}/shard0000.npz"
-                for s in (SHARED_CELLS.get(c, c) for c in CELLS)
-            }
-        ),
+        shards=report_shards(),
     output:
         f"{REPORTS}/index.html",
     benchmark:

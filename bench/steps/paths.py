@@ -1,0 +1,39 @@
+"""Where a cell's files live under results/: one pattern for the DAG's rules, collect and the report.
+
+``CELL_DIR`` is both a ``str.format`` pattern and, unchanged, the Snakemake wildcard pattern of a
+rule's path (``f"{RESULTS}/samples/{CELL_DIR}/shard{{shard}}.npz"``).
+"""
+
+from __future__ import annotations
+
+import re
+
+CELL_KEY = "{model}/{sampler}/K{K}"
+CELL_DIR = "{dataset}/" + CELL_KEY
+# The NLL of a cell is computed once per (model, grid, K), for every sampler whose bound it reports.
+NLL_CELL = "{dataset}/{model}/nll-{grid}/K{K}"
+# Every cell folder below a results folder, for Path.glob.
+CELL_DIR_GLOB = re.sub(r"\{\w+\}", "*", CELL_DIR)
+
+_CELL_KEY_RE = re.compile(r"(?P<model>[^/]+)/(?P<sampler>[^/]+)/K(?P<K>\d+)")
+
+
+def cell_key(model: str, sampler: str, K: int | str) -> str:
+    """A cell's name across datasets (provenance's shared_cells, ``Cell.key``): model/sampler/K{K}."""
+    return CELL_KEY.format(model=model, sampler=sampler, K=K)
+
+
+def cell_dir(dataset: str, model: str, sampler: str, K: int | str) -> str:
+    """A cell's folder below results/samples, results/features and results/cells."""
+    return CELL_DIR.format(dataset=dataset, model=model, sampler=sampler, K=K)
+
+
+def nll_cell(dataset: str, model: str, grid: str, K: int | str) -> str:
+    """The NLL record of a (model, grid, K) below results/cells, without its .json suffix."""
+    return NLL_CELL.format(dataset=dataset, model=model, grid=grid, K=K)
+
+
+def parse_cell_key(key: str) -> tuple[str, str, int] | None:
+    """(model, sampler, K) of a cell key, or None for a name outside the pattern."""
+    m = _CELL_KEY_RE.fullmatch(key)
+    return (m["model"], m["sampler"], int(m["K"])) if m else None

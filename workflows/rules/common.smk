@@ -1,0 +1,253 @@
+# Helper functions and tables the rules share: job settings, input choices and the records collect reads.
+# Paths of a cell come from bench/steps/paths.py, the one definition of the results layout.
+
+import json
+import os
+import re
+from dataclasses import asdict
+
+from bench import samplers
+from bench.checkpoints.references import default_weights
+from bench.checkpoints.registry import get_checkpoint
+from bench.config import (
+    PF_ODE,
+    checkpoint_registry,
+    config_hash,
+    nll_decoder,
+    nll_grid_options,
+    ode_nll_models,
+    sampling_speed,
+    state_dtype_name,
+)
+from bench.core.time_grids import MOMENT_GRIDS
+from bench.runtime.warm_worker import ENV_VAR as WORKER_VAR
+from bench.runtime.warm_worker import start_worker
+from bench.steps.paths import CELL_DIR, NLL_CELL, cell_dir, nll_cell
+from bench.steps.shared_cells import shared_cells
+
+
+def J(obj) -> str:
+    """Compact, key-sorted JSON: the job's settings, so Snakemake reruns it only when they change."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def dataset_of(model: str) -> str:
+    return config["models"][model]["dataset"]
+
+
+def data_check(dataset: str) -> str:
+    """The layout check of a dataset: an input of every job that reads it, so a bad path fails first."""
+    return f"{RESULTS}/data/{dataset}.json"
+
+
+def has_nll(sampler: str) -> bool:
+    """A sampler names the reverse variance of its variational bound (``nll:``); DDIM-type samplers have none."""
+    return "nll" in config["metrics"] and "nll" in config["samplers"][sampler]
+
+
+def needs_moments(sampler: str) -> bool:
+    return samplers.needs_moments(config["samplers"][sampler])
+
+
+def moments_arg(model: str, wanted: bool) -> dict:
+    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it."""
+    return {"moments": f"{RESULTS}/moments/{model}.npz"} if wanted else {}
+
+
+# Local jobs fork from one process that imported torch once (bench/runtime/warm_worker.py).
+WARM_WORKER = []
+
+
+def start_warm_worker() -> None:
+    WARM_WORKER.append(start_worker())
+    os.environ[WORKER_VAR] = WARM_WORKER[0].socket_path
+
+
+def stop_warm_worker() -> None:
+    while WARM_WORKER:
+        WARM_WORKER.pop().stop()
+    os.environ.pop(WORKER_VAR, None)
+
+
+# Models: trained here (`train:`) or converted from an official checkpoint (`checkpoint:`).
+
+TRAINED = [m for m, spec in config["models"].items() if "train" in spec]
+CONVERTED = [m for m, spec in config["models"].items() if "checkpoint" in spec]
+CHECKPOINTS = "resources/checkpoints"
+CHECKPOINT_REGISTRY = checkpoint_registry(config)
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard regex matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def registry_entry(name: str) -> dict:
+    return asdict(get_checkpoint(name, CHECKPOINT_REGISTRY))
+
+
+# Sampling.
+
+
+def sample_spec(w) -> str:
+    start, stop = SHARDS[int(w.shard)]
+    return J(
+        {
+            "sampler": config["samplers"][w.sampler],
+            "K": int(w.K),
+            "start": start,
+            "stop": stop,
+            "seed": config["sampling"]["seed"],
+            "batch_size": config["sampling"]["batch_size"],
+            "state_dtype": state_dtype_name(config),
+            "speed": sampling_speed(config),
+            "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
+        }
+    )
+
+
+# Metrics.
+
+FD_IS = config["metrics"].get("fd_is", {})
+
+
+def fd_extractor() -> dict:
+    return config["extractors"][FD_IS["extractor"]]
+
+
+def extractor_weights(name: str) -> str:
+    """The file an extractor loads: a trained digits classifier, a local Inception file, or the registry's."""
+    ext = config["extractors"][name]
+    if ext["kind"] == "digits_cnn":
+        return f"{RESULTS}/extractors/{name}.npz"
+    if "weights_path" in ext:
+        return ext["weights_path"]
+    entry = default_weights(ext.get("backend", "torch-fidelity"))
+    return f"resources/inception/{entry.name}/{entry.file}"
+
+
+def reference_stats_file(dataset: str) -> str:
+    """Reference statistics of the fd_is metric: published (by registry name) or computed once per split."""
+    if "reference_stats" in FD_IS:
+        return f"{RESULTS}/refs/published/{FD_IS['reference_stats']}-{FD_IS['extractor']}.npz"
+    return f"{RESULTS}/refs/{dataset}-{FD_IS['reference_split']}-{FD_IS['extractor']}.npz"
+
+
+def cell_features(w) -> list[str]:
+    return [
+        f"{RESULTS}/features/{cell_dir(w.dataset, w.model, w.sampler, w.K)}/shard{i:04d}.npz"
+        for i in range(len(SHARDS))
+    ]
+
+
+def nll_variances(model: str, grid: str) -> list[str]:
+    """Every reverse variance whose VLB some sampler on this model and grid reports."""
+    wanted = {config["samplers"][c.sampler]["nll"] for c in CELLS
+              if c.model == model and has_nll(c.sampler) and config["samplers"][c.sampler]["grid"] == grid}
+    return sorted(wanted)
+
+
+def ode_nll_record(model: str) -> dict:
+    """A PF-ODE likelihood row of metrics.csv: sampler `pf_ode`, grid `adaptive`, K = the solve's measured NFE."""
+    o = config["metrics"]["ode_nll"]
+    return {
+        "dataset": dataset_of(model),
+        "model": model,
+        "family": config["models"][model]["family"],
+        "sampler": PF_ODE,
+        "sampler_label": f"PF-ODE, rtol={o['rtol']}, atol={o['atol']}",
+        "grid": "adaptive",
+        "seed": config["seed"],
+        "ode_nll": f"cells/{dataset_of(model)}/{model}/ode_nll.json",
+    }
+
+
+SHARED_CELLS = shared_cells(config)
+
+
+def cell_record(c) -> dict:
+    """A cell of metrics.csv and the result files it reads: those of the cell that computes it (bench/steps/shared_cells.py)."""
+    sampler = config["samplers"][c.sampler]
+    dataset = dataset_of(c.model)
+    source = SHARED_CELLS.get(c, c)
+    rec = {
+        "dataset": dataset,
+        "model": c.model,
+        "family": config["models"][c.model]["family"],
+        "sampler": c.sampler,
+        "sampler_label": sampler.get("label", c.sampler),
+        "grid": sampler["grid"],
+        "K": c.K,
+        "seed": config["sampling"]["seed"],
+    }
+    if "fd_is" in config["metrics"]:
+        rec["fd_is"] = f"cells/{cell_dir(dataset, source.model, source.sampler, source.K)}/fd_is.json"
+    if has_nll(c.sampler):
+        rec["nll"] = f"cells/{nll_cell(dataset, source.model, config['samplers'][source.sampler]['grid'], source.K)}.json"
+        rec["nll_variance"] = sampler["nll"]
+    if source != c:
+        rec["computed_as"] = source.key
+    return rec
+
+
+CELL_RECORDS = [cell_record(c) for c in CELLS] + [ode_nll_record(m) for m in ode_nll_models(config)]
+
+
+def run_seeds() -> dict:
+    """Every seed of the run, by what it seeds (shown on the report's index)."""
+    seeds = {"sampling (sample i has seed + i)": config["sampling"]["seed"], "nll noise": config["seed"]}
+    if "moments" in config:
+        seeds["moments"] = config["moments"]["seed"]
+    seeds |= {f"train {m}": cfg["train"]["seed"] for m, cfg in config["models"].items() if "train" in cfg}
+    seeds |= {f"extractor {e}": cfg.get("seed", 0) for e, cfg in config.get("extractors", {}).items()}
+    return seeds
+
+
+ORACLE = config.get("oracle")
+
+
+def oracle_spec() -> dict:
+    """The oracle job's settings: every (sampler, K) that config's experiments run on oracle.model, once each."""
+    model = ORACLE["model"]
+    if model not in config["models"]:
+        raise ValueError(f"oracle.model: {model!r} is not a model of this config; allowed: {sorted(config['models'])}")
+    if config["models"][model]["family"] != "ddpm":
+        raise ValueError(f"oracle.model: {model!r} is of family {config['models'][model]['family']!r}; the "
+                         "oracle's exact eps is a discrete chain's, so it needs a model of family 'ddpm'")
+    pairs = dict.fromkeys((s, K) for e in config["experiments"] if e["model"] == model for s in e["samplers"] for K in e["K"])
+    schedule = config["models"][model]["schedule"]
+    return {
+        **{k: ORACLE[k] for k in ("mixture", "n_samples", "reference_samples", "gamma_samples", "seed")},
+        "schedule": schedule["name"],
+        "T": schedule["T"],
+        "cells": [{"sampler": s, "K": K, "sampler_config": config["samplers"][s]} for s, K in pairs],
+    }
+
+
+def collect_spec() -> dict:
+    """The collect job's settings: every cell record, the run's identity and the oracle's labels."""
+    return {
+        "cells": CELL_RECORDS,
+        "config_hash": config_hash(config),
+        "profile": config["profile"],
+        "seeds": run_seeds(),
+        "sampling": config["sampling"],
+        "metrics": config["metrics"],
+        **({"oracle": {"record": "oracle.json", "labels": {
+            c["sampler"]: {"label": config["samplers"][c["sampler"]].get("label", c["sampler"]),
+                           "grid": config["samplers"][c["sampler"]]["grid"]}
+            for c in oracle_spec()["cells"]}}} if ORACLE else {}),
+    }
+
+
+# Report.
+
+
+def report_shards() -> list[str]:
+    """The first shard of every cell that computes samples: the report shows it as an image grid."""
+    return sorted(
+        {
+            f"{RESULTS}/samples/{cell_dir(dataset_of(s.model), s.model, s.sampler, s.K)}/shard0000.npz"
+            for s in (SHARED_CELLS.get(c, c) for c in CELLS)
+        }
+    )
