@@ -9,7 +9,6 @@ import yaml
 
 from bench.config import (
     ConfigError,
-    _schema,
     cells,
     load_config,
     read_yaml,
@@ -17,6 +16,7 @@ from bench.config import (
     shard_ranges,
     validate_config,
 )
+from bench.config.schema import config_schema
 from bench.runtime.speed import AUTOCAST_DTYPES, COMPILE_MODES, SpeedOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -376,7 +376,7 @@ def test_sampling_speed_fills_every_option_and_defaults_to_all_off(cfg):
 
 
 def test_speed_schema_enums_are_the_codes_choices():
-    options = _schema()["properties"]["sampling"]["properties"]["speed"]["properties"]
+    options = config_schema()["properties"]["sampling"]["properties"]["speed"]["properties"]
     assert options["compile_mode"]["enum"] == [None, *COMPILE_MODES]
     assert options["autocast"]["enum"] == [None, *sorted(AUTOCAST_DTYPES)]
     assert set(options) == set(SpeedOptions().as_dict())

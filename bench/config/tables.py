@@ -1,0 +1,84 @@
+"""The table specs a config lists: rows and columns name configured models, samplers and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.config.cells import cells
+from bench.config.nll import PF_ODE, ode_nll_models
+from bench.config.schema import ConfigError, read_yaml
+
+# Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
+METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
+
+
+# The oracle table's metric and model name in metrics.csv (bench.steps.oracle; config key 'oracle').
+ORACLE_METRIC, ORACLE_MODEL = "oracle_energy", "oracle"
+
+
+def check_tables(cfg: dict, root: Path) -> None:
+    defined = {(c.model, c.sampler, c.K) for c in cells(cfg)}
+    for i, rel in enumerate(cfg["tables"]):
+        path = root / rel
+        if not path.exists():
+            raise ConfigError(f"config key 'tables[{i}]': table spec {rel!r} does not exist under {root}")
+        spec = read_yaml(path)
+        metric = spec.get("metric") if isinstance(spec, dict) else None
+        planned_only = isinstance(spec, dict) and all("unavailable" in row for row in spec.get("rows", []))
+        # A spec whose every row is unavailable records a paper table this benchmark cannot measure.
+        oracle = metric == ORACLE_METRIC and not planned_only
+        if oracle and "oracle" not in cfg:
+            raise ConfigError(f"table spec {rel}: metric {ORACLE_METRIC!r} needs the config key 'oracle'")
+        if metric not in METRIC_NAMES and not planned_only and not oracle:
+            raise ConfigError(
+                f"table spec {rel}: metric {metric!r} is not allowed; allowed: {[*METRIC_NAMES, ORACLE_METRIC]}"
+            )
+        field = spec["columns"]["field"]
+        pf_ode_models = ode_nll_models(cfg)
+        check_row_labels(spec, rel)
+        for r, row in enumerate(spec.get("rows", [])):
+            if "unavailable" in row:
+                continue
+            models = {**cfg["models"], ORACLE_MODEL: None} if oracle else cfg["models"]
+            for key, table in (("model", models), ("sampler", cfg["samplers"])):
+                if key in row and row[key] not in table and not (key == "sampler" and row[key] == PF_ODE):
+                    raise ConfigError(
+                        f"table spec {rel}: rows[{r}] ({row.get('label')!r}) names unknown {key} {row[key]!r}; "
+                        f"the config defines {sorted(table)}"
+                    )
+            for value in spec["columns"]["values"]:
+                if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
+                    continue
+                selected = {**row, field: value}
+                if metric == "ode_nll_bpd":
+                    if selected.get("model") not in pf_ode_models or selected.get("sampler", PF_ODE) != PF_ODE:
+                        raise ConfigError(
+                            f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at "
+                            f"{field}={value} selects model={selected.get('model')!r}, "
+                            f"sampler={selected.get('sampler')!r}; PF-ODE likelihoods exist for sampler "
+                            f"{PF_ODE!r} of models {pf_ode_models} (continuous-time models, with metrics.ode_nll)"
+                        )
+                    continue
+                cell = (selected.get("model"), selected.get("sampler"), selected.get("K"))
+                # An oracle row runs the samplers of oracle.model on the mixture: its cells are that model's.
+                if oracle and cell[0] == ORACLE_MODEL:
+                    cell = (cfg["oracle"]["model"], *cell[1:])
+                if cell not in defined:
+                    raise ConfigError(
+                        f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at "
+                        f"{spec['columns']['field']}={value} refers to cell model={cell[0]!r}, "
+                        f"sampler={cell[1]!r}, K={cell[2]!r}, which no experiment defines"
+                    )
+
+
+def check_row_labels(spec: dict, rel: str) -> None:
+    """Two rows with one label would print as two lines a reader cannot tell apart."""
+    first: dict[str, int] = {}
+    for r, row in enumerate(spec.get("rows", [])):
+        label = row.get("label")
+        if label in first:
+            raise ConfigError(
+                f"table spec {rel}: rows[{r}] repeats the label {label!r} of rows[{first[label]}]; "
+                "each row of a table needs its own label"
+            )
+        first[label] = r
