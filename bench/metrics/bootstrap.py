@@ -10,10 +10,10 @@ differs between two cells compared against the same reference. No network is eva
 and IS inputs are those the cell's shards already hold.
 
 An FD resample is computed one of two ways, with the same resamples and the same value up to
-round-off: by the backend's own formula (a sqrtm or eig of a product of covariances, milliseconds
-for the digits CNN's 64 features, minutes for Inception's 2048), or by whitening with the fixed
-reference's square root (bench.metrics.whitened_fd: a GEMM and a symmetric eigvalsh per resample,
-in torch on the job's device), which cells of WHITENED_MIN_FEATURES features or more use.
+round-off: by the backend's own formula (a sqrtm or eig of a product of covariances: milliseconds
+for the digits CNN's 64 features, tens of seconds of a core for Inception's 2048), or by whitening
+with the fixed reference's square root (bench.metrics.whitened_fd: a GEMM and a symmetric eigvalsh
+per resample, in torch on the job's device), which cells of WHITENED_MIN_FEATURES or more features use.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ DEFAULT_LEVEL = 0.95
 
 FD_BY_BACKEND = "backend formula per resample"
 FD_WHITENED = "whitened by the reference's square root, eigvalsh per resample"
-# Below this the backend's formula takes milliseconds and needs no torch (the digits CNN's 64 features
-# keep it, so the embedded default's intervals stay those of the backend's formula); above, its
-# O(F^3) non-symmetric sqrtm / eig dominates a resample (tests/perf/fd_bootstrap.py).
+# The digits CNN's 64 features keep the backend's formula: its 200 resamples cost about what importing
+# torch does, and the embedded default's intervals stay the backend formula's bit for bit. From 128 on,
+# a resample's non-symmetric sqrtm / eig costs tens of times the whitened path (tests/perf/fd_bootstrap.py).
 WHITENED_MIN_FEATURES = 128
 
 
