@@ -332,7 +332,7 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
     else:
         is_mean, is_std = inception_score_from_probs(cell.is_values, splits=splits)
     metric = clock.record()
-    intervals = _bootstrap_intervals(cell, reference, backend, splits, spec.get("bootstrap", {}))
+    intervals = _bootstrap_intervals(cell, reference, backend, splits, spec.get("bootstrap", {}), args.threads)
     metric_wall = cell.feature_wall_seconds + metric["wall_seconds"]
     metric_device = cell.feature_device_seconds + metric["device_seconds"]
     atomic_json(
@@ -376,10 +376,11 @@ def cmd_fd_is(args: argparse.Namespace) -> None:
     )
 
 
-def _bootstrap_intervals(cell, reference, backend: str, splits: int, options: dict) -> dict:
+def _bootstrap_intervals(cell, reference, backend: str, splits: int, options: dict, threads: int) -> dict:
     """fd_ci and is_ci from the cell's per-sample features (None for shards written without them),
-    the bootstrap's settings, and its wall time, which the cell's metric time leaves out."""
-    from bench.metrics.bootstrap import BootstrapSpec, fd_interval, is_interval
+    the bootstrap's settings, how and where the FD resamples ran, and its wall time, which the
+    cell's metric time leaves out."""
+    from bench.metrics.bootstrap import BootstrapSpec, cell_fd_interval, is_interval
     from bench.metrics.feature_stats import frechet_distance_of_backend, inception_score, inception_score_from_probs
 
     boot = BootstrapSpec(**options)
@@ -387,13 +388,14 @@ def _bootstrap_intervals(cell, reference, backend: str, splits: int, options: di
         why = "shards hold no per-sample features" if cell.features is None else "resamples: 0 in the config"
         return {"fd_ci": None, "is_ci": None, "bootstrap": boot.record() | {"skipped": why}}
     start = time.perf_counter()
-    fd_ci = fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b), boot)
+    fd_ci, fd_how = cell_fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b),
+                                     boot, threads)
     if cell.is_kind == "logits":
         is_ci = is_interval(cell.is_values, lambda v: inception_score(v, splits=splits)[0], boot)
     else:
         is_ci = is_interval(cell.is_values, lambda v: inception_score_from_probs(v, splits=splits)[0], boot)
     return {"fd_ci": list(fd_ci), "is_ci": list(is_ci),
-            "bootstrap": boot.record() | {"wall_seconds": round(time.perf_counter() - start, 3)}}
+            "bootstrap": boot.record() | fd_how | {"wall_seconds": round(time.perf_counter() - start, 3)}}
 
 
 def _version(backend: str) -> str:
@@ -678,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("fd-is", out="the cell's FD / IS record (JSON)")
     sp.add_argument("--features", nargs="+", required=True, help="the cell's per-shard features files, in seed order")
     sp.add_argument("--reference", required=True, help="reference statistics written by reference-stats")
+    threads(sp)
     step("oracle", out="the oracle table's record (JSON)")
     sp = step("collect", out="results/metrics.csv")
     sp.add_argument("--results", required=True, help="the results folder whose cells/ it reads")
