@@ -232,6 +232,8 @@ class UpsamplePP(nn.Module):
         if self.fir:
             return upsample_2d(x, self.fir_kernel, factor=2)
         _, _, height, width = x.shape
+        # layerspp.py L117 passes 'nearest' as interpolate's scale_factor, which PyTorch refuses; no released
+        # config reaches it. Nearest is what it means, and what DDPM's Upsample does (layers.py L593).
         h = F.interpolate(x, (height * 2, width * 2), mode="nearest")
         return self.Conv_0(h) if self.with_conv else h
 
