@@ -38,6 +38,7 @@ class ScoreSdeDDPM(nn.Module):
     labels feed the positional embedding (the DDPM step, or 999 t for continuous VP / sub-VP); with
     scale_by_sigma (the VE config, ddpm.py L174) the output is divided by sigmas[labels], float64 as
     upstream. Uncentered data (x in [0, 1]) is mapped to 2x - 1 first (ddpm.py L124).
+    The defaults are configs/vp/ddpm/cifar10_continuous.py's.
     """
 
     def __init__(

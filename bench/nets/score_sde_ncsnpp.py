@@ -61,6 +61,7 @@ class ScoreSdeNCSNpp(nn.Module):
     With scale_by_sigma the output is divided by that sigma, or by sigmas[label] for positional
     (ncsnpp.py L377); the float64 ``sigmas`` buffer then makes a float64 output, as upstream.
     Uncentered data (centered=False: x in [0, 1]) is mapped to 2x - 1 first (ncsnpp.py L259).
+    The defaults are configs/ve/cifar10_ncsnpp_continuous.py's.
     """
 
     def __init__(
