@@ -156,6 +156,9 @@ def test_empty_or_unreadable_sources_are_refused(tmp_path):
     (tmp_path / "ffhq-64x64.zip").write_bytes(b"not a zip")
     with pytest.raises(DatasetLayoutError, match="ffhq-64x64.zip is not a readable zip"):
         check_dataset({"kind": "ffhq64", "root": str(tmp_path)})
+    write_dataset(tmp_path / "ffhq-64x64.zip", {archive_name(0): png(images(1)[0])[:40]}, None)
+    with pytest.raises(DatasetLayoutError, match=re.escape(f"ffhq-64x64.zip:{archive_name(0)} is not a readable image")):
+        load_dataset({"kind": "ffhq64", "root": str(tmp_path)}, "train")
 
 
 def test_only_the_train_split_exists(tmp_path):

@@ -92,25 +92,29 @@ class EdmImageFolder:
             with open(self.path / name, "rb") as handle:
                 yield handle
 
-    def check_image(self, name: str) -> None:
-        """Width, height and channels from the image header, against the kind's shape."""
-        channels, height, width = self.layout.shape
+    def _decode(self, name: str, *, pixels: bool) -> np.ndarray | None:
+        """The image's pixels (when asked) once its header's channels, height and width match the kind's."""
         try:
             with self.open(name) as handle, Image.open(handle) as image:
                 found = (len(image.getbands()), image.height, image.width)
+                array = np.array(image) if pixels and found == self.layout.shape else None
         except (OSError, SyntaxError) as err:
             raise self._error(f"{self.where(name)} is not a readable image ({err})") from None
         if found != self.layout.shape:
+            channels, height, width = self.layout.shape
             raise self._error(
                 f"{self.where(name)} is {found[2]}x{found[1]}x{found[0]} (width x height x channels), "
                 f"expected {width}x{height}x{channels}"
             )
+        return array
+
+    def check_image(self, name: str) -> None:
+        """Width, height and channels from the image header, against the kind's shape."""
+        self._decode(name, pixels=False)
 
     def read_image(self, name: str) -> np.ndarray:
         """training/dataset.py L224-234: the decoded array, grey images given a channel axis, as C x H x W."""
-        self.check_image(name)
-        with self.open(name) as handle, Image.open(handle) as image:
-            array = np.array(image)
+        array = self._decode(name, pixels=True)
         if array.ndim == 2:
             array = array[:, :, np.newaxis]
         if array.dtype != np.uint8:
