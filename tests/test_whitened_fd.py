@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.device import device_label, select_device
 from bench.metrics.bootstrap import (
     FD_BY_BACKEND,
     FD_WHITENED,
@@ -26,6 +25,7 @@ from bench.metrics.bootstrap import (
 from bench.metrics.feature_stats import FeatureStats, fd_from_stats, frechet_distance_of_backend
 from bench.metrics.shard_features import ShardFeatures, exact_stats, fixed_point, stored_features
 from bench.metrics.whitened_fd import WhitenedFD, psd_root
+from bench.runtime.device import device_label, select_device
 
 CPU = torch.device("cpu")
 

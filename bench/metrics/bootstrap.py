@@ -117,7 +117,7 @@ def cell_fd_interval(features: np.ndarray, reference: FeatureStats,
                      threads: int) -> tuple[tuple[float, float], dict[str, str]]:
     """A cell's FD interval by fd_method of its feature count, and where it ran: {fd_method, fd_device}.
 
-    The whitened path runs on this process's device (bench.device: the job's GPU, else the CPU
+    The whitened path runs on this process's device (bench.runtime.device: the job's GPU, else the CPU
     with `threads` torch threads); the backend's formula runs in numpy on the host.
     """
     method = fd_method(np.shape(features)[1])
@@ -125,7 +125,7 @@ def cell_fd_interval(features: np.ndarray, reference: FeatureStats,
         return fd_interval(features, reference, distance, spec), {"fd_method": method, "fd_device": "cpu"}
     import torch
 
-    from bench.device import device_label, select_device
+    from bench.runtime.device import device_label, select_device
 
     torch.set_num_threads(threads)
     choice = select_device()
