@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("fd-is", out="the cell's FD / IS record (JSON)")
     path(sp, "--features", "the cell's per-shard features files, in seed order", nargs="+", required=True)
     path(sp, "--reference", "reference statistics written by reference-stats", required=True)
+    threads(sp)
     step("oracle", out="the oracle table's record (JSON)")
     path(step("collect", out="results/metrics.csv"), "--results", "the results folder whose cells/ it reads",
          required=True)

@@ -27,6 +27,10 @@ MANIFESTS = [
     "edm_songunet_ddpmpp_cifar10_cond",
     "edm_songunet_ncsnpp_cifar10",
     "edm_songunet_ncsnpp_cifar10_cond",
+    "edm_songunet_ddpmpp_ffhq64",
+    "edm_songunet_ncsnpp_ffhq64",
+    "edm_songunet_ddpmpp_afhqv2_64",
+    "edm_songunet_ncsnpp_afhqv2_64",
 ]
 
 
@@ -88,6 +92,26 @@ def test_manifest_wrapper_is_edm_precond_with_songunet(manifest_and_net):
     assert (net.sigma_data, net.sigma_min, net.sigma_max) == (0.5, 0.0, math.inf)
     assert net.label_dim == kwargs["label_dim"] == net.model.label_dim
     assert (net.model.in_channels, net.model.out_channels) == (3, 3)
+
+
+def test_pickled_wrapper_kwargs_rebuild_the_manifest_network(manifest_and_net):
+    """What load_edm_network does with a released pickle: the wrapper's _init_kwargs alone rebuild the
+    net, and the backbone kwargs the wrapper passes on are the pickled backbone's."""
+    manifest, net = manifest_and_net
+    rebuilt = build_edm_network(
+        {"class_name": manifest["constructor_kwargs"]["class_name"], **manifest["pickled_init_kwargs_precond"]}
+    )
+    assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [
+        (k, v.shape) for k, v in net.state_dict().items()
+    ]
+    inner = manifest["pickled_init_kwargs_inner_model"]
+    passed_on = {"img_resolution": rebuilt.img_resolution, "in_channels": rebuilt.img_channels,
+                 "out_channels": rebuilt.model.out_channels, "label_dim": rebuilt.label_dim}
+    assert {k: inner[k] for k in passed_on} == passed_on
+    assert {k: v for k, v in inner.items() if k not in passed_on} == {
+        k: v for k, v in manifest["pickled_init_kwargs_precond"].items()
+        if k not in ("model_type", "use_fp16", "img_resolution", "img_channels", "label_dim")
+    }
 
 
 def small_unet(**overrides) -> SongUNet:

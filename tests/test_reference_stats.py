@@ -19,6 +19,7 @@ from bench.checkpoints.references import (
     load_references,
     statistics_entry,
 )
+from bench.data import DATA_SHAPES
 from bench.metrics.reference_stats import fetch_statistics, published_stats
 from bench.runtime.io import CorruptFileError
 
@@ -59,7 +60,13 @@ def test_registry_is_valid_and_every_entry_is_pinned_or_hashed():
 
 @pytest.mark.parametrize(
     ("name", "fmt"),
-    [("edm_cifar10_32x32", "edm"), ("cleanfid_cifar10_clean_train_32", "cleanfid"), ("ttur_cifar10_train", "ttur")],
+    [
+        ("edm_cifar10_32x32", "edm"),
+        ("edm_ffhq_64x64", "edm"),
+        ("edm_afhqv2_64x64", "edm"),
+        ("cleanfid_cifar10_clean_train_32", "cleanfid"),
+        ("ttur_cifar10_train", "ttur"),
+    ],
 )
 def test_published_statistics_are_fetched_pinned_and_loaded(site, tmp_path, name, fmt):  # noqa: F811
     mu, sigma = _moments(1)
@@ -80,6 +87,20 @@ def test_published_statistics_are_fetched_pinned_and_loaded(site, tmp_path, name
     site.files[f"/{name}.npz"] = _npz(fmt, *_moments(2))
     with pytest.raises(ChecksumMismatch):
         fetch_statistics(entry, tmp_path / "cache", lock)
+
+
+@pytest.mark.parametrize(("name", "kind", "stem"), [("edm_ffhq_64x64", "ffhq64", "ffhq-64x64"),
+                                                   ("edm_afhqv2_64x64", "afhqv2_64", "afhqv2-64x64")])
+def test_edm_64x64_statistics_are_the_published_fid_refs_of_the_dataset_kinds(name, kind, stem):
+    entry = statistics_entry(name)
+    assert entry.url == f"https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/{stem}.npz"
+    assert (entry.dataset, entry.split, entry.format, entry.mode) == (kind, "train", "edm", "legacy_tensorflow")
+
+
+def test_every_statistics_entry_names_a_dataset_kind_of_its_resolution():
+    for entry in load_references().statistics.values():
+        assert entry.dataset in DATA_SHAPES, entry.name
+        assert DATA_SHAPES[entry.dataset][0][1:] == (entry.resolution, entry.resolution), entry.name
 
 
 def test_statistics_of_the_wrong_shape_or_keys_are_refused(tmp_path):

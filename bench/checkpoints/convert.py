@@ -20,10 +20,11 @@ from bench.checkpoints.layouts import (
 )
 from bench.runtime.io import atomic_json
 
-# Layouts a model can be converted from. score_sde_dict files are read by
-# layouts.load_score_sde_checkpoint, but no network here takes their keys (score-SDE's own NCSN++ /
-# DDPM++ / DDPM modules), so no model converts from them yet; unverified has no loader.
+# Layouts a model config can be converted from (config validation reads this); unverified has no loader.
 LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt")
+# score_sde_dict files convert into score-SDE's own networks (checkpoints.score_sde_network), whose types
+# the model factory does not build yet; the layout joins LOADABLE_LAYOUTS once it does.
+SCORE_SDE_LAYOUT = "score_sde_dict"
 # Layouts holding one network's state_dict, by the loader that reads it.
 STATE_DICT_LOADERS = {
     "plain_state_dict": load_plain_state_dict,
@@ -85,9 +86,10 @@ def convert_checkpoint(
     from bench.checkpoints.model_file import save_model
 
     layout = entry["layout"]
-    if layout not in LOADABLE_LAYOUTS:
+    if layout not in (*LOADABLE_LAYOUTS, SCORE_SDE_LAYOUT):
         raise ValueError(
-            f"checkpoint {entry['name']!r}: layout {layout!r} has no loader; loadable: {list(LOADABLE_LAYOUTS)}"
+            f"checkpoint {entry['name']!r}: layout {layout!r} has no loader; loadable: "
+            f"{[*LOADABLE_LAYOUTS, SCORE_SDE_LAYOUT]}"
         )
     cfg = json.loads(json.dumps(model_cfg))
     if layout == "edm_pickle":
@@ -106,6 +108,10 @@ def convert_checkpoint(
             raise ValueError(
                 f"checkpoint {entry['name']!r} makes {list(shape)} images, the dataset has {list(data_shape)}"
             )
+    elif layout == SCORE_SDE_LAYOUT:
+        from bench.checkpoints.score_sde_network import load_score_sde_network
+
+        net = load_score_sde_network(Path(path), cfg["network"], tuple(data_shape))
     else:
         net = _network_from_state_dict(Path(path), layout, cfg["network"], data_shape)
     provenance = {

@@ -12,6 +12,8 @@ USER_DATASETS = {
     "celeba64": ("bench.data.celeba64", "load_celeba64_split", "check_celeba64"),
     "imagenet64": ("bench.data.imagenet64", "load_imagenet64_split", "check_imagenet64"),
     "lsun": ("bench.data.lsun", "load_lsun_split", "check_lsun"),
+    "ffhq64": ("bench.data.edm_faces", "load_ffhq64_split", "check_ffhq64"),
+    "afhqv2_64": ("bench.data.edm_faces", "load_afhqv2_64_split", "check_afhqv2_64"),
 }
 # Image shape (C, H, W) and top integer level of each kind.
 DATA_SHAPES = {
@@ -20,6 +22,8 @@ DATA_SHAPES = {
     "celeba64": ((3, 64, 64), 255),
     "imagenet64": ((3, 64, 64), 255),
     "lsun": ((3, 256, 256), 255),
+    "ffhq64": ((3, 64, 64), 255),
+    "afhqv2_64": ((3, 64, 64), 255),
 }
 KINDS = ("digits", *USER_DATASETS)
 

@@ -8,20 +8,42 @@ percentile interval sits above t, while the basic one moves back by that bias. T
 statistics stay fixed: the interval is the spread due to the cell's finite sample, which is what
 differs between two cells compared against the same reference. No network is evaluated: features
 and IS inputs are those the cell's shards already hold.
+
+An FD resample is computed one of two ways, with the same resamples and the same value up to
+round-off: by the backend's own formula (a sqrtm or eig of a product of covariances: milliseconds
+for the digits CNN's 64 features, tens of seconds of a core for Inception's 2048), or by whitening
+with the fixed reference's square root (bench.metrics.whitened_fd: a GEMM and a symmetric eigvalsh
+per resample, in torch on the job's device), which cells of WHITENED_MIN_FEATURES or more features use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.metrics.feature_stats import FeatureStats
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_RESAMPLES = 200
 DEFAULT_SEED = 0
 DEFAULT_LEVEL = 0.95
+
+FD_BY_BACKEND = "backend formula per resample"
+FD_WHITENED = "whitened by the reference's square root, eigvalsh per resample"
+# The digits CNN's 64 features keep the backend's formula: its 200 resamples cost about what importing
+# torch does, and the embedded default's intervals stay the backend formula's bit for bit. From 128 on,
+# a resample's non-symmetric sqrtm / eig costs tens of times the whitened path (tests/perf/fd_bootstrap.py).
+WHITENED_MIN_FEATURES = 128
+
+
+def fd_method(features: int) -> str:
+    """How a cell of this many features computes the FD of a resample: FD_BY_BACKEND or FD_WHITENED."""
+    return FD_WHITENED if features >= WHITENED_MIN_FEATURES else FD_BY_BACKEND
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,38 @@ def fd_interval(features: np.ndarray, reference: FeatureStats,
         return distance(stats, reference)
 
     return bootstrap_interval(len(x), fd, spec, floor=0.0)
+
+
+def fd_interval_whitened(features: np.ndarray, reference: FeatureStats, spec: BootstrapSpec,
+                         device: torch.device) -> tuple[float, float]:
+    """fd_interval's interval from the same resamples, each FD by bench.metrics.whitened_fd on device."""
+    from bench.metrics.whitened_fd import WhitenedFD
+
+    n = len(features)
+    fd = WhitenedFD(features, reference, device)
+    counts = np.stack([np.bincount(rows, minlength=n) for rows in resample_indices(n, spec)])
+    return basic_interval(float(fd(np.ones((1, n)))[0]), fd(counts), spec.level, floor=0.0)
+
+
+def cell_fd_interval(features: np.ndarray, reference: FeatureStats,
+                     distance: Callable[[FeatureStats, FeatureStats], float], spec: BootstrapSpec,
+                     threads: int) -> tuple[tuple[float, float], dict[str, str]]:
+    """A cell's FD interval by fd_method of its feature count, and where it ran: {fd_method, fd_device}.
+
+    The whitened path runs on this process's device (bench.runtime.device: the job's GPU, else the CPU
+    with `threads` torch threads); the backend's formula runs in numpy on the host.
+    """
+    method = fd_method(np.shape(features)[1])
+    if method == FD_BY_BACKEND:
+        return fd_interval(features, reference, distance, spec), {"fd_method": method, "fd_device": "cpu"}
+    import torch
+
+    from bench.runtime.device import device_label, select_device
+
+    torch.set_num_threads(threads)
+    choice = select_device()
+    interval = fd_interval_whitened(features, reference, spec, choice.device)
+    return interval, {"fd_method": method, "fd_device": device_label(choice)}
 
 
 def is_interval(is_values: np.ndarray, score: Callable[[np.ndarray], float],

@@ -63,10 +63,18 @@ class Preconditioner(nn.Module):
     ) -> torch.Tensor | None:
         if self.label_dim == 0:
             return None
+        # EDM training/networks.py L657: labels are float rows of width label_dim; no labels = a zero row.
         if class_labels is None:
-            # Official behaviour: a conditional net queried without labels sees all-zero labels.
             return torch.zeros([1, self.label_dim], device=x.device)
-        return class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        # EDM reshapes any tensor to (-1, label_dim), which turns class indices [N] into one broadcast
+        # row when N == label_dim; only the shapes that reshape leaves unchanged are accepted here.
+        rows = class_labels.shape[0] if class_labels.ndim == 2 else None
+        if class_labels.ndim != 2 or class_labels.shape[1] != self.label_dim or rows not in (1, x.shape[0]):
+            raise ValueError(
+                f"class_labels of shape {list(class_labels.shape)} for a batch of {x.shape[0]}: expected "
+                f"one-hot rows [{x.shape[0]}, {self.label_dim}] (or [1, {self.label_dim}] for every sample)"
+            )
+        return class_labels.to(torch.float32)
 
     def forward(
         self,

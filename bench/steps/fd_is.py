@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.metrics.bootstrap import BootstrapSpec, fd_interval, is_interval
+from bench.metrics.bootstrap import BootstrapSpec, cell_fd_interval, is_interval
 from bench.metrics.extractors import backend_and_mode, signature
 from bench.metrics.feature_stats import (
     FeatureStats,
@@ -23,7 +23,7 @@ from bench.runtime.stepclock import StepClock
 from bench.samplers import resolved_options
 
 
-def run(spec: dict, out: Path, features: list[Path], reference: Path) -> None:
+def run(spec: dict, out: Path, features: list[Path], reference: Path, threads: int) -> None:
     """Merge the cell's per-shard ``features``, score them against the ``reference`` statistics, write the record.
 
     A failed shard makes the record {"status": "failed", "error"}; a cell whose shards hold other than
@@ -59,7 +59,7 @@ def run(spec: dict, out: Path, features: list[Path], reference: Path) -> None:
     else:
         is_mean, is_std = inception_score_from_probs(cell.is_values, splits=splits)
     metric = clock.record()
-    intervals = bootstrap_intervals(cell, reference_stats, backend, splits, spec.get("bootstrap", {}))
+    intervals = bootstrap_intervals(cell, reference_stats, backend, splits, spec.get("bootstrap", {}), threads)
     metric_wall = cell.feature_wall_seconds + metric["wall_seconds"]
     metric_device = cell.feature_device_seconds + metric["device_seconds"]
     atomic_json(
@@ -105,19 +105,21 @@ def run(spec: dict, out: Path, features: list[Path], reference: Path) -> None:
 
 
 def bootstrap_intervals(
-    cell: ShardFeatures, reference: FeatureStats, backend: str, splits: int, options: dict
+    cell: ShardFeatures, reference: FeatureStats, backend: str, splits: int, options: dict, threads: int
 ) -> dict:
     """fd_ci and is_ci from the cell's per-sample features (None for shards written without them),
-    the bootstrap's settings, and its wall time, which the cell's metric time leaves out."""
+    the bootstrap's settings, how and where the FD resamples ran, and its wall time, which the cell's
+    metric time leaves out."""
     boot = BootstrapSpec(**options)
     if cell.features is None or boot.resamples == 0:
         why = "shards hold no per-sample features" if cell.features is None else "resamples: 0 in the config"
         return {"fd_ci": None, "is_ci": None, "bootstrap": boot.record() | {"skipped": why}}
     start = time.perf_counter()
-    fd_ci = fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b), boot)
+    fd_ci, fd_how = cell_fd_interval(cell.features, reference, lambda a, b: frechet_distance_of_backend(backend, a, b),
+                                     boot, threads)
     if cell.is_kind == "logits":
         is_ci = is_interval(cell.is_values, lambda v: inception_score(v, splits=splits)[0], boot)
     else:
         is_ci = is_interval(cell.is_values, lambda v: inception_score_from_probs(v, splits=splits)[0], boot)
     return {"fd_ci": list(fd_ci), "is_ci": list(is_ci),
-            "bootstrap": boot.record() | {"wall_seconds": round(time.perf_counter() - start, 3)}}
+            "bootstrap": boot.record() | fd_how | {"wall_seconds": round(time.perf_counter() - start, 3)}}

@@ -85,7 +85,7 @@ rule fd_is:
     threads: 1
     shell:
         "{PY} -m bench fd-is --spec {params.spec:q} --features {input.features} --reference {input.reference} "
-        "--out {output}"
+        "--threads {threads} --out {output}"
 
 
 rule nll:
