@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +127,11 @@ def test_no_module_over_the_line_limit():
     sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in modules().values()}
     over = {path: n for path, n in sorted(sizes.items()) if n > MAX_LINES}
     assert not over, f"modules over {MAX_LINES} lines (split them by concept): {over}"
+
+
+def test_the_readme_folder_map_names_every_part_of_the_package_and_nothing_else():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Architecture", 1)[1].split("```", 2)[1]
+    mapped = set(re.findall(r"bench/(\w+)", block))
+    parts = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} | {"cli"}
+    assert mapped == parts, f"README's folder map lacks {sorted(parts - mapped)}, names missing {sorted(mapped - parts)}"
