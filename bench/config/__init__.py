@@ -38,7 +38,6 @@ from bench.config.schema import (
     config_schema,
     key_of,
     need,
-    options_error,
     read_yaml,
     sampler_check,
     sampler_inputs,
@@ -46,8 +45,8 @@ from bench.config.schema import (
 )
 from bench.config.sources import check_dataset_paths, check_model_source, check_published_reference, checkpoint_registry
 from bench.config.tables import METRIC_NAMES, ORACLE_METRIC, ORACLE_MODEL, check_tables
-from bench.core.options import OptionError, check_options, option_parameters, required_options
 from bench.families import check_model, compatible_samplers
+from bench.nets.factory import check_network
 
 # The package's public names: the pipeline imports a config's facts from here.
 __all__ = [
@@ -98,42 +97,12 @@ def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = Tru
     return cfg
 
 
-def _check_network(name: str, network: dict) -> None:
-    """``network`` options against the constructor of its type, past what build_network fills from the data shape."""
-    from bench.nets.factory import NETWORK_TYPES, network_constructor, shape_keywords
-
-    kind = network["type"]
-    key = f"models.{name}.network"
-    if kind not in NETWORK_TYPES:
-        raise ConfigError(f"config key '{key}.type': value {kind!r} is not allowed; allowed: {list(NETWORK_TYPES)}")
-    options = {k: v for k, v in network.items() if k != "type"}
-    if kind == "edm_precond":
-        # Its constructor comes from the official pickle (bench.checkpoints.convert), which replaces this entry.
-        if options:
-            raise ConfigError(
-                f"config key '{key}.{next(iter(options))}': network type 'edm_precond' takes its constructor "
-                f"from the checkpoint's pickle; allowed: []"
-            )
-        return
-    build = network_constructor(kind)
-    exclude = shape_keywords(kind, channels=0, image_size=0)
-    try:
-        check_options(build, options, owner=f"network type {kind!r}", exclude=exclude)
-    except OptionError as err:
-        raise options_error(key, err) from None
-    missing = [n for n in required_options(build, option_parameters(build, exclude=exclude)) if n not in options]
-    if missing:
-        raise ConfigError(f"config key '{key}': network type {kind!r} needs option {missing[0]!r}")
-
-
 def _check_model(name: str, model: dict) -> None:
     try:
         check_model(name, model)
+        check_network(name, model["network"])
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    _check_network(name, model["network"])
-
-
 
 
 def _check_references(cfg: dict) -> None:

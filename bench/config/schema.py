@@ -9,7 +9,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bench.core.options import OptionError
 from bench.runtime.strict_yaml import load_yaml
 
 
@@ -74,9 +73,6 @@ def need(name: str, table: dict, key: str, what: str) -> None:
     if name not in table:
         raise ConfigError(f"config key '{key}': unknown {what} {name!r}; defined: {sorted(table)}")
 
-
-def options_error(key: str, err: OptionError) -> ConfigError:
-    return ConfigError(f"config key '{key}.{err.option}': {err}")
 
 
 def sampler_inputs() -> dict[str, dict]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from bench.core.options import OptionError, check_options, option_parameters, required_options
+
 
 @dataclass(frozen=True)
 class NetworkType:
@@ -15,7 +17,7 @@ class NetworkType:
     MLP never imports the U-Nets) and the keywords the data shape fills, named by the constructor's parameters.
 
     ``shape``: constructor keyword -> "channels" or "image_size". ``from_pickle``: the constructor takes the
-    official pickle's kwargs dict (bench.checkpoints.edm_network) instead of config keywords.
+    official pickle's kwargs dict (bench.checkpoints.edm_pickle) instead of config keywords.
     """
 
     constructor: str
@@ -65,3 +67,32 @@ def build_network(network: dict, *, channels: int, image_size: int) -> nn.Module
     if network_type(kind).from_pickle:
         return build(kwargs)
     return build(**shape_keywords(kind, channels=channels, image_size=image_size), **kwargs)
+
+
+def check_network(name: str, network: dict) -> None:
+    """Model ``name``'s ``network`` options against its type's constructor, past what the data shape fills.
+
+    Raises ValueError naming the config key, the bad value and what is allowed.
+    """
+    kind = network["type"]
+    key = f"models.{name}.network"
+    if kind not in NETWORK_TYPES:
+        raise ValueError(f"config key '{key}.type': value {kind!r} is not allowed; allowed: {list(NETWORK_TYPES)}")
+    options = {k: v for k, v in network.items() if k != "type"}
+    if network_type(kind).from_pickle:
+        # Its constructor comes from the official pickle (bench.checkpoints.convert), which replaces this entry.
+        if options:
+            raise ValueError(
+                f"config key '{key}.{next(iter(options))}': network type {kind!r} takes its constructor "
+                f"from the checkpoint's pickle; allowed: []"
+            )
+        return
+    build = network_constructor(kind)
+    exclude = shape_keywords(kind, channels=0, image_size=0)
+    try:
+        check_options(build, options, owner=f"network type {kind!r}", exclude=exclude)
+    except OptionError as err:
+        raise ValueError(f"config key '{key}.{err.option}': {err}") from None
+    missing = [n for n in required_options(build, option_parameters(build, exclude=exclude)) if n not in options]
+    if missing:
+        raise ValueError(f"config key '{key}': network type {kind!r} needs option {missing[0]!r}")
