@@ -127,8 +127,8 @@ def paper_cfg():
         (lambda m: m.update(train={"steps": 1, "batch_size": 1, "lr": 1e-4, "ema": 0.9, "seed": 0}),
          "give exactly one of 'train'"),
         (lambda m: m.update(checkpoint="ddpm_cifar100"), "unknown checkpoint 'ddpm_cifar100'; known checkpoints: "),
-        (lambda m: m.update(checkpoint="score_sde_checkpoints"),
-         "'score_sde_checkpoints' has layout 'score_sde_dict', from which no model converts yet"),
+        (lambda m: m.update(checkpoint="analytic_dpm_ext_cifar10_ls"),
+         "'analytic_dpm_ext_cifar10_ls' has layout 'unverified', from which no model converts yet"),
     ],
 )
 def test_model_sources_are_checked_when_the_config_is_validated(paper_cfg, change, message):

@@ -15,6 +15,7 @@ from torch import nn
 
 from bench.checkpoints.convert import convert_checkpoint
 from bench.checkpoints.layouts import CheckpointLoadError, load_score_sde_checkpoint
+from bench.checkpoints.model_file import load_model
 from bench.checkpoints.score_sde_network import ema_parameter_names, load_score_sde_network
 from bench.cli import main
 from bench.nets.score_sde_configs import SCORE_SDE_CIFAR10, build_score_sde_network
@@ -135,6 +136,30 @@ def test_a_served_official_file_is_fetched_and_converted_into_our_model_file(ser
     state = rebuilt.state_dict()
     assert all(torch.equal(state[k], s) for k, s in zip(ema_parameter_names(rebuilt), shadow, strict=True))
     assert torch.equal(state["all_modules.0.W"], source.all_modules[0].W)
+
+
+@pytest.mark.parametrize("family", ["score_sde_ve", "score_sde_vp"])
+def test_load_model_rebuilds_a_converted_score_sde_network_through_the_factory(tmp_path, family):
+    network = {k: v for k, v in SMALL_VE.items() if k not in ("image_size", "num_channels", "sigma_min",
+                                                              "sigma_max", "num_scales")}
+    schedule = {"name": "ve", "sigma_min": 0.02, "sigma_max": 100.0}
+    if family == "score_sde_vp":
+        network = {**network, "centered": True, "scale_by_sigma": False, "embedding_type": "positional"}
+        schedule = {"name": "vp_sde", "beta_min": 0.1, "beta_max": 20.0}
+    source = _random_net({"type": "score_sde_ncsnpp", **network}, seed=5)
+    path = tmp_path / "checkpoint_9.pth"
+    _official_file(path, source)
+    entry = {"name": "small", "url": "file://unused", "layout": "score_sde_dict"}
+    model_cfg = {"dataset": "cifar10", "family": family, "checkpoint": "small",
+                 "network": {"type": "score_sde_ncsnpp", **network}, "schedule": schedule}
+    out = convert_checkpoint(entry, path, model_cfg, (3, 32, 32), 255, tmp_path / "m.pt")
+    net, built, _ = load_model(out)
+    expected = load_score_sde_network(path, model_cfg["network"], (3, 32, 32))
+    assert type(net) is type(expected)
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in net.state_dict().items())
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 7.0])
+    assert torch.equal(net(x, t), expected(x, t))
+    assert type(built).__name__ == ("VESchedule" if family == "score_sde_ve" else "VPSDE")
 
 
 def test_convert_still_refuses_a_layout_without_a_loader(tmp_path):

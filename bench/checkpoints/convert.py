@@ -21,10 +21,8 @@ from bench.checkpoints.layouts import (
 from bench.runtime.io import atomic_json
 
 # Layouts a model config can be converted from (config validation reads this); unverified has no loader.
-LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt")
-# score_sde_dict files convert into score-SDE's own networks (checkpoints.score_sde_network), whose types
-# the model factory does not build yet; the layout joins LOADABLE_LAYOUTS once it does.
 SCORE_SDE_LAYOUT = "score_sde_dict"
+LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt", SCORE_SDE_LAYOUT)
 # Layouts holding one network's state_dict, by the loader that reads it.
 STATE_DICT_LOADERS = {
     "plain_state_dict": load_plain_state_dict,
@@ -86,10 +84,9 @@ def convert_checkpoint(
     from bench.checkpoints.model_file import save_model
 
     layout = entry["layout"]
-    if layout not in (*LOADABLE_LAYOUTS, SCORE_SDE_LAYOUT):
+    if layout not in LOADABLE_LAYOUTS:
         raise ValueError(
-            f"checkpoint {entry['name']!r}: layout {layout!r} has no loader; loadable: "
-            f"{[*LOADABLE_LAYOUTS, SCORE_SDE_LAYOUT]}"
+            f"checkpoint {entry['name']!r}: layout {layout!r} has no loader; loadable: {list(LOADABLE_LAYOUTS)}"
         )
     cfg = json.loads(json.dumps(model_cfg))
     if layout == "edm_pickle":

@@ -86,6 +86,11 @@ def check_model(name: str, model: dict) -> None:
         )
     spec = FAMILY_SPECS[family]
     _check_noise(name, model, spec)
+    if "train" in model and not spec.losses:
+        raise ValueError(
+            f"config key 'models.{name}.train': family {family!r} has no training objective here; its models "
+            "load released weights (give 'checkpoint' instead)"
+        )
     schedule = model["schedule"]
     if schedule["name"] not in spec.schedules:
         raise ValueError(

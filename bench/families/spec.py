@@ -13,11 +13,12 @@ class FamilySpec:
 
     ``schedules``: schedule name -> builder of the schedule from the config's ``schedule:`` entry.
     ``losses``: loss name -> builder of the training objective ``(model_cfg, max_level) -> loss(net, schedule,
-    x0, generator)``; the first is the default. ``denoiser(net, schedule, data_shape, noise)``: the adapter the
-    samplers call. ``spaces``: the denoiser views it offers; a sampler applies when its SamplerSpec.space is one
-    of them. ``continuous``: its models have a probability-flow ODE likelihood (PF-ODE NLL). ``noise_law``:
-    the checker and reader of the model's ``noise:`` entry, for a family trained with non-Gaussian noise
-    (None: the family takes none); ``noise_forms`` says which entries it takes.
+    x0, generator)``; the first is the default (none: the family's models come from released weights only).
+    ``denoiser(net, schedule, data_shape, noise)``: the adapter the samplers call. ``spaces``: the denoiser
+    views it offers; a sampler applies when its SamplerSpec.space is one of them. ``continuous``: its models
+    have a probability-flow ODE likelihood (PF-ODE NLL). ``noise_law``: the checker and reader of the model's
+    ``noise:`` entry, for a family trained with non-Gaussian noise (None: the family takes none);
+    ``noise_forms`` says which entries it takes.
     """
 
     name: str
@@ -30,5 +31,5 @@ class FamilySpec:
     noise_forms: str = ""
 
     @property
-    def default_loss(self) -> str:
-        return next(iter(self.losses))
+    def default_loss(self) -> str | None:
+        return next(iter(self.losses), None)

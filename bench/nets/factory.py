@@ -37,6 +37,14 @@ NETWORK_TYPES: dict[str, NetworkType] = {
     ),
     "adm_unet": NetworkType("bench.nets.adm_unet:ADMUNet", (("in_channels", "channels"),)),
     "edm_precond": NetworkType("bench.nets.edm_networks:build_edm_network", from_pickle=True),
+    # score_sde_pytorch's NCSN++ / DDPM++ (one class) and DDPM; their options are the official configs' model
+    # keys (bench.nets.score_sde_configs.SCORE_SDE_CIFAR10).
+    "score_sde_ncsnpp": NetworkType(
+        "bench.nets.score_sde_ncsnpp:ScoreSdeNCSNpp", (("num_channels", "channels"), ("image_size", "image_size"))
+    ),
+    "score_sde_ddpm": NetworkType(
+        "bench.nets.score_sde_ddpm:ScoreSdeDDPM", (("num_channels", "channels"), ("image_size", "image_size"))
+    ),
 }
 
 
