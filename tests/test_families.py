@@ -82,7 +82,7 @@ def test_schedules_are_built_from_their_config_entries():
     assert build_schedule({"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}) == VESchedule(0.01, 50.0)
     assert build_schedule({"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0}) == EDMSchedule(0.002, 80.0, 0.5)
     assert build_schedule({"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.7}).sigma_data == 0.7
-    with pytest.raises(ValueError, match=r"schedule 'quadratic' is not one of \['cosine', 'edm', 'linear', 've'\]"):
+    with pytest.raises(ValueError, match=r"schedule 'quadratic' is not one of \['cosine', 'edm', 'linear', 've', 'vp_sde'\]"):
         build_schedule({"name": "quadratic", "T": 10})
 
 
@@ -111,9 +111,12 @@ def test_a_family_takes_the_samplers_of_the_spaces_it_offers():
         "ve": sorted([*edm_family, "langevin", "pc"]),
         "edm": sorted([*edm_family, "langevin", "pc", "vp_euler_maruyama", "vp_probability_flow"]),
         "ddgm": ["ddgm", "ddgm_ddim"],
+        "score_sde_ve": sorted([*edm_family, "langevin", "pc"]),
+        "score_sde_vp": sorted([*edm_family, "langevin", "pc", "vp_euler_maruyama", "vp_probability_flow"]),
     }
-    assert continuous_families() == ["edm", "ve"]
-    with pytest.raises(ValueError, match=r"model family 'vp' is not one of \['ddgm', 'ddpm', 'edm', 'iddpm', 've'\]"):
+    assert continuous_families() == ["edm", "score_sde_ve", "score_sde_vp", "ve"]
+    with pytest.raises(ValueError, match=r"model family 'vp' is not one of \['ddgm', 'ddpm', 'edm', 'iddpm', "
+                                         r"'score_sde_ve', 'score_sde_vp', 've'\]"):
         get_family("vp")
 
 
@@ -121,11 +124,14 @@ def test_the_factory_builds_a_network_with_the_data_shape_filled_in():
     assert shape_keywords("ddpm_unet", channels=3, image_size=32) == {"in_channels": 3, "out_ch": 3, "image_size": 32}
     assert shape_keywords("adm_unet", channels=3, image_size=32) == {"in_channels": 3}
     assert shape_keywords("edm_precond", channels=3, image_size=32) == {}
+    for kind in ("score_sde_ncsnpp", "score_sde_ddpm"):
+        assert shape_keywords(kind, channels=1, image_size=28) == {"num_channels": 1, "image_size": 28}
     torch.manual_seed(0)
     built = build_network({"type": "mlp", "width": 8, "depth": 1, "emb_dim": 4}, channels=3, image_size=4)
     torch.manual_seed(0)
     direct = MLPDenoiser(channels=3, image_size=4, width=8, depth=1, emb_dim=4)
     assert built.state_dict().keys() == direct.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), direct.state_dict().values(), strict=True))
-    with pytest.raises(ValueError, match=r"network type 'vit' is not one of \['mlp', 'ddpm_unet', 'adm_unet', 'edm_precond'\]"):
+    with pytest.raises(ValueError, match=r"network type 'vit' is not one of \['mlp', 'ddpm_unet', 'adm_unet', "
+                                         r"'edm_precond', 'score_sde_ncsnpp', 'score_sde_ddpm'\]"):
         build_network({"type": "vit"}, channels=3, image_size=4)

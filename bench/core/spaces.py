@@ -11,7 +11,7 @@ learned_variance   time grids                      the same, its Prediction carr
 ddgm               time grids                      the same, with DDGM's noise law
 sigma              sigma grids (EDM Table 1)       D(x; sigma) (denoiser.as_sigma), descending sigmas
 levels             sigma grids                     the score on K levels of the grid, indices 0..K-1
-vp_time            ``vp_sde``                      the VP-SDE score (denoiser.VPTimeScore), times 1..0
+vp_time            ``vp_sde``                      the VP-SDE score (its own, else VPTimeScore), times 1..0
 =================  ==============================  ===================================================
 
 ``GRID_NAMES`` is the one list of grid names: the config's check of a sampler's grid reads it (the schema
@@ -96,7 +96,9 @@ def _level_view(denoiser, grid: str, K: int, options: dict, **moments) -> tuple[
 
 def _vp_time_view(denoiser, grid: str, K: int, options: dict, **moments) -> tuple[object, torch.Tensor]:
     sde = VPSDE(**{k: v for k, v in options.items() if k in ("beta_min", "beta_max")})
-    view = VPTimeScore(as_sigma(denoiser), sde)
+    # A denoiser with its own VP-time score (score-SDE's networks) is read there, not through D(x; sigma).
+    own = getattr(denoiser, "as_vp_time_score", None)
+    view = own(sde) if own is not None else VPTimeScore(as_sigma(denoiser), sde)
     times = sde.time_grid(K, options.get("eps", SAMPLING_EPS))
     view.check_times(times[:-1])
     return view, times

@@ -6,8 +6,7 @@ from torch import nn
 
 from bench.core.vp_schedule import VPSDE
 from bench.families.spec import FamilySpec
-from bench.methods.edm import EDMNetworkDenoiser
-from bench.methods.score_sde import score_sde_vp_denoiser
+from bench.methods.score_sde import ScoreSdeVPDenoiser
 
 
 def vp_sde_schedule(schedule: dict) -> VPSDE:
@@ -15,11 +14,11 @@ def vp_sde_schedule(schedule: dict) -> VPSDE:
     return VPSDE(schedule["beta_min"], schedule["beta_max"])
 
 
-def score_sde_vp_denoise(net: nn.Module, schedule: VPSDE, data_shape=None, noise=None) -> EDMNetworkDenoiser:
-    """The eps network as D(x; sigma) (EDM's VPPrecond), whose VP-SDE score view is score-SDE's own."""
+def score_sde_vp_denoise(net: nn.Module, schedule: VPSDE, data_shape=None, noise=None) -> ScoreSdeVPDenoiser:
+    """The eps network as D(x; sigma) (EDM's VPPrecond), and in VP time as score-SDE reads it."""
     if data_shape is None:
         raise ValueError("the score_sde_vp family's denoiser needs the data shape (channels, height, width)")
-    return score_sde_vp_denoiser(net, schedule.beta_min, schedule.beta_max, tuple(data_shape))
+    return ScoreSdeVPDenoiser(net, schedule, tuple(data_shape))
 
 
 FAMILY = FamilySpec(
@@ -28,7 +27,7 @@ FAMILY = FamilySpec(
     # Released weights only (score_sde_checkpoints): score-SDE's training is not reimplemented here.
     losses={},
     denoiser=score_sde_vp_denoise,
-    # Its VE view (score = (D - x) / sigma^2) serves the level samplers, its VP view score-SDE's VP SDE.
+    # Its VE view (score = (D - x) / sigma^2) serves the level samplers, its own VP-time score score-SDE's VP SDE.
     spaces=("sigma", "levels", "vp_time"),
     continuous=True,
 )

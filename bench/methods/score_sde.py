@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.core.denoiser import as_level
+from bench.core.denoiser import as_level, param_dtype
+from bench.core.noise import NoiseSource
+from bench.core.vp_schedule import VPSDE
 from bench.methods.edm import EDMNetworkDenoiser
 from bench.methods.ncsn import VENetworkScore, VESchedule
 from bench.nets.edm_precond import VPPrecond
@@ -19,6 +21,7 @@ from bench.runtime.speed import unwrap_network
 
 # score-SDE's continuous VP labels are 999 t (models/utils.py L150), EDM's VPPrecond c_noise (M - 1) t(sigma).
 VP_LABEL_STEPS = 1000
+VP_LABEL_STEPS_MINUS_ONE = VP_LABEL_STEPS - 1
 # score-SDE's likelihood never goes below t = 1e-5 (likelihood.py L41, eps=1e-5).
 VP_EPSILON_T = 1e-5
 
@@ -60,19 +63,68 @@ class _TimeLabelled(nn.Module):
         return self.net(x, c_noise)
 
 
-def score_sde_vp_denoiser(
-    net: nn.Module, beta_min: float, beta_max: float, data_shape: tuple[int, ...]
-) -> EDMNetworkDenoiser:
+class ScoreSdeVPDenoiser(EDMNetworkDenoiser):
     """D(x; sigma) = x - sigma net(x / sqrt(1 + sigma^2), 999 t(sigma)) (EDM Table 1, VP column; EDM Eq. 4).
 
-    Read as the VP-SDE score, (s D(x / s) - x) / (1 - s^2) = -net(x, 999 t) / std(t): score-SDE's own
-    (models/utils.py L150-159); EDM's VPPrecond is how EDM converted these networks (EDM Sec. 3).
+    EDM's VPPrecond is how EDM converted these networks (EDM Sec. 3). score-SDE's own samplers read the
+    network directly in VP time (``as_vp_time_score``), as score-SDE does, rather than through D.
     """
-    if not centered(net):
-        raise ValueError("a score-SDE VP network takes data in [-1, 1]: its network option 'centered' must be true")
-    channels, size = data_shape[0], data_shape[1]
-    precond = VPPrecond(
-        _TimeLabelled(net), size, channels, beta_d=beta_max - beta_min, beta_min=beta_min,
-        M=VP_LABEL_STEPS, epsilon_t=VP_EPSILON_T,
-    )
-    return EDMNetworkDenoiser(precond)
+
+    def __init__(self, net: nn.Module, sde: VPSDE, data_shape: tuple[int, ...]):
+        if not centered(net):
+            raise ValueError(
+                "a score-SDE VP network takes data in [-1, 1]: its network option 'centered' must be true"
+            )
+        super().__init__(VPPrecond(
+            _TimeLabelled(net), data_shape[1], data_shape[0], beta_d=sde.beta_max - sde.beta_min,
+            beta_min=sde.beta_min, M=VP_LABEL_STEPS, epsilon_t=VP_EPSILON_T,
+        ))
+        self.score_net = net
+        self.sde = sde
+
+    def as_vp_time_score(self, sde: VPSDE) -> ScoreSdeVPTimeScore:
+        """The VP-SDE score of this network on ``sde``, which must be the network's own."""
+        if (sde.beta_min, sde.beta_max) != (self.sde.beta_min, self.sde.beta_max):
+            raise ValueError(
+                f"the VP SDE beta_min={sde.beta_min!r}, beta_max={sde.beta_max!r} is not the model's "
+                f"(beta_min={self.sde.beta_min!r}, beta_max={self.sde.beta_max!r})"
+            )
+        return ScoreSdeVPTimeScore(self)
+
+
+class ScoreSdeVPTimeScore:
+    """score(x, t) = -net(x, 999 t) / std(t), std(t)^2 = 1 - exp(-int_0^t beta) (models/utils.py L150-159).
+
+    Calls and NFE go to the ScoreSdeVPDenoiser it reads.
+    """
+
+    def __init__(self, denoiser: ScoreSdeVPDenoiser):
+        self.denoiser = denoiser
+        self.sde = denoiser.sde
+        self._dtype = param_dtype(denoiser.score_net)
+
+    @property
+    def nfe(self) -> int:
+        return self.denoiser.nfe
+
+    def check_times(self, times: torch.Tensor) -> None:
+        """Refuse times outside the SDE's (0, 1]."""
+        times = torch.as_tensor(times, dtype=torch.float64)
+        if torch.any(times <= 0) or torch.any(times > 1):
+            raise ValueError(f"VP SDE times {times.tolist()} must lie in (0, 1]")
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if t.numel() != 1:
+            raise ValueError(f"one time per call, got {t.tolist()}")
+        t = t.reshape(())
+        self.check_times(t)
+        labels = torch.full((x.shape[0],), VP_LABEL_STEPS_MINUS_ONE * float(t), dtype=self._dtype, device=x.device)
+        out = self.denoiser.score_net(x.to(self._dtype), labels).to(x.dtype)
+        self.denoiser.nfe += 1
+        # 1 - s^2 = -expm1(-int beta), exact for small t.
+        return out / -torch.sqrt(-torch.expm1(-self.sde.integral(t))).item()
+
+    def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
+        """x_1 ~ N(0, I), score-SDE's ``VPSDE.prior_sampling``."""
+        return noise.latent()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import nn
@@ -55,7 +56,7 @@ class ScoreSdeDDPM(nn.Module):
         resamp_with_conv: bool = True,
         conditional: bool = True,
         scale_by_sigma: bool = False,
-        nonlinearity: str = "swish",
+        nonlinearity: Literal["elu", "relu", "lrelu", "swish"] = "swish",
         sigma_min: float = 0.01,
         sigma_max: float = 50.0,
         num_scales: int = 1000,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import torch
@@ -80,14 +81,14 @@ class ScoreSdeNCSNpp(nn.Module):
         fir: bool = True,
         fir_kernel: Sequence[int] = (1, 3, 3, 1),
         skip_rescale: bool = True,
-        resblock_type: str = "biggan",
-        progressive: str = "none",
-        progressive_input: str = "residual",
-        progressive_combine: str = "sum",
-        embedding_type: str = "fourier",
+        resblock_type: Literal["ddpm", "biggan"] = "biggan",
+        progressive: Literal["none", "output_skip", "residual"] = "none",
+        progressive_input: Literal["none", "input_skip", "residual"] = "residual",
+        progressive_combine: Literal["cat", "sum"] = "sum",
+        embedding_type: Literal["fourier", "positional"] = "fourier",
         fourier_scale: float = 16.0,
         scale_by_sigma: bool = True,
-        nonlinearity: str = "swish",
+        nonlinearity: Literal["elu", "relu", "lrelu", "swish"] = "swish",
         sigma_min: float = 0.01,
         sigma_max: float = 50.0,
         num_scales: int = 1000,
