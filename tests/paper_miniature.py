@@ -25,13 +25,16 @@ from inception_fixtures import write_torch_fidelity_weights
 from PIL import Image
 
 from bench.checkpoints.registry import get_checkpoint
+from bench.checkpoints.score_sde_network import ema_parameter_names
 from bench.data import DATA_SHAPES
 from bench.nets.edm_networks import build_edm_network
 from bench.nets.factory import build_network
 
 # Every level, attention resolution and head layout of the official networks stays; only widths and depths shrink
 # (32 channels: the U-Nets' GroupNorm has 32 groups).
-UNET_WIDTH = {"ddpm_unet": {"ch": 32, "num_res_blocks": 1}, "adm_unet": {"model_channels": 32, "num_res_blocks": 1}}
+UNET_WIDTH = {"ddpm_unet": {"ch": 32, "num_res_blocks": 1}, "adm_unet": {"model_channels": 32, "num_res_blocks": 1},
+              "score_sde_ncsnpp": {"nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1},
+              "score_sde_ddpm": {"nf": 32, "ch_mult": [1, 2], "num_res_blocks": 1}}
 # EDM's train.py network kwargs for --arch=ddpmpp (VP) and --arch=ncsnpp (VE), at a tiny width.
 EDM_ARCH = {
     "vp": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
@@ -181,9 +184,10 @@ def tiny_network(network: dict) -> dict:
 
 
 def write_state_dict_checkpoint(path: Path, layout: str, network: dict, data_shape: tuple, seed: int) -> None:
-    """plain_state_dict, ddim_list ([state with 'module.', optimizer, epoch, step, EMA shadow]) or Analytic-DPM's
-    CKPT dict, of a random network with ``network``'s keys."""
-    state = _randomise(build_network(network, channels=data_shape[0], image_size=data_shape[1]), seed)
+    """plain_state_dict, ddim_list ([state with 'module.', optimizer, epoch, step, EMA shadow]), Analytic-DPM's
+    CKPT dict or score_sde's dict(optimizer, model, ema, step), of a random network with ``network``'s keys."""
+    net = build_network(network, channels=data_shape[0], image_size=data_shape[1])
+    state = _randomise(net, seed)
     if layout == "plain_state_dict":
         obj: Any = state
     elif layout == "ddim_list":
@@ -193,6 +197,12 @@ def write_state_dict_checkpoint(path: Path, layout: str, network: dict, data_sha
     elif layout == "analytic_dpm_ckpt":
         obj = {"it": 1, "best_val_loss": None, "models_states": {"eps_model": state}, "optimizers_states": {},
                "lr_schedulers_states": {}, "ema_models_states": {"eps_model": state}}
+    elif layout == "score_sde_dict":
+        # The EMA shadow lists the trainable parameters in order (score_sde models/ema.py L28-29).
+        shadow = [state[k] for k in ema_parameter_names(net)]
+        obj = {"optimizer": {"state": {}, "param_groups": []},
+               "model": OrderedDict((f"module.{k}", v) for k, v in state.items()),
+               "ema": {"decay": 0.9999, "num_updates": 1, "shadow_params": shadow}, "step": 1}
     else:
         raise ValueError(f"no writer for layout {layout!r}")
     torch.save(obj, path)

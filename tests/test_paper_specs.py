@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.checkpoints.registry import get_checkpoint
 from bench.config import cells, load_config, ode_nll_models
+from bench.config.sources import checkpoint_registry
 from bench.report.specs import load_table_spec
 from bench.report.tables import MISSING, build_table
 from bench.steps.plan import plan
@@ -116,50 +118,50 @@ def test_plan_counts_every_producible_cell_once(cfg):
     assert (edm["cells"], edm["unavailable"], edm["nfe"]) == (4, 8, 4 * 35 * 50_000)
 
 
-def test_score_sde_rows_run_edm_conversions_with_score_sde_samplers(cfg):
-    """NCSN++ cont. (VE) and DDPM++ cont. (VP) FID / IS run EDM's converted weights with score-SDE's own samplers
-    at N = 1000, DDPM++ cont. (VP) NLL its PF-ODE likelihood; they keep the paper's values and say so; every other
-    score-SDE row stays unavailable with a reason."""
-    want = {
-        "ve/cifar10_ncsnpp_continuous": ("edm_baseline_cifar10_ve", "sde_pc_ve", "baseline-cifar10-32x32-uncond-ve.pkl"),
-        "vp/cifar10_ddpmpp_continuous": ("edm_baseline_cifar10_vp", "sde_em_vp", "baseline-cifar10-32x32-uncond-vp.pkl"),
-    }
-    paper = {("fid", "ve"): 2.38, ("fid", "vp"): 2.55, ("is", "ve"): 9.83, ("is", "vp"): 9.58}
+def test_score_sde_rows_run_score_sdes_own_networks_with_its_samplers(cfg, csv_rows):
+    """The continuous-time VE and VP rows run score-SDE's own networks (first checkpoint: FID / IS by each config's
+    PC sampler; last: ODE FID and the PF-ODE NLL) at N = 1000 and keep the paper's values; the discrete-time and
+    sub-VP rows stay unavailable with a reason."""
+    first = {"ve/cifar10_ncsnpp_continuous": ("sde_ve_ncsnpp_cont", "sde_pc_ve"),
+             "ve/cifar10_ncsnpp_deep_continuous": ("sde_ve_ncsnpp_deep_cont", "sde_pc_ve"),
+             "vp/cifar10_ddpmpp_continuous": ("sde_vp_ddpmpp_cont", "sde_em_vp"),
+             "vp/cifar10_ddpmpp_deep_continuous": ("sde_vp_ddpmpp_deep_cont", "sde_em_vp")}
+    last = {"vp/cifar10_ddpmpp_continuous": "sde_vp_ddpmpp_cont_last",
+            "vp/cifar10_ddpmpp_deep_continuous": "sde_vp_ddpmpp_deep_cont_last",
+            "vp/cifar10_ddpm_continuous": "sde_vp_ddpm_cont_last"}
+    paper = {(r["model"], r["sampler"], r["metric"]): float(r["value"]) for r in csv_rows
+             if r["paper"] == "score-SDE (Song et al. 2021)"}
     producible = set()
-    for name in ("fid", "is", "nll"):
+    for name, metric in (("fid", "FID"), ("is", "IS"), ("nll", "NLL bits/dim")):
         spec = yaml.safe_load((ROOT / f"workflows/config/tables/paper_score_sde_{name}.yaml").read_text(encoding="utf-8"))
         for row in spec["rows"]:
             config, sampler_text = row["csv"].split(" | ")
             if "unavailable" in row:
-                assert len(row["unavailable"]) > 40, row
+                assert not config.endswith("_continuous") or config.startswith("subvp/"), row
+                assert "discrete-time" in row["unavailable"] and "sub-VP" in row["unavailable"]
                 continue
-            model, sampler, pickle = want[config]
-            assert "EDM" in row["label"] and pickle in row["note"]
-            producible.add((spec["metric"], config))
-            if spec["metric"] == "ode_nll_bpd":
-                assert sampler_text.startswith("probability-flow ODE (uniformly")
-                assert (row["model"], row["sampler"], row["paper"]) == (model, "pf_ode", {"cifar10": 3.16})
-                continue
-            if sampler_text.startswith("probability-flow ODE, black-box"):
-                assert (row["model"], row["sampler"], row["paper"]) == (model, "sde_ode_vp", {1000: 3.93})
-                producible.add(("ode_fid", config))
-                continue
-            assert sampler_text.startswith("PC / SDE sampler") and spec["metric"] in ("fid", "is")
-            assert (row["model"], row["sampler"]) == (model, sampler)
-            assert row["paper"] == {1000: paper[(spec["metric"], config[:2])]}
-    vp = "vp/cifar10_ddpmpp_continuous"
-    assert producible == {(m, c) for m in ("fid", "is") for c in want} | {("ode_nll_bpd", vp), ("ode_fid", vp)}
-    # The PF-ODE likelihood runs for that model only (not for EDM's other continuous-time models).
-    assert ode_nll_models(cfg) == ["edm_baseline_cifar10_vp"]
-    assert cfg["models"]["edm_baseline_cifar10_ve"]["checkpoint"] == "edm_baseline_cifar10_uncond_ve"
-    assert cfg["models"]["edm_baseline_cifar10_vp"]["checkpoint"] == "edm_baseline_cifar10_uncond_vp"
+            value = paper[(config, sampler_text, metric)]
+            if sampler_text.startswith("probability-flow ODE"):
+                sampler = "pf_ode" if spec["metric"] == "ode_nll_bpd" else "sde_ode_vp"
+                assert (row["model"], row["sampler"]) == (last[config], sampler)
+            else:
+                assert (row["model"], row["sampler"]) == first[config]
+            assert list(row["paper"].values()) == [value]
+            producible.add((name, config, sampler_text.split(",")[0]))
+    assert len(producible) == 7 + 4 + 3
+    assert ode_nll_models(cfg) == list(last.values())
+    registry = checkpoint_registry(cfg)
+    for model in [m for m, _ in first.values()] + list(last.values()):
+        entry = get_checkpoint(cfg["models"][model]["checkpoint"], registry)
+        assert entry.layout == "score_sde_dict" and cfg["models"][model]["family"] in ("score_sde_ve", "score_sde_vp")
+        assert ("last" in entry.note) == model.endswith("_last"), entry.note
     pc, em = cfg["samplers"]["sde_pc_ve"], cfg["samplers"]["sde_em_vp"]
     assert (pc["fn"], pc["options"]) == ("pc", {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin", "denoise": True, "norm_block": 1024})
     assert (em["fn"], em["grid_options"]) == ("vp_euler_maruyama", {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
     rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
-    # PC: one corrector + one predictor call per level (2000 NFE); Euler-Maruyama: 1000; the PF-ODE's planning
-    # assumption (VP_ODE_NFE + 1 for denoising); 50k samples each.
-    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (3, (3000 + 201) * 50_000)
+    # PC: one corrector + one predictor call per level (2000 NFE) x 2 models; Euler-Maruyama: 1000 x 2; the PF-ODE's
+    # planning assumption (VP_ODE_NFE + 1 for denoising) x 3; 50k samples each.
+    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (7, (6000 + 3 * 201) * 50_000)
 
 
 def test_edm_fig2_runs_each_baselines_original_sampler_and_the_steps_to_alg1(cfg):
