@@ -1,5 +1,6 @@
 """Class-conditional sampling: labels per seed (EDM generate.py), recorded per sample, and sampled per class."""
 
+import json
 import math
 
 import numpy as np
@@ -7,13 +8,17 @@ import pytest
 import torch
 from conditional_oracle import MEANS, STDS, class_gaussian_oracle
 
-from bench.core.labels import LABEL_STREAM, check_label_dim, draw_labels, one_hot
+from bench.core.labels import LABEL_PROTOCOL, LABEL_STREAM, check_label_dim, draw_labels, one_hot
 from bench.core.noise import _stream, uniform
 from bench.core.schedules import DiscreteSchedule
 from bench.families import check_model, make_denoiser
 from bench.methods.edm import EDMSchedule
+from bench.metrics.extractors import signature
+from bench.metrics.feature_stats import FeatureStats
+from bench.metrics.shard_features import ShardFeatures
 from bench.nets.factory import build_network
 from bench.runtime.io import load_npz
+from bench.steps import fd_is
 from bench.steps.sample import generate, sample_shard
 from bench.steps.shard_format import SampleShard
 
@@ -152,3 +157,55 @@ def test_a_conditional_denoiser_refuses_to_run_without_labels():
     assert denoiser.label_dim == 3
     with pytest.raises(ValueError, match=r"class-conditional \(label_dim=3\): set class_labels first"):
         denoiser(torch.zeros(2, *SHAPE), 1.0)
+
+
+def features_file(path, seeds: np.ndarray, rng: np.random.Generator) -> None:
+    logits = rng.normal(size=(len(seeds), 4))
+    ShardFeatures(
+        stats=FeatureStats.from_features(rng.normal(size=(len(seeds), 3))), is_kind="logits", is_values=logits,
+        seeds=seeds, extractor=signature({"kind": "digits_cnn"}), nfe=3, grid=np.arange(3), sample_wall_seconds=0.0,
+        feature_wall_seconds=0.0, sample_device_seconds=0.0, feature_device_seconds=0.0, devices=("cpu",),
+        speeds=("null",),
+    ).save(path)
+
+
+@pytest.mark.parametrize("label_dim", [None, 10])
+def test_the_fd_is_record_states_the_label_protocol_of_a_conditional_model(tmp_path, label_dim):
+    rng = np.random.default_rng(0)
+    features_file(tmp_path / "f.npz", np.arange(8), rng)
+    FeatureStats.from_features(rng.normal(size=(16, 3))).save(tmp_path / "ref.npz")
+    (tmp_path / "ref.json").write_text(json.dumps({"extractor": signature({"kind": "digits_cnn"}), "reference": "r",
+                                                   "n_images": 16, "reference_stats_sha256": "x"}))
+    spec = {"extractor": {"kind": "digits_cnn"}, "n_samples": 8, "is_splits": 1, "context": "test",
+            "bootstrap": {"resamples": 0}, **({} if label_dim is None else {"label_dim": label_dim})}
+    fd_is.run(spec, tmp_path / "fd_is.json", [tmp_path / "f.npz"], tmp_path / "ref.npz", 1)
+    record = json.loads((tmp_path / "fd_is.json").read_text())
+    if label_dim is None:
+        assert "class_labels" not in record
+    else:
+        assert record["class_labels"] == {"label_dim": 10, "protocol": LABEL_PROTOCOL}
+
+
+def test_the_iddpm_denoiser_feeds_each_row_its_class_as_adm_y():
+    torch.manual_seed(0)
+    # Scale-shift norm: at one channel per GroupNorm group a plain shift by the embedding would be normalised away.
+    net = build_network({"type": "adm_unet", "model_channels": 32, "out_channels": 2, "num_res_blocks": 1,
+                         "attention_resolutions": [], "channel_mult": [1], "num_classes": 3,
+                         "use_scale_shift_norm": True},
+                        channels=1, image_size=4).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)  # ADM zero-initialises its output convs
+    schedule = DiscreteSchedule.named("linear", 100)
+    denoiser = make_denoiser("iddpm", net, schedule, (1, 4, 4))
+    assert denoiser.label_dim == 3
+    x = torch.randn(4, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"class-conditional \(num_classes=3\): set class_labels first"):
+        denoiser(x, 10)
+    y = torch.tensor([0, 1, 2, 1])
+    denoiser.class_labels = y
+    t = torch.full((4,), 10 * denoiser.time_scale)
+    with torch.no_grad():
+        want = net(x, t, y)[:, :1]
+    assert torch.allclose(denoiser(x, 10).eps, want)
+    denoiser.class_labels = torch.tensor([2, 1, 0, 1])
+    assert not torch.allclose(denoiser(x, 10).eps[0], want[0])
