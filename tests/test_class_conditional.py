@@ -8,6 +8,8 @@ import pytest
 import torch
 from conditional_oracle import MEANS, STDS, class_gaussian_oracle
 
+from bench.config import ConfigError
+from bench.config.nll import check_ode_nll_models, check_shared_nll_grids, ode_nll_models
 from bench.core.labels import LABEL_PROTOCOL, LABEL_STREAM, check_label_dim, draw_labels, one_hot
 from bench.core.noise import _stream, uniform
 from bench.core.schedules import DiscreteSchedule
@@ -209,3 +211,16 @@ def test_the_iddpm_denoiser_feeds_each_row_its_class_as_adm_y():
     assert torch.allclose(denoiser(x, 10).eps, want)
     denoiser.class_labels = torch.tensor([2, 1, 0, 1])
     assert not torch.allclose(denoiser(x, 10).eps[0], want[0])
+
+
+def test_no_likelihood_is_planned_or_accepted_for_a_conditional_model():
+    edm = {"family": "edm", "schedule": {"name": "edm"}}
+    cfg = {"models": {"cond": {**edm, "label_dim": 10}, "uncond": edm}, "metrics": {"ode_nll": {}},
+           "samplers": {"full": {"fn": "iddpm", "grid": "even", "nll": "learned"}},
+           "experiments": [{"model": "cond", "samplers": ["full"], "K": [10]}]}
+    assert ode_nll_models(cfg) == ["uncond"]
+    cfg["metrics"]["ode_nll"]["models"] = ["cond"]
+    with pytest.raises(ConfigError, match=r"'metrics.ode_nll.models\[0\]': model 'cond' is class-conditional"):
+        check_ode_nll_models(cfg)
+    with pytest.raises(ConfigError, match=r"'samplers.full.nll': model 'cond' is class-conditional \(label_dim\)"):
+        check_shared_nll_grids(cfg)
