@@ -44,6 +44,10 @@ EDM_ARCH = {
 }
 EDM_TINY = dict(model_channels=16, channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[16], augment_dim=9,
                 dropout=0.13, use_fp16=False, label_dim=0)
+# EDM's ImageNet-64 network (DhariwalUNet, ADM's architecture; train.py --arch=adm), at a tiny width: 32 channels for
+# GroupNorm's 32 groups, 64 at the attention level for one head of 64 channels.
+EDM_ADM_TINY = dict(model_type="DhariwalUNet", model_channels=32, channel_mult=[1, 2], num_blocks=1,
+                    attn_resolutions=[32], augment_dim=0, dropout=0.1, use_fp16=False)
 # Baseline pickles hold score-SDE's VP / VE parameterisations (EDM's VPPrecond, VEPrecond), the others EDMPrecond.
 EDM_PRECOND = {"edm": "training.networks.EDMPrecond", "baseline_vp": "training.networks.VPPrecond",
                "baseline_ve": "training.networks.VEPrecond"}
@@ -214,9 +218,13 @@ class _EDMLoss:
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
 
 
-def write_edm_pickle(path: Path, class_name: str, arch: str, data_shape: tuple, seed: int) -> None:
-    """A network-snapshot pickle as EDM's training loop writes it: dict(ema=<persistent Precond>, loss_fn, ...)."""
-    kwargs = {**EDM_ARCH[arch], **EDM_TINY, "img_resolution": data_shape[1], "img_channels": data_shape[0]}
+def write_edm_pickle(path: Path, class_name: str, arch: str, data_shape: tuple, seed: int, label_dim: int = 0) -> None:
+    """A network-snapshot pickle as EDM's training loop writes it: dict(ema=<persistent Precond>, loss_fn, ...).
+
+    ``arch``: "vp" or "ve" (SongUNet), "adm" (DhariwalUNet); ``label_dim``: classes of a conditional network.
+    """
+    backbone = {**EDM_TINY, **EDM_ADM_TINY} if arch == "adm" else {**EDM_ARCH[arch], **EDM_TINY}
+    kwargs = {**backbone, "label_dim": label_dim, "img_resolution": data_shape[1], "img_channels": data_shape[0]}
     torch.manual_seed(seed)
     net = build_edm_network({"class_name": class_name, **kwargs})
     net.load_state_dict(_randomise(net, seed))
@@ -242,7 +250,9 @@ def write_checkpoints(cfg: dict, folder: Path, base_url: str) -> dict:
             baseline = "baseline" in entry.name
             arch = "ve" if entry.name.endswith("_ve") else "vp"
             precond = EDM_PRECOND[f"baseline_{arch}" if baseline else "edm"]
-            write_edm_pickle(path, precond, arch, shape, seed)
+            if entry.name.endswith("_adm"):
+                arch = "adm"
+            write_edm_pickle(path, precond, arch, shape, seed, model.get("label_dim", 0))
         else:
             write_state_dict_checkpoint(path, entry.layout, tiny_network(model["network"]), shape, seed)
         overrides[entry.name] = {"url": f"{base_url}/{path.name}", "hash_type": "md5", "hash": _md5(path)}
@@ -256,6 +266,10 @@ def miniature_table(spec: dict, small_K: dict[int, int]) -> dict:
     """A table spec with its K columns (and the paper values keyed by them) mapped onto the miniature's K."""
     spec = copy.deepcopy(spec)
     if spec["columns"]["field"] != "K":
+        # columns of datasets: each row names its own K
+        for row in spec["rows"]:
+            if "K" in row:
+                row["K"] = small_K[int(row["K"])]
         return spec
     spec["columns"]["values"] = [small_K[int(v)] for v in spec["columns"]["values"]]
     for row in spec["rows"]:

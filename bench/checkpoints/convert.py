@@ -18,6 +18,7 @@ from bench.checkpoints.layouts import (
     load_plain_state_dict,
     load_strict,
 )
+from bench.core.labels import check_label_dim, network_label_dim
 from bench.runtime.io import atomic_json
 
 # Layouts a model config can be converted from (config validation reads this); unverified has no loader.
@@ -111,6 +112,7 @@ def convert_checkpoint(
         net = load_score_sde_network(Path(path), cfg["network"], tuple(data_shape))
     else:
         net = _network_from_state_dict(Path(path), layout, cfg["network"], data_shape)
+    check_label_dim(cfg.get("label_dim", 0), network_label_dim(net), f"checkpoint {entry['name']!r}")
     provenance = {
         "checkpoint": entry["name"],
         "url": entry["url"],

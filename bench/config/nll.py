@@ -15,9 +15,10 @@ def ode_nll_models(cfg: dict) -> list[str]:
     if "ode_nll" not in cfg["metrics"]:
         return []
     chosen = cfg["metrics"]["ode_nll"].get("models")
+    # A class-conditional model's likelihood needs each test image's own label, which no split here carries.
     return [
         name for name, m in cfg["models"].items()
-        if m["family"] in continuous_families() and (chosen is None or name in chosen)
+        if m["family"] in continuous_families() and (chosen is None or name in chosen) and "label_dim" not in m
     ]
 
 
@@ -26,6 +27,11 @@ def check_ode_nll_models(cfg: dict) -> None:
     for i, name in enumerate(chosen):
         need(name, cfg["models"], f"metrics.ode_nll.models[{i}]", "model")
         family = cfg["models"][name]["family"]
+        if "label_dim" in cfg["models"][name]:
+            raise ConfigError(
+                f"config key 'metrics.ode_nll.models[{i}]': model {name!r} is class-conditional (label_dim); "
+                f"its likelihood would need each test image's label: allowed: unconditional models"
+            )
         if family not in continuous_families():
             raise ConfigError(
                 f"config key 'metrics.ode_nll.models[{i}]': model {name!r} of family {family!r} has no "
@@ -54,6 +60,11 @@ def check_shared_nll_grids(cfg: dict) -> None:
             s = cfg["samplers"][name]
             if "nll" not in s:
                 continue
+            if "label_dim" in cfg["models"][exp["model"]]:
+                raise ConfigError(
+                    f"config key 'samplers.{name}.nll': model {exp['model']!r} is class-conditional (label_dim), "
+                    f"whose NLL would need each test image's label; allowed: a sampler without 'nll' on it"
+                )
             if s["nll"] in FIXED_VARIANCE_BOUNDS:
                 decoder = s.get("nll_decoder", "trajectory")
                 first_decoder = decoders.setdefault((exp["model"], s["grid"]), (name, decoder))

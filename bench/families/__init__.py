@@ -91,6 +91,7 @@ def check_model(name: str, model: dict) -> None:
             f"config key 'models.{name}.train': family {family!r} has no training objective here; its models "
             "load released weights (give 'checkpoint' instead)"
         )
+    _check_labels(name, model, spec)
     schedule = model["schedule"]
     if schedule["name"] not in spec.schedules:
         raise ValueError(
@@ -138,3 +139,21 @@ def _check_noise(name: str, model: dict, spec: FamilySpec) -> None:
         spec.noise_law(model["noise"])
     except ValueError as err:
         raise ValueError(f"config key 'models.{name}.noise': {err}") from None
+
+
+def _check_labels(name: str, model: dict, spec: FamilySpec) -> None:
+    """A class-conditional model (``label_dim``) needs a family whose denoiser passes labels, and a checkpoint:
+    training here draws no labels."""
+    if "label_dim" not in model:
+        return
+    if not spec.conditional:
+        takers = sorted(f for f, s in FAMILY_SPECS.items() if s.conditional)
+        raise ValueError(
+            f"config key 'models.{name}.label_dim': family {spec.name!r} samples no class-conditional model; "
+            f"allowed for families {takers}"
+        )
+    if "checkpoint" not in model:
+        raise ValueError(
+            f"config key 'models.{name}.label_dim': a class-conditional model must come from a checkpoint "
+            f"(training here is unconditional); add 'checkpoint' or remove 'label_dim'"
+        )

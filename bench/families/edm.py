@@ -42,4 +42,5 @@ FAMILY = FamilySpec(
     # Its VE view (score = (D - x) / sigma^2) serves the level samplers, its VP view score-SDE's VP SDE.
     spaces=("sigma", "levels", "vp_time"),
     continuous=True,
+    conditional=True,
 )

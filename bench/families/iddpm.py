@@ -23,4 +23,5 @@ FAMILY = FamilySpec(
     losses={"simple": simple_objective, "hybrid": hybrid_objective, "vlb": vlb_objective},
     denoiser=learned_variance_denoiser,
     spaces=("discrete", "learned_variance", "sigma"),
+    conditional=True,
 )

@@ -18,7 +18,8 @@ class FamilySpec:
     views it offers; a sampler applies when its SamplerSpec.space is one of them. ``continuous``: its models
     have a probability-flow ODE likelihood (PF-ODE NLL). ``noise_law``: the checker and reader of the model's
     ``noise:`` entry, for a family trained with non-Gaussian noise (None: the family takes none);
-    ``noise_forms`` says which entries it takes.
+    ``noise_forms`` says which entries it takes. ``conditional``: its denoiser passes class labels to a
+    class-conditional network (a model's ``label_dim``).
     """
 
     name: str
@@ -29,6 +30,7 @@ class FamilySpec:
     continuous: bool = False
     noise_law: Callable[[dict], Any] | None = None
     noise_forms: str = ""
+    conditional: bool = False
 
     @property
     def default_loss(self) -> str | None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bench.core.denoiser import LevelScore, VEDenoiserScore, scalar_sigma, sigma_prior
+from bench.core.labels import network_label_dim, one_hot
 from bench.nets.edm_precond import EDMPrecond
 
 # EDM Table 1 / training/loss.py: ln(sigma) ~ N(P_mean, P_std^2) during training.
@@ -75,13 +76,18 @@ class EDMNetworkDenoiser:
     """The ``edm`` family's adapter: a trained EDMPrecond as a SigmaDenoiser on [sigma_min, sigma_max].
 
     It leaves autograd alone (the caller picks inference_mode), so the
-    PF-ODE likelihood can take the divergence of D through it.
+    PF-ODE likelihood can take the divergence of D through it. A class-conditional network (``label_dim`` > 0)
+    is called with ``class_labels``, the class index of each row of the batch being sampled, set by the caller
+    (bench.steps.sample) before the sampler runs, as one-hot rows (EDM generate.py L285, edm_sampler's
+    ``net(x_hat, t_hat, class_labels)``).
     """
 
     def __init__(self, net: EDMPrecond):
         self.net = net
         self.sigma_min = float(net.sigma_min)
         self.sigma_max = float(net.sigma_max)
+        self.label_dim = network_label_dim(net)
+        self.class_labels: torch.Tensor | None = None
         self.nfe = 0
 
     def round_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -90,7 +96,12 @@ class EDMNetworkDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         sigma = scalar_sigma(sigma)
         self.nfe += 1
-        return self.net(x, sigma.to(x.device)).to(x.dtype)
+        if not self.label_dim:
+            return self.net(x, sigma.to(x.device)).to(x.dtype)
+        if self.class_labels is None:
+            raise ValueError(f"this network is class-conditional (label_dim={self.label_dim}): set class_labels first")
+        labels = one_hot(self.class_labels.to(x.device), self.label_dim)
+        return self.net(x, sigma.to(x.device), labels).to(x.dtype)
 
     def as_sigma_denoiser(self) -> EDMNetworkDenoiser:
         return self

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bench.core.denoiser import DiscreteEpsDenoiser, Prediction, clip_prediction
+from bench.core.labels import network_label_dim
 from bench.core.noise import normal
 from bench.core.schedules import DiscreteSchedule, posterior_coefficients
 from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
@@ -84,20 +85,34 @@ class LearnedVarianceDenoiser(DiscreteEpsDenoiser):
     """A [eps, v] network on a discrete chain: x0 as DiscreteEpsDenoiser.x0_of (DDPM Eq. 15), plus v.
 
     ``time_scale`` None feeds t = n * 1000 / T (rescale_timesteps=True); pass 1.0 for checkpoints
-    trained with --rescale_timesteps False.
+    trained with --rescale_timesteps False. A class-conditional network (``num_classes``) is called with
+    ``class_labels``, the class index of each row, set by the caller before the sampler runs (improved-diffusion
+    image_sample.py L44-48 passes them as ``model_kwargs["y"]``).
     """
 
     def __init__(self, net: nn.Module, schedule: DiscreteSchedule, time_scale: float | None = None):
         scale = rescaled_time_scale(schedule.T) if time_scale is None else float(time_scale)
         super().__init__(net, schedule, time_scale=scale)
+        self.label_dim = network_label_dim(net)
+        self.class_labels: torch.Tensor | None = None
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, n: int) -> VariancePrediction:
         t = torch.full((x.shape[0],), float(n) * self.time_scale, device=x.device)
-        out = self.net(x.to(self._param.dtype), t.to(self._param.dtype)).to(x.dtype)
+        out = self.net(x.to(self._param.dtype), t.to(self._param.dtype), *self._labels(x)).to(x.dtype)
         self.nfe += 1
         eps, v = split_eps_v(out, x.shape[1])
         return VariancePrediction(eps=eps, x0=self.x0_of(x, eps, n), v=v)
+
+    def _labels(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network's extra argument y: the rows' class indices for a conditional network, else none."""
+        if not self.label_dim:
+            return ()
+        if self.class_labels is None:
+            raise ValueError(
+                f"this network is class-conditional (num_classes={self.label_dim}): set class_labels first"
+            )
+        return (self.class_labels.to(x.device),)
 
 
 # --- the hybrid loss ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core.labels import LABEL_PROTOCOL
 from bench.metrics.bootstrap import BootstrapSpec, cell_fd_interval, is_interval
 from bench.metrics.extractors import backend_and_mode, signature
 from bench.metrics.feature_stats import (
@@ -84,6 +85,11 @@ def run(spec: dict, out: Path, features: list[Path], reference: Path, threads: i
             **(
                 {"sampler_options": resolved_options(spec["sampler"]["fn"], spec["sampler"].get("options", {}))}
                 if "sampler" in spec
+                else {}
+            ),
+            **(
+                {"class_labels": {"label_dim": spec["label_dim"], "protocol": LABEL_PROTOCOL}}
+                if "label_dim" in spec
                 else {}
             ),
             **metric,

@@ -12,6 +12,7 @@ import torch
 from bench.checkpoints.model_file import load_model
 from bench.config import DEFAULT_STATE_DTYPE
 from bench.core.denoiser import DiscreteEpsDenoiser, NonFiniteOutputError
+from bench.core.labels import check_label_dim, draw_labels, network_label_dim
 from bench.core.noise import NoiseSource
 from bench.core.sigma_grids import sigma_range
 from bench.core.spaces import SPACES, view_for
@@ -80,11 +81,16 @@ def network_calls_per_step(bounds: list[tuple[int, int]], batch_size: int) -> in
 
 
 class ChunkedCalls:
-    """A sampler's view whose calls evaluate at most ``size`` rows at a time (a block may exceed the batch)."""
+    """A sampler's view whose calls evaluate at most ``size`` rows at a time (a block may exceed the batch).
 
-    def __init__(self, view, size: int):
+    ``labelled``: the class-conditional family denoiser behind the view, whose ``class_labels`` (one per row of
+    the whole batch) each chunk's call narrows to its own rows.
+    """
+
+    def __init__(self, view, size: int, labelled=None):
         self.view = view
         self.size = size
+        self.labelled = labelled
 
     def __getattr__(self, name: str):
         return getattr(self.view, name)
@@ -92,13 +98,25 @@ class ChunkedCalls:
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if len(x) <= self.size:
             return self.view(x, *args, **kwargs)
+        labels = None if self.labelled is None else self.labelled.class_labels
         parts = []
-        for a in range(0, len(x), self.size):
-            try:
-                parts.append(self.view(x[a : a + self.size], *args, **kwargs))
-            except NonFiniteOutputError as err:
-                raise NonFiniteOutputError(err.step, a + err.index) from None
+        try:
+            for a in range(0, len(x), self.size):
+                if labels is not None:
+                    self.labelled.class_labels = labels[a : a + self.size]
+                try:
+                    parts.append(self.view(x[a : a + self.size], *args, **kwargs))
+                except NonFiniteOutputError as err:
+                    raise NonFiniteOutputError(err.step, a + err.index) from None
+        finally:
+            if labels is not None:
+                self.labelled.class_labels = labels
         return torch.cat(parts)
+
+
+def label_dim_of(denoiser) -> int:
+    """How many classes a family denoiser's network is conditioned on (0: unconditional)."""
+    return int(getattr(denoiser, "label_dim", 0))
 
 
 def generate(
@@ -123,17 +141,21 @@ def generate(
     ``first_index`` is the cell-wide index of ``seeds[0]``, so errors name the sample in the cell;
     ``gamma`` and ``bound_terms`` are the model's moments, for grids chosen from them (time_grids.MOMENT_GRIDS).
     Sampler calls cover the seeds as ``sampler_batches`` cuts them; no network call takes more than
-    ``batch_size`` rows.
+    ``batch_size`` rows. A class-conditional denoiser (``label_dim`` > 0) samples each seed with its own label
+    (bench.core.labels.draw_labels), whatever the batch.
     """
     fn = get_sampler(sampler["fn"])
     view, grid = sampler_view(denoiser, sampler, K, gamma=gamma, bound_terms=bound_terms)
     options = sampler_options(sampler, view)
     block = coupled_block(sampler)
-    model = ChunkedCalls(view, batch_size) if block > 1 else view
+    label_dim = label_dim_of(denoiser)
+    model = ChunkedCalls(view, batch_size, denoiser if label_dim else None) if block > 1 else view
     out = []
     for start, stop in sampler_batches(first_index, len(seeds), batch_size, block):
         batch = seeds[start:stop]
         noise = NoiseSource(batch, shape, state_dtype, device)
+        if label_dim:
+            denoiser.class_labels = draw_labels(batch, label_dim)
         x_T = model.prior(noise, grid) if hasattr(model, "prior") else noise.latent()
         try:
             x = fn(model, x_T, grid, noise=noise, **options)
@@ -201,6 +223,7 @@ def sample_shard(
         print(f"error: {err}", file=sys.stderr)
         return save_failed_shard(out_path, str(err), seeds.numpy())
     images = unit_to_levels(x.cpu().numpy(), max_level)
+    label_dim = label_dim_of(denoiser)
     bounds = sampler_batches(start, len(seeds), batch_size, coupled_block(sampler))
     n_batches = network_calls_per_step(bounds, batch_size)
     timing = clock.record()
@@ -216,6 +239,7 @@ def sample_shard(
         device=timing["device"],
         device_detail=timing["device_detail"],
         speed=json.dumps(speed, sort_keys=True),
+        labels=draw_labels(seeds, label_dim).numpy() if label_dim else None,
     ).save(out_path)
 
 
@@ -224,6 +248,7 @@ def run(spec: dict, out: Path, model: Path, threads: int, moments: Path | None) 
     torch.set_num_threads(threads)
     clock = StepClock.start()
     net, schedule, ckpt = load_model(model)
+    check_label_dim(ckpt["config"].get("label_dim", 0), network_label_dim(net), spec["context"])
     sampler = dict(spec["sampler"])
     gamma = bound_terms = None
     if needs_moments(sampler):

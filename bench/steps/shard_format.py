@@ -34,6 +34,8 @@ class SampleShard:
     device: str
     device_detail: str
     speed: str  # JSON of the speed options applied to the network (bench.runtime.speed), "null" if none
+    # int64 class index of each sample of a class-conditional model (bench.core.labels), None for others
+    labels: np.ndarray | None = None
 
     def save(self, path: Path) -> Path:
         """Write the shard atomically, each array in its dtype."""
@@ -50,6 +52,7 @@ class SampleShard:
             device=np.array(self.device),
             device_detail=np.array(self.device_detail),
             speed=np.array(self.speed),
+            **({} if self.labels is None else {"labels": np.asarray(self.labels, dtype=np.int64)}),
         )
 
     @classmethod
@@ -58,7 +61,7 @@ class SampleShard:
         data = load_npz(path, ("seeds",))
         if "error" in data:
             raise FailedShard(str(data["error"]))
-        names = [f.name for f in fields(cls)]
+        names = [f.name for f in fields(cls) if f.name != "labels"]
         missing = [k for k in names if k not in data]
         if missing:
             raise CorruptFileError(f"sample shard {path} lacks arrays {missing}: it is not a complete shard")
@@ -66,7 +69,7 @@ class SampleShard:
         values |= {k: int(values[k]) for k in ("max_level", "nfe")}
         values |= {k: float(values[k]) for k in ("wall_seconds", "device_seconds")}
         values |= {k: str(values[k]) for k in ("device_clock", "device", "device_detail", "speed")}
-        return cls(**values)
+        return cls(**values, labels=data.get("labels"))
 
 
 def save_failed_shard(path: Path, error: str, seeds: np.ndarray) -> Path:

@@ -77,6 +77,9 @@ def build_spec(entry: dict, csv_rows: list[dict[str, str]]) -> dict:
             row = {"label": mapped.get("label", key.strip(" |"))}
             if "model" in mapped:
                 row.update(model=mapped["model"], sampler=mapped["sampler"])
+                # A table whose columns are datasets takes each row's K from the layout.
+                if "K" in mapped:
+                    row["K"] = mapped["K"]
                 if "unavailable_at" in mapped:
                     row["unavailable_at"] = mapped["unavailable_at"]
             else:

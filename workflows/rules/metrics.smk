@@ -80,6 +80,8 @@ rule fd_is:
                 "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
                 # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
                 "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
+                # a class-conditional model's class count, for the record's label protocol
+                **({"label_dim": config["models"][w.model]["label_dim"]} if "label_dim" in config["models"][w.model] else {}),
             }
         ),
     threads: 1
