@@ -206,3 +206,20 @@ def test_tensorflow_rows_of_pytorch_diffusion_say_they_are_the_pytorch_rows_weig
     tf_rows = [row for row in spec["rows"] if "TensorFlow" in row["csv"]]
     assert len(tf_rows) == 2
     assert all("same weights as the PyTorch row" in row["unavailable"] for row in tf_rows)
+
+
+def test_test_split_tables_score_the_training_split_tables_cells_against_the_test_split(cfg):
+    """DDPM Sec. 4.1 and pytorch_diffusion's validation column: the cells of DDPM Table 1 and of the
+    training-split table, scored against CIFAR-10 test statistics: one more fd_is job per cell (ddpm_cifar10's is
+    shared by both tables) and one reference-statistics job, no new samples."""
+    tables = ("paper_ddpm_s41_fid_test", "paper_pytorch_diffusion_test")
+    rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
+    for name in tables:
+        spec = yaml.safe_load((ROOT / f"workflows/config/tables/{name}.yaml").read_text(encoding="utf-8"))
+        assert spec["reference_split"] == "test"
+    shards = len(range(0, 50_000, cfg["sampling"]["shard_size"]))
+    assert [(rows[t]["cells"], rows[t]["unavailable"], rows[t]["jobs"]) for t in tables] == [
+        (1, 0, 2 * shards + 1), (2, 2, 2 * (2 * shards + 1))]
+    without = {**cfg, "tables": [t for t in cfg["tables"] if Path(t).stem not in tables]}
+    total, before = rows["total"], plan(without, root=ROOT)[-1]
+    assert (total["jobs"] - before["jobs"], total["samples"], total["cells"]) == (3, before["samples"], before["cells"])
