@@ -118,3 +118,16 @@ def test_test_split_statistics_are_made_once_and_score_the_same_samples(tmp_path
     for spec_id, metric in (("fd_profile", "fd_digits"), ("fd_test", "fd_digits_test")):
         latex = (work / f"reports/tables/{spec_id}.tex").read_text(encoding="utf-8")
         assert f"{float(rows[('ddpm_beta', metric)]['value']):.2f}" in latex
+
+
+def test_a_table_naming_the_profiles_own_split_reads_the_cells_fd_is_record(tmp_path):
+    """No second job when the table's split is metrics.fd_is's: the same record, reported as both metrics."""
+    cfg = tiny_with_tables(tmp_path, [table("fd_digits", "test")])
+    cfg["metrics"]["fd_is"]["reference_split"] = "test"
+    profile_only = tiny_with_tables(tmp_path, [table("fd_digits", None)])
+    profile_only["metrics"]["fd_is"]["reference_split"] = "test"
+    assert plan(validate_config(cfg, root=ROOT), root=ROOT)[-1]["jobs"] == plan(
+        validate_config(profile_only, root=ROOT), root=ROOT)[-1]["jobs"]
+    cfg["metrics"]["fd_is"]["reference_split"] = "train"
+    assert plan(validate_config(cfg, root=ROOT), root=ROOT)[-1]["jobs"] == plan(
+        validate_config(profile_only, root=ROOT), root=ROOT)[-1]["jobs"] + 3

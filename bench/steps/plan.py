@@ -4,8 +4,9 @@ evaluations (NFE) and estimated device hours.
 - jobs: the sampling, metric and moments jobs of the table's cells (model training, extractor,
   collect, report and reference-statistics jobs are shared by every table and counted in ``total``). A FD / IS
   cell is ``n_shards`` sample_shard and features jobs and one fd_is job; an NLL cell is one nll job per
-  (dataset, model, grid, K), shared by the samplers of that grid; a cell whose sampler needs
-  Analytic-DPM's Gamma_n adds the model's one moments job.
+  (dataset, model, grid, K), shared by the samplers of that grid; a table with its own ``reference_split``
+  counts the fd_is job against that split's statistics instead (and ``total`` one reference-statistics job per
+  (dataset, split)); a cell whose sampler needs Analytic-DPM's Gamma_n adds the model's one moments job.
 - NFE: network evaluations summed over the jobs: ``nfe(K)`` per sample of a shard; ``K`` per
   test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
