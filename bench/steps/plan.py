@@ -59,7 +59,7 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "cifar10": {"train": 50_000, "test": 10_000},
     "celeba64": {"train": 162_770, "valid": 19_867, "test": 19_962},
     "imagenet64": {"train": 1_281_167, "test": 50_000},
-    # EDM trains and evaluates on every image (bench/data/edm_faces.py); EDM paper App.: FFHQ 70,000, AFHQv2 15,220.
+    # EDM trains and evaluates on every image (bench/data/edm_faces.py): n_images of its statistics in references.yaml.
     "ffhq64": {"train": 70_000},
     "afhqv2_64": {"train": 15_220},
 }
