@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import pickle
 import textwrap
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from PIL import Image
 from bench.checkpoints.registry import get_checkpoint
 from bench.checkpoints.score_sde_network import ema_parameter_names
 from bench.data import DATA_SHAPES
+from bench.data.edm_faces import AFHQV2_64, FFHQ64
 from bench.nets.edm_networks import build_edm_network
 from bench.nets.factory import build_network
 
@@ -54,6 +57,7 @@ EDM_PRECOND = {"edm": "training.networks.EDMPrecond", "baseline_vp": "training.n
 # The linear schedule scales its betas by 1000 / T (bench/core/schedules.py): beta_T < 1 needs T > 20.
 MIN_T = 21
 SIZES = {"train": 4, "test": 2}
+EDM_STEMS = {layout.kind: layout.stem for layout in (FFHQ64, AFHQV2_64)}
 N_SAMPLES = 2
 
 
@@ -121,6 +125,18 @@ def write_lsun(root: Path, category: str, rng: np.random.Generator) -> None:
             Image.fromarray(pixels).save(root / folder / f"{i:04d}.webp", lossless=True)
 
 
+def write_edm_zip(root: Path, stem: str, rng: np.random.Generator) -> None:
+    """<stem>.zip as EDM's dataset_tool.py writes it (stored members 00000/img00000000.png ..., dataset.json
+    with labels null for an unconditional dataset); its one split is train."""
+    root.mkdir(parents=True)
+    with zipfile.ZipFile(root / f"{stem}.zip", mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for i in range(SIZES["train"]):
+            image = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image, format="png")
+            archive.writestr(f"{i // 1000:05d}/img{i:08d}.png", image.getvalue())
+        archive.writestr("dataset.json", json.dumps({"labels": None}))
+
+
 def write_datasets(cfg: dict, data: Path) -> tuple[dict, dict]:
     """Every dataset of the profile under ``data``; returns the miniature's datasets and CIFAR-10's md5s."""
     rng = np.random.default_rng(0)
@@ -134,6 +150,8 @@ def write_datasets(cfg: dict, data: Path) -> tuple[dict, dict]:
             write_celeba(root, rng)
         elif kind == "imagenet64":
             write_imagenet64(root, rng)
+        elif kind in EDM_STEMS:
+            write_edm_zip(root, EDM_STEMS[kind], rng)
         else:
             write_lsun(root, spec["category"], rng)
         datasets[name] = {**spec, "root": str(root)} | ({"download": False} if "download" in spec else {})

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import Cell, load_config
+from bench.config import Cell, load_config, profile_reference_split
+from bench.steps.paths import fd_is_record
 from bench.steps.plan import is_unavailable
 from bench.steps.shared_cells import shared_cells
 
@@ -47,7 +48,10 @@ def test_dry_run_of_the_paper_profile_plans_every_cell_of_every_table(tmp_path):
                 if spec["metric"] == "nll_bpd":
                     wanted.add(f"results/cells/{dataset}/{model}/nll-{cfg['samplers'][sampler]['grid']}/K{K}.json")
                 else:
-                    wanted.add(f"results/cells/{dataset}/{model}/{sampler}/K{K}/fd_is.json")
+                    # a table's own reference split has its own fd_is record beside the profile's (fd_is-<split>.json)
+                    split = spec.get("reference_split")
+                    own = None if split == profile_reference_split(cfg) else split
+                    wanted.add(f"results/cells/{fd_is_record(dataset, model, sampler, K, own)}")
     assert wanted and not wanted - outputs
     assert shared and not [p for p in outputs for c in shared if f"/{c.model}/{c.sampler}/K{c.K}/" in p]
     # The data checks and the checkpoint downloads are jobs of the DAG, not preconditions of planning it.

@@ -97,6 +97,10 @@ def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_pat
     assert not [row for row in rows if row["status"] != "ok"]
     assert not {cell for cell in wanted if status.get(cell) != {"ok"}}
     assert {m for m, s, _ in status if s == PF_ODE} == set(ode_nll_models(mini))
+    # Tables scored against a split of their own (reference_split) read rows `<metric>_<split>`.
+    specs = [yaml.safe_load(Path(t).read_text(encoding="utf-8")) for t in mini["tables"]]
+    split_metrics = {f"{spec['metric']}_{spec['reference_split']}" for spec in specs if "reference_split" in spec}
+    assert split_metrics and split_metrics <= {row["metric"] for row in rows}
     assert (work / "reports/index.html").is_file()
     assert list((work / "reports").rglob("*.tex"))
     print(f"paper profile in miniature ({tier}): {len(status)} cells run, all ok ({len(wanted)} table cells), "

@@ -184,3 +184,44 @@ def test_edm_fig2_runs_each_baselines_original_sampler_and_the_steps_to_alg1(cfg
     Ks = spec["columns"]["values"]
     nfe = 2 * (sum(Ks) + 3 * sum(2 * K - 1 for K in Ks)) * 50_000
     assert (fig2["cells"], fig2["unavailable"], fig2["nfe"]) == (48, 12, nfe)
+
+
+@pytest.mark.parametrize(("table", "dataset", "stem"), [("ffhq64", "ffhq64", "ffhq"), ("afhqv2_64", "afhqv2_64", "afhqv2")])
+def test_edm_faces_run_config_f_at_n40_and_the_rest_is_unreleased(cfg, table, dataset, stem):
+    """EDM Table 2 on FFHQ / AFHQv2 64: config F's released VP and VE pickles at N = 40 (NFE 79) on the
+    dataset kind of EDM's dataset_tool output; the other ten configs were not released."""
+    spec = yaml.safe_load((ROOT / f"workflows/config/tables/paper_edm_t2_{table}.yaml").read_text(encoding="utf-8"))
+    producible = [row for row in spec["rows"] if "unavailable" not in row]
+    assert [row["csv"].split(" | ")[0] for row in producible] == [
+        "VP, config F + Non-leaky augmentation", "VE, config F + Non-leaky augmentation"]
+    for row, arch in zip(producible, ("vp", "ve"), strict=True):
+        model = cfg["models"][row["model"]]
+        assert model["checkpoint"] == f"edm_{table}_uncond_{arch}" and model["dataset"] == dataset
+        assert cfg["datasets"][dataset]["kind"] == dataset and row["sampler"] == "edm_heun_rho7"
+    assert all("not released" in row["unavailable"] for row in spec["rows"] if "unavailable" in row)
+    row = next(r for r in plan(cfg, root=ROOT) if r["table"] == f"paper_edm_t2_{table}")
+    assert (row["cells"], row["unavailable"], row["nfe"]) == (2, 10, 2 * 79 * 50_000)
+
+
+def test_tensorflow_rows_of_pytorch_diffusion_say_they_are_the_pytorch_rows_weights():
+    spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_pytorch_diffusion_train.yaml").read_text(encoding="utf-8"))
+    tf_rows = [row for row in spec["rows"] if "TensorFlow" in row["csv"]]
+    assert len(tf_rows) == 2
+    assert all("same weights as the PyTorch row" in row["unavailable"] for row in tf_rows)
+
+
+def test_test_split_tables_score_the_training_split_tables_cells_against_the_test_split(cfg):
+    """DDPM Sec. 4.1 and pytorch_diffusion's validation column: the cells of DDPM Table 1 and of the
+    training-split table, scored against CIFAR-10 test statistics: one more fd_is job per cell (ddpm_cifar10's is
+    shared by both tables) and one reference-statistics job, no new samples."""
+    tables = ("paper_ddpm_s41_fid_test", "paper_pytorch_diffusion_test")
+    rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
+    for name in tables:
+        spec = yaml.safe_load((ROOT / f"workflows/config/tables/{name}.yaml").read_text(encoding="utf-8"))
+        assert spec["reference_split"] == "test"
+    shards = len(range(0, 50_000, cfg["sampling"]["shard_size"]))
+    assert [(rows[t]["cells"], rows[t]["unavailable"], rows[t]["jobs"]) for t in tables] == [
+        (1, 0, 2 * shards + 1), (2, 2, 2 * (2 * shards + 1))]
+    without = {**cfg, "tables": [t for t in cfg["tables"] if Path(t).stem not in tables]}
+    total, before = rows["total"], plan(without, root=ROOT)[-1]
+    assert (total["jobs"] - before["jobs"], total["samples"], total["cells"]) == (3, before["samples"], before["cells"])

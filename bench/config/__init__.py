@@ -44,7 +44,14 @@ from bench.config.schema import (
     schema_error_message,
 )
 from bench.config.sources import check_dataset_paths, check_model_source, check_published_reference, checkpoint_registry
-from bench.config.tables import METRIC_NAMES, ORACLE_METRIC, ORACLE_MODEL, check_tables
+from bench.config.tables import (
+    METRIC_NAMES,
+    ORACLE_METRIC,
+    ORACLE_MODEL,
+    check_tables,
+    profile_reference_split,
+    reference_split_cells,
+)
 from bench.families import check_model, compatible_samplers
 from bench.nets.factory import check_network
 
@@ -67,7 +74,9 @@ __all__ = [
     "nll_decoder",
     "nll_grid_options",
     "ode_nll_models",
+    "profile_reference_split",
     "read_yaml",
+    "reference_split_cells",
     "sampler_inputs",
     "sampling_speed",
     "shard_ranges",

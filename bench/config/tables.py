@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.config.cells import cells
+from bench.config.cells import Cell, cells
 from bench.config.nll import PF_ODE, ode_nll_models
 from bench.config.schema import ConfigError, read_yaml
 
 # Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
 METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
+# A table's `reference_split` scores its cells' samples against that split's statistics: FD metrics only
+# (IS has no reference).
+FD_METRICS = ("fd_digits", "fid")
 
 
 # The oracle table's metric and model name in metrics.csv (bench.steps.oracle; config key 'oracle').
@@ -33,6 +36,8 @@ def check_tables(cfg: dict, root: Path) -> None:
             raise ConfigError(
                 f"table spec {rel}: metric {metric!r} is not allowed; allowed: {[*METRIC_NAMES, ORACLE_METRIC]}"
             )
+        if "reference_split" in spec and not planned_only:
+            check_reference_split(cfg, spec, rel)
         field = spec["columns"]["field"]
         pf_ode_models = ode_nll_models(cfg)
         check_row_labels(spec, rel)
@@ -82,3 +87,41 @@ def check_row_labels(spec: dict, rel: str) -> None:
                 "each row of a table needs its own label"
             )
         first[label] = r
+
+
+def check_reference_split(cfg: dict, spec: dict, rel: str) -> None:
+    if spec["metric"] not in FD_METRICS:
+        raise ConfigError(
+            f"table spec {rel}: reference_split {spec['reference_split']!r} needs an FD metric; metric "
+            f"{spec['metric']!r} has no reference; allowed: {list(FD_METRICS)}"
+        )
+    if "fd_is" not in cfg["metrics"]:
+        raise ConfigError(f"table spec {rel}: reference_split needs the config key 'metrics.fd_is'")
+
+
+def profile_reference_split(cfg: dict) -> str | None:
+    """The split whose statistics metrics.fd_is scores every cell against (None: published statistics)."""
+    return cfg["metrics"]["fd_is"].get("reference_split")
+
+
+def reference_split_cells(cfg: dict, root: Path) -> dict[Cell, list[str]]:
+    """The splits each cell's FD is scored against beside metrics.fd_is's reference, from the tables naming a
+    `reference_split`; the samples and features stay the cell's own, only the reference differs."""
+    wanted: dict[Cell, list[str]] = {}
+    for rel in cfg["tables"]:
+        spec = read_yaml(Path(root) / rel)
+        split = spec.get("reference_split")
+        if split is None:
+            continue
+        field = spec["columns"]["field"]
+        for row in spec["rows"]:
+            if "unavailable" in row:
+                continue
+            for value in spec["columns"]["values"]:
+                if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
+                    continue
+                selected = {**row, field: value}
+                cell = Cell(selected["model"], selected["sampler"], int(selected["K"]))
+                if split not in wanted.setdefault(cell, []):
+                    wanted[cell].append(split)
+    return wanted

@@ -40,6 +40,8 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
         "decimals": {"type": "integer", "minimum": 0, "maximum": 6},
         "dataset": _TEXT,
         "paper_label": _TEXT,
+        # FD against this split's statistics (the same samples as the other tables; bench/config/tables.py).
+        "reference_split": {"enum": ["train", "test"]},
         # How a one-replicate cell's bootstrap interval appears in the LaTeX table: not at all,
         # as +- its half-width, or as [low, high] (HTML always shows it on hover).
         "latex_interval": {"enum": list(LATEX_INTERVALS)},
@@ -142,6 +144,12 @@ class TableSpec:
     column_label: str
     rows: tuple[RowSpec, ...]
     latex_interval: str = "none"
+    reference_split: str | None = None
+
+    @property
+    def results_metric(self) -> str:
+        """The metric of its rows in metrics.csv: FD against a named split is `<metric>_<split>` there."""
+        return self.metric if self.reference_split is None else f"{self.metric}_{self.reference_split}"
 
     def row_selectors(self, row: RowSpec) -> dict[str, str | int]:
         """Fields a results cell must match to belong to `row` (the spec's dataset included)."""
@@ -230,6 +238,7 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
         column_label=raw["columns"]["label"],
         rows=rows,
         latex_interval=raw.get("latex_interval", "none"),
+        reference_split=raw.get("reference_split"),
     )
 
 

@@ -187,7 +187,7 @@ def _mark_best(spec: TableSpec, grid: list[list[Cell]]) -> None:
 
 def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:
     """Match each (row, column) of the spec to one results cell; refuse ambiguous matches."""
-    relevant = [r for r in records if r.metric == spec.metric]
+    relevant = [r for r in records if r.metric == spec.results_metric]
     grid: list[list[Cell]] = []
     for i, row in enumerate(spec.rows):
         cells = []

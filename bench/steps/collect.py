@@ -66,12 +66,11 @@ def fd_protocols(spec: dict, results: Path) -> list[dict]:
     keys = ("extractor", "backend", "backend_version", "mode", "reference", "reference_n", "reference_stats_sha256")
     seen = []
     for cell in spec["cells"]:
-        if "fd_is" not in cell:
-            continue
-        r = load_json(results / cell["fd_is"])
-        protocol = {k: r[k] for k in keys if k in r}
-        if r.get("status") != "failed" and protocol not in seen:
-            seen.append(protocol)
+        for path in ([cell["fd_is"]] if "fd_is" in cell else []) + list(cell.get("fd_is_splits", {}).values()):
+            r = load_json(results / path)
+            protocol = {k: r[k] for k in keys if k in r}
+            if r.get("status") != "failed" and protocol not in seen:
+                seen.append(protocol)
     return seen
 
 
@@ -99,6 +98,15 @@ def ode_nll_row(cell: dict, r: dict) -> dict:
     return row | {"K": r["nfe"], "nfe": r["nfe"], "status": "ok", "value": r["bpd"]}
 
 
+def split_fd_row(base: dict, fd_name: str, split: str, r: dict) -> dict:
+    """The `<fd>_<split>` row of a cell: its FD against the statistics of a split a table names."""
+    row = base | _step_fields(r) | {"metric": f"{fd_name}_{split}"}
+    if r.get("status") == "failed":
+        return row | {"nfe": "", "n_samples": "", "status": "failed", "value": ""}
+    return row | {"nfe": r["nfe"], "n_samples": r["n"], "status": "ok", "value": r["fd"],
+                  "reference_stats_sha256": r["reference_stats_sha256"]} | _interval(r.get("fd_ci"))
+
+
 def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     """The metrics.csv rows of one cell, from its fd_is and nll records (or a model's ode_nll record), by kind."""
     if "ode_nll" in records:
@@ -110,9 +118,10 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     if "fd_is" in records:
         r = records["fd_is"]
         fd_name, is_name = metric_names(r.get("extractor", cell.get("fd_extractor", "")))
+        splits = [split_fd_row(base, fd_name, s, records[f"fd_is_{s}"]) for s in cell.get("fd_is_splits", {})]
         if r.get("status") == "failed":
             rows.extend(base | _step_fields(r) | failed | {"metric": m} for m in (fd_name, is_name))
-            return rows
+            return rows + splits
         common = base | _step_fields(r) | {
             "nfe": r["nfe"],
             "n_samples": r["n"],
@@ -121,6 +130,7 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
         }
         rows.append(common | {"metric": fd_name, "value": r["fd"]} | _interval(r.get("fd_ci")))
         rows.append(common | {"metric": is_name, "value": r["is_mean"]} | _interval(r.get("is_ci")))
+        rows.extend(splits)
     if "nll" in records:
         r = records["nll"]
         if r.get("status") == "failed":
@@ -156,7 +166,9 @@ def oracle_rows(record: dict, labels: dict[str, dict]) -> list[dict]:
 
 def cell_records(cell: dict, results: Path) -> dict[str, dict]:
     """The result records of one cell by kind ('fd_is', 'nll')."""
-    return {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
+    records = {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
+    splits = cell.get("fd_is_splits", {})
+    return records | {f"fd_is_{split}": load_json(results / path) for split, path in splits.items()}
 
 
 def run(spec: dict, out: Path, results: Path) -> Path:
@@ -185,14 +197,26 @@ def _distinct_records(records) -> list[dict]:
     return [unique[key] for key in sorted(unique)]
 
 
+def _same_fd_record(cell: dict, kind: str) -> bool:
+    """Whether a split's FD record is the cell's fd_is.json itself (the table's split is the profile's)."""
+    split = kind.removeprefix("fd_is_")
+    return kind != split and cell["fd_is_splits"][split] == cell.get("fd_is")
+
+
+def _split_fd(records: list[tuple[dict, dict[str, dict]]]) -> list[tuple[dict, dict]]:
+    return [(cell, r) for cell, by_kind in records for kind, r in by_kind.items()
+            if kind.startswith("fd_is_") and r.get("status") != "failed"]
+
+
 def run_summary(records: list[tuple[dict, dict[str, dict]]]) -> dict:
     """What the cells' records say about the whole run: devices, sample counts, metric backend, references."""
     fd = [(cell, r["fd_is"]) for cell, r in records if "fd_is" in r and r["fd_is"].get("status") != "failed"]
     nll = [r["nll"] for _, r in records if "nll" in r and r["nll"].get("status") != "failed"]
     # A shared cell's records are those of the cell that computed it: counted there.
-    steps = [r for cell, by_kind in records if "computed_as" not in cell for r in by_kind.values()]
+    steps = [r for cell, by_kind in records if "computed_as" not in cell
+             for kind, r in by_kind.items() if not _same_fd_record(cell, kind)]
     references: dict[str, set[str]] = {}
-    for cell, r in fd:
+    for cell, r in fd + _split_fd(records):
         references.setdefault(f"{cell['dataset']}/{r['reference']}", set()).add(r["reference_stats_sha256"])
     return {
         "device": _distinct(d for r in steps for d in r.get("devices", [r["device"]] if "device" in r else [])),

@@ -12,6 +12,10 @@ CELL_KEY = "{model}/{sampler}/K{K}"
 CELL_DIR = "{dataset}/" + CELL_KEY
 # The NLL of a cell is computed once per (model, grid, K), for every sampler whose bound it reports.
 NLL_CELL = "{dataset}/{model}/nll-{grid}/K{K}"
+# A cell's FD / IS record: against metrics.fd_is's reference, and against a split a table names
+# (its `reference_split`, bench/config/tables.py) from the same features.
+FD_IS_FILE = "fd_is.json"
+FD_IS_SPLIT_FILE = "fd_is-{split}.json"
 # Every cell folder below a results folder, for Path.glob.
 CELL_DIR_GLOB = re.sub(r"\{\w+\}", "*", CELL_DIR)
 
@@ -26,6 +30,12 @@ def cell_key(model: str, sampler: str, K: int | str) -> str:
 def cell_dir(dataset: str, model: str, sampler: str, K: int | str) -> str:
     """A cell's folder below results/samples, results/features and results/cells."""
     return CELL_DIR.format(dataset=dataset, model=model, sampler=sampler, K=K)
+
+
+def fd_is_record(dataset: str, model: str, sampler: str, K: int | str, split: str | None = None) -> str:
+    """A cell's FD / IS record below results/cells: against the profile's reference, or ``split``'s statistics."""
+    name = FD_IS_FILE if split is None else FD_IS_SPLIT_FILE.format(split=split)
+    return f"{cell_dir(dataset, model, sampler, K)}/{name}"
 
 
 def nll_cell(dataset: str, model: str, grid: str, K: int | str) -> str:

@@ -4,8 +4,9 @@ evaluations (NFE) and estimated device hours.
 - jobs: the sampling, metric and moments jobs of the table's cells (model training, extractor,
   collect, report and reference-statistics jobs are shared by every table and counted in ``total``). A FD / IS
   cell is ``n_shards`` sample_shard and features jobs and one fd_is job; an NLL cell is one nll job per
-  (dataset, model, grid, K), shared by the samplers of that grid; a cell whose sampler needs
-  Analytic-DPM's Gamma_n adds the model's one moments job.
+  (dataset, model, grid, K), shared by the samplers of that grid; a table with its own ``reference_split``
+  counts the fd_is job against that split's statistics instead (and ``total`` one reference-statistics job per
+  (dataset, split)); a cell whose sampler needs Analytic-DPM's Gamma_n adds the model's one moments job.
 - NFE: network evaluations summed over the jobs: ``nfe(K)`` per sample of a shard; ``K`` per
   test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
@@ -24,7 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import samplers
-from bench.config import ORACLE_METRIC, ConfigError, load_config, ode_nll_models, read_yaml, shard_ranges
+from bench.config import (
+    ORACLE_METRIC,
+    ConfigError,
+    load_config,
+    ode_nll_models,
+    profile_reference_split,
+    read_yaml,
+    reference_split_cells,
+    shard_ranges,
+)
 from bench.config import cells as all_cells
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.steps.shared_cells import shared_cells
@@ -49,6 +59,9 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "cifar10": {"train": 50_000, "test": 10_000},
     "celeba64": {"train": 162_770, "valid": 19_867, "test": 19_962},
     "imagenet64": {"train": 1_281_167, "test": 50_000},
+    # EDM trains and evaluates on every image (bench/data/edm_faces.py): n_images of its statistics in references.yaml.
+    "ffhq64": {"train": 70_000},
+    "afhqv2_64": {"train": 15_220},
 }
 
 def is_nll_metric(metric: str) -> bool:
@@ -148,8 +161,11 @@ def _nll_passes(variances: set[str], grid: str) -> int:
     return int(bool(variances - own_pass)) + len(variances & own_pass)
 
 
-def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, sizes: _Sizes) -> tuple[dict, dict]:
-    """The jobs of one cell for its NLL or its sample metrics ({job key: (model, NFE)}), its samples ({cell: n})."""
+def _cell_work(
+    cfg: dict, nll: bool, model: str, sampler_name: str, K: int, sizes: _Sizes, split: str | None = None
+) -> tuple[dict, dict]:
+    """The jobs of one cell for its NLL or its sample metrics ({job key: (model, NFE)}), its samples ({cell: n});
+    ``split``: its FD against that split's statistics (a table's reference_split), an fd_is job of its own."""
     dataset = cfg["models"][model]["dataset"]
     sampler = cfg["samplers"][sampler_name]
     grid = sampler["grid"]
@@ -169,7 +185,7 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     for i, (start, stop) in enumerate(shard_ranges(cfg)):
         jobs[("sample_shard", model, sampler_name, K, i)] = (model, (stop - start) * per_sample)
         jobs[("features", model, sampler_name, K, i)] = (model, 0)
-    jobs[("fd_is", model, sampler_name, K)] = (model, 0)
+    jobs[("fd_is", model, sampler_name, K, *([split] if split else []))] = (model, 0)
     return jobs, {(model, sampler_name, K): cfg["sampling"]["n_samples"]}
 
 
@@ -190,13 +206,14 @@ def _row(
     work: list[tuple[bool, str, str, int]],
     sizes: _Sizes,
     ode_nll_models: set[str] = frozenset(),
+    split: str | None = None,
 ) -> dict:
     """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once, and the
     PF-ODE likelihood jobs of ``ode_nll_models``."""
     jobs: dict = _ode_nll_jobs(cfg, ode_nll_models, sizes) if ode_nll_models else {}
     samples: dict = {}
     for nll, model, sampler, K in work:
-        cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes)
+        cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes, split)
         jobs.update(cell_jobs)
         samples.update(cell_samples)
     seconds = sum(nfe * seconds_per_nfe(cfg, model) for model, nfe in jobs.values())
@@ -234,7 +251,9 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
             continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
-        row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes)
+        split = spec.get("reference_split")
+        own_split = split if split != profile_reference_split(cfg) else None
+        row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes, split=own_split)
         rows.append(row | {"unavailable": unavailable_cells(spec)})
     metrics = cfg["metrics"]
     work = []
@@ -249,15 +268,23 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
     unavailable = sum(r["unavailable"] for r in rows)
     total = _row("total", "", cfg, work, sizes, set(ode_nll_models(cfg)))
     total["cells"] += len(shared)
-    total["jobs"] += len(run_wide_jobs(cfg, work))
+    split_jobs = {
+        (shared.get(c, c), split)
+        for c, splits in reference_split_cells(cfg, root).items() for split in splits
+        if split != profile_reference_split(cfg)
+    }
+    total["jobs"] += len(split_jobs) + len(run_wide_jobs(cfg, work, {(c.model, split) for c, split in split_jobs}))
     rows.append(total | {"unavailable": unavailable})
     return rows
 
 
-def run_wide_jobs(cfg: dict, work: list[tuple[bool, str, str, int]]) -> set[tuple]:
+def run_wide_jobs(
+    cfg: dict, work: list[tuple[bool, str, str, int]], split_references: set[tuple[str, str]] = frozenset()
+) -> set[tuple]:
     """The jobs the workflow runs once for the whole run beside the cells' own: data checks, models (trained,
     or fetched and converted), the extractor, its weights and reference statistics, the oracle table, collect,
-    report and the target rule `all` (the rules in workflows/rules/)."""
+    report and the target rule `all` (the rules in workflows/rules/); ``split_references``: (model, split) of
+    the FDs tables score against a split of their own, one reference-statistics job per (dataset, split)."""
     models = {model for _, model, _, _ in work} | set(ode_nll_models(cfg))
     fd_models = {model for nll, model, _, _ in work if not nll}
     jobs: set[tuple] = {("collect",), ("report",), ("all",)} | ({("oracle",)} if "oracle" in cfg else set())
@@ -278,7 +305,8 @@ def run_wide_jobs(cfg: dict, work: list[tuple[bool, str, str, int]]) -> set[tupl
         if "reference_stats" in fd:
             jobs.add(("published_reference_stats", fd["reference_stats"]))
         else:
-            jobs |= {("reference_stats", cfg["models"][m]["dataset"]) for m in fd_models}
+            jobs |= {("reference_stats", cfg["models"][m]["dataset"], fd["reference_split"]) for m in fd_models}
+        jobs |= {("reference_stats", cfg["models"][m]["dataset"], split) for m, split in split_references}
     return jobs
 
 

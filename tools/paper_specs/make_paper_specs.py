@@ -111,6 +111,7 @@ def _spec(entry: dict, caption: str, field: str, columns: list, rows: list[dict]
         "better": "higher" if metric == "is" else "lower",
         "decimals": entry.get("decimals", 2),
         "dataset": entry["dataset"],
+        **({"reference_split": entry["reference_split"]} if "reference_split" in entry else {}),
         "protocol": entry["protocol"],
         "columns": {"field": field, "values": columns, "label": "dataset" if field == "dataset" else "K"},
         "rows": rows,

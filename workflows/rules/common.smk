@@ -16,13 +16,15 @@ from bench.config import (
     nll_decoder,
     nll_grid_options,
     ode_nll_models,
+    profile_reference_split,
+    reference_split_cells,
     sampling_speed,
     state_dtype_name,
 )
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.runtime.warm_worker import ENV_VAR as WORKER_VAR
 from bench.runtime.warm_worker import start_worker
-from bench.steps.paths import CELL_DIR, NLL_CELL, cell_dir, nll_cell
+from bench.steps.paths import CELL_DIR, NLL_CELL, cell_dir, fd_is_record, nll_cell
 from bench.steps.shared_cells import shared_cells
 
 
@@ -126,11 +128,39 @@ def extractor_weights(name: str) -> str:
     return f"resources/inception/{entry.name}/{entry.file}"
 
 
-def reference_stats_file(dataset: str) -> str:
-    """Reference statistics of the fd_is metric: published (by registry name) or computed once per split."""
-    if "reference_stats" in FD_IS:
+def reference_stats_file(dataset: str, split: str | None = None) -> str:
+    """Reference statistics of the fd_is metric: published (by registry name) or computed once per
+    (dataset, split, extractor), for metrics.fd_is's split or the ``split`` a table names."""
+    if split is None and "reference_stats" in FD_IS:
         return f"{RESULTS}/refs/published/{FD_IS['reference_stats']}-{FD_IS['extractor']}.npz"
-    return f"{RESULTS}/refs/{dataset}-{FD_IS['reference_split']}-{FD_IS['extractor']}.npz"
+    return f"{RESULTS}/refs/{dataset}-{split or FD_IS['reference_split']}-{FD_IS['extractor']}.npz"
+
+
+def fd_is_spec(w) -> str:
+    """The fd_is job's settings (the same for every reference of the cell)."""
+    return J(
+        {
+            "extractor": fd_extractor(),
+            "n_samples": config["sampling"]["n_samples"],
+            "is_splits": FD_IS.get("is_splits", 10),
+            "bootstrap": FD_IS.get("bootstrap", {}),
+            "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
+            # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
+            "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
+            # a class-conditional model's class count, for the record's label protocol
+            **({"label_dim": config["models"][w.model]["label_dim"]} if "label_dim" in config["models"][w.model] else {}),
+        }
+    )
+
+
+# The splits some table scores a cell's samples against (its `reference_split`): one fd_is job each, except
+# metrics.fd_is's own split, whose record is the cell's fd_is.json.
+REFERENCE_SPLITS = reference_split_cells(config, Path(workflow.basedir)) if FD_IS else {}
+
+
+def split_fd_is_record(dataset: str, c, split: str) -> str:
+    own = split == profile_reference_split(config)
+    return f"cells/{fd_is_record(dataset, c.model, c.sampler, c.K, None if own else split)}"
 
 
 def cell_features(w) -> list[str]:
@@ -181,7 +211,9 @@ def cell_record(c) -> dict:
         "seed": config["sampling"]["seed"],
     }
     if "fd_is" in config["metrics"]:
-        rec["fd_is"] = f"cells/{cell_dir(dataset, source.model, source.sampler, source.K)}/fd_is.json"
+        rec["fd_is"] = f"cells/{fd_is_record(dataset, source.model, source.sampler, source.K)}"
+    if c in REFERENCE_SPLITS:
+        rec["fd_is_splits"] = {split: split_fd_is_record(dataset, source, split) for split in REFERENCE_SPLITS[c]}
     if has_nll(c.sampler):
         rec["nll"] = f"cells/{nll_cell(dataset, source.model, config['samplers'][source.sampler]['grid'], source.K)}.json"
         rec["nll_variance"] = sampler["nll"]

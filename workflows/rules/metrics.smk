@@ -71,19 +71,26 @@ rule fd_is:
     benchmark:
         f"{RESULTS}/benchmarks/fd_is/{CELL_DIR}.tsv"
     params:
-        spec=lambda w: J(
-            {
-                "extractor": fd_extractor(),
-                "n_samples": config["sampling"]["n_samples"],
-                "is_splits": FD_IS.get("is_splits", 10),
-                "bootstrap": FD_IS.get("bootstrap", {}),
-                "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
-                # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
-                "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
-                # a class-conditional model's class count, for the record's label protocol
-                **({"label_dim": config["models"][w.model]["label_dim"]} if "label_dim" in config["models"][w.model] else {}),
-            }
-        ),
+        spec=fd_is_spec,
+    threads: 1
+    shell:
+        "{PY} -m bench fd-is --spec {params.spec:q} --features {input.features} --reference {input.reference} "
+        "--threads {threads} --out {output}"
+
+
+# The same features against the statistics of a split a table names (bench/config/tables.py reference_split).
+rule fd_is_split:
+    input:
+        features=cell_features,
+        reference=lambda w: reference_stats_file(w.dataset, w.split),
+    output:
+        f"{RESULTS}/cells/{CELL_DIR}/fd_is-{{split}}.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/fd_is/{CELL_DIR}-{{split}}.tsv"
+    wildcard_constraints:
+        split=r"train|test",
+    params:
+        spec=fd_is_spec,
     threads: 1
     shell:
         "{PY} -m bench fd-is --spec {params.spec:q} --features {input.features} --reference {input.reference} "
@@ -154,6 +161,7 @@ if ORACLE:
 rule collect:
     input:
         [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll") if k in r],
+        [f"{RESULTS}/{path}" for r in CELL_RECORDS for path in r.get("fd_is_splits", {}).values()],
         [f"{RESULTS}/oracle.json"] if ORACLE else [],
     output:
         csv=f"{RESULTS}/metrics.csv",
