@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bench.report.derived import DERIVED_RULES
 from bench.runtime.strict_yaml import load_yaml
 
 # Fields of results/metrics.csv that identify a cell: rows select on them, columns vary one.
@@ -43,6 +44,14 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
         # How a one-replicate cell's bootstrap interval appears in the LaTeX table: not at all,
         # as +- its half-width, or as [low, high] (HTML always shows it on hover).
         "latex_interval": {"enum": list(LATEX_INTERVALS)},
+        # A value read off other cells' rows of metrics.csv (bench.report.derived), not measured: the metric it
+        # reads, the rule and the rule's threshold.
+        "derived": {
+            "type": "object",
+            "required": ["metric", "rule", "threshold"],
+            "additionalProperties": False,
+            "properties": {"metric": _TEXT, "rule": {"enum": list(DERIVED_RULES)}, "threshold": {"type": "number"}},
+        },
         # How the paper measured its numbers (sample count, reference split, step spacing, clipping...).
         "protocol": {
             "type": "object",
@@ -88,6 +97,16 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     "paper": {"type": "object", "additionalProperties": {"type": "number"}},
                     # The paper's entry as printed, where it is not a plain number ("3.01*", "7.28±0.10").
                     "paper_text": {"type": "object", "additionalProperties": {"type": "string"}},
+                    # Selectors of one column only (column value -> {model, sampler, ...}), for a row whose
+                    # cells differ per column (a dataset column's model).
+                    "at": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {field: _TEXT for field in SELECTOR_FIELDS if field not in ("dataset", "K")},
+                        },
+                    },
                     # A planned row the product cannot produce (no checkpoint, no method): shown as missing.
                     "unavailable": _TEXT,
                     # Columns of an otherwise producible row that are not (column value -> reason).
@@ -117,6 +136,7 @@ class RowSpec:
     paper: dict[int | str, float]
     unavailable: str | None = None
     unavailable_at: dict[int | str, str] | None = None
+    at: dict[int | str, dict[str, str]] | None = None
 
     def unavailable_reason(self, column: int | str) -> str | None:
         """Why this row has no result at ``column`` by design (None: it is planned to run)."""
@@ -142,10 +162,15 @@ class TableSpec:
     column_label: str
     rows: tuple[RowSpec, ...]
     latex_interval: str = "none"
+    derived: dict | None = None
 
     def row_selectors(self, row: RowSpec) -> dict[str, str | int]:
         """Fields a results cell must match to belong to `row` (the spec's dataset included)."""
         return {"dataset": self.dataset, **row.selectors}
+
+    def cell_selectors(self, row: RowSpec, column: int | str) -> dict[str, str | int]:
+        """Fields a results cell must match to sit at (`row`, `column`)."""
+        return {**self.row_selectors(row), **(row.at or {}).get(column, {}), self.column_field: column}
 
 
 def _key_path(path: Sequence[Any]) -> str:
@@ -183,17 +208,26 @@ def _check_semantics(source: Path, raw: dict[str, Any]) -> None:
     by_text = {str(v): v for v in values}
     for i, row in enumerate(raw["rows"]):
         choices = [f for f in SELECTOR_FIELDS if f != "dataset"]
-        if "unavailable" not in row and not any(f in row for f in choices):
+        if "unavailable" not in row and "at" not in row and not any(f in row for f in choices):
             raise _fail(
                 source, f"rows[{i}]",
                 f"row {row['label']!r} selects nothing; give at least one of {choices} or 'unavailable: <reason>'",
             )
+        if "at" in row and not any(f in row for f in choices):
+            given = {str(k) for k in [*row["at"], *row.get("unavailable_at", {})]}
+            open_columns = [v for v in values if str(v) not in given]
+            if open_columns and "unavailable" not in row:
+                raise _fail(
+                    source, f"rows[{i}].at",
+                    f"row {row['label']!r} selects nothing at {open_columns}; give them in 'at' or 'unavailable_at'",
+                )
         if field in row:
             raise _fail(
                 source, f"rows[{i}].{field}",
                 f"{row[field]!r}: rows may not select the column field {field!r}",
             )
-        for key in [*row.get("paper", {}), *row.get("paper_text", {}), *row.get("unavailable_at", {})]:
+        keys = [*row.get("paper", {}), *row.get("paper_text", {}), *row.get("unavailable_at", {}), *row.get("at", {})]
+        for key in keys:
             if str(key) not in by_text:
                 raise _fail(
                     source, f"rows[{i}].paper",
@@ -211,6 +245,7 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
             paper={by_text[str(k)]: float(v) for k, v in row.get("paper", {}).items()},
             unavailable=row.get("unavailable"),
             unavailable_at={by_text[str(k)]: v for k, v in row.get("unavailable_at", {}).items()},
+            at={by_text[str(k)]: v for k, v in row.get("at", {}).items()},
         )
         for row in raw["rows"]
     )
@@ -230,6 +265,7 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
         column_label=raw["columns"]["label"],
         rows=rows,
         latex_interval=raw.get("latex_interval", "none"),
+        derived=raw.get("derived"),
     )
 
 

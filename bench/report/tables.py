@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from bench.report.derived import derived_records
 from bench.report.results import CELL_FIELDS, MetricRecord
 from bench.report.specs import TableSpec, TableSpecError
 
@@ -187,6 +188,8 @@ def _mark_best(spec: TableSpec, grid: list[list[Cell]]) -> None:
 
 def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:
     """Match each (row, column) of the spec to one results cell; refuse ambiguous matches."""
+    if spec.derived is not None:
+        records = derived_records(spec.metric, spec.derived, records)
     relevant = [r for r in records if r.metric == spec.metric]
     grid: list[list[Cell]] = []
     for i, row in enumerate(spec.rows):
@@ -196,9 +199,7 @@ def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:
                 # Planned but not producible here: a missing cell, never matched against results.
                 cells.append(_summarise([], row.paper.get(value), {}, spec))
                 continue
-            selectors: dict[str, str | int] = {
-                **spec.row_selectors(row), spec.column_field: value,
-            }
+            selectors = spec.cell_selectors(row, value)
             matched = [
                 r for r in relevant if all(getattr(r, f) == v for f, v in selectors.items())
             ]

@@ -99,15 +99,22 @@ def unavailable_cells(spec: dict) -> int:
     return sum(is_unavailable(row, v) for row in spec["rows"] for v in spec["columns"]["values"])
 
 
-def table_cells(spec: dict, source: str) -> list[tuple[str, str, int]]:
-    """(model, sampler, K) of every producible row x column of a table spec."""
+def table_cells(
+    spec: dict, source: str, grids: dict[tuple[str, str], list[int]] | None = None
+) -> list[tuple[str, str, int]]:
+    """(model, sampler, K) of every producible row x column of a table spec; for a derived table (``grids``: the
+    configured K of each (model, sampler)), every cell of the curve each row x column reads."""
     field = spec["columns"]["field"]
     out = []
     for r, row in enumerate(spec["rows"]):
+        at = {str(k): v for k, v in row.get("at", {}).items()}
         for value in spec["columns"]["values"]:
             if is_unavailable(row, value):
                 continue
-            cell = {**row, field: value}
+            cell = {**row, **at.get(str(value), {}), field: value}
+            if grids is not None:
+                out.extend((cell["model"], cell["sampler"], K) for K in grids[(cell["model"], cell["sampler"])])
+                continue
             missing = [k for k in ("model", "sampler", "K") if k not in cell]
             if missing:
                 raise ConfigError(f"plan: table spec {source}: rows[{r}] at {field}={value!r} does not name {missing}")
@@ -231,6 +238,17 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
             n_cells = len(set(table_cells(spec, rel)))
             rows.append({"table": spec.get("id", rel), "metric": spec["metric"], "cells": n_cells, "jobs": 1,
                          "samples": 0, "nfe": 0, "hours": 0.0, "unavailable": unavailable_cells(spec)})
+            continue
+        if "derived" in spec:
+            # Its cells are read off the curves of other cells: their jobs, one value per row x column.
+            grids: dict[tuple[str, str], list[int]] = {}
+            for c in all_cells(cfg):
+                grids.setdefault((c.model, c.sampler), []).append(c.K)
+            nll = is_nll_metric(spec["derived"]["metric"])
+            work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel, grids)))]
+            row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes)
+            n_derived = sum(not is_unavailable(r, v) for r in spec["rows"] for v in spec["columns"]["values"])
+            rows.append(row | {"cells": n_derived, "unavailable": unavailable_cells(spec)})
             continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
