@@ -5,7 +5,7 @@ evaluations (NFE) and estimated device hours.
   collect, report and reference-statistics jobs are shared by every table and counted in ``total``). A FD / IS
   cell is ``n_shards`` sample_shard and features jobs and one fd_is job; an NLL cell is one nll job per
   (dataset, model, grid, K), shared by the samplers of that grid; a cell whose sampler needs
-  Analytic-DPM's Gamma_n adds the model's one moments job.
+  Analytic-DPM's Gamma_n adds the model's one moments job (one per (model, M) for samplers with their own M).
 - NFE: network evaluations summed over the jobs: ``nfe(K)`` per sample of a shard; ``K`` per
   test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
@@ -166,8 +166,9 @@ def _cell_work(cfg: dict, nll: bool, model: str, sampler_name: str, K: int, size
     jobs = {}
     if wants_moments:
         m = cfg["moments"]
-        M = m.get("M") or sizes(dataset, m["split"])
-        jobs[("moments", model)] = (model, M * cfg["models"][model]["schedule"]["T"])
+        own = None if nll else samplers.own_moments_size(sampler, m)
+        M = own or m.get("M") or sizes(dataset, m["split"])
+        jobs[("moments", model, own)] = (model, M * cfg["models"][model]["schedule"]["T"])
     if nll:
         n_eval = sizes(dataset, cfg["metrics"]["nll"]["split"])
         jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(variances, grid))

@@ -49,9 +49,13 @@ def needs_moments(sampler: str) -> bool:
     return samplers.needs_moments(config["samplers"][sampler])
 
 
-def moments_arg(model: str, wanted: bool) -> dict:
-    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it."""
-    return {"moments": f"{RESULTS}/moments/{model}.npz"} if wanted else {}
+def moments_arg(model: str, wanted: bool, sampler: str | None = None) -> dict:
+    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it: the model's one file, or
+    the file of the sampler's own M (moments_M), shared by every cell that names that M."""
+    if not wanted:
+        return {}
+    M = samplers.own_moments_size(config["samplers"][sampler], config["moments"]) if sampler else None
+    return {"moments": f"{RESULTS}/moments/{model}.npz" if M is None else f"{RESULTS}/moments/{model}.M{M}.npz"}
 
 
 # Local jobs fork from one process that imported torch once (bench/runtime/warm_worker.py).

@@ -79,7 +79,7 @@ rule fd_is:
                 "bootstrap": FD_IS.get("bootstrap", {}),
                 "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
                 # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
-                "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
+                "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options", "moments_M")},
             }
         ),
     threads: 1
