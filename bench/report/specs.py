@@ -21,6 +21,8 @@ RESERVED_IDS = {"all": "tables/all.tex", "index": "index.html"}
 
 LATEX_INTERVALS = ("none", "pm", "interval")
 
+ALL_ROWS = "all"
+
 _TEXT = {"type": "string", "minLength": 1}
 
 TABLE_SPEC_SCHEMA: dict[str, Any] = {
@@ -81,7 +83,9 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                 "label": _TEXT,
             },
         },
-        "rows": {
+        # "all": one row per (model, sampler) of metrics.csv on the spec's dataset (the cross product a config's
+        # `samplers: all` runs), labelled "<model> | <sampler label>".
+        "rows": {"oneOf": [{"const": ALL_ROWS}, {
             "type": "array",
             "minItems": 1,
             "items": {
@@ -117,7 +121,7 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     "note": _TEXT,
                 },
             },
-        },
+        }]},
     },
 }
 
@@ -163,6 +167,7 @@ class TableSpec:
     rows: tuple[RowSpec, ...]
     latex_interval: str = "none"
     derived: dict | None = None
+    all_rows: bool = False
 
     def row_selectors(self, row: RowSpec) -> dict[str, str | int]:
         """Fields a results cell must match to belong to `row` (the spec's dataset included)."""
@@ -206,7 +211,7 @@ def _check_semantics(source: Path, raw: dict[str, Any]) -> None:
             "(is_*) are higher-is-better; allowed here: 'higher'",
         )
     by_text = {str(v): v for v in values}
-    for i, row in enumerate(raw["rows"]):
+    for i, row in enumerate(raw["rows"] if raw["rows"] != ALL_ROWS else []):
         choices = [f for f in SELECTOR_FIELDS if f != "dataset"]
         if "unavailable" not in row and "at" not in row and not any(f in row for f in choices):
             raise _fail(
@@ -247,7 +252,7 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
             unavailable_at={by_text[str(k)]: v for k, v in row.get("unavailable_at", {}).items()},
             at={by_text[str(k)]: v for k, v in row.get("at", {}).items()},
         )
-        for row in raw["rows"]
+        for row in (raw["rows"] if raw["rows"] != ALL_ROWS else [])
     )
     return TableSpec(
         source=source,
@@ -266,6 +271,7 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
         rows=rows,
         latex_interval=raw.get("latex_interval", "none"),
         derived=raw.get("derived"),
+        all_rows=raw["rows"] == ALL_ROWS,
     )
 
 

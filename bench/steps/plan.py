@@ -26,6 +26,7 @@ from pathlib import Path
 from bench import samplers
 from bench.config import ORACLE_METRIC, ConfigError, load_config, ode_nll_models, read_yaml, shard_ranges
 from bench.config import cells as all_cells
+from bench.config.all_samplers import expand_all_samplers
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.steps.shared_cells import shared_cells
 from bench.steps.validate import project_root
@@ -240,6 +241,16 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
             rows.append({"table": spec.get("id", rel), "metric": spec["metric"], "cells": n_cells, "jobs": 1,
                          "samples": 0, "nfe": 0, "hours": 0.0, "unavailable": unavailable_cells(spec)})
             continue
+        if spec["rows"] == "all":
+            # A cross-product table: every cell of the experiments on its dataset at its K columns.
+            nll = is_nll_metric(spec["metric"])
+            work = [
+                (nll, c.model, c.sampler, c.K) for c in all_cells(cfg)
+                if cfg["models"][c.model]["dataset"] == spec["dataset"] and c.K in spec["columns"]["values"]
+                and (not nll or "nll" in cfg["samplers"][c.sampler])
+            ]
+            rows.append(_row(spec.get("id", rel), spec["metric"], cfg, work, sizes) | {"unavailable": 0})
+            continue
         if "derived" in spec:
             # Its cells are read off the curves of other cells: their jobs, one value per row x column.
             grids: dict[tuple[str, str], list[int]] = {}
@@ -316,7 +327,18 @@ def format_plan(rows: list[dict]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]) + "\n"
 
 
+def format_skipped(skipped: list[tuple[int, str, str, str]]) -> str:
+    """The samplers that experiments with ``samplers: all`` leave out, one line each with the reason."""
+    return "".join(
+        f"experiments[{i}] (model {model}, samplers: all) skips {sampler}: {reason}\n"
+        for i, model, sampler, reason in skipped
+    )
+
+
 def run(config: Path) -> None:
-    """The plan step: print each table's cells, jobs, samples, NFE and estimated hours for ``config``."""
+    """The plan step: print each table's cells, jobs, samples, NFE and estimated hours for ``config``, then the
+    samplers that ``samplers: all`` left out and why."""
     root = project_root()
-    print(format_plan(plan(load_config(config, root=root, check_paths=False), root=root)), end="")
+    cfg = load_config(config, root=root, check_paths=False)
+    print(format_plan(plan(cfg, root=root)), end="")
+    print(format_skipped(expand_all_samplers(read_yaml(Path(config)))), end="")
