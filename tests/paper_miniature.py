@@ -353,6 +353,11 @@ def miniature_profile(
     if tier == "pairs":
         mini["experiments"] = [{"model": m, "samplers": [s], "K": [K]} for (m, s), K in kept.items()]
     mini["moments"] = {**mini["moments"], "M": SIZES["train"], "batch_size": SIZES["train"]}
+    # A sampler's own Gamma_n size (Analytic-DPM Table 5's M) within the miniature's training split: M = 1 and 3
+    # keep their own moments jobs, the larger ones read the model's one file.
+    for sampler in mini["samplers"].values():
+        if "moments_M" in sampler:
+            sampler["moments_M"] = min(sampler["moments_M"], SIZES["train"])
     mini["sampling"] = {**mini["sampling"], "n_samples": N_SAMPLES, "shard_size": N_SAMPLES,
                         "batch_size": N_SAMPLES}
     metrics = mini["metrics"]

@@ -32,6 +32,8 @@ def test_dry_run_of_the_paper_profile_plans_every_cell_of_every_table(tmp_path):
     shared = shared_cells(cfg)
     for rel in cfg["tables"]:
         spec = yaml.safe_load((ROOT / rel).read_text(encoding="utf-8"))
+        if "derived" in spec:
+            continue  # read off other tables' cells in the report (bench.report.derived)
         for row in spec["rows"]:
             for value in spec["columns"]["values"]:
                 if is_unavailable(row, value):

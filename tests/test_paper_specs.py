@@ -102,7 +102,9 @@ def test_specs_load_and_unavailable_cells_show_as_missing():
         assert all(cell.status == MISSING for row in table.cells for cell in row)
         for row in spec.rows:
             assert row.unavailable is None or row.unavailable.strip()
-            assert row.unavailable is not None or {"model", "sampler"} <= set(row.selectors), (path.name, row.label)
+            chosen = [{**row.selectors, **(row.at or {}).get(v, {})} for v in spec.column_values
+                      if row.unavailable_reason(v) is None]
+            assert all({"model", "sampler"} <= set(c) for c in chosen), (path.name, row.label)
 
 
 def test_plan_counts_every_producible_cell_once(cfg):

@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 
 from bench.checkpoints.references import BACKEND_MODES, DEFAULT_MODE
+from bench.config.all_samplers import expand_all_samplers
 from bench.config.cells import (
     DEFAULT_STATE_DTYPE,
     MAX_SHARDS_PER_CELL,
@@ -86,7 +87,8 @@ __all__ = [
 
 
 def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = True) -> dict:
-    """Check ``cfg`` against the schema and every cross-reference; return it unchanged if valid.
+    """Check ``cfg`` against the schema and every cross-reference; return it if valid, with each experiment's
+    ``samplers: all`` replaced in place by the samplers it runs (bench.config.all_samplers).
 
     ``check_paths=False`` skips the check that user data directories exist (a dry run plans without data).
     """
@@ -96,6 +98,7 @@ def validate_config(cfg: Any, *, root: Path = Path("."), check_paths: bool = Tru
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), key_of(e.absolute_path)))
     if errors:
         raise ConfigError(schema_error_message(errors[0]))
+    expand_all_samplers(cfg)
     check_shard_count(cfg)
     _check_references(cfg)
     check_coupled_blocks(cfg)

@@ -27,17 +27,28 @@ def check_tables(cfg: dict, root: Path) -> None:
             raise ConfigError(f"config key 'tables[{i}]': table spec {rel!r} does not exist under {root}")
         spec = read_yaml(path)
         metric = spec.get("metric") if isinstance(spec, dict) else None
-        planned_only = isinstance(spec, dict) and all("unavailable" in row for row in spec.get("rows", []))
+        rows = spec.get("rows", []) if isinstance(spec, dict) else []
+        planned_only = isinstance(rows, list) and all("unavailable" in row for row in rows)
         # A spec whose every row is unavailable records a paper table this benchmark cannot measure.
         oracle = metric == ORACLE_METRIC and not planned_only
         if oracle and "oracle" not in cfg:
             raise ConfigError(f"table spec {rel}: metric {ORACLE_METRIC!r} needs the config key 'oracle'")
-        if metric not in METRIC_NAMES and not planned_only and not oracle:
+        derived = spec.get("derived") if isinstance(spec, dict) else None
+        if derived is not None and derived.get("metric") not in METRIC_NAMES:
             raise ConfigError(
-                f"table spec {rel}: metric {metric!r} is not allowed; allowed: {[*METRIC_NAMES, ORACLE_METRIC]}"
+                f"table spec {rel}: derived.metric {derived.get('metric')!r} is not allowed; "
+                f"allowed: {list(METRIC_NAMES)}"
             )
         if "reference_split" in spec and not planned_only:
             check_reference_split(cfg, spec, rel)
+        if metric not in METRIC_NAMES and not planned_only and not oracle and derived is None:
+            raise ConfigError(
+                f"table spec {rel}: metric {metric!r} is not allowed; allowed: {[*METRIC_NAMES, ORACLE_METRIC]} "
+                "(or any name, for a table with a 'derived' key)"
+            )
+        if isinstance(spec, dict) and spec.get("rows") == "all":
+            # A cross-product table's rows are whatever cells ran on its dataset: nothing to cross-check.
+            continue
         field = spec["columns"]["field"]
         pf_ode_models = ode_nll_models(cfg)
         check_row_labels(spec, rel)
@@ -45,16 +56,18 @@ def check_tables(cfg: dict, root: Path) -> None:
             if "unavailable" in row:
                 continue
             models = {**cfg["models"], ORACLE_MODEL: None} if oracle else cfg["models"]
-            for key, table in (("model", models), ("sampler", cfg["samplers"])):
-                if key in row and row[key] not in table and not (key == "sampler" and row[key] == PF_ODE):
-                    raise ConfigError(
-                        f"table spec {rel}: rows[{r}] ({row.get('label')!r}) names unknown {key} {row[key]!r}; "
-                        f"the config defines {sorted(table)}"
-                    )
+            for part in (row, *row.get("at", {}).values()):
+                for key, table in (("model", models), ("sampler", cfg["samplers"])):
+                    if key in part and part[key] not in table and not (key == "sampler" and part[key] == PF_ODE):
+                        raise ConfigError(
+                            f"table spec {rel}: rows[{r}] ({row.get('label')!r}) names unknown {key} {part[key]!r}; "
+                            f"the config defines {sorted(table)}"
+                        )
             for value in spec["columns"]["values"]:
                 if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
                     continue
-                selected = {**row, field: value}
+                at = {str(k): v for k, v in row.get("at", {}).items()}
+                selected = {**row, **at.get(str(value), {}), field: value}
                 if metric == "ode_nll_bpd":
                     if selected.get("model") not in pf_ode_models or selected.get("sampler", PF_ODE) != PF_ODE:
                         raise ConfigError(
@@ -62,6 +75,15 @@ def check_tables(cfg: dict, root: Path) -> None:
                             f"{field}={value} selects model={selected.get('model')!r}, "
                             f"sampler={selected.get('sampler')!r}; PF-ODE likelihoods exist for sampler "
                             f"{PF_ODE!r} of models {pf_ode_models} (continuous-time models, with metrics.ode_nll)"
+                        )
+                    continue
+                if derived is not None:
+                    curve = (selected.get("model"), selected.get("sampler"))
+                    if curve not in {(m, smp) for m, smp, _ in defined}:
+                        raise ConfigError(
+                            f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at {field}={value} reads the "
+                            f"{derived['metric']} curve of model={curve[0]!r}, sampler={curve[1]!r}, "
+                            "which no experiment defines"
                         )
                     continue
                 cell = (selected.get("model"), selected.get("sampler"), selected.get("K"))

@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bench.report.derived import DERIVED_RULES
 from bench.runtime.strict_yaml import load_yaml
 
 # Fields of results/metrics.csv that identify a cell: rows select on them, columns vary one.
@@ -19,6 +20,8 @@ SELECTOR_FIELDS = ("dataset", "model", "family", "sampler", "grid", "K")
 RESERVED_IDS = {"all": "tables/all.tex", "index": "index.html"}
 
 LATEX_INTERVALS = ("none", "pm", "interval")
+
+ALL_ROWS = "all"
 
 _TEXT = {"type": "string", "minLength": 1}
 
@@ -45,6 +48,14 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
         # How a one-replicate cell's bootstrap interval appears in the LaTeX table: not at all,
         # as +- its half-width, or as [low, high] (HTML always shows it on hover).
         "latex_interval": {"enum": list(LATEX_INTERVALS)},
+        # A value read off other cells' rows of metrics.csv (bench.report.derived), not measured: the metric it
+        # reads, the rule and the rule's threshold.
+        "derived": {
+            "type": "object",
+            "required": ["metric", "rule", "threshold"],
+            "additionalProperties": False,
+            "properties": {"metric": _TEXT, "rule": {"enum": list(DERIVED_RULES)}, "threshold": {"type": "number"}},
+        },
         # How the paper measured its numbers (sample count, reference split, step spacing, clipping...).
         "protocol": {
             "type": "object",
@@ -74,7 +85,9 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                 "label": _TEXT,
             },
         },
-        "rows": {
+        # "all": one row per (model, sampler) of metrics.csv on the spec's dataset (the cross product a config's
+        # `samplers: all` runs), labelled "<model> | <sampler label>".
+        "rows": {"oneOf": [{"const": ALL_ROWS}, {
             "type": "array",
             "minItems": 1,
             "items": {
@@ -90,6 +103,16 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     "paper": {"type": "object", "additionalProperties": {"type": "number"}},
                     # The paper's entry as printed, where it is not a plain number ("3.01*", "7.28±0.10").
                     "paper_text": {"type": "object", "additionalProperties": {"type": "string"}},
+                    # Selectors of one column only (column value -> {model, sampler, ...}), for a row whose
+                    # cells differ per column (a dataset column's model).
+                    "at": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {field: _TEXT for field in SELECTOR_FIELDS if field not in ("dataset", "K")},
+                        },
+                    },
                     # A planned row the product cannot produce (no checkpoint, no method): shown as missing.
                     "unavailable": _TEXT,
                     # Columns of an otherwise producible row that are not (column value -> reason).
@@ -100,7 +123,7 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     "note": _TEXT,
                 },
             },
-        },
+        }]},
     },
 }
 
@@ -119,6 +142,7 @@ class RowSpec:
     paper: dict[int | str, float]
     unavailable: str | None = None
     unavailable_at: dict[int | str, str] | None = None
+    at: dict[int | str, dict[str, str]] | None = None
 
     def unavailable_reason(self, column: int | str) -> str | None:
         """Why this row has no result at ``column`` by design (None: it is planned to run)."""
@@ -150,10 +174,16 @@ class TableSpec:
     def results_metric(self) -> str:
         """The metric of its rows in metrics.csv: FD against a named split is `<metric>_<split>` there."""
         return self.metric if self.reference_split is None else f"{self.metric}_{self.reference_split}"
+    derived: dict | None = None
+    all_rows: bool = False
 
     def row_selectors(self, row: RowSpec) -> dict[str, str | int]:
         """Fields a results cell must match to belong to `row` (the spec's dataset included)."""
         return {"dataset": self.dataset, **row.selectors}
+
+    def cell_selectors(self, row: RowSpec, column: int | str) -> dict[str, str | int]:
+        """Fields a results cell must match to sit at (`row`, `column`)."""
+        return {**self.row_selectors(row), **(row.at or {}).get(column, {}), self.column_field: column}
 
 
 def _key_path(path: Sequence[Any]) -> str:
@@ -189,19 +219,28 @@ def _check_semantics(source: Path, raw: dict[str, Any]) -> None:
             "(is_*) are higher-is-better; allowed here: 'higher'",
         )
     by_text = {str(v): v for v in values}
-    for i, row in enumerate(raw["rows"]):
+    for i, row in enumerate(raw["rows"] if raw["rows"] != ALL_ROWS else []):
         choices = [f for f in SELECTOR_FIELDS if f != "dataset"]
-        if "unavailable" not in row and not any(f in row for f in choices):
+        if "unavailable" not in row and "at" not in row and not any(f in row for f in choices):
             raise _fail(
                 source, f"rows[{i}]",
                 f"row {row['label']!r} selects nothing; give at least one of {choices} or 'unavailable: <reason>'",
             )
+        if "at" in row and not any(f in row for f in choices):
+            given = {str(k) for k in [*row["at"], *row.get("unavailable_at", {})]}
+            open_columns = [v for v in values if str(v) not in given]
+            if open_columns and "unavailable" not in row:
+                raise _fail(
+                    source, f"rows[{i}].at",
+                    f"row {row['label']!r} selects nothing at {open_columns}; give them in 'at' or 'unavailable_at'",
+                )
         if field in row:
             raise _fail(
                 source, f"rows[{i}].{field}",
                 f"{row[field]!r}: rows may not select the column field {field!r}",
             )
-        for key in [*row.get("paper", {}), *row.get("paper_text", {}), *row.get("unavailable_at", {})]:
+        keys = [*row.get("paper", {}), *row.get("paper_text", {}), *row.get("unavailable_at", {}), *row.get("at", {})]
+        for key in keys:
             if str(key) not in by_text:
                 raise _fail(
                     source, f"rows[{i}].paper",
@@ -219,8 +258,9 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
             paper={by_text[str(k)]: float(v) for k, v in row.get("paper", {}).items()},
             unavailable=row.get("unavailable"),
             unavailable_at={by_text[str(k)]: v for k, v in row.get("unavailable_at", {}).items()},
+            at={by_text[str(k)]: v for k, v in row.get("at", {}).items()},
         )
-        for row in raw["rows"]
+        for row in (raw["rows"] if raw["rows"] != ALL_ROWS else [])
     )
     return TableSpec(
         source=source,
@@ -239,6 +279,8 @@ def _to_spec(source: Path, raw: dict[str, Any]) -> TableSpec:
         rows=rows,
         latex_interval=raw.get("latex_interval", "none"),
         reference_split=raw.get("reference_split"),
+        derived=raw.get("derived"),
+        all_rows=raw["rows"] == ALL_ROWS,
     )
 
 

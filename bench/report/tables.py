@@ -6,8 +6,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from bench.report.derived import derived_records
 from bench.report.results import CELL_FIELDS, MetricRecord
-from bench.report.specs import TableSpec, TableSpecError
+from bench.report.specs import RowSpec, TableSpec, TableSpecError
 
 # Cell states: every replicate ok, some failed, all failed, nothing in metrics.csv.
 OK, PARTIAL, FAILED, MISSING = "ok", "partial", "failed", "missing"
@@ -185,9 +186,22 @@ def _mark_best(spec: TableSpec, grid: list[list[Cell]]) -> None:
             grid[i][j] = replace(grid[i][j], best=True)
 
 
+def cross_product_rows(spec: TableSpec, records: Sequence[MetricRecord]) -> tuple[RowSpec, ...]:
+    """A `rows: all` spec's rows: each (model, sampler) of ``records`` on the spec's dataset, sorted by name."""
+    pairs = sorted({(r.model, r.sampler, r.sampler_label) for r in records if r.dataset == spec.dataset})
+    return tuple(
+        RowSpec(f"{model} | {label} ({sampler})", None, {"model": model, "sampler": sampler}, {})
+        for model, sampler, label in pairs
+    )
+
+
 def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:
     """Match each (row, column) of the spec to one results cell; refuse ambiguous matches."""
+    if spec.derived is not None:
+        records = derived_records(spec.metric, spec.derived, records)
     relevant = [r for r in records if r.metric == spec.results_metric]
+    if spec.all_rows:
+        spec = replace(spec, rows=cross_product_rows(spec, relevant))
     grid: list[list[Cell]] = []
     for i, row in enumerate(spec.rows):
         cells = []
@@ -196,9 +210,7 @@ def build_table(spec: TableSpec, records: Sequence[MetricRecord]) -> TableData:
                 # Planned but not producible here: a missing cell, never matched against results.
                 cells.append(_summarise([], row.paper.get(value), {}, spec))
                 continue
-            selectors: dict[str, str | int] = {
-                **spec.row_selectors(row), spec.column_field: value,
-            }
+            selectors = spec.cell_selectors(row, value)
             matched = [
                 r for r in relevant if all(getattr(r, f) == v for f, v in selectors.items())
             ]

@@ -75,6 +75,13 @@ def needs_moments(sampler: dict) -> bool:
     return uses_gamma or sampler["grid"] in MOMENT_GRIDS
 
 
+def own_moments_size(sampler: dict, moments: dict) -> int | None:
+    """The config entry ``sampler``'s own Monte-Carlo size M of Gamma_n, where it differs from the config's
+    ``moments.M`` (None: it reads the model's one moments file)."""
+    M = sampler.get("moments_M")
+    return None if M is None or M == moments.get("M") else M
+
+
 def trajectory_variance(sampler: dict) -> str:
     """The variance (time_grids.TRAJECTORY_VARIANCES) of the optimal trajectory that ``sampler`` visits.
 

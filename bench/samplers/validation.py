@@ -140,6 +140,18 @@ def check_inputs(name: str, sampler: dict, injected: dict[str, dict], *, has_mom
         raise SamplerConfigError(
             f"config key 'samplers.{name}': needs the Analytic-DPM moments, but the config has no 'moments' key"
         )
+    if "moments_M" in sampler:
+        if sampler.get("inputs", {}).get("gamma") != "moments":
+            raise SamplerConfigError(
+                f"config key 'samplers.{name}.moments_M': value {sampler['moments_M']!r}, but the sampler reads no "
+                "Gamma_n (allowed only with inputs: {gamma: moments})"
+            )
+        if "nll" in sampler or sampler["grid"] in MOMENT_GRIDS:
+            # The nll job and the moment grids of a (model, grid) read the model's one moments file (moments.M).
+            raise SamplerConfigError(
+                f"config key 'samplers.{name}.moments_M': value {sampler['moments_M']!r}; a sampler with its own M "
+                f"may have no 'nll' bound and no moment grid {sorted(MOMENT_GRIDS)} (those use moments.M)"
+            )
 
 
 def _check_options(name: str, sampler: dict, injected: dict[str, dict]) -> None:

@@ -92,6 +92,9 @@ def run(spec: dict, out: Path, features: list[Path], reference: Path, threads: i
                 if "label_dim" in spec
                 else {}
             ),
+            # The Monte-Carlo size of the Gamma_n the samples used, where the sampler names its own (the sample
+            # step refused moments of another M).
+            **({"moments_M": spec["sampler"]["moments_M"]} if "moments_M" in spec.get("sampler", {}) else {}),
             **metric,
             # The cell's totals: sampling, feature extraction and this step; the parts are kept beside them.
             "wall_seconds": cell.sample_wall_seconds + metric_wall,

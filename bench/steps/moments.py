@@ -22,6 +22,8 @@ def run(spec: dict, out: Path, model: Path, threads: int) -> None:
     digest = model_hash(net)
     net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
+    if spec.get("M", 0) > len(split.images):
+        raise SystemExit(f"moments: M = {spec['M']} exceeds the {len(split.images)} images of split {spec['split']!r}")
     x0 = torch.from_numpy(levels_to_unit(split.images, split.max_level))[: spec.get("M")].to(clock.device)
     seeds = torch.arange(len(x0), dtype=torch.int64) + spec["seed"]
     with torch.inference_mode():

@@ -6,7 +6,8 @@ evaluations (NFE) and estimated device hours.
   cell is ``n_shards`` sample_shard and features jobs and one fd_is job; an NLL cell is one nll job per
   (dataset, model, grid, K), shared by the samplers of that grid; a table with its own ``reference_split``
   counts the fd_is job against that split's statistics instead (and ``total`` one reference-statistics job per
-  (dataset, split)); a cell whose sampler needs Analytic-DPM's Gamma_n adds the model's one moments job.
+  (dataset, split)); a cell whose sampler needs Analytic-DPM's Gamma_n adds the model's one moments job (one per
+  (model, M) for samplers with their own M).
 - NFE: network evaluations summed over the jobs: ``nfe(K)`` per sample of a shard; ``K`` per
   test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
@@ -36,6 +37,7 @@ from bench.config import (
     shard_ranges,
 )
 from bench.config import cells as all_cells
+from bench.config.all_samplers import expand_all_samplers
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.steps.shared_cells import shared_cells
 from bench.steps.validate import project_root
@@ -112,15 +114,22 @@ def unavailable_cells(spec: dict) -> int:
     return sum(is_unavailable(row, v) for row in spec["rows"] for v in spec["columns"]["values"])
 
 
-def table_cells(spec: dict, source: str) -> list[tuple[str, str, int]]:
-    """(model, sampler, K) of every producible row x column of a table spec."""
+def table_cells(
+    spec: dict, source: str, grids: dict[tuple[str, str], list[int]] | None = None
+) -> list[tuple[str, str, int]]:
+    """(model, sampler, K) of every producible row x column of a table spec; for a derived table (``grids``: the
+    configured K of each (model, sampler)), every cell of the curve each row x column reads."""
     field = spec["columns"]["field"]
     out = []
     for r, row in enumerate(spec["rows"]):
+        at = {str(k): v for k, v in row.get("at", {}).items()}
         for value in spec["columns"]["values"]:
             if is_unavailable(row, value):
                 continue
-            cell = {**row, field: value}
+            cell = {**row, **at.get(str(value), {}), field: value}
+            if grids is not None:
+                out.extend((cell["model"], cell["sampler"], K) for K in grids[(cell["model"], cell["sampler"])])
+                continue
             missing = [k for k in ("model", "sampler", "K") if k not in cell]
             if missing:
                 raise ConfigError(f"plan: table spec {source}: rows[{r}] at {field}={value!r} does not name {missing}")
@@ -175,8 +184,9 @@ def _cell_work(
     jobs = {}
     if wants_moments:
         m = cfg["moments"]
-        M = m.get("M") or sizes(dataset, m["split"])
-        jobs[("moments", model)] = (model, M * cfg["models"][model]["schedule"]["T"])
+        own = None if nll else samplers.own_moments_size(sampler, m)
+        M = own or m.get("M") or sizes(dataset, m["split"])
+        jobs[("moments", model, own)] = (model, M * cfg["models"][model]["schedule"]["T"])
     if nll:
         n_eval = sizes(dataset, cfg["metrics"]["nll"]["split"])
         jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(variances, grid))
@@ -248,6 +258,27 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
             n_cells = len(set(table_cells(spec, rel)))
             rows.append({"table": spec.get("id", rel), "metric": spec["metric"], "cells": n_cells, "jobs": 1,
                          "samples": 0, "nfe": 0, "hours": 0.0, "unavailable": unavailable_cells(spec)})
+            continue
+        if spec["rows"] == "all":
+            # A cross-product table: every cell of the experiments on its dataset at its K columns.
+            nll = is_nll_metric(spec["metric"])
+            work = [
+                (nll, c.model, c.sampler, c.K) for c in all_cells(cfg)
+                if cfg["models"][c.model]["dataset"] == spec["dataset"] and c.K in spec["columns"]["values"]
+                and (not nll or "nll" in cfg["samplers"][c.sampler])
+            ]
+            rows.append(_row(spec.get("id", rel), spec["metric"], cfg, work, sizes) | {"unavailable": 0})
+            continue
+        if "derived" in spec:
+            # Its cells are read off the curves of other cells: their jobs, one value per row x column.
+            grids: dict[tuple[str, str], list[int]] = {}
+            for c in all_cells(cfg):
+                grids.setdefault((c.model, c.sampler), []).append(c.K)
+            nll = is_nll_metric(spec["derived"]["metric"])
+            work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel, grids)))]
+            row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes)
+            n_derived = sum(not is_unavailable(r, v) for r in spec["rows"] for v in spec["columns"]["values"])
+            rows.append(row | {"cells": n_derived, "unavailable": unavailable_cells(spec)})
             continue
         nll = is_nll_metric(spec["metric"])
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
@@ -325,7 +356,18 @@ def format_plan(rows: list[dict]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]) + "\n"
 
 
+def format_skipped(skipped: list[tuple[int, str, str, str]]) -> str:
+    """The samplers that experiments with ``samplers: all`` leave out, one line each with the reason."""
+    return "".join(
+        f"experiments[{i}] (model {model}, samplers: all) skips {sampler}: {reason}\n"
+        for i, model, sampler, reason in skipped
+    )
+
+
 def run(config: Path) -> None:
-    """The plan step: print each table's cells, jobs, samples, NFE and estimated hours for ``config``."""
+    """The plan step: print each table's cells, jobs, samples, NFE and estimated hours for ``config``, then the
+    samplers that ``samplers: all`` left out and why."""
     root = project_root()
-    print(format_plan(plan(load_config(config, root=root, check_paths=False), root=root)), end="")
+    cfg = load_config(config, root=root, check_paths=False)
+    print(format_plan(plan(cfg, root=root)), end="")
+    print(format_skipped(expand_all_samplers(read_yaml(Path(config)))), end="")

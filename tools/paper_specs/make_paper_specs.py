@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.report.derived import DERIVED_RULES
 from bench.runtime.strict_yaml import load_yaml
 
 HERE = Path(__file__).resolve().parent
@@ -75,8 +76,8 @@ def build_spec(entry: dict, csv_rows: list[dict[str, str]]) -> dict:
         if key not in rows:
             mapped = _mapping(r, entry)
             row = {"label": mapped.get("label", key.strip(" |"))}
-            if "model" in mapped:
-                row.update(model=mapped["model"], sampler=mapped["sampler"])
+            if "model" in mapped or "at" in mapped:
+                row.update({k: mapped[k] for k in ("model", "sampler", "at") if k in mapped})
                 # A table whose columns are datasets takes each row's K from the layout.
                 if "K" in mapped:
                     row["K"] = mapped["K"]
@@ -102,7 +103,13 @@ def build_spec(entry: dict, csv_rows: list[dict[str, str]]) -> dict:
 def _spec(entry: dict, caption: str, field: str, columns: list, rows: list[dict]) -> dict:
     """A table spec's keys, in the order the specs are written."""
     metric = entry["metric"]
-    return {
+    if "derived" in entry:
+        rule = entry["derived"]
+        caption += (
+            f" Ours: {rule['rule']} of the {rule['metric']} curve with threshold {rule['threshold']}, "
+            f"{DERIVED_RULES[rule['rule']]} (shown as a dash)."
+        )
+    spec = {
         "id": entry["id"],
         "title": entry["title"],
         "caption": caption,
@@ -116,6 +123,7 @@ def _spec(entry: dict, caption: str, field: str, columns: list, rows: list[dict]
         "columns": {"field": field, "values": columns, "label": "dataset" if field == "dataset" else "K"},
         "rows": rows,
     }
+    return spec | ({"derived": entry["derived"]} if "derived" in entry else {})
 
 
 def build_curve_spec(entry: dict) -> dict:

@@ -51,9 +51,13 @@ def needs_moments(sampler: str) -> bool:
     return samplers.needs_moments(config["samplers"][sampler])
 
 
-def moments_arg(model: str, wanted: bool) -> dict:
-    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it."""
-    return {"moments": f"{RESULTS}/moments/{model}.npz"} if wanted else {}
+def moments_arg(model: str, wanted: bool, sampler: str | None = None) -> dict:
+    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it: the model's one file, or
+    the file of the sampler's own M (moments_M), shared by every cell that names that M."""
+    if not wanted:
+        return {}
+    M = samplers.own_moments_size(config["samplers"][sampler], config["moments"]) if sampler else None
+    return {"moments": f"{RESULTS}/moments/{model}.npz" if M is None else f"{RESULTS}/moments/{model}.M{M}.npz"}
 
 
 # Local jobs fork from one process that imported torch once (bench/runtime/warm_worker.py).
@@ -146,7 +150,7 @@ def fd_is_spec(w) -> str:
             "bootstrap": FD_IS.get("bootstrap", {}),
             "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
             # recorded in fd_is.json with the sampler function's defaults (bench.samplers.resolved_options)
-            "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options")},
+            "sampler": {k: v for k, v in config["samplers"][w.sampler].items() if k in ("fn", "options", "moments_M")},
             # a class-conditional model's class count, for the record's label protocol
             **({"label_dim": config["models"][w.model]["label_dim"]} if "label_dim" in config["models"][w.model] else {}),
         }
