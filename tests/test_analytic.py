@@ -414,6 +414,18 @@ def test_each_variance_samples_its_own_optimal_trajectory():
         time_grid("optimal", 1000, 10, alpha_bars=ABAR, gamma=gamma, bound_terms=terms, variance="sigma_hat")
 
 
+def test_gamma_from_one_image_is_its_mean_square_eps_with_no_standard_error():
+    # Analytic-DPM Table 5 estimates Gamma_n from as few as M = 1 image; a standard error needs two.
+    den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
+    x0 = _rounded(GAUSS.sample(1, torch.Generator().manual_seed(3)).clamp(-1, 1))
+    seeds = torch.arange(1) + 5
+    gamma, sem = mean_square_eps(den, x0, [0, 40], seeds, batch_size=1)
+    for n in (0, 40):
+        x_n = torch.sqrt(ABAR[n]) * x0 + torch.sqrt(1 - ABAR[n]) * normal(seeds, n + 1, (3,))
+        torch.testing.assert_close(gamma[n], (den(x_n, n).eps ** 2).mean(), rtol=1e-10, atol=0)
+        assert torch.isnan(sem[n])
+
+
 def test_step_statistics_hold_the_bounds_terms_from_the_same_draws():
     den = DiscreteEpsDenoiser(ExactEpsNetwork(GAUSS, SCHED, (3,)), SCHED)
     x0 = _rounded(GAUSS.sample(300, torch.Generator().manual_seed(3)).clamp(-1, 1))

@@ -72,8 +72,8 @@ def step_statistics(
     seeds = torch.as_tensor(seeds, dtype=torch.int64)
     if seeds.shape != (M,):
         raise ValueError(f"seeds of shape {tuple(seeds.shape)} must give one seed per sample, shape ({M},)")
-    if M < 2:
-        raise ValueError(f"gamma needs at least 2 samples for its standard error, got M={M}")
+    if M < 1:
+        raise ValueError(f"gamma needs at least 1 sample, got M={M}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     T = len(denoiser.alpha_bars)
@@ -100,7 +100,8 @@ def step_statistics(
                 ll = discretized_gaussian_log_likelihood(xb, x0_hat, std, 1.0 / max_level)
                 nll[i] -= float(ll.mean(dim=tuple(range(1, xb.dim()))).sum())
     mean = total / M
-    var = (total_sq / M - mean**2).clamp(min=0.0) * M / (M - 1)
+    # One image has no spread to estimate: its standard error is undefined (NaN), as for moments with none.
+    var = (total_sq / M - mean**2).clamp(min=0.0) * M / (M - 1) if M > 1 else torch.full_like(mean, math.nan)
     out = {"gamma": mean, "gamma_sem": torch.sqrt(var / M)}
     if max_level is not None:
         out |= {"recon": recon / M, "decoder_nll": nll / M}
