@@ -356,10 +356,7 @@ class VPTimeScore:
             )
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        if t.numel() != 1:
-            raise ValueError(f"one time per call, got {t.tolist()}")
-        t = t.reshape(())
+        t = scalar_time(t)
         self.check_times(t)
         sigma = self.sde.sigma(t)
         s = self.sde.scale(t)
@@ -370,3 +367,11 @@ class VPTimeScore:
     def prior(self, noise: NoiseSource, grid: torch.Tensor) -> torch.Tensor:
         """x_1 ~ N(0, I), score-SDE's ``VPSDE.prior_sampling``."""
         return noise.latent()
+
+
+def scalar_time(t: torch.Tensor | float) -> torch.Tensor:
+    """A VP-time score's one time per call, as a float64 scalar; refuses several."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if t.numel() != 1:
+        raise ValueError(f"one time per call, got {t.tolist()}")
+    return t.reshape(())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.core.denoiser import as_level, param_dtype
+from bench.core.denoiser import as_level, param_dtype, scalar_time
 from bench.core.noise import NoiseSource
 from bench.core.vp_schedule import VPSDE
 from bench.methods.edm import EDMNetworkDenoiser
@@ -114,10 +114,7 @@ class ScoreSdeVPTimeScore:
             raise ValueError(f"VP SDE times {times.tolist()} must lie in (0, 1]")
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        if t.numel() != 1:
-            raise ValueError(f"one time per call, got {t.tolist()}")
-        t = t.reshape(())
+        t = scalar_time(t)
         self.check_times(t)
         labels = torch.full((x.shape[0],), VP_LABEL_STEPS_MINUS_ONE * float(t), dtype=self._dtype, device=x.device)
         out = self.denoiser.score_net(x.to(self._dtype), labels).to(x.dtype)
