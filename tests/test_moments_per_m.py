@@ -63,13 +63,37 @@ def test_the_plan_counts_one_moments_job_per_model_and_m(tmp_path):
     assert total["jobs"] - before["jobs"] == 2 + 8 * (2 * 2 + 1)
 
 
+def test_each_m_has_its_own_nll_job_on_its_own_gamma(tmp_path):
+    """Analytic-DPM Table 5: the analytic bound by M reads that M's Gamma_n, in a job of its own per (grid, K, M)."""
+    cfg, _ = tiny_with_m(tmp_path)
+    for name in ("analytic_m3", "analytic_m3_noclip", "analytic_m7", "analytic_m_config"):
+        cfg["samplers"][name]["nll"] = "analytic"
+    path = tmp_path / "tiny_m_nll.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    r = snakemake("-n", "--cores", "2", "--configfile", str(path), "--directory", str(tmp_path), cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = re.findall(r"rule (nll\w*):\n\s+input: ([^\n]+)\n\s+output: results/cells/digits/mlp/(nll-[^/]+)/K(\d)",
+                      r.stdout)
+    found = {(folder, int(K)): (rule, re.findall(r"results/moments/(\S+)\.npz", inputs)) for rule, inputs, folder, K in jobs}
+    # The config's own M shares the model's job (and its file); M = 3 (two samplers) and M = 7 have one job per K.
+    assert found == {
+        ("nll-even", 2): ("nll", ["mlp"]), ("nll-even", 5): ("nll", ["mlp"]),
+        ("nll-even.M3", 2): ("nll_of_size", ["mlp.M3"]), ("nll-even.M3", 5): ("nll_of_size", ["mlp.M3"]),
+        ("nll-even.M7", 2): ("nll_of_size", ["mlp.M7"]), ("nll-even.M7", 5): ("nll_of_size", ["mlp.M7"]),
+        ("nll-optimal", 2): ("nll", ["mlp"]), ("nll-optimal", 5): ("nll", ["mlp"]),
+    }
+    before = plan(load_config(tmp_path / "tiny_m.yaml", root=ROOT, check_paths=False), root=ROOT)[-1]
+    after = plan(load_config(path, root=ROOT, check_paths=False), root=ROOT)[-1]
+    assert after["jobs"] - before["jobs"] == 4
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
         ({"fn": "ddim", "grid": "uniform", "options": {"eta": 0.0}, "moments_M": 3},
          r"'samplers.bad.moments_M': value 3, but the sampler reads no Gamma_n"),
-        ({**ANALYTIC, "moments_M": 3, "nll": "analytic"},
-         r"'samplers.bad.moments_M': value 3; a sampler with its own M may have no 'nll' bound"),
+        ({**ANALYTIC, "grid": "optimal", "moments_M": 3},
+         r"'samplers.bad.moments_M': value 3; a sampler with its own M may not visit a moment grid \['optimal'\]"),
         ({**ANALYTIC, "moments_M": 0}, r"'samplers.bad.moments_M': value 0 must be >= 1"),
     ],
 )
@@ -80,7 +104,7 @@ def test_moments_m_is_refused_where_it_cannot_hold(tmp_path, entry, message):
         validate_config(cfg, root=ROOT)
 
 
-def test_a_sample_job_refuses_gamma_of_another_m_and_moments_refuse_m_beyond_the_split(tmp_path, monkeypatch):
+def test_sample_and_nll_jobs_refuse_gamma_of_another_m_and_moments_refuse_m_beyond_the_split(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv(device.LOCK_DIR_ENV, str(tmp_path / "locks"))
     monkeypatch.setattr(device, "_CHOICE", None)
@@ -104,6 +128,18 @@ def test_a_sample_job_refuses_gamma_of_another_m_and_moments_refuse_m_beyond_the
     with pytest.raises(SystemExit, match=r"cell c: the sampler's moments_M is 4, but \S+mlp.M3.npz was estimated from "
                                          r"M = 3 images"):
         sample(4)
+
+    def nll(M: int) -> dict:
+        spec = {"dataset": dataset, "split": "test", "clip_x0": True, "grid": "even", "K": 2, "seed": 0,
+                "variances": ["analytic"], "moments_M": M}
+        out = tmp_path / f"nll_M{M}.json"
+        main(["nll", "--spec", json.dumps(spec), "--model", str(model), "--moments", str(moments), "--out", str(out)])
+        return json.loads(out.read_text(encoding="utf-8"))
+
+    assert nll(3)["moments_M"] == 3
+    with pytest.raises(SystemExit, match=r"NLL of model \S+mlp.pt on grid even: the sampler's moments_M is 4, but "
+                                         r"\S+mlp.M3.npz was estimated from M = 3 images"):
+        nll(4)
     n_train = len(load_dataset(dataset, "train").images)
     with pytest.raises(SystemExit, match=rf"moments: M = {n_train + 1} exceeds the {n_train} images of split 'train'"):
         main(["moments", "--spec", json.dumps({**tiny["moments"], "M": n_train + 1, "dataset": dataset}),

@@ -32,6 +32,7 @@ from bench.config.nll import (
     check_shared_nll_grids,
     nll_decoder,
     nll_grid_options,
+    nll_variances,
     ode_nll_models,
 )
 from bench.config.schema import (
@@ -74,6 +75,7 @@ __all__ = [
     "load_config",
     "nll_decoder",
     "nll_grid_options",
+    "nll_variances",
     "ode_nll_models",
     "profile_reference_split",
     "read_yaml",

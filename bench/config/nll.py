@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.config.schema import ConfigError, need
 from bench.families import continuous_families
+from bench.samplers import own_moments_size
 
 # The `sampler` of an ode_nll_bpd row in metrics.csv and in table specs: the PF-ODE solve itself.
 PF_ODE = "pf_ode"
@@ -103,3 +104,16 @@ def nll_decoder(cfg: dict, model: str, grid: str) -> str:
                 if s.get("nll") in FIXED_VARIANCE_BOUNDS and s["grid"] == grid:
                     return s.get("nll_decoder", "trajectory")
     return "trajectory"
+
+
+def nll_variances(cfg: dict, model: str, grid: str, M: int | None = None) -> list[str]:
+    """The reverse variances whose bounds the nll job of (model, grid, M) evaluates: those of every sampler of that
+    grid on the model, shown in a table or not, whose own Monte-Carlo size of Gamma_n (moments_M) is M (None: the
+    config's moments.M), so that Analytic-DPM Table 5's bound by M reads its M's Gamma_n."""
+    return sorted({
+        cfg["samplers"][name]["nll"]
+        for exp in cfg["experiments"] if exp["model"] == model
+        for name in exp["samplers"]
+        if "nll" in cfg["samplers"][name] and cfg["samplers"][name]["grid"] == grid
+        and own_moments_size(cfg["samplers"][name], cfg["moments"]) == M
+    })

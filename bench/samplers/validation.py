@@ -146,11 +146,11 @@ def check_inputs(name: str, sampler: dict, injected: dict[str, dict], *, has_mom
                 f"config key 'samplers.{name}.moments_M': value {sampler['moments_M']!r}, but the sampler reads no "
                 "Gamma_n (allowed only with inputs: {gamma: moments})"
             )
-        if "nll" in sampler or sampler["grid"] in MOMENT_GRIDS:
-            # The nll job and the moment grids of a (model, grid) read the model's one moments file (moments.M).
+        if sampler["grid"] in MOMENT_GRIDS:
+            # A moment grid's trajectory is shared by the cells of a (model, grid): it reads moments.M.
             raise SamplerConfigError(
                 f"config key 'samplers.{name}.moments_M': value {sampler['moments_M']!r}; a sampler with its own M "
-                f"may have no 'nll' bound and no moment grid {sorted(MOMENT_GRIDS)} (those use moments.M)"
+                f"may not visit a moment grid {sorted(MOMENT_GRIDS)} (those use moments.M)"
             )
 
 

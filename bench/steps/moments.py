@@ -42,8 +42,13 @@ def run(spec: dict, out: Path, model: Path, threads: int) -> None:
     )
 
 
-def moments_of(path: Path | None, net: torch.nn.Module) -> Moments:
-    """The moments artifact a sample or nll job reads, refused if it was estimated for another network."""
+def moments_of(path: Path | None, net: torch.nn.Module, M: int | None = None, context: str = "this job") -> Moments:
+    """The moments artifact a sample or nll job reads, refused if it was estimated for another network or, where
+    the job names its Monte-Carlo size ``M`` (a sampler's moments_M), from another number of images."""
     if path is None:
         raise SystemExit("this sampler needs --moments (the Analytic-DPM Gamma_n artifact)")
-    return load_moments(path, model_hash=model_hash(net))
+    found = load_moments(path, model_hash=model_hash(net))
+    if M is not None and found.n_samples != M:
+        raise SystemExit(f"{context}: the sampler's moments_M is {M}, but {path} was estimated from M = "
+                         f"{found.n_samples} images")
+    return found

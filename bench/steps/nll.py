@@ -29,7 +29,7 @@ def run(spec: dict, out: Path, model: Path, threads: int, moments: Path | None) 
     net, schedule, ckpt = load_model(model)
     gamma = bound_terms = None
     if "analytic" in spec["variances"] or spec["grid"] in MOMENT_GRIDS:
-        found = moments_of(moments, net)
+        found = moments_of(moments, net, spec.get("moments_M"), f"NLL of model {model} on grid {spec['grid']}")
         gamma, bound_terms = found.gamma, found.bound_terms
     net = net.to(clock.device)
     split = load_dataset(spec["dataset"], spec["split"])
@@ -99,6 +99,8 @@ def run(spec: dict, out: Path, model: Path, threads: int, moments: Path | None) 
             # On a moment grid, each bound's own optimal trajectory.
             **({"grids": {v: g.tolist() for v, g in grids.items()}} if grids else {}),
             "clip_x0": spec["clip_x0"],
+            # The Monte-Carlo size of the Gamma_n the analytic bound and the optimal trajectories read.
+            **({"moments_M": found.n_samples} if gamma is not None else {}),
             # The decoder variance of each fixed or analytic bound (bench.metrics.nll.DECODER_VARIANCES).
             "decoder": {
                 v: "chain" if v == "analytic" else spec.get("decoder", "trajectory") for v in bpd if v != "learned"

@@ -12,6 +12,8 @@ CELL_KEY = "{model}/{sampler}/K{K}"
 CELL_DIR = "{dataset}/" + CELL_KEY
 # The NLL of a cell is computed once per (model, grid, K), for every sampler whose bound it reports.
 NLL_CELL = "{dataset}/{model}/nll-{grid}/K{K}"
+# ... and once per (model, grid, K, M) for the bounds of samplers with their own Monte-Carlo size M of Gamma_n.
+NLL_CELL_OF_SIZE = "{dataset}/{model}/nll-{grid}.M{M}/K{K}"
 # A cell's FD / IS record: against metrics.fd_is's reference, and against a split a table names
 # (its `reference_split`, bench/config/tables.py) from the same features.
 FD_IS_FILE = "fd_is.json"
@@ -38,9 +40,11 @@ def fd_is_record(dataset: str, model: str, sampler: str, K: int | str, split: st
     return f"{cell_dir(dataset, model, sampler, K)}/{name}"
 
 
-def nll_cell(dataset: str, model: str, grid: str, K: int | str) -> str:
-    """The NLL record of a (model, grid, K) below results/cells, without its .json suffix."""
-    return NLL_CELL.format(dataset=dataset, model=model, grid=grid, K=K)
+def nll_cell(dataset: str, model: str, grid: str, K: int | str, M: int | None = None) -> str:
+    """The NLL record of a (model, grid, K) below results/cells, without its .json suffix; ``M``: that of the bounds
+    whose Gamma_n is estimated from M images (a sampler's own moments_M)."""
+    pattern = NLL_CELL if M is None else NLL_CELL_OF_SIZE
+    return pattern.format(dataset=dataset, model=model, grid=grid, K=K, M=M)
 
 
 def parse_cell_key(key: str) -> tuple[str, str, int] | None:

@@ -30,6 +30,7 @@ from bench.config import (
     ORACLE_METRIC,
     ConfigError,
     load_config,
+    nll_variances,
     ode_nll_models,
     profile_reference_split,
     read_yaml,
@@ -150,16 +151,6 @@ class _Sizes:
         return self.known[(dataset, split)]
 
 
-def _nll_variances(cfg: dict, model: str, grid: str) -> set[str]:
-    """The reverse variances whose bounds the nll job of (model, grid) evaluates: those of every sampler
-    of that grid on the model, shown in a table or not."""
-    return {
-        cfg["samplers"][c]["nll"]
-        for exp in cfg["experiments"] if exp["model"] == model
-        for c in exp["samplers"] if "nll" in cfg["samplers"][c] and cfg["samplers"][c]["grid"] == grid
-    }
-
-
 def _nll_passes(variances: set[str], grid: str) -> int:
     """Passes over the test split of an nll job: one for the fixed-variance bounds (beta, beta-tilde
     share their network evaluations, except on a moment grid, where each bound has its own trajectory),
@@ -178,18 +169,18 @@ def _cell_work(
     dataset = cfg["models"][model]["dataset"]
     sampler = cfg["samplers"][sampler_name]
     grid = sampler["grid"]
-    variances = _nll_variances(cfg, model, grid) if nll else set()
+    own = samplers.own_moments_size(sampler, cfg["moments"])
+    variances = set(nll_variances(cfg, model, grid, own)) if nll else set()
     # An nll job reads Gamma_n when any bound it evaluates is the analytic one, whichever sampler asks for it.
     wants_moments = ("analytic" in variances or grid in MOMENT_GRIDS) if nll else samplers.needs_moments(sampler)
     jobs = {}
     if wants_moments:
         m = cfg["moments"]
-        own = None if nll else samplers.own_moments_size(sampler, m)
         M = own or m.get("M") or sizes(dataset, m["split"])
         jobs[("moments", model, own)] = (model, M * cfg["models"][model]["schedule"]["T"])
     if nll:
         n_eval = sizes(dataset, cfg["metrics"]["nll"]["split"])
-        jobs[("nll", dataset, model, grid, K)] = (model, n_eval * K * _nll_passes(variances, grid))
+        jobs[("nll", dataset, model, grid, K, own)] = (model, n_eval * K * _nll_passes(variances, grid))
         return jobs, {}
     per_sample = nfe_per_sample(sampler, K)
     for i, (start, stop) in enumerate(shard_ranges(cfg)):

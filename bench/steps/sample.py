@@ -252,12 +252,7 @@ def run(spec: dict, out: Path, model: Path, threads: int, moments: Path | None) 
     sampler = dict(spec["sampler"])
     gamma = bound_terms = None
     if needs_moments(sampler):
-        found = moments_of(moments, net)
-        if sampler.get("moments_M", found.n_samples) != found.n_samples:
-            raise SystemExit(
-                f"{spec['context']}: the sampler's moments_M is {sampler['moments_M']}, but {moments} was estimated "
-                f"from M = {found.n_samples} images"
-            )
+        found = moments_of(moments, net, sampler.get("moments_M"), spec["context"])
         gamma, bound_terms = found.gamma, found.bound_terms
     if sampler.get("inputs", {}).get("gamma") == "moments":
         sampler["options"] = {**sampler.get("options", {}), "gamma": gamma}

@@ -15,6 +15,7 @@ from bench.config import (
     config_hash,
     nll_decoder,
     nll_grid_options,
+    nll_variances,
     ode_nll_models,
     profile_reference_split,
     reference_split_cells,
@@ -24,7 +25,7 @@ from bench.config import (
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.runtime.warm_worker import ENV_VAR as WORKER_VAR
 from bench.runtime.warm_worker import start_worker
-from bench.steps.paths import CELL_DIR, NLL_CELL, cell_dir, fd_is_record, nll_cell
+from bench.steps.paths import CELL_DIR, NLL_CELL, NLL_CELL_OF_SIZE, cell_dir, fd_is_record, nll_cell
 from bench.steps.shared_cells import shared_cells
 
 
@@ -51,13 +52,25 @@ def needs_moments(sampler: str) -> bool:
     return samplers.needs_moments(config["samplers"][sampler])
 
 
-def moments_arg(model: str, wanted: bool, sampler: str | None = None) -> dict:
-    """Input and command-line flag of the model's Gamma_n artifact, when a job needs it: the model's one file, or
-    the file of the sampler's own M (moments_M), shared by every cell that names that M."""
-    if not wanted:
-        return {}
-    M = samplers.own_moments_size(config["samplers"][sampler], config["moments"]) if sampler else None
+def moments_file(model: str, M: int | None) -> dict:
+    """The input of a job that reads the model's Gamma_n: its one file, or that of Monte-Carlo size M (moments_M),
+    shared by every job that names that M."""
     return {"moments": f"{RESULTS}/moments/{model}.npz" if M is None else f"{RESULTS}/moments/{model}.M{M}.npz"}
+
+
+def sample_moments_arg(model: str, sampler: str) -> dict:
+    """The Gamma_n a sample shard reads, when its sampler needs one: that of the sampler's own M, if it has one."""
+    if not needs_moments(sampler):
+        return {}
+    return moments_file(model, samplers.own_moments_size(config["samplers"][sampler], config["moments"]))
+
+
+def nll_moments_arg(w) -> dict:
+    """The Gamma_n an nll job reads, when it evaluates the analytic bound or visits a moment grid: the model's one
+    file, or that of the job's own M."""
+    if not ("analytic" in nll_job_variances(w) or w.grid in MOMENT_GRIDS):
+        return {}
+    return moments_file(w.model, nll_job_size(w))
 
 
 # Local jobs fork from one process that imported torch once (bench/runtime/warm_worker.py).
@@ -174,11 +187,14 @@ def cell_features(w) -> list[str]:
     ]
 
 
-def nll_variances(model: str, grid: str) -> list[str]:
-    """Every reverse variance whose VLB some sampler on this model and grid reports."""
-    wanted = {config["samplers"][c.sampler]["nll"] for c in CELLS
-              if c.model == model and has_nll(c.sampler) and config["samplers"][c.sampler]["grid"] == grid}
-    return sorted(wanted)
+def nll_job_size(w) -> int | None:
+    """The Monte-Carlo size M of an nll job's own Gamma_n (rule nll_of_size), None for the config's moments.M."""
+    return int(w.M) if "M" in w.keys() else None
+
+
+def nll_job_variances(w) -> list[str]:
+    """Every reverse variance whose VLB some sampler on the job's model, grid and M reports."""
+    return nll_variances(config, w.model, w.grid, nll_job_size(w))
 
 
 def ode_nll_record(model: str) -> dict:
@@ -219,7 +235,8 @@ def cell_record(c) -> dict:
     if c in REFERENCE_SPLITS:
         rec["fd_is_splits"] = {split: split_fd_is_record(dataset, source, split) for split in REFERENCE_SPLITS[c]}
     if has_nll(c.sampler):
-        rec["nll"] = f"cells/{nll_cell(dataset, source.model, config['samplers'][source.sampler]['grid'], source.K)}.json"
+        M = samplers.own_moments_size(config["samplers"][source.sampler], config["moments"])
+        rec["nll"] = f"cells/{nll_cell(dataset, source.model, config['samplers'][source.sampler]['grid'], source.K, M)}.json"
         rec["nll_variance"] = sampler["nll"]
     if source != c:
         rec["computed_as"] = source.key

@@ -100,11 +100,13 @@ rule fd_is_split:
 rule nll:
     input:
         unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt", "data": data_check(w.dataset)}
-               | moments_arg(w.model, "analytic" in nll_variances(w.model, w.grid) or w.grid in MOMENT_GRIDS)),
+               | nll_moments_arg(w)),
     output:
         f"{RESULTS}/cells/{NLL_CELL}.json",
     benchmark:
         f"{RESULTS}/benchmarks/nll/{NLL_CELL}.tsv"
+    wildcard_constraints:
+        grid=r"[a-z_]+",
     params:
         spec=lambda w: J(
             {
@@ -114,17 +116,29 @@ rule nll:
                 "grid": w.grid,
                 "K": int(w.K),
                 "seed": config["seed"],
-                "variances": nll_variances(w.model, w.grid),
+                "variances": nll_job_variances(w),
             }
             # grid options only when there are some, so that existing jobs keep their settings
             | ({"grid_options": o} if (o := nll_grid_options(config, w.model, w.grid)) else {})
             | ({"decoder": d} if (d := nll_decoder(config, w.model, w.grid)) != "trajectory" else {})
+            | ({"moments_M": M} if (M := nll_job_size(w)) else {})
         ),
         moments=lambda w, input: f"--moments {input.moments}" if "moments" in input.keys() else "",
     threads: 1
     shell:
         "{PY} -m bench nll --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
         " {params.moments}"
+
+
+# Analytic-DPM Table 5's bounds by M: the same job on the Gamma_n of a sampler's own M (moments_M).
+use rule nll as nll_of_size with:
+    output:
+        f"{RESULTS}/cells/{NLL_CELL_OF_SIZE}.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/nll/{NLL_CELL_OF_SIZE}.tsv"
+    wildcard_constraints:
+        grid=r"[a-z_]+",
+        M=r"[0-9]+",
 
 
 rule ode_nll:

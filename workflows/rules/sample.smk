@@ -3,7 +3,7 @@
 
 rule sample_shard:
     input:
-        unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt"} | moments_arg(w.model, needs_moments(w.sampler), w.sampler)),
+        unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt"} | sample_moments_arg(w.model, w.sampler)),
     output:
         f"{RESULTS}/samples/{CELL_DIR}/shard{{shard}}.npz",
     benchmark:
