@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,3 +25,20 @@ def fast_distributions():
     torch.distributions.Distribution.set_default_validate_args(False)
     yield
     torch.distributions.Distribution.set_default_validate_args(True)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        """Keep test output clean."""
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A folder (tmp_path/www) served over HTTP on 127.0.0.1, as the official hosts serve files; yields (folder, base URL)."""
+    folder = tmp_path / "www"
+    folder.mkdir(exist_ok=True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

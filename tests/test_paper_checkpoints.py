@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import hashlib
 import json
-import threading
 from collections import OrderedDict
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,24 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = Path(__file__).parent / "manifests"
 CIFAR_UNET = {"type": "ddpm_unet", "ch": 128, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 2,
               "attn_resolutions": [16], "dropout": 0.1}
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        """Keep test output clean."""
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A folder served over HTTP on 127.0.0.1; yields (folder, base URL)."""
-    folder = tmp_path / "www"
-    folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def random_state_dict(manifest: str, seed: int = 0) -> OrderedDict:

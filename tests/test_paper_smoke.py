@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import csv
-import functools
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,22 +19,6 @@ from bench.steps.plan import table_cells
 from bench.steps.shared_cells import shared_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        """Keep test output clean."""
-
-
-@pytest.fixture
-def server(tmp_path):
-    """Serves tmp_path/www on 127.0.0.1; yields its base URL."""
-    (tmp_path / "www").mkdir(exist_ok=True)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "www")))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def sample_cells(tables: list[str], root: Path) -> list[tuple[str, str, int]]:
@@ -72,11 +53,11 @@ FULL_TIER_VAR = "DPM_BENCH_PAPER_SMOKE"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tier", ["pairs", "full"])
-def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_path, server, tier):
+def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_path, served, tier):
     if tier == "full" and os.environ.get(FULL_TIER_VAR) != "full":
         pytest.skip(f"the full miniature (every cell, over 30 min on 2 cores) runs with {FULL_TIER_VAR}=full")
     paper = yaml.safe_load((ROOT / "workflows/config/paper.yaml").read_text(encoding="utf-8"))
-    mini, cifar_md5 = miniature_profile(paper, ROOT, tmp_path, server, write_inception(tmp_path / "inception.pt"),
+    mini, cifar_md5 = miniature_profile(paper, ROOT, tmp_path, served[1], write_inception(tmp_path / "inception.pt"),
                                         tier=tier)
     config = dump(mini, tmp_path / "miniature.json")
     hook = write_cifar10_md5_hook(tmp_path / "hook", cifar_md5)

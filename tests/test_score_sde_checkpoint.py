@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -90,24 +87,6 @@ def test_a_wrong_network_or_image_shape_is_named(tmp_path):
         load_score_sde_network(path, {"type": "ddpm_unet"}, (3, 32, 32))
     with pytest.raises(ValueError, match=r"makes \[3, 32, 32\] images .* the dataset has \[1, 28, 28\]"):
         load_score_sde_network(path, SMALL_VE, (1, 28, 28))
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        """Keep test output clean."""
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A folder served over HTTP on 127.0.0.1; yields (folder, base URL)."""
-    folder = tmp_path / "www"
-    folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_a_served_official_file_is_fetched_and_converted_into_our_model_file(served, tmp_path):
