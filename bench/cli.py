@@ -42,6 +42,7 @@ STEPS = {
     "fd-is": ("fd_is", "FD / FID and IS of a cell from its shards' features"),
     "nll": ("nll", "variational bound in bits/dim of one trajectory and its reverse variances"),
     "ode-nll": ("ode_nll", "probability-flow ODE likelihood in bits/dim of a continuous-time model"),
+    "recon": ("recon", "DDIM's reconstruction error: encode a data split with the DDIM ODE, decode, per-dim MSE"),
     "oracle": ("oracle", "every sampler on a Gaussian mixture's exact eps (no network): energy distance by K"),
     "collect": ("collect", "gather every cell's records into results/metrics.csv and provenance.json"),
     "report": ("report", "render the HTML and LaTeX tables and figures from results/metrics.csv"),
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "moments":
             path(sp, "--moments", "the model's Gamma_n file (moments), for samplers that need it")
     sp = path(step("ode-nll", out="the result JSON"), "--model", model_help, required=True)
+    threads(sp)
+    sp = path(step("recon", out="the result JSON; its resumable state goes to OUT.partial.npz"), "--model",
+              model_help, required=True)
     threads(sp)
     sp = step("features", out="the shard's features (.npz)")
     path(sp, "--extractor", "extractor weights (digits classifier or Inception file)", required=True)

@@ -367,13 +367,21 @@ def miniature_profile(
     metrics["fd_is"] = {**metrics["fd_is"], "is_splits": 1, "bootstrap": bootstrap}
     if "ode_nll" in metrics:
         metrics["ode_nll"] = {**metrics["ode_nll"], "n_images": 1, "batch_size": 1}
+    # DDIM Table 2's reconstructions at the miniature's K, in the pairs tier each (model, sampler) at its largest.
+    recon_kept = {}
+    if "recon" in metrics:
+        for exp in metrics["recon"]["experiments"]:
+            exp["K"] = [small_K[K] for K in exp["K"]]
+        recon_kept = largest_K_per_pair(metrics["recon"])
+        if tier == "pairs":
+            metrics["recon"]["experiments"] = [{"model": m, "samplers": [s], "K": [K]} for (m, s), K in recon_kept.items()]
     (work / "tables").mkdir()
     tables = []
     for rel, spec in specs.items():
         out = work / "tables" / Path(rel).name
         spec = miniature_table(spec, small_K)
         if tier == "pairs":
-            spec = pairs_tier_table(spec, kept)
+            spec = pairs_tier_table(spec, recon_kept if spec["metric"] == "recon_mse" else kept)
         out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
         tables.append(str(out))
     mini["tables"] = tables

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bench.checkpoints.registry import get_checkpoint
-from bench.config import cells, load_config, ode_nll_models
+from bench.config import cells, load_config, ode_nll_models, recon_cells
 from bench.config.sources import checkpoint_registry
 from bench.report.specs import load_table_spec
 from bench.report.tables import MISSING, build_table
@@ -110,8 +110,9 @@ def test_specs_load_and_unavailable_cells_show_as_missing():
 def test_plan_counts_every_producible_cell_once(cfg):
     rows = plan(cfg, root=ROOT)
     total = rows[-1]
-    # Every cell of the experiments, and one PF-ODE likelihood per model of metrics.ode_nll.
-    assert total["cells"] == len(cells(cfg)) + len(ode_nll_models(cfg))
+    # Every cell of the experiments, one PF-ODE likelihood per model of metrics.ode_nll, one reconstruction per
+    # (model, sampler, K) of metrics.recon.
+    assert total["cells"] == len(cells(cfg)) + len(ode_nll_models(cfg)) + len(recon_cells(cfg))
     # A cell another computes (bench/steps/shared_cells.py) draws no samples of its own.
     assert total["samples"] == (len(cells(cfg)) - len(shared_cells(cfg))) * cfg["sampling"]["n_samples"]
     assert total["unavailable"] == sum(r["unavailable"] for r in rows[:-1]) > 0

@@ -35,6 +35,7 @@ from bench.config.nll import (
     nll_variances,
     ode_nll_models,
 )
+from bench.config.recon import check_recon, recon_cells
 from bench.config.schema import (
     ConfigError,
     config_schema,
@@ -79,6 +80,7 @@ __all__ = [
     "ode_nll_models",
     "profile_reference_split",
     "read_yaml",
+    "recon_cells",
     "reference_split_cells",
     "sampler_inputs",
     "sampling_speed",
@@ -167,6 +169,7 @@ def _check_references(cfg: dict) -> None:
         sampler_check(validation.check_inputs, name, s, sampler_inputs(), has_moments="moments" in cfg)
     check_shared_nll_grids(cfg)
     check_ode_nll_models(cfg)
+    check_recon(cfg)
     fd = cfg["metrics"].get("fd_is")
     if fd:
         need(fd["extractor"], cfg["extractors"], "metrics.fd_is.extractor", "extractor")

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from bench.config.cells import Cell, cells
 from bench.config.nll import PF_ODE, ode_nll_models
+from bench.config.recon import recon_cells
 from bench.config.schema import ConfigError, read_yaml
 
-# Digits metrics (embedded default), PF-ODE likelihoods and the papers' Inception FID / IS (paper profile).
-METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is")
+# Digits metrics (embedded default), PF-ODE likelihoods, the papers' Inception FID / IS (paper profile) and
+# DDIM's reconstruction error (metrics.recon).
+METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is", "recon_mse")
 # A table's `reference_split` scores its cells' samples against that split's statistics: FD metrics only
 # (IS has no reference).
 FD_METRICS = ("fd_digits", "fid")
@@ -51,6 +53,7 @@ def check_tables(cfg: dict, root: Path) -> None:
             continue
         field = spec["columns"]["field"]
         pf_ode_models = ode_nll_models(cfg)
+        reconstructed = {(c.model, c.sampler, c.K) for c in recon_cells(cfg)}
         check_row_labels(spec, rel)
         for r, row in enumerate(spec.get("rows", [])):
             if "unavailable" in row:
@@ -75,6 +78,15 @@ def check_tables(cfg: dict, root: Path) -> None:
                             f"{field}={value} selects model={selected.get('model')!r}, "
                             f"sampler={selected.get('sampler')!r}; PF-ODE likelihoods exist for sampler "
                             f"{PF_ODE!r} of models {pf_ode_models} (continuous-time models, with metrics.ode_nll)"
+                        )
+                    continue
+                if metric == "recon_mse":
+                    cell = (selected.get("model"), selected.get("sampler"), selected.get("K"))
+                    if cell not in reconstructed:
+                        raise ConfigError(
+                            f"table spec {rel}: rows[{r}] ({row.get('label')!r}) at {field}={value} refers to "
+                            f"reconstruction model={cell[0]!r}, sampler={cell[1]!r}, K={cell[2]!r}, which no "
+                            "metrics.recon experiment defines"
                         )
                     continue
                 if derived is not None:

@@ -27,6 +27,7 @@ RULE_STAGES = {
     "fd_is": "metrics",
     "nll": "metrics",
     "ode_nll": "metrics",
+    "recon": "metrics",
     "oracle": "metrics",
     "collect": "report",
     "report": "report",

@@ -65,6 +65,7 @@ PRELOAD = (
     "bench.metrics.feature_stats",
     "bench.metrics.nll",
     "bench.metrics.ode_nll",
+    "bench.metrics.recon",
     "bench.metrics.shard_features",
 )
 # A job's limits as its shell set them (ulimit -f for a disk budget, say) apply to the forked child too.

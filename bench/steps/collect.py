@@ -98,6 +98,16 @@ def ode_nll_row(cell: dict, r: dict) -> dict:
     return row | {"K": r["nfe"], "nfe": r["nfe"], "status": "ok", "value": r["bpd"]}
 
 
+def recon_row(cell: dict, r: dict) -> dict:
+    """The recon_mse row of a (model, sampler, K): DDIM's reconstruction error over the record's n images."""
+    row = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid", "K")}
+    row |= {"metric": "recon_mse", "seed": cell["seed"], "replicate": 0, "reference_stats_sha256": ""}
+    row |= {"ci_low": "", "ci_high": "", "n_samples": r.get("n", "")} | _step_fields(r)
+    if r.get("status") == "failed":
+        return row | {"nfe": "", "status": "failed", "value": ""}
+    return row | {"nfe": r["nfe"], "status": "ok", "value": r["mse"]}
+
+
 def split_fd_row(base: dict, fd_name: str, split: str, r: dict) -> dict:
     """The `<fd>_<split>` row of a cell: its FD against the statistics of a split a table names."""
     row = base | _step_fields(r) | {"metric": f"{fd_name}_{split}"}
@@ -108,9 +118,12 @@ def split_fd_row(base: dict, fd_name: str, split: str, r: dict) -> dict:
 
 
 def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
-    """The metrics.csv rows of one cell, from its fd_is and nll records (or a model's ode_nll record), by kind."""
+    """The metrics.csv rows of one cell, from its fd_is and nll records (or a model's ode_nll record, or a
+    reconstruction's recon record), by kind."""
     if "ode_nll" in records:
         return [ode_nll_row(cell, records["ode_nll"])]
+    if "recon" in records:
+        return [recon_row(cell, records["recon"])]
     base = {k: cell[k] for k in ("dataset", "model", "family", "sampler", "sampler_label", "grid", "K")}
     base |= {"seed": cell["seed"], "replicate": 0, "reference_stats_sha256": "", "ci_low": "", "ci_high": ""}
     failed = {"nfe": "", "n_samples": "", "status": "failed", "value": ""}
@@ -165,8 +178,10 @@ def oracle_rows(record: dict, labels: dict[str, dict]) -> list[dict]:
 
 
 def cell_records(cell: dict, results: Path) -> dict[str, dict]:
-    """The result records of one cell by kind ('fd_is', 'nll')."""
-    records = {kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll") if kind in cell}
+    """The result records of one cell by kind ('fd_is', 'nll', 'ode_nll', 'recon')."""
+    records = {
+        kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll", "recon") if kind in cell
+    }
     splits = cell.get("fd_is_splits", {})
     return records | {f"fd_is_{split}": load_json(results / path) for split, path in splits.items()}
 

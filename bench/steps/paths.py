@@ -18,6 +18,8 @@ NLL_CELL_OF_SIZE = "{dataset}/{model}/nll-{grid}.M{M}/K{K}"
 # (its `reference_split`, bench/config/tables.py) from the same features.
 FD_IS_FILE = "fd_is.json"
 FD_IS_SPLIT_FILE = "fd_is-{split}.json"
+# A (model, sampler, K)'s reconstruction error (metrics.recon), in the folder of the cell of the same name.
+RECON_FILE = "recon.json"
 # Every cell folder below a results folder, for Path.glob.
 CELL_DIR_GLOB = re.sub(r"\{\w+\}", "*", CELL_DIR)
 
@@ -38,6 +40,11 @@ def fd_is_record(dataset: str, model: str, sampler: str, K: int | str, split: st
     """A cell's FD / IS record below results/cells: against the profile's reference, or ``split``'s statistics."""
     name = FD_IS_FILE if split is None else FD_IS_SPLIT_FILE.format(split=split)
     return f"{cell_dir(dataset, model, sampler, K)}/{name}"
+
+
+def recon_record(dataset: str, model: str, sampler: str, K: int | str) -> str:
+    """The reconstruction record of a (model, sampler, K) below results/cells."""
+    return f"{cell_dir(dataset, model, sampler, K)}/{RECON_FILE}"
 
 
 def nll_cell(dataset: str, model: str, grid: str, K: int | str, M: int | None = None) -> str:

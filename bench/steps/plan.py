@@ -13,6 +13,8 @@ evaluations (NFE) and estimated device hours.
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
   images.
 - ode_nll (metric ode_nll_bpd): one job per continuous-time model, ``ODE_NLL_NFE`` per image.
+- recon (metric recon_mse): one job per (model, sampler, K) of metrics.recon, over its split: per image, the
+  sampler's ``nfe(K)`` to decode and K more to encode (bench.methods.ddim_inversion.encode).
 - hours: NFE times the model's seconds per NFE per sample: ``plan.seconds_per_nfe.<model>`` in
   the configuration, else ``SECONDS_PER_NFE`` by network type, else ``DEFAULT_SECONDS_PER_NFE``.
 The last row, ``total``, is the whole run: every cell of the experiments (tables may show fewer)
@@ -34,6 +36,7 @@ from bench.config import (
     ode_nll_models,
     profile_reference_split,
     read_yaml,
+    recon_cells,
     reference_split_cells,
     shard_ranges,
 )
@@ -200,6 +203,13 @@ def _ode_nll_jobs(cfg: dict, models: set[str], sizes: _Sizes) -> dict:
     return jobs
 
 
+def _recon_jobs(cfg: dict, cells: set[tuple[str, str, int]], sizes: _Sizes) -> dict:
+    """One reconstruction job per (model, sampler, K): an encoding (K evaluations) and a decoding per image."""
+    split = cfg["metrics"].get("recon", {}).get("split")
+    per_image = {(m, s, K): K + nfe_per_sample(cfg["samplers"][s], K) for m, s, K in cells}
+    return {("recon", *c): (c[0], sizes(cfg["models"][c[0]]["dataset"], split) * n) for c, n in per_image.items()}
+
+
 def _row(
     name: str,
     metric: str,
@@ -208,10 +218,12 @@ def _row(
     sizes: _Sizes,
     ode_nll_models: set[str] = frozenset(),
     split: str | None = None,
+    recon: set[tuple[str, str, int]] = frozenset(),
 ) -> dict:
-    """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once, and the
-    PF-ODE likelihood jobs of ``ode_nll_models``."""
+    """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once, the
+    PF-ODE likelihood jobs of ``ode_nll_models`` and the reconstruction jobs of the (model, sampler, K) ``recon``."""
     jobs: dict = _ode_nll_jobs(cfg, ode_nll_models, sizes) if ode_nll_models else {}
+    jobs |= _recon_jobs(cfg, recon, sizes)
     samples: dict = {}
     for nll, model, sampler, K in work:
         cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes, split)
@@ -221,7 +233,7 @@ def _row(
     return {
         "table": name,
         "metric": metric,
-        "cells": len({(model, sampler, K) for _, model, sampler, K in work}) + len(ode_nll_models),
+        "cells": len({(model, sampler, K) for _, model, sampler, K in work}) + len(ode_nll_models) + len(recon),
         "jobs": len(jobs),
         "samples": sum(samples.values()),
         "nfe": sum(nfe for _, nfe in jobs.values()),
@@ -242,6 +254,10 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
                 for row in spec["rows"] for v in spec["columns"]["values"] if not is_unavailable(row, v)
             }
             row = _row(spec.get("id", rel), spec["metric"], cfg, [], sizes, models)
+            rows.append(row | {"unavailable": unavailable_cells(spec)})
+            continue
+        if spec["metric"] == "recon_mse":
+            row = _row(spec.get("id", rel), spec["metric"], cfg, [], sizes, recon=set(table_cells(spec, rel)))
             rows.append(row | {"unavailable": unavailable_cells(spec)})
             continue
         if spec["metric"] == ORACLE_METRIC:
@@ -288,7 +304,8 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         if "nll" in metrics and "nll" in cfg["samplers"][c.sampler]:
             work.append((True, c.model, c.sampler, c.K))
     unavailable = sum(r["unavailable"] for r in rows)
-    total = _row("total", "", cfg, work, sizes, set(ode_nll_models(cfg)))
+    reconstructed = {(c.model, c.sampler, c.K) for c in recon_cells(cfg)}
+    total = _row("total", "", cfg, work, sizes, set(ode_nll_models(cfg)), recon=reconstructed)
     total["cells"] += len(shared)
     split_jobs = {
         (shared.get(c, c), split)
@@ -307,7 +324,7 @@ def run_wide_jobs(
     or fetched and converted), the extractor, its weights and reference statistics, the oracle table, collect,
     report and the target rule `all` (the rules in workflows/rules/); ``split_references``: (model, split) of
     the FDs tables score against a split of their own, one reference-statistics job per (dataset, split)."""
-    models = {model for _, model, _, _ in work} | set(ode_nll_models(cfg))
+    models = {model for _, model, _, _ in work} | set(ode_nll_models(cfg)) | {c.model for c in recon_cells(cfg)}
     fd_models = {model for nll, model, _, _ in work if not nll}
     jobs: set[tuple] = {("collect",), ("report",), ("all",)} | ({("oracle",)} if "oracle" in cfg else set())
     for name in models:

@@ -18,6 +18,7 @@ from bench.config import (
     nll_variances,
     ode_nll_models,
     profile_reference_split,
+    recon_cells,
     reference_split_cells,
     sampling_speed,
     state_dtype_name,
@@ -25,7 +26,7 @@ from bench.config import (
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.runtime.warm_worker import ENV_VAR as WORKER_VAR
 from bench.runtime.warm_worker import start_worker
-from bench.steps.paths import CELL_DIR, NLL_CELL, NLL_CELL_OF_SIZE, cell_dir, fd_is_record, nll_cell
+from bench.steps.paths import CELL_DIR, NLL_CELL, NLL_CELL_OF_SIZE, cell_dir, fd_is_record, nll_cell, recon_record
 from bench.steps.shared_cells import shared_cells
 
 
@@ -243,7 +244,43 @@ def cell_record(c) -> dict:
     return rec
 
 
-CELL_RECORDS = [cell_record(c) for c in CELLS] + [ode_nll_record(m) for m in ode_nll_models(config)]
+def recon_cell_record(c) -> dict:
+    """A reconstruction row of metrics.csv (metric recon_mse): its (model, sampler, K) and its record."""
+    dataset = dataset_of(c.model)
+    return {
+        "dataset": dataset,
+        "model": c.model,
+        "family": config["models"][c.model]["family"],
+        "sampler": c.sampler,
+        "sampler_label": config["samplers"][c.sampler].get("label", c.sampler),
+        "grid": config["samplers"][c.sampler]["grid"],
+        "K": c.K,
+        "seed": config["seed"],
+        "recon": f"cells/{recon_record(dataset, c.model, c.sampler, c.K)}",
+    }
+
+
+def recon_spec(w) -> str:
+    """The recon job's settings: the split, batch, the decoding sampler and K, the state dtype of sampling."""
+    recon = config["metrics"]["recon"]
+    return J(
+        {
+            "dataset": config["datasets"][w.dataset],
+            "split": recon["split"],
+            "batch_size": recon["batch_size"],
+            "sampler": config["samplers"][w.sampler],
+            "K": int(w.K),
+            "state_dtype": state_dtype_name(config),
+            "context": f"reconstruction of model {w.model}, sampler {w.sampler}, K={w.K}",
+        }
+    )
+
+
+CELL_RECORDS = (
+    [cell_record(c) for c in CELLS]
+    + [ode_nll_record(m) for m in ode_nll_models(config)]
+    + [recon_cell_record(c) for c in recon_cells(config)]
+)
 
 
 def run_seeds() -> dict:

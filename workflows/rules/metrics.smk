@@ -1,7 +1,7 @@
 # Metrics per cell: FD / IS from per-shard feature sums (one features job per sample shard, merged
 # exactly by the cell fd_is job) against reference statistics made once per dataset, split and
 # extractor (or published ones); NLL (VLB) from the model on the test split; PF-ODE NLL once per
-# continuous-time model.
+# continuous-time model; DDIM's reconstruction error per (model, sampler, K) of metrics.recon.
 
 
 rule fetch_inception_weights:
@@ -158,6 +158,22 @@ rule ode_nll:
         "{PY} -m bench ode-nll --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
 
 
+# A killed recon job resumes after its last finished batch (bench/steps/recon.py, OUT.partial.npz).
+rule recon:
+    input:
+        model=f"{RESULTS}/models/{{model}}.pt",
+        data=lambda w: data_check(w.dataset),
+    output:
+        f"{RESULTS}/cells/{CELL_DIR}/recon.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/recon/{CELL_DIR}.tsv"
+    params:
+        spec=recon_spec,
+    threads: 1
+    shell:
+        "{PY} -m bench recon --spec {params.spec:q} --model {input.model} --threads {threads} --out {output}"
+
+
 if ORACLE:
 
     rule oracle:
@@ -174,7 +190,7 @@ if ORACLE:
 
 rule collect:
     input:
-        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll") if k in r],
+        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll", "recon") if k in r],
         [f"{RESULTS}/{path}" for r in CELL_RECORDS for path in r.get("fd_is_splits", {}).values()],
         [f"{RESULTS}/oracle.json"] if ORACLE else [],
     output:
