@@ -18,7 +18,9 @@ from bench.samplers.vp_sde import check_vp_time_grid
 
 
 @torch.no_grad()
-def sample(score_fn, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource, denoise: bool = True) -> torch.Tensor:
+def sample(
+    score_fn, x_T: torch.Tensor, grid: torch.Tensor, *, noise: NoiseSource, denoise: bool = True
+) -> torch.Tensor:
     """Per step k: x <- (x + b_k score(x, t_k)) / sqrt(1 - b_k) + sqrt(b_k) z, b_k the discrete beta at t_k.
 
     b_k = linspace(beta_min / N, beta_max / N, N)[floor(t_k (N - 1))] with N = K, score-SDE's sde.N, the

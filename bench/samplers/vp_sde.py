@@ -75,10 +75,10 @@ def probability_flow(
 ) -> torch.Tensor:
     """score-SDE's black-box ODE sampler: dx/dt = -beta(t) (x + c score(x, t)) / 2 from t = 1 to eps, adaptive.
 
-    The probability-flow ODE (score-SDE Eq. 13; c = g^2 / beta, see ``euler_maruyama``) is solved by torchdiffeq's ``method`` (dopri5 is
-    the Dormand-Prince 5(4) pair of scipy's RK45, which score-SDE's ``get_ode_sampler`` calls with
-    rtol = atol = 1e-5) from ``grid[0]`` to ``grid[-2]`` (the vp_sde grid's t = 1 and eps; the
-    steps between are the solver's own, and K does not matter). As in score-SDE
+    The probability-flow ODE (score-SDE Eq. 13; c = g^2 / beta, see ``euler_maruyama``) is solved by
+    torchdiffeq's ``method`` (dopri5 is the Dormand-Prince 5(4) pair of scipy's RK45, which score-SDE's
+    ``get_ode_sampler`` calls with rtol = atol = 1e-5) from ``grid[0]`` to ``grid[-2]`` (the vp_sde grid's
+    t = 1 and eps; the steps between are the solver's own, and K does not matter). As in score-SDE
     one adaptive step size serves the whole batch (an RMS error norm over it), so a sample depends
     on its batch within the tolerances. ``denoise`` (score-SDE ``noise_removal``) ends with its
     reverse-diffusion step at eps without noise, x <- a x + b score(x, eps) with the SDE's (a, b)
