@@ -30,6 +30,7 @@ from bench.checkpoints.registry import get_checkpoint
 from bench.checkpoints.score_sde_network import ema_parameter_names
 from bench.data import DATA_SHAPES
 from bench.data.edm_faces import AFHQV2_64, FFHQ64
+from bench.methods.score_sde import DISCRETE_STEPS
 from bench.nets.edm_networks import build_edm_network
 from bench.nets.factory import build_network
 
@@ -335,9 +336,14 @@ def miniature_profile(
     mini = copy.deepcopy(cfg)
     specs = {rel: yaml.safe_load((root / rel).read_text(encoding="utf-8")) for rel in cfg["tables"]}
     small_K = k_map(cfg, list(specs.values()))
+    # A discrete-time VE network is read at the index of each level in its own table (ScoreSdeVEScore): in the
+    # miniature that table has its sampler's K levels, as the profile's has K = 1000.
+    for model in mini["models"].values():
+        if model["family"] == "score_sde_ve" and model["network"].get("embedding_type") == "positional":
+            model["network"]["num_scales"] = small_K[DISCRETE_STEPS]
     mini["datasets"], cifar_md5 = write_datasets(cfg, work / "data")
     (work / "www").mkdir(exist_ok=True)
-    mini["checkpoints"] = write_checkpoints(cfg, work / "www", base_url)
+    mini["checkpoints"] = write_checkpoints(mini, work / "www", base_url)
     for name, ext in mini["extractors"].items():
         mini["extractors"][name] = {**ext, "weights_path": str(inception)}
     for model in mini["models"].values():
