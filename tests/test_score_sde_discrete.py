@@ -28,6 +28,7 @@ class _GaussianIndexedVEScore(nn.Module):
     def __init__(self):
         super().__init__()
         self.centered, self.embedding_type = False, "positional"
+        self.sigma_min, self.sigma_max, self.num_scales = 0.01, 50.0, N
         self.register_buffer("sigmas", smld_sigmas(0.01, 50.0, N))
         self.seen: list[torch.Tensor] = []
         self.weight = nn.Parameter(torch.zeros((), dtype=torch.float64))
@@ -67,6 +68,18 @@ def test_a_level_off_a_discrete_ve_networks_table_is_refused():
                                          r"discrete network's 1000 levels \[0.01 .. 50\]: sample it on that table "
                                          r"\(K = 1000 levels of the model's own range\)"):
         score(y, float(score.sigmas[grid[1]]))
+
+
+def test_the_level_index_comes_from_the_configs_table_not_the_networks_buffer():
+    # score-SDE computes the label from t and N (models/utils.py L167-170); a buffer of other values changes
+    # what the network divides by, not which index it is given.
+    net = _GaussianIndexedVEScore()
+    net.sigmas.copy_(torch.linspace(-1.0, 1.0, N, dtype=torch.float64))
+    denoiser = make_denoiser("score_sde_ve", net, VESchedule(0.02, 100.0), (3, 4, 4))
+    score, grid = view_for("levels", denoiser, "ve", N, {"sigma_min": 0.02, "sigma_max": 100.0},
+                           variance=lambda: "unused")
+    score(torch.zeros(1, 3, 4, 4, dtype=torch.float64), float(score.sigmas[grid[3]]))
+    assert net.seen[-1].tolist() == [N - 1 - 3]
 
 
 def _alpha_bars() -> torch.Tensor:

@@ -21,6 +21,7 @@ from bench.core.vp_schedule import VPSDE, SubVPSDE
 from bench.methods.edm import EDMNetworkDenoiser
 from bench.methods.ncsn import VENetworkScore, VESchedule
 from bench.nets.edm_precond import PrecondCoefficients, Preconditioner, VPPrecond
+from bench.nets.score_sde_ncsnpp import smld_sigmas
 from bench.runtime.speed import unwrap_network
 
 # score-SDE's continuous VP labels are 999 t (models/utils.py L150), EDM's VPPrecond c_noise (M - 1) t(sigma).
@@ -45,7 +46,7 @@ class ScoreSdeVEScore(VENetworkScore):
     y = 2 x - 1 for the network's x in [0, 1]: a level sigma on y is sigma / 2 on x, and d/dy = (1/2) d/dx
     (score-SDE's continuous VE get_score_fn, models/utils.py L165: time_cond is sigma itself). A network with
     the positional embedding was trained on its table's levels (ve/cifar10_ncsnpp, training.continuous False):
-    it takes the index of the level in its own ``sigmas`` (descending), and a level off the table is refused.
+    it takes the index of the level in its config's table (descending), and a level off the table is refused.
     """
 
     def __init__(self, net: nn.Module, schedule: VESchedule):
@@ -53,7 +54,9 @@ class ScoreSdeVEScore(VENetworkScore):
         self._half = not centered(net)
         inner = unwrap_network(net)
         discrete = getattr(inner, "embedding_type", "fourier") == "positional"
-        self._table = inner.sigmas.detach().to("cpu", torch.float64) if discrete else None
+        # score-SDE's label comes from t and the config's N (models/utils.py L167-170), not from the network's
+        # sigmas buffer (equal to it in a released checkpoint): the table is the config's.
+        self._table = smld_sigmas(inner.sigma_min, inner.sigma_max, inner.num_scales) if discrete else None
 
     def _level_index(self, sigma: float) -> int:
         """The index of network-scale level ``sigma`` in the discrete network's table."""
