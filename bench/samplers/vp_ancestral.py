@@ -1,4 +1,4 @@
-"""score-SDE's ancestral sampling of the VP SDE (Song et al. 2021, App. E; sampling.py AncestralSamplingPredictor):
+"""score-SDE's ancestral sampling of the VP SDE (Song et al. 2021; sampling.py AncestralSamplingPredictor):
 the predictor of its discrete-time VP configs (vp/cifar10_ddpmpp.py, vp/ddpm/cifar10.py: corrector 'none').
 
 ``score_fn`` is a VP-time score whose ``sde`` has DDPM's discrete betas (bench.core.vp_schedule.VPSDE.discrete_beta;
