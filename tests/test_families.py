@@ -82,7 +82,7 @@ def test_schedules_are_built_from_their_config_entries():
     assert build_schedule({"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}) == VESchedule(0.01, 50.0)
     assert build_schedule({"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0}) == EDMSchedule(0.002, 80.0, 0.5)
     assert build_schedule({"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.7}).sigma_data == 0.7
-    with pytest.raises(ValueError, match=r"schedule 'quadratic' is not one of \['cosine', 'edm', 'linear', 've', 'vp_sde'\]"):
+    with pytest.raises(ValueError, match=r"schedule 'quadratic' is not one of \['cosine', 'edm', 'linear', 'subvp_sde', 've', 'vp_sde'\]"):
         build_schedule({"name": "quadratic", "T": 10})
 
 
@@ -113,10 +113,13 @@ def test_a_family_takes_the_samplers_of_the_spaces_it_offers():
         "ddgm": ["ddgm", "ddgm_ddim"],
         "score_sde_ve": sorted([*edm_family, "langevin", "pc"]),
         "score_sde_vp": sorted([*edm_family, "langevin", "pc", "vp_euler_maruyama", "vp_probability_flow"]),
+        "score_sde_subvp": sorted([*edm_family, "langevin", "pc", "vp_euler_maruyama", "vp_probability_flow"]),
+        "score_sde_vp_discrete": ["vp_ancestral"],
     }
-    assert continuous_families() == ["edm", "score_sde_ve", "score_sde_vp", "ve"]
+    assert continuous_families() == ["edm", "score_sde_subvp", "score_sde_ve", "score_sde_vp", "ve"]
     with pytest.raises(ValueError, match=r"model family 'vp' is not one of \['ddgm', 'ddpm', 'edm', 'iddpm', "
-                                         r"'score_sde_ve', 'score_sde_vp', 've'\]"):
+                                         r"'score_sde_subvp', 'score_sde_ve', 'score_sde_vp', "
+                                         r"'score_sde_vp_discrete', 've'\]"):
         get_family("vp")
 
 

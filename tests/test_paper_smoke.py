@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 from dag import SNAKEMAKE
-from paper_miniature import dump, largest_K_per_pair, miniature_profile, write_cifar10_md5_hook, write_inception
+from paper_miniature import dump, largest_K_per_pair, miniature_profile, write_inception
+from paper_miniature_data import write_cifar10_md5_hook
 
 from bench.config import PF_ODE, cells, load_config, ode_nll_models, validate_config
 from bench.steps.plan import table_cells

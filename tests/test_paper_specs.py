@@ -122,49 +122,57 @@ def test_plan_counts_every_producible_cell_once(cfg):
 
 
 def test_score_sde_rows_run_score_sdes_own_networks_with_its_samplers(cfg, csv_rows):
-    """The continuous-time VE and VP rows run score-SDE's own networks (first checkpoint: FID / IS by each config's
-    PC sampler; last: ODE FID and the PF-ODE NLL) at N = 1000 and keep the paper's values; the discrete-time and
-    sub-VP rows stay unavailable with a reason."""
+    """Every row runs score-SDE's own networks (first checkpoint: FID / IS by each config's PC sampler; last: ODE
+    FID and the PF-ODE NLL) at N = 1000 and keeps the paper's values: continuous and discrete-time VE and VP, and
+    sub-VP."""
     first = {"ve/cifar10_ncsnpp_continuous": ("sde_ve_ncsnpp_cont", "sde_pc_ve"),
              "ve/cifar10_ncsnpp_deep_continuous": ("sde_ve_ncsnpp_deep_cont", "sde_pc_ve"),
              "vp/cifar10_ddpmpp_continuous": ("sde_vp_ddpmpp_cont", "sde_em_vp"),
-             "vp/cifar10_ddpmpp_deep_continuous": ("sde_vp_ddpmpp_deep_cont", "sde_em_vp")}
-    last = {"vp/cifar10_ddpmpp_continuous": "sde_vp_ddpmpp_cont_last",
-            "vp/cifar10_ddpmpp_deep_continuous": "sde_vp_ddpmpp_deep_cont_last",
-            "vp/cifar10_ddpm_continuous": "sde_vp_ddpm_cont_last"}
+             "vp/cifar10_ddpmpp_deep_continuous": ("sde_vp_ddpmpp_deep_cont", "sde_em_vp"),
+             "ve/cifar10_ncsnpp": ("sde_ve_ncsnpp", "sde_pc_ve"),
+             "vp/cifar10_ddpm": ("sde_vp_ddpm", "sde_ancestral_vp"),
+             "vp/cifar10_ddpmpp": ("sde_vp_ddpmpp", "sde_ancestral_vp"),
+             "subvp/cifar10_ddpmpp_continuous": ("sde_subvp_ddpmpp_cont", "sde_em_subvp"),
+             "subvp/cifar10_ddpmpp_deep_continuous": ("sde_subvp_ddpmpp_deep_cont", "sde_em_subvp")}
+    last = {"vp/cifar10_ddpmpp_continuous": ("sde_vp_ddpmpp_cont_last", "sde_ode_vp"),
+            "vp/cifar10_ddpmpp_deep_continuous": ("sde_vp_ddpmpp_deep_cont_last", "sde_ode_vp"),
+            "vp/cifar10_ddpm_continuous": ("sde_vp_ddpm_cont_last", "sde_ode_vp"),
+            "vp/cifar10_ddpm": ("sde_vp_ddpm_last", "sde_ode_vp"),
+            "subvp/cifar10_ddpm_continuous": ("sde_subvp_ddpm_cont_last", "sde_ode_subvp"),
+            "subvp/cifar10_ddpmpp_continuous": ("sde_subvp_ddpmpp_cont_last", "sde_ode_subvp"),
+            "subvp/cifar10_ddpmpp_deep_continuous": ("sde_subvp_ddpmpp_deep_cont_last", "sde_ode_subvp")}
     paper = {(r["model"], r["sampler"], r["metric"]): float(r["value"]) for r in csv_rows
              if r["paper"] == "score-SDE (Song et al. 2021)"}
     producible = set()
     for name, metric in (("fid", "FID"), ("is", "IS"), ("nll", "NLL bits/dim")):
         spec = yaml.safe_load((ROOT / f"workflows/config/tables/paper_score_sde_{name}.yaml").read_text(encoding="utf-8"))
         for row in spec["rows"]:
+            assert "unavailable" not in row, row
             config, sampler_text = row["csv"].split(" | ")
-            if "unavailable" in row:
-                assert not config.endswith("_continuous") or config.startswith("subvp/"), row
-                assert "discrete-time" in row["unavailable"] and "sub-VP" in row["unavailable"]
-                continue
             value = paper[(config, sampler_text, metric)]
             if sampler_text.startswith("probability-flow ODE"):
-                sampler = "pf_ode" if spec["metric"] == "ode_nll_bpd" else "sde_ode_vp"
-                assert (row["model"], row["sampler"]) == (last[config], sampler)
+                model, sampler = last[config]
+                assert (row["model"], row["sampler"]) == (model, "pf_ode" if spec["metric"] == "ode_nll_bpd" else sampler)
             else:
                 assert (row["model"], row["sampler"]) == first[config]
             assert list(row["paper"].values()) == [value]
             producible.add((name, config, sampler_text.split(",")[0]))
-    assert len(producible) == 7 + 4 + 3
-    assert ode_nll_models(cfg) == list(last.values())
+    assert len(producible) == 16 + 8 + 7
+    assert ode_nll_models(cfg) == [m for m, _ in last.values()]
     registry = checkpoint_registry(cfg)
-    for model in [m for m, _ in first.values()] + list(last.values()):
+    families = ("score_sde_ve", "score_sde_vp", "score_sde_vp_discrete", "score_sde_subvp")
+    for model in [m for m, _ in first.values()] + [m for m, _ in last.values()]:
         entry = get_checkpoint(cfg["models"][model]["checkpoint"], registry)
-        assert entry.layout == "score_sde_dict" and cfg["models"][model]["family"] in ("score_sde_ve", "score_sde_vp")
+        assert entry.layout == "score_sde_dict" and cfg["models"][model]["family"] in families
         assert ("last" in entry.note) == model.endswith("_last"), entry.note
     pc, em = cfg["samplers"]["sde_pc_ve"], cfg["samplers"]["sde_em_vp"]
     assert (pc["fn"], pc["options"]) == ("pc", {"snr": 0.16, "n_steps_each": 1, "corrector": "langevin", "denoise": True, "norm_block": 1024})
     assert (em["fn"], em["grid_options"]) == ("vp_euler_maruyama", {"beta_min": 0.1, "beta_max": 20.0, "eps": 1e-3})
     rows = {r["table"]: r for r in plan(cfg, root=ROOT)}
-    # PC: one corrector + one predictor call per level (2000 NFE) x 2 models; Euler-Maruyama: 1000 x 2; the PF-ODE's
-    # planning assumption (VP_ODE_NFE + 1 for denoising) x 3; 50k samples each.
-    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (7, (6000 + 3 * 201) * 50_000)
+    # PC: one corrector + one predictor call per level (2000 NFE) x 3 models; Euler-Maruyama (VP and sub-VP) and
+    # ancestral sampling: 1000 x 6; the PF-ODE's planning assumption (VP_ODE_NFE + 1 for denoising) x 7; 50k each.
+    assert (rows["paper_score_sde_fid"]["cells"], rows["paper_score_sde_fid"]["nfe"]) == (
+        16, (6000 + 6000 + 7 * 201) * 50_000)
 
 
 def test_edm_fig2_runs_each_baselines_original_sampler_and_the_steps_to_alg1(cfg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -13,9 +14,12 @@ from torch import nn
 from bench.checkpoints.convert import convert_checkpoint
 from bench.checkpoints.layouts import CheckpointLoadError, load_score_sde_checkpoint
 from bench.checkpoints.model_file import load_model
+from bench.checkpoints.registry import get_checkpoint
 from bench.checkpoints.score_sde_network import ema_parameter_names, load_score_sde_network
 from bench.cli import main
-from bench.nets.score_sde_configs import SCORE_SDE_CIFAR10, build_score_sde_network
+from bench.config import load_config
+from bench.families import make_denoiser
+from bench.nets.score_sde_configs import SCORE_SDE_CIFAR10, SCORE_SDE_NETWORKS, build_score_sde_network
 
 MANIFESTS = Path(__file__).parent / "manifests"
 torch.set_num_threads(1)
@@ -145,3 +149,67 @@ def test_convert_still_refuses_a_layout_without_a_loader(tmp_path):
     entry = {"name": "x", "url": "http://x", "layout": "unverified"}
     with pytest.raises(ValueError, match=r"layout 'unverified' has no loader; loadable: \[.*'score_sde_dict'\]"):
         convert_checkpoint(entry, tmp_path / "x", {"network": SMALL_VE}, (3, 32, 32), 255, tmp_path / "m.pt")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# The paper profile's discrete-time and sub-VP checkpoints, and the score_sde_pytorch config of each.
+NEW_ENTRIES = {
+    "score_sde_ve_cifar10_ncsnpp": "ve/cifar10_ncsnpp",
+    "score_sde_vp_cifar10_ddpm": "vp/ddpm/cifar10",
+    "score_sde_vp_cifar10_ddpm_last": "vp/ddpm/cifar10",
+    "score_sde_vp_cifar10_ddpmpp": "vp/cifar10_ddpmpp",
+    "score_sde_subvp_cifar10_ddpm_continuous_last": "subvp/cifar10_ddpm_continuous",
+    "score_sde_subvp_cifar10_ddpmpp_continuous": "subvp/cifar10_ddpmpp_continuous",
+    "score_sde_subvp_cifar10_ddpmpp_continuous_last": "subvp/cifar10_ddpmpp_continuous",
+    "score_sde_subvp_cifar10_ddpmpp_deep_continuous": "subvp/cifar10_ddpmpp_deep_continuous",
+    "score_sde_subvp_cifar10_ddpmpp_deep_continuous_last": "subvp/cifar10_ddpmpp_deep_continuous",
+}
+
+
+@functools.cache
+def _paper_models() -> dict[str, dict]:
+    paper = load_config(ROOT / "workflows/config/paper.yaml", root=ROOT, check_paths=False)
+    return {m["checkpoint"]: m for m in paper["models"].values() if "checkpoint" in m}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_ENTRIES))
+def test_each_new_entry_is_its_configs_manifest_and_its_network_the_manifests(name):
+    entry = get_checkpoint(name)
+    manifest = json.loads((MANIFESTS / f"{entry.architecture}.json").read_text())
+    assert (entry.layout, NEW_ENTRIES[name] in manifest["configs_with_this_layout"]) == ("score_sde_dict", True)
+    network = _paper_models()[name]["network"]
+    official = SCORE_SDE_CIFAR10[NEW_ENTRIES[name]]
+    defaults = SCORE_SDE_NETWORKS[network["type"]].__init__.__kwdefaults__
+    # The profile's network, over the class defaults, is the official config's, whose key layout the manifest
+    # lists (tests/test_nets_score_sde.py checks each config's layout against it).
+    assert network["type"] == official["type"]
+    def plain(kwargs: dict) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+    assert plain({**defaults, **network}) == plain({**defaults, **official["kwargs"], "type": network["type"]})
+
+
+@pytest.mark.parametrize("name", sorted(NEW_ENTRIES))
+def test_each_new_entry_fetches_converts_and_loads_strictly_into_its_family(served, tmp_path, name):
+    """A random-weight file of the entry's network (at a small width) in score_sde's layout, served over HTTP,
+    through fetch-checkpoint, convert-checkpoint and load_model, then read by the model's family."""
+    folder, base = served
+    model = _paper_models()[name]
+    small = {**model["network"], "nf": 32 if model["network"]["type"] == "score_sde_ddpm" else 16,
+             "ch_mult": [1, 2], "num_res_blocks": 1}
+    shadow = _official_file(folder / "checkpoint_8.pth", _random_net(small, seed=7), step=8)
+    entry = {**vars(get_checkpoint(name)), "url": f"{base}/checkpoint_8.pth", "hash_type": "md5",
+             "hash": hashlib.md5((folder / "checkpoint_8.pth").read_bytes()).hexdigest()}
+    ckpt = tmp_path / "checkpoint.pth"
+    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}),
+                 "--lock", str(tmp_path / "lock.json"), "--out", str(ckpt)]) == 0
+    model_cfg = {**model, "network": small}
+    spec = {"model": model_cfg, "dataset": {"kind": "cifar10", "root": "unused"}, "checkpoint": entry}
+    out = tmp_path / "model.pt"
+    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    net, schedule, saved = load_model(out)
+    state = net.state_dict()
+    trainable = ema_parameter_names(build_score_sde_network(small))
+    assert all(torch.equal(state[k], s) for k, s in zip(trainable, shadow, strict=True))
+    denoiser = make_denoiser(model["family"], net, schedule, tuple(saved["data_shape"]))
+    assert denoiser.nfe == 0

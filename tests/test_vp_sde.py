@@ -13,7 +13,7 @@ from bench.data.gaussian_mixture import GaussianMixture
 from bench.methods.edm import EDMNetworkDenoiser
 from bench.samplers import get_sampler
 from bench.samplers.validation import SamplerConfigError, check_grid_options
-from bench.samplers.vp_sde import denoising_beta, euler_maruyama, probability_flow
+from bench.samplers.vp_sde import euler_maruyama, probability_flow
 from bench.steps.sample import generate, sampler_view
 
 N = 2000
@@ -266,12 +266,12 @@ def _sqrtm(m: torch.Tensor) -> torch.Tensor:
     return vecs @ torch.diag(vals.sqrt()) @ vecs.T
 
 
-def test_denoising_beta_is_score_sde_first_discrete_beta():
+def test_discrete_beta_is_score_sde_first_discrete_beta():
     # eps = 1e-3, N = 1000: index floor(0.999) = 0, beta_min / N.
-    assert denoising_beta(VPSDE(), 1000, 1e-3) == pytest.approx(1e-4, rel=1e-12)
+    assert VPSDE().discrete_beta(1e-3, 1000) == pytest.approx(1e-4, rel=1e-12)
     # index 1 of linspace(beta_min / N, beta_max / N, N).
     want = float(torch.linspace(0.1 / 100, 20.0 / 100, 100, dtype=torch.float64)[1])
-    assert denoising_beta(VPSDE(), 100, 0.015) == pytest.approx(want, rel=1e-12)
+    assert VPSDE().discrete_beta(0.015, 100) == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("denoise", [False, True])

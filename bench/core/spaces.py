@@ -12,7 +12,11 @@ ddgm               time grids                      the same, with DDGM's noise l
 sigma              sigma grids (EDM Table 1)       D(x; sigma) (denoiser.as_sigma), descending sigmas
 levels             sigma grids                     the score on K levels of the grid, indices 0..K-1
 vp_time            ``vp_sde``                      the VP-SDE score (its own, else VPTimeScore), times 1..0
+vp_discrete        ``vp_sde``                      the same, for samplers of the VP SDE's DDPM discretisation
 =================  ==============================  ===================================================
+
+A score-SDE network's own time score runs on the model's SDE (VP or sub-VP, bench.core.vp_schedule), whose
+beta(t) the ``vp_sde`` grid options must match.
 
 ``GRID_NAMES`` is the one list of grid names: the config's check of a sampler's grid reads it (the schema
 leaves grid names to it), and each name belongs to one kind (``grid_kind``) with its grid_options.
@@ -133,6 +137,7 @@ SPACES: dict[str, Space] = {
         Space("sigma", SIGMA_GRIDS, _sigma_view),
         Space("levels", SIGMA_GRIDS, _level_view, _visited_levels),
         Space("vp_time", VP_SDE_GRIDS, _vp_time_view),
+        Space("vp_discrete", VP_SDE_GRIDS, _vp_time_view),
     )
 }
 

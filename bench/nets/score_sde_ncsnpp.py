@@ -95,6 +95,8 @@ class ScoreSdeNCSNpp(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("sigmas", smld_sigmas(sigma_min, sigma_max, num_scales))
+        # The config's noise table (the buffer holds a checkpoint's copy): what a discrete-time label indexes.
+        self.sigma_min, self.sigma_max, self.num_scales = sigma_min, sigma_max, num_scales
         self.act = act = activation(nonlinearity)
         self.resblock_type = resblock_type = _check_choice("resblock_type", resblock_type, RESBLOCK_TYPES)
         self.progressive = progressive = _check_choice("progressive", progressive, PROGRESSIVE)
