@@ -20,7 +20,9 @@ from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
 from bench.cli import main
 from bench.core.labels import one_hot
+from bench.families import make_denoiser
 from bench.nets.dhariwal_unet import DhariwalUNet
+from bench.nets.edm_adm_backbone import EDMAdmBackbone
 from bench.nets.edm_networks import build_edm_network
 from bench.nets.edm_precond import iDDPMPrecond
 
@@ -161,3 +163,59 @@ def test_an_official_layout_pickle_is_fetched_converted_and_denoises_as_pickled(
     sigma, labels = net.u[[40, 700]], one_hot(torch.tensor([3, 917]), 1000)
     with torch.no_grad():
         assert torch.equal(net(x, sigma, labels), original(x, sigma, labels))
+
+
+def test_the_adm_backbone_and_the_wrapper_are_one_network_on_the_u_grid(tmp_path):
+    """iDDPMPrecond's D(x; u_j) is ADM's x0 from the eps channels at step t = M - 1 - j of x_t = x / sqrt(1 + u_j^2)
+    (EDM Table 1's iDDPM column); the backbone view adds ADM's variance channels."""
+    precond = write_baseline_pickle(tmp_path / "baseline.pkl")
+    adm = EDMAdmBackbone(precond)
+    assert adm.num_classes == 1000 and adm.out_channels == 6
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    j, y = torch.tensor([10, 900]), torch.tensor([5, 600])
+    sigma = precond.u[j].reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        out = adm(x * (1 / (1 + sigma**2).sqrt()), (999 - j).float(), y)
+        assert torch.allclose(precond(x, precond.u[j], one_hot(y, 1000)), x - sigma * out[:, :3], rtol=1e-5, atol=1e-5)
+    assert out.shape == (2, 6, 64, 64) and out[:, 3:].abs().max() > 0
+    with pytest.raises(ValueError, match=r"num_classes=1000 needs class labels y \[N\]"):
+        adm(x, torch.zeros(2))
+    with pytest.raises(ValueError, match="needs an iDDPMPrecond pickle"):
+        EDMAdmBackbone(build_edm_network({**SMALL, "class_name": "training.networks.EDMPrecond"}))
+
+
+def test_the_iddpm_family_samples_the_converted_adm_as_guided_diffusion_does(served, tmp_path):
+    """The pickle converted as network type edm_adm_backbone: the iddpm family's chain (cosine, T = 1000, the network
+    fed the step index: guided-diffusion's rescale_timesteps False) denoises as the EDM wrapper at sigma = u_{M-1-n}."""
+    folder, base = served
+    original = write_baseline_pickle(folder / "baseline-imagenet-64x64-cond-adm.pkl")
+    body = (folder / "baseline-imagenet-64x64-cond-adm.pkl").read_bytes()
+    entry = {**get_checkpoint("edm_baseline_imagenet64_cond_adm").__dict__,
+             "url": f"{base}/baseline-imagenet-64x64-cond-adm.pkl", "hash_type": "md5",
+             "hash": hashlib.md5(body).hexdigest()}
+    ckpt = tmp_path / "baseline.ckpt"
+    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(tmp_path / "l.json"),
+                 "--out", str(ckpt)]) == 0
+    model_cfg = {"dataset": "imagenet64", "family": "iddpm", "checkpoint": entry["name"], "label_dim": 1000,
+                 "network": {"type": "edm_adm_backbone"},
+                 "schedule": {"name": "cosine", "T": 1000, "rescale_timesteps": False}}
+    spec = {"model": model_cfg, "dataset": {"kind": "imagenet64", "root": "unused"}, "checkpoint": entry}
+    out = tmp_path / "model.pt"
+    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+
+    net, schedule, saved = load_model(out)
+    assert isinstance(net, EDMAdmBackbone) and saved["config"]["network"]["type"] == "edm_adm_backbone"
+    assert all(torch.equal(net.precond.state_dict()[k], v) for k, v in original.state_dict().items())
+    denoiser = make_denoiser("iddpm", net, schedule, (3, 64, 64))
+    y = torch.tensor([3, 417])
+    denoiser.class_labels = y
+    x_t = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for n in (0, 499, 999):
+        abar = schedule.alpha_bars[n]
+        pred = denoiser(x_t, n)
+        sigma = original.u[999 - n]
+        # iDDPM's float64 cosine chain and EDM's float32 u grid agree to float32 rounding.
+        assert float(sigma) == pytest.approx(math.sqrt(1 / float(abar) - 1), rel=1e-3)
+        with torch.no_grad():
+            D = original(x_t * (1 + sigma**2).sqrt(), sigma.expand(2), one_hot(y, 1000))
+        assert torch.allclose(pred.x0.float(), D, rtol=1e-3, atol=1e-3)

@@ -205,7 +205,7 @@ def test_edm_fig2c_runs_ddim_as_iddpm_then_alg1_on_edms_conversion_of_adm(cfg):
     assert (row["cells"], row["unavailable"], row["nfe"]) == (12, 0, (sum(Ks) + sum(2 * K - 1 for K in Ks)) * 50_000)
 
 
-def test_edm_other_runs_edms_stochastic_sampler_on_the_adm_baseline_and_names_why_adms_own_is_not(cfg):
+def test_edm_other_runs_adms_own_and_edms_stochastic_sampler_on_the_converted_adm(cfg):
     spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_edm_other.yaml").read_text(encoding="utf-8"))
     rows = {row["csv"]: row for row in spec["rows"]}
     stochastic = rows["ADM (Dhariwal & Nichol) pretrained | EDM stochastic sampler (Alg. 2)"]
@@ -215,7 +215,14 @@ def test_edm_other_runs_edms_stochastic_sampler_on_the_adm_baseline_and_names_wh
     # EDM App. Table 5, ImageNet-64 pre-trained column.
     assert cfg["samplers"]["edm_stochastic_imagenet64_adm"]["options"] == {
         "S_churn": 80.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}
-    assert "variance channels" in rows["ADM (Dhariwal & Nichol) pretrained | original sampler"]["unavailable"]
+    original = rows["ADM (Dhariwal & Nichol) pretrained | original sampler"]
+    assert (original["model"], original["sampler"], original["K"], original["paper"]) == (
+        "adm_imagenet64_converted", "iddpm_respaced", 250, {"imagenet64": 2.07})
+    # guided-diffusion: learn_sigma, cosine, 1000 steps, rescale_timesteps False; the same file as the EDM rows.
+    adm = cfg["models"]["adm_imagenet64_converted"]
+    assert (adm["family"], adm["network"], adm["schedule"]) == (
+        "iddpm", {"type": "edm_adm_backbone"}, {"name": "cosine", "T": 1000, "rescale_timesteps": False})
+    assert adm["checkpoint"] == cfg["models"]["edm_baseline_imagenet64_adm"]["checkpoint"]
 
 
 def test_iddpms_class_conditional_model_samples_250_respaced_steps_on_the_index_it_was_trained_on(cfg):
