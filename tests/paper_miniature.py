@@ -45,9 +45,10 @@ EDM_TINY = dict(model_channels=16, channel_mult=[1, 2, 2], num_blocks=1, attn_re
 # GroupNorm's 32 groups, 64 at the attention level for one head of 64 channels.
 EDM_ADM_TINY = dict(model_type="DhariwalUNet", model_channels=32, channel_mult=[1, 2], num_blocks=1,
                     attn_resolutions=[32], augment_dim=0, dropout=0.1, use_fp16=False)
-# Baseline pickles hold score-SDE's VP / VE parameterisations (EDM's VPPrecond, VEPrecond), the others EDMPrecond.
+# Baseline pickles hold score-SDE's VP / VE parameterisations (EDM's VPPrecond, VEPrecond) or ADM's (iDDPMPrecond),
+# the others EDMPrecond.
 EDM_PRECOND = {"edm": "training.networks.EDMPrecond", "baseline_vp": "training.networks.VPPrecond",
-               "baseline_ve": "training.networks.VEPrecond"}
+               "baseline_ve": "training.networks.VEPrecond", "baseline_adm": "training.networks.iDDPMPrecond"}
 # The linear schedule scales its betas by 1000 / T (bench/core/schedules.py): beta_T < 1 needs T > 20.
 MIN_T = 21
 N_SAMPLES = 2
@@ -127,7 +128,7 @@ def write_edm_pickle(path: Path, class_name: str, arch: str, data_shape: tuple, 
     net._init_args, net._init_kwargs = (), copy.deepcopy(kwargs)
     backbone = {k: v for k, v in kwargs.items() if k not in ("img_channels", "use_fp16", "model_type")}
     net.model._init_args = ()
-    net.model._init_kwargs = {**backbone, "in_channels": data_shape[0], "out_channels": data_shape[0]}
+    net.model._init_kwargs = {**backbone, "in_channels": data_shape[0], "out_channels": net.model.out_channels}
     with official_stand_ins("raise RuntimeError('module_src must never be executed')\n") as easy_dict:
         data = dict(ema=net, loss_fn=_EDMLoss(), augment_pipe=None, dataset_kwargs=easy_dict(path="cifar10.zip"))
         path.write_bytes(dumps_official(data))
@@ -143,10 +144,8 @@ def write_checkpoints(cfg: dict, folder: Path, base_url: str) -> dict:
         shape = DATA_SHAPES[cfg["datasets"][model["dataset"]]["kind"]][0]
         if entry.layout == "edm_pickle":
             baseline = "baseline" in entry.name
-            arch = "ve" if entry.name.endswith("_ve") else "vp"
+            arch = "adm" if entry.name.endswith("_adm") else "ve" if entry.name.endswith("_ve") else "vp"
             precond = EDM_PRECOND[f"baseline_{arch}" if baseline else "edm"]
-            if entry.name.endswith("_adm"):
-                arch = "adm"
             write_edm_pickle(path, precond, arch, shape, seed, model.get("label_dim", 0))
         else:
             write_state_dict_checkpoint(path, entry.layout, tiny_network(model["network"]), shape, seed)

@@ -69,8 +69,8 @@ def _randomize_(module: torch.nn.Module, scale: float = 0.2) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
 
 
-def test_both_iddpm_manifests_are_present():
-    assert IDDPM_MANIFESTS == ["iddpm_cifar10.json", "iddpm_imagenet64.json"]
+def test_the_iddpm_manifests_are_present():
+    assert IDDPM_MANIFESTS == ["iddpm_cifar10.json", "iddpm_imagenet64.json", "iddpm_imagenet64_cond.json"]
 
 
 @pytest.mark.parametrize("name", IDDPM_MANIFESTS)

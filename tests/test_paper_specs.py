@@ -191,10 +191,58 @@ def test_edm_fig2_runs_each_baselines_original_sampler_and_the_steps_to_alg1(cfg
         assert got == steps and all(s["fn"] == "edm_general" for s in samplers[:3])
         assert rows[3]["sampler"] == "edm_heun_rho7"
     fig2 = next(r for r in plan(cfg, root=ROOT) if r["table"] == "paper_edm_fig2")
-    # Per model: Euler sum(K) NFE, three Heun rows sum(2K - 1); ImageNet-64's 2 rows x 6 K unavailable.
+    # Per model: Euler sum(K) NFE, three Heun rows sum(2K - 1).
     Ks = spec["columns"]["values"]
     nfe = 2 * (sum(Ks) + 3 * sum(2 * K - 1 for K in Ks)) * 50_000
-    assert (fig2["cells"], fig2["unavailable"], fig2["nfe"]) == (48, 12, nfe)
+    assert (fig2["cells"], fig2["unavailable"], fig2["nfe"]) == (48, 0, nfe)
+
+
+def test_edm_fig2c_runs_ddim_as_iddpm_then_alg1_on_edms_conversion_of_adm(cfg):
+    """EDM Fig. 2c: ADM's ImageNet-64 model as EDM converted it (iDDPMPrecond), DDIM = Euler on iDDPM's t_i with
+    sigma(t) = t, s(t) = 1 (generate.py --disc iddpm), then Heun with EDM's t_i (Alg. 1)."""
+    spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_edm_fig2c.yaml").read_text(encoding="utf-8"))
+    assert spec["dataset"] == cfg["models"]["edm_baseline_imagenet64_adm"]["dataset"] == "imagenet64"
+    assert [(row["model"], row["sampler"]) for row in spec["rows"]] == [
+        ("edm_baseline_imagenet64_adm", "edm_fig2c_ddim_original"), ("edm_baseline_imagenet64_adm", "edm_heun_rho7")]
+    ddim = cfg["samplers"]["edm_fig2c_ddim_original"]
+    assert (ddim["fn"], ddim["grid"], ddim["options"]) == (
+        "edm_general", "iddpm", {"solver": "euler", "schedule": "linear", "scaling": "none"})
+    model = cfg["models"]["edm_baseline_imagenet64_adm"]
+    assert (model["checkpoint"], model["label_dim"]) == ("edm_baseline_imagenet64_cond_adm", 1000)
+    row = next(r for r in plan(cfg, root=ROOT) if r["table"] == "paper_edm_fig2c")
+    Ks = spec["columns"]["values"]
+    assert (row["cells"], row["unavailable"], row["nfe"]) == (12, 0, (sum(Ks) + sum(2 * K - 1 for K in Ks)) * 50_000)
+
+
+def test_edm_other_runs_adms_own_and_edms_stochastic_sampler_on_the_converted_adm(cfg):
+    spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_edm_other.yaml").read_text(encoding="utf-8"))
+    rows = {row["csv"]: row for row in spec["rows"]}
+    stochastic = rows["ADM (Dhariwal & Nichol) pretrained | EDM stochastic sampler (Alg. 2)"]
+    assert (stochastic["model"], stochastic["sampler"], stochastic["K"]) == (
+        "edm_baseline_imagenet64_adm", "edm_stochastic_imagenet64_adm", 256)
+    assert stochastic["paper"] == {"imagenet64": 1.55}
+    # EDM App. Table 5, ImageNet-64 pre-trained column.
+    assert cfg["samplers"]["edm_stochastic_imagenet64_adm"]["options"] == {
+        "S_churn": 80.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}
+    original = rows["ADM (Dhariwal & Nichol) pretrained | original sampler"]
+    assert (original["model"], original["sampler"], original["K"], original["paper"]) == (
+        "adm_imagenet64_converted", "iddpm_respaced", 250, {"imagenet64": 2.07})
+    # guided-diffusion: learn_sigma, cosine, 1000 steps, rescale_timesteps False; the same file as the EDM rows.
+    adm = cfg["models"]["adm_imagenet64_converted"]
+    assert (adm["family"], adm["network"], adm["schedule"]) == (
+        "iddpm", {"type": "edm_adm_backbone"}, {"name": "cosine", "T": 1000, "rescale_timesteps": False})
+    assert adm["checkpoint"] == cfg["models"]["edm_baseline_imagenet64_adm"]["checkpoint"]
+
+
+def test_iddpms_class_conditional_model_samples_250_respaced_steps_on_the_index_it_was_trained_on(cfg):
+    spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_iddpm_imagenet64_cond.yaml").read_text(encoding="utf-8"))
+    (row,) = spec["rows"]
+    assert (row["model"], row["sampler"], spec["columns"]["values"]) == ("iddpm_imagenet64_cond", "iddpm_respaced", [250])
+    model = cfg["models"]["iddpm_imagenet64_cond"]
+    assert model["schedule"] == {"name": "cosine", "T": 4000, "rescale_timesteps": False}
+    assert (model["label_dim"], model["network"]["num_classes"], model["network"]["model_channels"]) == (1000, 1000, 192)
+    assert cfg["samplers"]["iddpm_respaced"] == {
+        "fn": "iddpm", "label": "iDDPM, learned Σ, respaced", "grid": "respace", "options": {"clip_x0": True}}
 
 
 @pytest.mark.parametrize(("table", "dataset", "stem"), [("ffhq64", "ffhq64", "ffhq"), ("afhqv2_64", "afhqv2_64", "afhqv2")])

@@ -94,14 +94,21 @@ def convert_checkpoint(
         from bench.checkpoints.edm_pickle import load_edm_network
 
         net, info = load_edm_network(Path(path))
-        # The pickle carries its constructor: our model file records it as the network config.
+        # The pickle carries its constructor: our model file records it as the network config, of the type the
+        # config asked for (the preconditioned network, or its ADM backbone for the iddpm family).
+        kind = cfg["network"]["type"]
         cfg["network"] = {
-            "type": "edm_precond",
+            "type": kind,
             "class_name": info["class_names"]["precond"],
             **info["precond"],
             "model_type": info["class_names"]["backbone"],
         }
-        shape = (net.img_channels, net.img_resolution, net.img_resolution)
+        if kind == "edm_adm_backbone":
+            from bench.nets.edm_adm_backbone import EDMAdmBackbone
+
+            net = EDMAdmBackbone(net)
+        precond = net.precond if kind == "edm_adm_backbone" else net
+        shape = (precond.img_channels, precond.img_resolution, precond.img_resolution)
         if shape != tuple(data_shape):
             raise ValueError(
                 f"checkpoint {entry['name']!r} makes {list(shape)} images, the dataset has {list(data_shape)}"

@@ -24,6 +24,8 @@ def _discover() -> dict[str, FamilySpec]:
 FAMILY_SPECS: dict[str, FamilySpec] = _discover()
 # The losses that take iDDPM's importance sampling of t (they weight each sample by 1 / (T p_t)).
 LOSS_AWARE_LOSSES = ("hybrid", "vlb")
+# Optional keys of a linear or cosine schedule entry (the schema's); each family names those it reads.
+DISCRETE_SCHEDULE_OPTIONS = ("rescale_timesteps",)
 
 
 def get_family(name: str) -> FamilySpec:
@@ -46,9 +48,11 @@ def continuous_families() -> list[str]:
 
 
 def build_schedule(schedule: dict) -> Any:
-    """The noise schedule of a model config's ``schedule:`` entry: a discrete chain or a sigma range."""
+    """The noise schedule of a model config's ``schedule:`` entry: a discrete chain or a sigma range, built by a
+    family that reads each of its optional keys (an iDDPM chain's rescale_timesteps)."""
+    options = [key for key in DISCRETE_SCHEDULE_OPTIONS if key in schedule]
     for spec in FAMILY_SPECS.values():
-        if schedule["name"] in spec.schedules:
+        if schedule["name"] in spec.schedules and all(key in spec.schedule_options for key in options):
             return spec.schedules[schedule["name"]](schedule)
     known = sorted({name for spec in FAMILY_SPECS.values() for name in spec.schedules})
     raise ValueError(f"schedule {schedule['name']!r} is not one of {known}")
@@ -98,6 +102,13 @@ def check_model(name: str, model: dict) -> None:
             f"config key 'models.{name}.schedule.name': value {schedule['name']!r} does not apply to "
             f"family {family!r}; allowed: {list(spec.schedules)}"
         )
+    for key in DISCRETE_SCHEDULE_OPTIONS:
+        if key in schedule and key not in spec.schedule_options:
+            takers = sorted(f for f, s in FAMILY_SPECS.items() if key in s.schedule_options)
+            raise ValueError(
+                f"config key 'models.{name}.schedule.{key}': family {family!r} does not take it; "
+                f"allowed for families {takers}"
+            )
     if "loss" in model and model["loss"]["name"] not in spec.losses:
         raise ValueError(
             f"config key 'models.{name}.loss.name': value {model['loss']['name']!r} does not apply to "

@@ -19,7 +19,8 @@ class FamilySpec:
     have a probability-flow ODE likelihood (PF-ODE NLL). ``noise_law``: the checker and reader of the model's
     ``noise:`` entry, for a family trained with non-Gaussian noise (None: the family takes none);
     ``noise_forms`` says which entries it takes. ``conditional``: its denoiser passes class labels to a
-    class-conditional network (a model's ``label_dim``).
+    class-conditional network (a model's ``label_dim``). ``schedule_options``: the keys of a discrete schedule
+    entry, beyond name and T, that its schedule builders read (iddpm: rescale_timesteps).
     """
 
     name: str
@@ -31,6 +32,7 @@ class FamilySpec:
     noise_law: Callable[[dict], Any] | None = None
     noise_forms: str = ""
     conditional: bool = False
+    schedule_options: tuple[str, ...] = ()
 
     @property
     def default_loss(self) -> str | None:

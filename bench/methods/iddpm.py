@@ -20,15 +20,10 @@ from bench.core.denoiser import DiscreteEpsDenoiser, Prediction, clip_prediction
 from bench.core.labels import network_label_dim
 from bench.core.noise import normal
 from bench.core.schedules import DiscreteSchedule, posterior_coefficients
+from bench.methods.iddpm_chain import network_time_scale
 from bench.metrics.nll import discretized_gaussian_log_likelihood, gaussian_kl
 
 HYBRID_LAMBDA = 0.001
-
-
-def rescaled_time_scale(T: int) -> float:
-    """improved_diffusion's rescale_timesteps=True: the network sees t = n * 1000 / T."""
-    _check_T(T)
-    return 1000.0 / T
 
 
 def _check_T(T: int) -> None:
@@ -84,14 +79,14 @@ def clip_variance_prediction(pred: VariancePrediction, x: torch.Tensor, abar: to
 class LearnedVarianceDenoiser(DiscreteEpsDenoiser):
     """A [eps, v] network on a discrete chain: x0 as DiscreteEpsDenoiser.x0_of (DDPM Eq. 15), plus v.
 
-    ``time_scale`` None feeds t = n * 1000 / T (rescale_timesteps=True); pass 1.0 for checkpoints
-    trained with --rescale_timesteps False. A class-conditional network (``num_classes``) is called with
+    ``time_scale`` None feeds what the chain's network was trained on (bench.methods.iddpm_chain: t = n * 1000 / T,
+    or n for a chain with rescale_timesteps False). A class-conditional network (``num_classes``) is called with
     ``class_labels``, the class index of each row, set by the caller before the sampler runs (improved-diffusion
     image_sample.py L44-48 passes them as ``model_kwargs["y"]``).
     """
 
     def __init__(self, net: nn.Module, schedule: DiscreteSchedule, time_scale: float | None = None):
-        scale = rescaled_time_scale(schedule.T) if time_scale is None else float(time_scale)
+        scale = network_time_scale(schedule) if time_scale is None else float(time_scale)
         super().__init__(net, schedule, time_scale=scale)
         self.label_dim = network_label_dim(net)
         self.class_labels: torch.Tensor | None = None
@@ -174,7 +169,7 @@ def _loss_terms(
     n = torch.as_tensor(n, dtype=torch.int64)
     if n.shape != (x0.shape[0],) or n.min() < 0 or n.max() >= T:
         raise ValueError(f"steps n must be one per sample, shape ({x0.shape[0]},), in [0, {T - 1}]")
-    scale = rescaled_time_scale(T) if time_scale is None else float(time_scale)
+    scale = network_time_scale(schedule) if time_scale is None else float(time_scale)
     view = (-1,) + (1,) * (x0.dim() - 1)
     # The schedule's tables live on the CPU: index them there, then move the rows to x0's device.
     device = x0.device

@@ -236,13 +236,14 @@ class iDDPMPrecond(Preconditioner):
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
-        # float32 throughout, like the official grid, so rounded sigmas match bit for bit.
-        ratios = (self.alpha_bar(torch.arange(M)) / self.alpha_bar(torch.arange(1, M + 1))).clip(
-            min=C_1
-        )
-        u = torch.zeros(M + 1)
-        for j in range(M, 0, -1):
-            u[j - 1] = ((u[j] ** 2 + 1) / ratios[j - 1] - 1).sqrt()
+        # float32 throughout, like the official grid, so rounded sigmas match bit for bit. On the CPU even
+        # under a default device such as meta (a layout check), whose tensors have no values to read.
+        with torch.device("cpu"):
+            steps = torch.arange(M + 1)
+            ratios = (self.alpha_bar(steps[:-1]) / self.alpha_bar(steps[1:])).clip(min=C_1)
+            u = torch.zeros(M + 1)
+            for j in range(M, 0, -1):
+                u[j - 1] = ((u[j] ** 2 + 1) / ratios[j - 1] - 1).sqrt()
         self.register_buffer("u", u)
         self.sigma_min = float(u[M - 1])
         self.sigma_max = float(u[0])

@@ -37,6 +37,8 @@ NETWORK_TYPES: dict[str, NetworkType] = {
     ),
     "adm_unet": NetworkType("bench.nets.adm_unet:ADMUNet", (("in_channels", "channels"),)),
     "edm_precond": NetworkType("bench.nets.edm_networks:build_edm_network", from_pickle=True),
+    # The ADM backbone of an iDDPMPrecond pickle as an [eps, v] network (x_t, t, y), for the iddpm family's samplers.
+    "edm_adm_backbone": NetworkType("bench.nets.edm_adm_backbone:build_edm_adm_backbone", from_pickle=True),
     # score_sde_pytorch's NCSN++ / DDPM++ (one class) and DDPM; their options are the official configs' model
     # keys (bench.nets.score_sde_configs.SCORE_SDE_CIFAR10).
     "score_sde_ncsnpp": NetworkType(
