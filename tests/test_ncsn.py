@@ -19,6 +19,7 @@ from bench.methods.ncsn import (
     geometric_sigmas,
     ssm_loss,
 )
+from bench.methods.ncsn_levels import NoiseConditionalScore
 from bench.nets.ncsnv2 import NCSNv2
 from bench.samplers import langevin, pc
 
@@ -29,58 +30,8 @@ SHAPE = (2,)
 pytestmark = pytest.mark.usefixtures("fast_distributions")
 
 
-# Score adapters of networks the pipeline does not load (NCSNv2's level-indexed network, a VP eps
-# network read at VE levels): ScoreFn conversions checked against the oracle.
-
-
-class NoiseConditionalScore:
-    """Score from a network on level indices, net(a x + b, y) = grad log p (NCSN/NCSNv2 s_theta(x, sigma_y)).
-
-    The network's data live in ``data_range`` = [lo, hi] (NCSNv2: [0, 1]), bench data in [-1, 1]:
-    x_net = a x + b with a = (hi - lo) / 2, b = (hi + lo) / 2. Then sigma_net = a sigma and, since
-    p(x) = p_net(a x + b) a^d, score(x, sigma) = a s_net(a x + b, a sigma). ``net_sigmas`` is the
-    network's own level table (its order defines y; NCSNv2: ``net.sigmas``, descending).
-    Only the levels of that table are accepted.
-    """
-
-    def __init__(
-        self,
-        net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        net_sigmas: torch.Tensor,
-        *,
-        data_range: tuple[float, float] = (0.0, 1.0),
-        rtol: float = 1e-6,
-    ):
-        lo, hi = data_range
-        if not hi > lo:
-            raise ValueError(f"data_range={data_range!r} must be (lo, hi) with hi > lo")
-        self.net = net
-        self.scale = (hi - lo) / 2.0
-        self.shift = (hi + lo) / 2.0
-        table = torch.as_tensor(net_sigmas).detach().to("cpu", torch.float64) / self.scale
-        order = torch.argsort(table)
-        self.sigmas = table[order]
-        self._net_index = order
-        self.rtol = rtol
-        self.nfe = 0
-        self._dtype = param_dtype(net)
-
-    def level_index(self, sigma: float | torch.Tensor) -> int:
-        """The network's index y of level ``sigma`` (in bench scale)."""
-        s = as_level(sigma)
-        n = int(torch.argmin(torch.abs(torch.log(self.sigmas / s))))
-        if abs(float(self.sigmas[n] / s) - 1.0) > self.rtol:
-            raise ValueError(
-                f"sigma={float(s)!r} is not one of the network's levels (nearest {float(self.sigmas[n])!r}); "
-                "a noise-conditional network is defined on its own table only"
-            )
-        return int(self._net_index[n])
-
-    def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        y = torch.full((x.shape[0],), self.level_index(sigma), dtype=torch.int64, device=x.device)
-        out = self.net((self.scale * x + self.shift).to(self._dtype), y)
-        self.nfe += 1
-        return self.scale * out.to(x.dtype)
+# A score adapter the pipeline does not load (a VP eps network read at VE levels) beside NCSNv2's level-indexed
+# one (bench.methods.ncsn_levels): ScoreFn conversions checked against the oracle.
 
 
 class VPEpsScore:
@@ -244,7 +195,7 @@ def test_noise_conditional_score_scales_ncsnv2_data_to_unit_interval():
         got = fn(x, fn.sigmas[1])  # second-smallest level = network index 3
         want = net((x + 1) / 2, torch.full((3,), 3, dtype=torch.int64)) / 2
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="is not one of the network's levels"):
+    with pytest.raises(ValueError, match="is not one of the network's 5 levels"):
         fn(x, 0.5)
 
 

@@ -70,7 +70,7 @@ def check_tables(cfg: dict, root: Path) -> None:
                 if str(value) in {str(k) for k in row.get("unavailable_at", {})}:
                     continue
                 at = {str(k): v for k, v in row.get("at", {}).items()}
-                selected = {**row, **at.get(str(value), {}), field: value}
+                selected = {**row, field: value, **at.get(str(value), {})}
                 if metric == "ode_nll_bpd":
                     if selected.get("model") not in pf_ode_models or selected.get("sampler", PF_ODE) != PF_ODE:
                         raise ConfigError(

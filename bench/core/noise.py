@@ -207,9 +207,16 @@ class NoiseSource:
         return self._normal(_stream(step, extra))
 
     def uniform(self, step: int, extra: int = 0) -> torch.Tensor:
+        return self._uniform(_stream(step, extra))
+
+    def latent_uniform(self) -> torch.Tensor:
+        """U(0, 1) on the latent's stream 0, for a chain that starts from uniform noise (NCSN) instead of latent()."""
+        return self._uniform(0)
+
+    def _uniform(self, stream: int) -> torch.Tensor:
         if self._uniform_blocks is None:
             self._uniform_blocks = _Blocks(self._keys, self._n, (_UNIT,), self.dtype)
-        u = self._uniform_blocks.fill(_stream(step, extra))[0]
+        u = self._uniform_blocks.fill(stream)[0]
         return u.clone().reshape(len(self.seeds), *self.shape)
 
     def _normal(self, stream: int) -> torch.Tensor:

@@ -227,7 +227,9 @@ class NCSNv2(nn.Module):
                 f"image_size must be even and >= 2 (one 2x downsampling), got {image_size}"
             )
         self.ngf = ngf
-        self.num_classes = num_classes
+        # The official config calls the noise levels "classes"; as an attribute that would read as class labels
+        # (bench.core.labels.network_label_dim), so the count is kept under its meaning.
+        self.num_levels = num_classes
         self.channels = channels
         self.image_size = image_size
         # data in [0, 1] is mapped to [-1, 1] unless the data pipeline already did it
@@ -291,7 +293,7 @@ class NCSNv2(nn.Module):
         if y.is_floating_point() or y.is_complex() or y.shape != (x.shape[0],):
             raise ValueError(
                 f"y must be an integer noise-level index tensor of shape [{x.shape[0]}] "
-                f"(0..{self.num_classes - 1}), got dtype {y.dtype} shape {list(y.shape)}"
+                f"(0..{self.num_levels - 1}), got dtype {y.dtype} shape {list(y.shape)}"
             )
         h = 2 * x - 1.0 if self.centers_input else x
         h = self.begin_conv(h)

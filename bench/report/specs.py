@@ -104,13 +104,17 @@ TABLE_SPEC_SCHEMA: dict[str, Any] = {
                     # The paper's entry as printed, where it is not a plain number ("3.01*", "7.28±0.10").
                     "paper_text": {"type": "object", "additionalProperties": {"type": "string"}},
                     # Selectors of one column only (column value -> {model, sampler, ...}), for a row whose
-                    # cells differ per column (a dataset column's model).
+                    # cells differ per column (a dataset column's model). K there is the cell's own K where
+                    # it is not the column's (a baseline run at its own sampler's K, in a paper's blank-K column).
                     "at": {
                         "type": "object",
                         "additionalProperties": {
                             "type": "object",
                             "additionalProperties": False,
-                            "properties": {field: _TEXT for field in SELECTOR_FIELDS if field not in ("dataset", "K")},
+                            "properties": {
+                                **{field: _TEXT for field in SELECTOR_FIELDS if field not in ("dataset", "K")},
+                                "K": {"type": "integer", "minimum": 1},
+                            },
                         },
                     },
                     # A planned row the product cannot produce (no checkpoint, no method): shown as missing.
@@ -183,7 +187,7 @@ class TableSpec:
 
     def cell_selectors(self, row: RowSpec, column: int | str) -> dict[str, str | int]:
         """Fields a results cell must match to sit at (`row`, `column`)."""
-        return {**self.row_selectors(row), **(row.at or {}).get(column, {}), self.column_field: column}
+        return {**self.row_selectors(row), self.column_field: column, **(row.at or {}).get(column, {})}
 
 
 def _key_path(path: Sequence[Any]) -> str:

@@ -130,7 +130,7 @@ def table_cells(
         for value in spec["columns"]["values"]:
             if is_unavailable(row, value):
                 continue
-            cell = {**row, **at.get(str(value), {}), field: value}
+            cell = {**row, field: value, **at.get(str(value), {})}
             if grids is not None:
                 out.extend((cell["model"], cell["sampler"], K) for K in grids[(cell["model"], cell["sampler"])])
                 continue

@@ -1,0 +1,39 @@
+"""NCSN / NCSNv2's released networks (Song & Ermon 2019, 2020): a score on the network's own table of levels."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from bench.families.spec import FamilySpec
+from bench.families.ve import ve_schedule
+from bench.methods.ncsn import VESchedule
+from bench.methods.ncsn_levels import LEVEL_RTOL, NoiseConditionalScore
+from bench.runtime.speed import unwrap_network
+
+
+def ncsn_score(net: nn.Module, schedule: VESchedule, data_shape=None, noise=None) -> NoiseConditionalScore:
+    """The network's level-indexed score on [-1, 1] data; the schedule's range must be its table's."""
+    inner = unwrap_network(net)
+    # NCSNv2 models/ncsnv2.py L76-77: without rescaled / logit data the network takes [0, 1] images.
+    score = NoiseConditionalScore(net, inner.sigmas, data_range=(0.0, 1.0) if inner.centers_input else (-1.0, 1.0))
+    for key, own in (("sigma_min", score.sigma_min), ("sigma_max", score.sigma_max)):
+        given = getattr(schedule, key)
+        if not math.isclose(given, own, rel_tol=LEVEL_RTOL):
+            raise ValueError(
+                f"schedule {key}={given!r} is not the network's own {own!r} (its table on [-1, 1] data: "
+                f"twice NCSN's levels on [0, 1] data)"
+            )
+    return score
+
+
+FAMILY = FamilySpec(
+    name="ncsn",
+    schedules={"ve": ve_schedule},
+    # Released weights only (ncsnv2_cifar10): NCSN's training on fixed levels is not reimplemented here.
+    losses={},
+    denoiser=ncsn_score,
+    # Level samplers only: the network is defined on its table's levels, not on a continuum of sigma.
+    spaces=("levels",),
+)
