@@ -115,9 +115,11 @@ def test_a_family_takes_the_samplers_of_the_spaces_it_offers():
         "score_sde_vp": sorted([*edm_family, "langevin", "pc", "vp_euler_maruyama", "vp_probability_flow"]),
         "score_sde_subvp": sorted([*edm_family, "langevin", "pc", "vp_euler_maruyama", "vp_probability_flow"]),
         "score_sde_vp_discrete": ["vp_ancestral"],
+        # NCSN's networks know their own table's levels only.
+        "ncsn": ["langevin", "pc"],
     }
     assert continuous_families() == ["edm", "score_sde_subvp", "score_sde_ve", "score_sde_vp", "ve"]
-    with pytest.raises(ValueError, match=r"model family 'vp' is not one of \['ddgm', 'ddpm', 'edm', 'iddpm', "
+    with pytest.raises(ValueError, match=r"model family 'vp' is not one of \['ddgm', 'ddpm', 'edm', 'iddpm', 'ncsn', "
                                          r"'score_sde_subvp', 'score_sde_ve', 'score_sde_vp', "
                                          r"'score_sde_vp_discrete', 've'\]"):
         get_family("vp")
@@ -127,6 +129,7 @@ def test_the_factory_builds_a_network_with_the_data_shape_filled_in():
     assert shape_keywords("ddpm_unet", channels=3, image_size=32) == {"in_channels": 3, "out_ch": 3, "image_size": 32}
     assert shape_keywords("adm_unet", channels=3, image_size=32) == {"in_channels": 3}
     assert shape_keywords("edm_precond", channels=3, image_size=32) == {}
+    assert shape_keywords("ncsnv2", channels=3, image_size=32) == {"channels": 3, "image_size": 32}
     for kind in ("score_sde_ncsnpp", "score_sde_ddpm"):
         assert shape_keywords(kind, channels=1, image_size=28) == {"num_channels": 1, "image_size": 28}
     torch.manual_seed(0)
@@ -136,5 +139,6 @@ def test_the_factory_builds_a_network_with_the_data_shape_filled_in():
     assert built.state_dict().keys() == direct.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), direct.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match=r"network type 'vit' is not one of \['mlp', 'ddpm_unet', 'adm_unet', "
-                                         r"'edm_precond', 'score_sde_ncsnpp', 'score_sde_ddpm'\]"):
+                                         r"'ncsnv2', 'edm_precond', 'edm_adm_backbone', 'score_sde_ncsnpp', "
+                                         r"'score_sde_ddpm'\]"):
         build_network({"type": "vit"}, channels=3, image_size=4)
