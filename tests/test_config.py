@@ -56,7 +56,7 @@ CASES = [
     (("samplers", "ddim_eta0", "fn"), "plms", r"samplers\.ddim_eta0\.fn': value 'plms' is not allowed; allowed: \['analytic_ddim', 'analytic_ddpm', 'ddgm', 'ddgm_ddim', 'ddim', 'ddpm', 'edm_euler', 'edm_general', 'edm_heun', 'edm_stochastic', 'iddpm', 'langevin', 'pc', 'vp_ancestral', 'vp_euler_maruyama', 'vp_probability_flow'\]"),
     (("samplers", "ddim_eta0", "grid"), "log", r"samplers\.ddim_eta0\.grid': value 'log' is not allowed; allowed: \['uniform', 'quad', 'even', 'respace', 'optimal', 'edm', 'vp', 've', 'iddpm', 'vp_sde'\]"),
     (("datasets", "digits", "kind"), "mnist", r"datasets\.digits\.kind': value 'mnist' is not allowed; allowed: \['digits', 'cifar10', 'celeba64', 'imagenet64', 'lsun', 'ffhq64', 'afhqv2_64'\]"),
-    (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 'score_sde_subvp', 'score_sde_ve', 'score_sde_vp', 'score_sde_vp_discrete', 've'\]"),
+    (("models", "mlp", "family"), "gan", r"models\.mlp\.family': value 'gan' is not allowed; allowed: \['ddgm', 'ddpm', 'edm', 'iddpm', 'ncsn', 'score_sde_subvp', 'score_sde_ve', 'score_sde_vp', 'score_sde_vp_discrete', 've'\]"),
     (("models", "mlp", "schedule", "T"), 20, r"models\.mlp\.schedule\.T': linear schedule with T=20 has beta_T = 1 >= 1 \(betas rescaled by 1000/T\); T must be above 20"),
     (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 've', 'edm', 'vp_sde', 'subvp_sde'\]"),
     (("metrics", "fd_is", "extractor"), "inception", r"metrics\.fd_is\.extractor': unknown extractor 'inception'; defined: \['digits_cnn'\]"),
