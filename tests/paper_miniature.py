@@ -31,7 +31,8 @@ from bench.nets.factory import build_network
 # (32 channels: the U-Nets' GroupNorm has 32 groups).
 UNET_WIDTH = {"ddpm_unet": {"ch": 32, "num_res_blocks": 1}, "adm_unet": {"model_channels": 32, "num_res_blocks": 1},
               "score_sde_ncsnpp": {"nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1},
-              "score_sde_ddpm": {"nf": 32, "ch_mult": [1, 2], "num_res_blocks": 1}}
+              "score_sde_ddpm": {"nf": 32, "ch_mult": [1, 2], "num_res_blocks": 1},
+              "ncsnv2": {"ngf": 8}}
 # EDM's train.py network kwargs for --arch=ddpmpp (VP) and --arch=ncsnpp (VE), at a tiny width.
 EDM_ARCH = {
     "vp": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
@@ -170,6 +171,9 @@ def miniature_table(spec: dict, small_K: dict[int, int]) -> dict:
         for key in ("paper", "paper_text", "unavailable_at"):
             if key in row:
                 row[key] = {small_K[int(k)]: v for k, v in row[key].items()}
+        if "at" in row:  # a column showing a cell of its own K (NCSNv2's levels in DDPM Table 1's K = 1000)
+            row["at"] = {small_K[int(k)]: {**v, **({"K": small_K[v["K"]]} if "K" in v else {})}
+                         for k, v in row["at"].items()}
     return spec
 
 
@@ -196,7 +200,9 @@ def pairs_tier_table(spec: dict, kept: dict[tuple[str, str], int]) -> dict:
         if "unavailable" in row or (row.get("model"), row.get("sampler")) not in kept:
             continue
         K = kept[(row["model"], row["sampler"])]
-        dropped = {v: "outside the smoke run's pairs tier" for v in spec["columns"]["values"] if v != K}
+        at = row.get("at", {})
+        dropped = {v: "outside the smoke run's pairs tier" for v in spec["columns"]["values"]
+                   if at.get(v, {}).get("K", v) != K}
         row["unavailable_at"] = {**dropped, **row.get("unavailable_at", {})}
     return spec
 
@@ -216,6 +222,9 @@ def miniature_profile(
     for model in mini["models"].values():
         if model["family"] == "score_sde_ve" and model["network"].get("embedding_type") == "positional":
             model["network"]["num_scales"] = small_K[DISCRETE_STEPS]
+        # NCSN's networks are read on their own table, whose K levels the miniature shrinks like the sampler's K.
+        if model["family"] == "ncsn":
+            model["network"]["num_classes"] = small_K[model["network"]["num_classes"]]
     mini["datasets"], cifar_md5 = write_datasets(cfg, work / "data")
     (work / "www").mkdir(exist_ok=True)
     mini["checkpoints"] = write_checkpoints(mini, work / "www", base_url)
