@@ -74,10 +74,13 @@ def k_map(cfg: dict, specs: list[dict]) -> dict[int, int]:
 
 
 def _randomise(net: torch.nn.Module, seed: int) -> OrderedDict:
-    """The network's state dict with every float tensor redrawn: zero-initialised output layers would hide the rest."""
+    """The network's state dict with every float tensor redrawn: zero-initialised output layers would hide the rest.
+
+    A level table (``sigmas``) stays as built, as every official file stores it: NCSNv2 divides by its entries."""
     gen = torch.Generator().manual_seed(seed)
-    return OrderedDict((k, torch.randn(v.shape, generator=gen) * 0.05 if v.is_floating_point() else v)
-                       for k, v in net.state_dict().items())
+    drawn = OrderedDict((k, torch.randn(v.shape, generator=gen) * 0.05 if v.is_floating_point() else v)
+                        for k, v in net.state_dict().items())
+    return OrderedDict((k, net.state_dict()[k] if k == "sigmas" else v) for k, v in drawn.items())
 
 
 def tiny_network(network: dict) -> dict:
