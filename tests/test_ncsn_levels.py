@@ -17,7 +17,7 @@ from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
 from bench.cli import main
 from bench.core.noise import NoiseSource
-from bench.families import make_denoiser
+from bench.families import check_model, make_denoiser
 from bench.methods.ncsn import VESchedule
 from bench.methods.ncsn_levels import NoiseConditionalScore
 from bench.nets.ncsnv2 import NCSNv2, ncsn_sigmas
@@ -94,6 +94,16 @@ def test_the_level_grid_at_k_232_is_the_networks_own_table():
     assert torch.equal(view.sigmas, 2 * torch.flip(ncsn_sigmas(SIGMA_BEGIN, SIGMA_END, NUM_CLASSES), [0]).double())
     with pytest.raises(ValueError, match="is not one of the network's 232 levels .* K = 232 levels"):
         sampler_view(denoiser, PAPER["samplers"]["ncsnv2_langevin"], 100)
+
+
+def test_a_config_whose_schedule_is_not_the_networks_table_is_refused_before_any_job():
+    model = {**PAPER["models"]["ncsnv2_cifar10"], "schedule": {"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}}
+    with pytest.raises(ValueError, match=r"'models.m.schedule.sigma_min': value 0.01 is not the network's own level "
+                                         r"0.02 \(2 x network.sigma_end on \[-1, 1\] data\); allowed: 0.02"):
+        check_model("m", model)
+    rescaled = {**model, "network": {**model["network"], "rescaled": True}}
+    check_model("m", rescaled)  # NCSNv2 on [-1, 1] data: its levels are the schedule's as they stand
+    check_model("m", PAPER["models"]["ncsnv2_cifar10"])
 
 
 def test_a_schedule_off_the_networks_table_is_refused():

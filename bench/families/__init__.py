@@ -130,6 +130,8 @@ def check_model(name: str, model: dict) -> None:
             f"config key 'models.{name}.schedule': sigma_min={schedule['sigma_min']!r} must be below "
             f"sigma_max={schedule['sigma_max']!r}"
         )
+    if spec.check_model is not None:
+        spec.check_model(name, model)
 
 
 def _check_noise(name: str, model: dict, spec: FamilySpec) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 from torch import nn
@@ -10,7 +11,27 @@ from bench.families.spec import FamilySpec
 from bench.families.ve import ve_schedule
 from bench.methods.ncsn import VESchedule
 from bench.methods.ncsn_levels import LEVEL_RTOL, NoiseConditionalScore
+from bench.nets.factory import network_constructor
 from bench.runtime.speed import unwrap_network
+
+
+def check_ncsn_model(name: str, model: dict) -> None:
+    """An NCSNv2 network's table on [-1, 1] data must be the schedule's range, before any job builds it."""
+    network = model["network"]
+    if network["type"] != "ncsnv2":
+        return
+    defaults = inspect.signature(network_constructor("ncsnv2")).parameters
+    option = {key: network.get(key, defaults[key].default) for key in ("sigma_begin", "sigma_end", "rescaled",
+                                                                       "logit_transform")}
+    # NCSNv2 models/ncsnv2.py L76-77: without rescaled / logit data the network's levels are on [0, 1] images.
+    scale = 1.0 if option["rescaled"] or option["logit_transform"] else 2.0
+    for key, own in (("sigma_min", "sigma_end"), ("sigma_max", "sigma_begin")):
+        want = scale * option[own]
+        if not math.isclose(model["schedule"].get(key, math.nan), want, rel_tol=LEVEL_RTOL):
+            raise ValueError(
+                f"config key 'models.{name}.schedule.{key}': value {model['schedule'].get(key)!r} is not the "
+                f"network's own level {want!r} ({scale:g} x network.{own} on [-1, 1] data); allowed: {want!r}"
+            )
 
 
 def ncsn_score(net: nn.Module, schedule: VESchedule, data_shape=None, noise=None) -> NoiseConditionalScore:
@@ -36,4 +57,5 @@ FAMILY = FamilySpec(
     denoiser=ncsn_score,
     # Level samplers only: the network is defined on its table's levels, not on a continuum of sigma.
     spaces=("levels",),
+    check_model=check_ncsn_model,
 )

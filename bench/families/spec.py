@@ -20,7 +20,8 @@ class FamilySpec:
     ``noise:`` entry, for a family trained with non-Gaussian noise (None: the family takes none);
     ``noise_forms`` says which entries it takes. ``conditional``: its denoiser passes class labels to a
     class-conditional network (a model's ``label_dim``). ``schedule_options``: the keys of a discrete schedule
-    entry, beyond name and T, that its schedule builders read (iddpm: rescale_timesteps).
+    entry, beyond name and T, that its schedule builders read (iddpm: rescale_timesteps). ``check_model(name,
+    model)``: the family's own cross-checks of a model entry (ValueError naming the key), None: none.
     """
 
     name: str
@@ -33,6 +34,7 @@ class FamilySpec:
     noise_forms: str = ""
     conditional: bool = False
     schedule_options: tuple[str, ...] = ()
+    check_model: Callable[[str, dict], None] | None = None
 
     @property
     def default_loss(self) -> str | None:
