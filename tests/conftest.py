@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +19,19 @@ from dag import run_tiny
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run of tests/configs/tiny.yaml (results/ and reports/), made once per session."""
     return run_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def paper_dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``snakemake -n`` of the paper profile in an empty folder (no data, checkpoints or network), run once per
+    session (its plan takes a minute); yields the run and its folder."""
+    root, folder = Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("paper_dry_run")
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "-n", "--cores", "2", "--configfile",
+         str(root / "workflows/config/paper.yaml"), "--directory", str(folder)],
+        cwd=root, capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    return run, folder
 
 
 @pytest.fixture(scope="module")

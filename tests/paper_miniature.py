@@ -22,6 +22,7 @@ from paper_miniature_data import SIZES, md5_of, write_datasets
 
 from bench.checkpoints.registry import get_checkpoint
 from bench.checkpoints.score_sde_network import ema_parameter_names
+from bench.config import PF_ODE, ode_nll_models
 from bench.data import DATA_SHAPES
 from bench.methods.score_sde import DISCRETE_STEPS
 from bench.nets.edm_networks import build_edm_network
@@ -181,8 +182,10 @@ def miniature_table(spec: dict, small_K: dict[int, int]) -> dict:
 
 
 # "full": every cell of the profile; "pairs": each (model, sampler) pair at its largest K only, which keeps every
-# model, sampler with its options, grid, metric and the K = T shared cells at a fifth of the cells.
-TIERS = ("full", "pairs")
+# model, sampler with its options, grid, metric and the K = T shared cells at a fifth of the cells; "kinds": of the
+# pairs, the first of each kind (pair_kind): every sampler function on every grid, family, network type and dataset
+# kind it meets in the profile, conditional or not, at half the pairs.
+TIERS = ("full", "pairs", "kinds")
 
 
 def largest_K_per_pair(cfg: dict) -> dict[tuple[str, str], int]:
@@ -194,18 +197,37 @@ def largest_K_per_pair(cfg: dict) -> dict[tuple[str, str], int]:
     return largest
 
 
-def pairs_tier_table(spec: dict, kept: dict[tuple[str, str], int]) -> dict:
-    """A table spec whose K columns other than each row's kept K are unavailable in the pairs tier."""
-    if spec["columns"]["field"] != "K":
-        return spec
+def pair_kind(cfg: dict, model: str, sampler: str) -> tuple:
+    """What a (model, sampler) pair exercises: the sampler function and grid, the model's family, network type,
+    dataset kind and conditioning."""
+    m, s = cfg["models"][model], cfg["samplers"][sampler]
+    return (s["fn"], s["grid"], m["family"], m.get("network", {}).get("type"), cfg["datasets"][m["dataset"]]["kind"],
+            "label_dim" in m)
+
+
+def one_pair_per_kind(cfg: dict, pairs: dict[tuple[str, str], int], also: set[tuple[str, str]]) -> dict:
+    """The first pair of each kind, and the pairs ``also`` names (those a table scores against a split of its own)."""
+    kinds: dict[tuple, tuple[str, str]] = {}
+    for pair in pairs:
+        kinds.setdefault(pair_kind(cfg, *pair), pair)
+    return {pair: K for pair, K in pairs.items() if pair in set(kinds.values()) | also}
+
+
+def tier_table(spec: dict, kept: dict[tuple[str, str], int], tier: str) -> dict:
+    """A table spec whose cells other than the tier's kept (model, sampler) at its kept K (None: any) are
+    unavailable; a derived table's column, whose cells are a curve over K, stays where its pair is kept."""
     spec = copy.deepcopy(spec)
+    by_K = spec["columns"]["field"] == "K"
     for row in spec["rows"]:
-        if "unavailable" in row or (row.get("model"), row.get("sampler")) not in kept:
+        if "unavailable" in row:
             continue
-        K = kept[(row["model"], row["sampler"])]
-        at = row.get("at", {})
-        dropped = {v: "outside the smoke run's pairs tier" for v in spec["columns"]["values"]
-                   if at.get(v, {}).get("K", v) != K}
+        dropped = {}
+        for v in spec["columns"]["values"]:
+            at = row.get("at", {}).get(v, {})
+            pair = (at.get("model", row.get("model")), at.get("sampler", row.get("sampler")))
+            K = at.get("K", row.get("K", v if by_K else None))
+            if pair not in kept or (kept[pair] is not None and "derived" not in spec and kept[pair] != K):
+                dropped[v] = f"outside the smoke run's {tier} tier"
         row["unavailable_at"] = {**dropped, **row.get("unavailable_at", {})}
     return spec
 
@@ -243,8 +265,17 @@ def miniature_profile(
     for exp in mini["experiments"]:
         exp["K"] = [small_K[K] for K in exp["K"]]
     kept = largest_K_per_pair(mini)
-    if tier == "pairs":
+    if tier == "kinds":
+        split_pairs = {(row["model"], row["sampler"]) for spec in specs.values() if "reference_split" in spec
+                       for row in spec["rows"] if "model" in row and "unavailable" not in row}
+        kept = one_pair_per_kind(mini, kept, split_pairs)
+    if tier != "full":
         mini["experiments"] = [{"model": m, "samplers": [s], "K": [K]} for (m, s), K in kept.items()]
+    if tier == "kinds" and "ode_nll" in mini["metrics"]:
+        # one PF-ODE likelihood per family and network type
+        chosen = {(mini["models"][m]["family"], mini["models"][m]["network"]["type"]): m
+                  for m in reversed(ode_nll_models(mini))}
+        mini["metrics"]["ode_nll"]["models"] = sorted(chosen.values())
     mini["moments"] = {**mini["moments"], "M": SIZES["train"], "batch_size": SIZES["train"]}
     # A sampler's own Gamma_n size (Analytic-DPM Table 5's M) within the miniature's training split: M = 1 and 3
     # keep their own moments jobs, the larger ones read the model's one file.
@@ -267,15 +298,16 @@ def miniature_profile(
         for exp in metrics["recon"]["experiments"]:
             exp["K"] = [small_K[K] for K in exp["K"]]
         recon_kept = largest_K_per_pair(metrics["recon"])
-        if tier == "pairs":
+        if tier != "full":
             metrics["recon"]["experiments"] = [{"model": m, "samplers": [s], "K": [K]} for (m, s), K in recon_kept.items()]
     (work / "tables").mkdir()
     tables = []
     for rel, spec in specs.items():
         out = work / "tables" / Path(rel).name
         spec = miniature_table(spec, small_K)
-        if tier == "pairs":
-            spec = pairs_tier_table(spec, recon_kept if spec["metric"] == "recon_mse" else kept)
+        if tier != "full":
+            likelihoods = {(m, PF_ODE): None for m in ode_nll_models(mini)}
+            spec = tier_table(spec, {"recon_mse": recon_kept, "ode_nll_bpd": likelihoods}.get(spec["metric"], kept), tier)
         out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
         tables.append(str(out))
     mini["tables"] = tables

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dag import SNAKEMAKE
-from paper_miniature import dump, largest_K_per_pair, miniature_profile, write_inception
+from paper_miniature import dump, largest_K_per_pair, miniature_profile, pair_kind, write_inception
 from paper_miniature_data import write_cifar10_md5_hook
 
 from bench.config import PF_ODE, cells, load_config, ode_nll_models, validate_config
@@ -45,18 +45,26 @@ def test_the_miniature_keeps_every_cell_table_and_shared_cell_of_the_paper_profi
     assert set(largest_K_per_pair(pairs)) == set(largest_K_per_pair(mini)) and len(cells(pairs)) == len(
         largest_K_per_pair(mini))
     assert len(shared_cells(pairs)) == len(shared_cells(mini))
+    kinds, _ = miniature_profile(paper, ROOT, tmp_path / "kinds", "http://127.0.0.1:1", tmp_path / "inception.pt",
+                                 tier="kinds")
+    validate_config(kinds, root=ROOT)
+    kept = largest_K_per_pair(kinds)
+    assert {pair_kind(kinds, *p) for p in kept} == {pair_kind(pairs, *p) for p in largest_K_per_pair(pairs)}
+    assert set(kept) < set(largest_K_per_pair(pairs)) and all(kept[p] == K for p, K in largest_K_per_pair(pairs).items()
+                                                              if p in kept)
 
 
-# The full miniature computes an Inception FID per cell (a 2048 x 2048 eigenproblem each, the official formula): over
-# 30 minutes on 2 cores, so it runs on request; the pairs tier runs every (model, sampler) pair at its largest K.
-FULL_TIER_VAR = "DPM_BENCH_PAPER_SMOKE"
+# Each cell computes an Inception FID (a 2048 x 2048 eigenproblem, the official formula): the kinds tier, one pair of
+# each kind, runs by default; the pairs tier (every (model, sampler) pair at its largest K) and the full miniature
+# (every cell, over 30 minutes on 2 cores) run on request.
+TIER_VAR = "DPM_BENCH_PAPER_SMOKE"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tier", ["pairs", "full"])
+@pytest.mark.parametrize("tier", ["kinds", "pairs", "full"])
 def test_every_producible_cell_of_the_paper_profile_ends_ok_in_miniature(tmp_path, served, tier):
-    if tier == "full" and os.environ.get(FULL_TIER_VAR) != "full":
-        pytest.skip(f"the full miniature (every cell, over 30 min on 2 cores) runs with {FULL_TIER_VAR}=full")
+    if tier != "kinds" and os.environ.get(TIER_VAR) != tier:
+        pytest.skip(f"the {tier} tier of the miniature runs with {TIER_VAR}={tier}")
     paper = yaml.safe_load((ROOT / "workflows/config/paper.yaml").read_text(encoding="utf-8"))
     mini, cifar_md5 = miniature_profile(paper, ROOT, tmp_path, served[1], write_inception(tmp_path / "inception.pt"),
                                         tier=tier)
