@@ -4,12 +4,9 @@ the DhariwalUNet manifest with 6 output channels, and a pickle in the official l
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import math
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -100,22 +97,6 @@ SMALL = {"img_resolution": 64, "img_channels": 3, "label_dim": 1000, "use_fp16":
 class _VPLoss:
     def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5):
         self.beta_d, self.beta_min, self.epsilon_t = beta_d, beta_min, epsilon_t
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        """Keep test output clean."""
-
-
-@pytest.fixture
-def served(tmp_path):
-    folder = tmp_path / "www"
-    folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def write_baseline_pickle(path: Path) -> iDDPMPrecond:

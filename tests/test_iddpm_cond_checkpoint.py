@@ -4,12 +4,9 @@ strictly through the fetch and convert steps."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import threading
 from collections import OrderedDict
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -71,22 +68,6 @@ def test_the_profiles_network_is_the_manifests_constructor():
     assert {k: v for k, v in network.items() if k != "type"} == official
     assert MANIFEST["diffusion"]["rescale_timesteps"] is False
     assert get_checkpoint("iddpm_imagenet64_cond").architecture == "iddpm_imagenet64_cond"
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        """Keep test output clean."""
-
-
-@pytest.fixture
-def served(tmp_path):
-    folder = tmp_path / "www"
-    folder.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_an_official_layout_file_is_fetched_converted_and_sampled_with_its_labels(served, tmp_path):
