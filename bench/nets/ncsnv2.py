@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -205,9 +205,9 @@ class NCSNv2(nn.Module):
         sigma_end: float = 0.01,
         channels: int = 3,
         image_size: int = 32,
-        normalization: str = "InstanceNorm++",
-        nonlinearity: str = "elu",
-        sigma_dist: str = "geometric",
+        normalization: Literal["InstanceNorm++"] = "InstanceNorm++",
+        nonlinearity: Literal["elu", "relu", "lrelu", "swish"] = "elu",
+        sigma_dist: Literal["geometric"] = "geometric",
         logit_transform: bool = False,
         rescaled: bool = False,
     ) -> None:

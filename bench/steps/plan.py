@@ -172,7 +172,7 @@ def _cell_work(
     dataset = cfg["models"][model]["dataset"]
     sampler = cfg["samplers"][sampler_name]
     grid = sampler["grid"]
-    own = samplers.own_moments_size(sampler, cfg["moments"])
+    own = samplers.own_moments_size(sampler, cfg.get("moments", {}))
     variances = set(nll_variances(cfg, model, grid, own)) if nll else set()
     # An nll job reads Gamma_n when any bound it evaluates is the analytic one, whichever sampler asks for it.
     wants_moments = ("analytic" in variances or grid in MOMENT_GRIDS) if nll else samplers.needs_moments(sampler)
