@@ -302,11 +302,11 @@ def miniature_profile(
             metrics["recon"]["experiments"] = [{"model": m, "samplers": [s], "K": [K]} for (m, s), K in recon_kept.items()]
     (work / "tables").mkdir()
     tables = []
+    likelihoods = {(m, PF_ODE): None for m in ode_nll_models(mini)}
     for rel, spec in specs.items():
         out = work / "tables" / Path(rel).name
         spec = miniature_table(spec, small_K)
         if tier != "full":
-            likelihoods = {(m, PF_ODE): None for m in ode_nll_models(mini)}
             spec = tier_table(spec, {"recon_mse": recon_kept, "ode_nll_bpd": likelihoods}.get(spec["metric"], kept), tier)
         out.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
         tables.append(str(out))

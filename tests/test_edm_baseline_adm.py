@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from edm_pickle_fixtures import dumps_official, official_stand_ins, persistent
+from torch import nn
 
 from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
@@ -117,7 +118,10 @@ def write_baseline_pickle(path: Path) -> iDDPMPrecond:
     return ema
 
 
-def test_an_official_layout_pickle_is_fetched_converted_and_denoises_as_pickled(served, tmp_path):
+def fetch_served_baseline(served, tmp_path: Path, model_cfg: dict) -> tuple[nn.Module, Path]:
+    """A random-weight baseline pickle served over HTTP, fetched and converted as ``model_cfg`` (its family, network
+    and schedule; the registry entry's name is filled in) by the real CLI steps; returns the pickled network and
+    the converted model file."""
     folder, base = served
     original = write_baseline_pickle(folder / "baseline-imagenet-64x64-cond-adm.pkl")
     body = (folder / "baseline-imagenet-64x64-cond-adm.pkl").read_bytes()
@@ -127,12 +131,17 @@ def test_an_official_layout_pickle_is_fetched_converted_and_denoises_as_pickled(
     ckpt, lock = tmp_path / "baseline.ckpt", tmp_path / "baseline.lock.json"
     assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),
                  "--out", str(ckpt)]) == 0
-    model_cfg = {"dataset": "imagenet64", "family": "edm", "checkpoint": entry["name"], "label_dim": 1000,
-                 "network": {"type": "edm_precond"},
-                 "schedule": {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}}
-    spec = {"model": model_cfg, "dataset": {"kind": "imagenet64", "root": "unused"}, "checkpoint": entry}
+    spec = {"model": {"dataset": "imagenet64", "checkpoint": entry["name"], "label_dim": 1000, **model_cfg},
+            "dataset": {"kind": "imagenet64", "root": "unused"}, "checkpoint": entry}
     out = tmp_path / "model.pt"
     assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    return original, out
+
+
+def test_an_official_layout_pickle_is_fetched_converted_and_denoises_as_pickled(served, tmp_path):
+    original, out = fetch_served_baseline(served, tmp_path, {
+        "family": "edm", "network": {"type": "edm_precond"},
+        "schedule": {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}})
 
     net, _, saved = load_model(out)
     assert isinstance(net, iDDPMPrecond) and net.model.out_channels == 6
@@ -168,21 +177,9 @@ def test_the_adm_backbone_and_the_wrapper_are_one_network_on_the_u_grid(tmp_path
 def test_the_iddpm_family_samples_the_converted_adm_as_guided_diffusion_does(served, tmp_path):
     """The pickle converted as network type edm_adm_backbone: the iddpm family's chain (cosine, T = 1000, the network
     fed the step index: guided-diffusion's rescale_timesteps False) denoises as the EDM wrapper at sigma = u_{M-1-n}."""
-    folder, base = served
-    original = write_baseline_pickle(folder / "baseline-imagenet-64x64-cond-adm.pkl")
-    body = (folder / "baseline-imagenet-64x64-cond-adm.pkl").read_bytes()
-    entry = {**get_checkpoint("edm_baseline_imagenet64_cond_adm").__dict__,
-             "url": f"{base}/baseline-imagenet-64x64-cond-adm.pkl", "hash_type": "md5",
-             "hash": hashlib.md5(body).hexdigest()}
-    ckpt = tmp_path / "baseline.ckpt"
-    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(tmp_path / "l.json"),
-                 "--out", str(ckpt)]) == 0
-    model_cfg = {"dataset": "imagenet64", "family": "iddpm", "checkpoint": entry["name"], "label_dim": 1000,
-                 "network": {"type": "edm_adm_backbone"},
-                 "schedule": {"name": "cosine", "T": 1000, "rescale_timesteps": False}}
-    spec = {"model": model_cfg, "dataset": {"kind": "imagenet64", "root": "unused"}, "checkpoint": entry}
-    out = tmp_path / "model.pt"
-    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    original, out = fetch_served_baseline(served, tmp_path, {
+        "family": "iddpm", "network": {"type": "edm_adm_backbone"},
+        "schedule": {"name": "cosine", "T": 1000, "rescale_timesteps": False}})
 
     net, schedule, saved = load_model(out)
     assert isinstance(net, EDMAdmBackbone) and saved["config"]["network"]["type"] == "edm_adm_backbone"

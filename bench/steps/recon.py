@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.checkpoints.download import file_digest
 from bench.checkpoints.model_file import load_model
 from bench.core.denoiser import NonFiniteOutputError
 from bench.data import load_dataset
@@ -35,12 +36,9 @@ def partial_path(out: Path) -> Path:
 
 
 def job_key(spec: dict, model: Path) -> str:
-    """sha256 of the job's settings and its model file: a partial file of other settings is not resumed."""
-    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-    with open(model, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of the job's settings and its model file's sha256: a partial file of other settings is not resumed."""
+    settings = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(f"{settings}\n{file_digest(model, 'sha256')}".encode()).hexdigest()
 
 
 def resumed(path: Path, key: str) -> tuple[list[float], int | None]:
