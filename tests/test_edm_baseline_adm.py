@@ -80,7 +80,11 @@ def test_the_manifest_layout_is_ours_on_the_meta_device():
     assert ours == MANIFEST["state_dict"]
     assert sum(p.numel() for p in net.parameters()) == MANIFEST["param_count"]
     assert [name for name, _ in net.named_buffers()] == MANIFEST["buffer_keys"]
-    assert (net.sigma_min, net.sigma_max) == (MANIFEST["sigma_min"], MANIFEST["sigma_max"])
+    # The manifest holds the values one machine computed: the float32 recursion's last bits follow the CPU's
+    # sin (u_0 was 20291.169921875 there, 20291.171875 on another), and the bitwise check is against the
+    # official recursion run here (test_the_u_grid_is_the_official_recursion_bit_for_bit).
+    assert net.sigma_min == pytest.approx(MANIFEST["sigma_min"], rel=1e-6)
+    assert net.sigma_max == pytest.approx(MANIFEST["sigma_max"], rel=1e-6)
 
 
 def test_the_registry_entry_names_the_baseline_manifest():

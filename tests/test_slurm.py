@@ -86,7 +86,7 @@ def test_profile_takes_partition_account_and_gpu_model_from_the_environment(monk
 def test_profile_is_found_as_slurm_from_the_repository_root(tmp_path):
     # `--profile slurm` resolves ./slurm/config.yaml, whose configfile is the paper profile.
     r = subprocess.run(snakemake_cmd("-n", "--cores", "2", "--profile", "slurm", "--directory", str(tmp_path)),
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     planned = planned_group_jobs(read_yaml(ROOT / "workflows/config/paper.yaml"))
