@@ -239,11 +239,10 @@ class iDDPMPrecond(Preconditioner):
         # float32 throughout, like the official grid, so rounded sigmas match bit for bit. On the CPU even
         # under a default device such as meta (a layout check), whose tensors have no values to read.
         with torch.device("cpu"):
-            steps = torch.arange(M + 1)
-            ratios = (self.alpha_bar(steps[:-1]) / self.alpha_bar(steps[1:])).clip(min=C_1)
+            # One scalar j at a time, as networks.py L594-596: a vectorised sin may round differently.
             u = torch.zeros(M + 1)
             for j in range(M, 0, -1):
-                u[j - 1] = ((u[j] ** 2 + 1) / ratios[j - 1] - 1).sqrt()
+                u[j - 1] = ((u[j] ** 2 + 1) / (self.alpha_bar(j - 1) / self.alpha_bar(j)).clip(min=C_1) - 1).sqrt()
         self.register_buffer("u", u)
         self.sigma_min = float(u[M - 1])
         self.sigma_max = float(u[0])
