@@ -35,6 +35,7 @@ class ReferenceFeatures:
         return digest.hexdigest()
 
     def save(self, path: Path) -> Path:
+        """Write one .npz atomically, with the content hash that load checks."""
         return atomic_npz(
             Path(path), features=np.asarray(self.features, dtype=np.float32),
             indices=np.asarray(self.indices, dtype=np.int64), split=np.array(self.split),
