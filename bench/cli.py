@@ -40,6 +40,8 @@ STEPS = {
     "reference-stats": ("reference_stats", "reference statistics of a dataset split, or published ones"),
     "fetch-weights": ("fetch_weights", "download and verify the Inception weights"),
     "fd-is": ("fd_is", "FD / FID and IS of a cell from its shards' features"),
+    "reference-features": ("reference_features", "per-image features of a dataset split's reference subset"),
+    "precision-recall": ("precision_recall", "improved precision and recall of a cell from its shards' features"),
     "nll": ("nll", "variational bound in bits/dim of one trajectory and its reverse variances"),
     "ode-nll": ("ode_nll", "probability-flow ODE likelihood in bits/dim of a continuous-time model"),
     "recon": ("recon", "DDIM's reconstruction error: encode a data split with the DDIM ODE, decode, per-dim MSE"),
@@ -117,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = step("fd-is", out="the cell's FD / IS record (JSON)")
     path(sp, "--features", "the cell's per-shard features files, in seed order", nargs="+", required=True)
     path(sp, "--reference", "reference statistics written by reference-stats", required=True)
+    threads(sp)
+    sp = step("reference-features", out="the reference images' features (.npz)")
+    path(sp, "--extractor", "extractor weights (digits classifier or Inception file)", required=True)
+    threads(sp)
+    sp = step("precision-recall", out="the cell's precision / recall record (JSON)")
+    path(sp, "--features", "the cell's per-shard features files, in seed order", nargs="+", required=True)
+    path(sp, "--reference", "reference features written by reference-features", required=True)
     threads(sp)
     step("oracle", out="the oracle table's record (JSON)")
     path(step("collect", out="results/metrics.csv"), "--results", "the results folder whose cells/ it reads",

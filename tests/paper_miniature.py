@@ -22,7 +22,7 @@ from paper_miniature_data import SIZES, md5_of, write_datasets
 
 from bench.checkpoints.registry import get_checkpoint
 from bench.checkpoints.score_sde_network import ema_parameter_names
-from bench.config import PF_ODE, ode_nll_models
+from bench.config import PF_ODE, PR_METRICS, ode_nll_models
 from bench.data import DATA_SHAPES
 from bench.methods.score_sde import DISCRETE_STEPS
 from bench.nets.edm_networks import build_edm_network
@@ -265,7 +265,9 @@ def miniature_profile(
         exp["K"] = [small_K[K] for K in exp["K"]]
     kept = largest_K_per_pair(mini)
     if tier == "kinds":
-        split_pairs = {(row["model"], row["sampler"]) for spec in specs.values() if "reference_split" in spec
+        # A cell scored against a split of its own, or by precision / recall, has jobs no other kind of cell has.
+        own_jobs = [spec for spec in specs.values() if "reference_split" in spec or spec["metric"] in PR_METRICS]
+        split_pairs = {(row["model"], row["sampler"]) for spec in own_jobs
                        for row in spec["rows"] if "model" in row and "unavailable" not in row}
         kept = one_pair_per_kind(mini, kept, split_pairs)
     if tier != "full":
@@ -289,6 +291,9 @@ def miniature_profile(
     # of 2048 features being tested on its own (tests/test_whitened_fd.py).
     bootstrap = {**metrics["fd_is"].get("bootstrap", {}), "resamples": 0 if tier == "kinds" else 2}
     metrics["fd_is"] = {**metrics["fd_is"], "is_splits": 1, "bootstrap": bootstrap}
+    if "precision_recall" in metrics:
+        # Two samples per cell: each radius is the distance to the other one (k = 1), against every training image.
+        metrics["precision_recall"] = {**metrics["precision_recall"], "k": 1, "reference_n": SIZES["train"]}
     if "ode_nll" in metrics:
         # A random network's flow is stiff: at the profile's 1e-5 tolerances one solve takes minutes.
         metrics["ode_nll"] = {**metrics["ode_nll"], "n_images": 1, "batch_size": 1, "rtol": 1e-2, "atol": 1e-2}

@@ -60,7 +60,7 @@ CASES = [
     (("models", "mlp", "schedule", "T"), 20, r"models\.mlp\.schedule\.T': linear schedule with T=20 has beta_T = 1 >= 1 \(betas rescaled by 1000/T\); T must be above 20"),
     (("models", "mlp", "schedule", "name"), "sigmoid", r"schedule\.name': value 'sigmoid' is not allowed; allowed: \['linear', 'cosine', 've', 'edm', 'vp_sde', 'subvp_sde'\]"),
     (("metrics", "fd_is", "extractor"), "inception", r"metrics\.fd_is\.extractor': unknown extractor 'inception'; defined: \['digits_cnn'\]"),
-    (("metrics", "fid"), {"extractor": "digits_cnn"}, r"config key 'metrics': Additional properties are not allowed \('fid' was unexpected\); allowed keys: \['fd_is', 'nll', 'ode_nll', 'recon'\]"),
+    (("metrics", "fid"), {"extractor": "digits_cnn"}, r"config key 'metrics': Additional properties are not allowed \('fid' was unexpected\); allowed keys: \['fd_is', 'nll', 'ode_nll', 'precision_recall', 'recon'\]"),
     (("samplers", "ddim_eta0", "fn"), "iddpm", r"experiments\[0\]\.samplers\[2\]': sampler 'ddim_eta0' \(iddpm\) does not apply to model 'mlp' of family 'ddpm'; that family allows \['analytic_ddim', 'analytic_ddpm', 'ddim', 'ddpm'"),
     (("datasets", "digits", "root"), "no/such/dir", r"datasets\.digits\.root': path 'no/such/dir' \(.*no/such/dir\) is not an existing directory; allowed: the directory that holds the 'digits' files"),
     (("sampling", "seeds"), 3, r"sampling': Additional properties are not allowed \('seeds' was unexpected\); allowed keys: \['batch_size', 'n_samples', 'seed', 'shard_size', 'speed', 'state_dtype'\]"),
@@ -258,7 +258,7 @@ def test_table_with_unknown_metric(cfg, tmp_path):
     spec = read_yaml(ROOT / cfg["tables"][0]) | {"metric": "kid"}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
     bad = mutate(cfg, ("tables",), [str(tmp_path / "t.yaml")])
-    with pytest.raises(ConfigError, match=r"table spec .*t\.yaml: metric 'kid' is not allowed; allowed: \['fd_digits', 'is_digits', 'nll_bpd', 'ode_nll_bpd', 'fid', 'is', 'recon_mse', 'oracle_energy'\]"):
+    with pytest.raises(ConfigError, match=r"table spec .*t\.yaml: metric 'kid' is not allowed; allowed: \['fd_digits', 'is_digits', 'nll_bpd', 'ode_nll_bpd', 'fid', 'is', 'recon_mse', 'precision', 'recall', 'oracle_energy'\]"):
         validate_config(bad, root=ROOT)
 
 

@@ -99,8 +99,8 @@ def test_a_derived_table_names_a_curve_no_experiment_defines(paper, tmp_path):
     with pytest.raises(ConfigError, match="reads the fid curve of model='adpm_cifar10_ls', "
                                           "sampler='ddim_uniform_eta0', which no experiment defines"):
         check_tables({**paper, "tables": ["least_k.yaml"]}, tmp_path)
-    write_spec(tmp_path, {**spec, "derived": {**SPEC["derived"], "metric": "recall"}})
-    with pytest.raises(ConfigError, match="derived.metric 'recall' is not allowed"):
+    write_spec(tmp_path, {**spec, "derived": {**SPEC["derived"], "metric": "sfid"}})
+    with pytest.raises(ConfigError, match="derived.metric 'sfid' is not allowed"):
         check_tables({**paper, "tables": ["least_k.yaml"]}, tmp_path)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import Cell, load_config, profile_reference_split
+from bench.config import PR_METRICS, Cell, load_config, profile_reference_split
 from bench.samplers import own_moments_size
-from bench.steps.paths import fd_is_record, nll_cell, recon_record
+from bench.steps.paths import fd_is_record, nll_cell, precision_recall_record, recon_record
 from bench.steps.plan import is_unavailable
 from bench.steps.shared_cells import shared_cells
 
@@ -46,6 +46,13 @@ def test_dry_run_of_the_paper_profile_plans_every_cell_of_every_table(paper_dry_
                 if (source := shared.get(Cell(model, sampler, K))) is not None:
                     sampler = source.sampler  # its samples and bound are another cell's (bench/steps/shared_cells.py)
                 dataset = cfg["models"][model]["dataset"]
+                if spec["metric"] in PR_METRICS:
+                    # both values come from one job on the cell's own features, against the reference images' features
+                    wanted.add(f"results/cells/{precision_recall_record(dataset, model, sampler, K)}")
+                    pr = cfg["metrics"]["precision_recall"]
+                    extractor = cfg["metrics"]["fd_is"]["extractor"]
+                    wanted.add(f"results/refs/features/{dataset}-{pr['reference_split']}-{extractor}.npz")
+                    continue
                 if spec["metric"] == "nll_bpd":
                     # a bound on Gamma_n of the sampler's own M has a job of its own (rule nll_of_size)
                     M = own_moments_size(cfg["samplers"][sampler], cfg["moments"])

@@ -35,6 +35,7 @@ from bench.config.nll import (
     nll_variances,
     ode_nll_models,
 )
+from bench.config.precision_recall import PR_METRICS, precision_recall_cells, precision_recall_settings
 from bench.config.recon import check_recon, recon_cells
 from bench.config.schema import (
     ConfigError,
@@ -68,6 +69,7 @@ __all__ = [
     "ORACLE_METRIC",
     "ORACLE_MODEL",
     "PF_ODE",
+    "PR_METRICS",
     "STATE_DTYPES",
     "cells",
     "check_dataset_paths",
@@ -78,6 +80,8 @@ __all__ = [
     "nll_grid_options",
     "nll_variances",
     "ode_nll_models",
+    "precision_recall_cells",
+    "precision_recall_settings",
     "profile_reference_split",
     "read_yaml",
     "recon_cells",

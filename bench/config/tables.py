@@ -6,12 +6,13 @@ from pathlib import Path
 
 from bench.config.cells import Cell, cells
 from bench.config.nll import PF_ODE, ode_nll_models
+from bench.config.precision_recall import PR_METRICS, check_precision_recall_table
 from bench.config.recon import recon_cells
 from bench.config.schema import ConfigError, read_yaml
 
-# Digits metrics (embedded default), PF-ODE likelihoods, the papers' Inception FID / IS (paper profile) and
-# DDIM's reconstruction error (metrics.recon).
-METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is", "recon_mse")
+# Digits metrics (embedded default), PF-ODE likelihoods, the papers' Inception FID / IS (paper profile),
+# DDIM's reconstruction error (metrics.recon) and improved precision / recall (metrics.precision_recall).
+METRIC_NAMES = ("fd_digits", "is_digits", "nll_bpd", "ode_nll_bpd", "fid", "is", "recon_mse", *PR_METRICS)
 # A table's `reference_split` scores its cells' samples against that split's statistics: FD metrics only
 # (IS has no reference).
 FD_METRICS = ("fd_digits", "fid")
@@ -43,6 +44,8 @@ def check_tables(cfg: dict, root: Path) -> None:
             )
         if "reference_split" in spec and not planned_only:
             check_reference_split(cfg, spec, rel)
+        if metric in PR_METRICS and not planned_only:
+            check_precision_recall_table(cfg, spec, rel)
         if metric not in METRIC_NAMES and not planned_only and not oracle and derived is None:
             raise ConfigError(
                 f"table spec {rel}: metric {metric!r} is not allowed; allowed: {[*METRIC_NAMES, ORACLE_METRIC]} "

@@ -222,6 +222,12 @@ def _check_semantics(source: Path, raw: dict[str, Any]) -> None:
             f"{raw['better']!r} contradicts metric {raw['metric']!r}: Inception-score metrics "
             "(is_*) are higher-is-better; allowed here: 'higher'",
         )
+    if raw["metric"] in ("precision", "recall") and raw["better"] != "higher":
+        raise _fail(
+            source, "better",
+            f"{raw['better']!r} contradicts metric {raw['metric']!r}: a fraction of points inside the other "
+            "set's manifold is higher-is-better; allowed here: 'higher'",
+        )
     by_text = {str(v): v for v in values}
     for i, row in enumerate(raw["rows"] if raw["rows"] != ALL_ROWS else []):
         choices = [f for f in SELECTOR_FIELDS if f != "dataset"]

@@ -25,6 +25,8 @@ RULE_STAGES = {
     "reference_stats": "metrics",
     "features": "metrics",
     "fd_is": "metrics",
+    "reference_features": "metrics",
+    "precision_recall": "metrics",
     "nll": "metrics",
     "ode_nll": "metrics",
     "recon": "metrics",

@@ -65,6 +65,7 @@ PRELOAD = (
     "bench.metrics.feature_stats",
     "bench.metrics.nll",
     "bench.metrics.ode_nll",
+    "bench.metrics.precision_recall",
     "bench.metrics.recon",
     "bench.metrics.shard_features",
 )

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from bench.config import state_dtype_name
+from bench.config import PR_METRICS, state_dtype_name
 from bench.runtime.io import atomic_json, atomic_text, load_json
 from bench.steps.paths import cell_key
 
@@ -117,6 +117,17 @@ def split_fd_row(base: dict, fd_name: str, split: str, r: dict) -> dict:
                   "reference_stats_sha256": r["reference_stats_sha256"]} | _interval(r.get("fd_ci"))
 
 
+def precision_recall_rows(base: dict, r: dict) -> list[dict]:
+    """The precision and recall rows of a cell (bench.steps.precision_recall), no interval; their reference hash is
+    that of the reference images' features."""
+    row = base | _step_fields(r)
+    if r.get("status") == "failed":
+        return [row | {"nfe": "", "n_samples": "", "status": "failed", "value": "", "metric": m} for m in PR_METRICS]
+    row |= {"nfe": r["nfe"], "n_samples": r["n"], "status": "ok",
+            "reference_stats_sha256": r["reference_features_sha256"]}
+    return [row | {"metric": m, "value": r[m]} for m in PR_METRICS]
+
+
 def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     """The metrics.csv rows of one cell, from its fd_is and nll records (or a model's ode_nll record, or a
     reconstruction's recon record), by kind."""
@@ -131,10 +142,13 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
     if "fd_is" in records:
         r = records["fd_is"]
         fd_name, is_name = metric_names(r.get("extractor", cell.get("fd_extractor", "")))
-        splits = [split_fd_row(base, fd_name, s, records[f"fd_is_{s}"]) for s in cell.get("fd_is_splits", {})]
+        # The rows of the same features against other references: a table's split, precision / recall.
+        others = [split_fd_row(base, fd_name, s, records[f"fd_is_{s}"]) for s in cell.get("fd_is_splits", {})]
+        if "precision_recall" in records:
+            others += precision_recall_rows(base, records["precision_recall"])
         if r.get("status") == "failed":
             rows.extend(base | _step_fields(r) | failed | {"metric": m} for m in (fd_name, is_name))
-            return rows + splits
+            return rows + others
         common = base | _step_fields(r) | {
             "nfe": r["nfe"],
             "n_samples": r["n"],
@@ -143,7 +157,7 @@ def metric_rows(cell: dict, records: dict[str, dict]) -> list[dict]:
         }
         rows.append(common | {"metric": fd_name, "value": r["fd"]} | _interval(r.get("fd_ci")))
         rows.append(common | {"metric": is_name, "value": r["is_mean"]} | _interval(r.get("is_ci")))
-        rows.extend(splits)
+        rows.extend(others)
     if "nll" in records:
         r = records["nll"]
         if r.get("status") == "failed":
@@ -178,10 +192,9 @@ def oracle_rows(record: dict, labels: dict[str, dict]) -> list[dict]:
 
 
 def cell_records(cell: dict, results: Path) -> dict[str, dict]:
-    """The result records of one cell by kind ('fd_is', 'nll', 'ode_nll', 'recon')."""
-    records = {
-        kind: load_json(results / cell[kind]) for kind in ("fd_is", "nll", "ode_nll", "recon") if kind in cell
-    }
+    """The result records of one cell by kind ('fd_is', 'nll', 'ode_nll', 'recon', 'precision_recall')."""
+    kinds = ("fd_is", "nll", "ode_nll", "recon", "precision_recall")
+    records = {kind: load_json(results / cell[kind]) for kind in kinds if kind in cell}
     splits = cell.get("fd_is_splits", {})
     return records | {f"fd_is_{split}": load_json(results / path) for split, path in splits.items()}
 

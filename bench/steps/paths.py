@@ -20,6 +20,8 @@ FD_IS_FILE = "fd_is.json"
 FD_IS_SPLIT_FILE = "fd_is-{split}.json"
 # A (model, sampler, K)'s reconstruction error (metrics.recon), in the folder of the cell of the same name.
 RECON_FILE = "recon.json"
+# A cell's improved precision and recall (metrics.precision_recall), from the features of its FD / IS.
+PRECISION_RECALL_FILE = "precision_recall.json"
 # Every cell folder below a results folder, for Path.glob.
 CELL_DIR_GLOB = re.sub(r"\{\w+\}", "*", CELL_DIR)
 
@@ -45,6 +47,11 @@ def fd_is_record(dataset: str, model: str, sampler: str, K: int | str, split: st
 def recon_record(dataset: str, model: str, sampler: str, K: int | str) -> str:
     """The reconstruction record of a (model, sampler, K) below results/cells."""
     return f"{cell_dir(dataset, model, sampler, K)}/{RECON_FILE}"
+
+
+def precision_recall_record(dataset: str, model: str, sampler: str, K: int | str) -> str:
+    """A cell's precision / recall record below results/cells."""
+    return f"{cell_dir(dataset, model, sampler, K)}/{PRECISION_RECALL_FILE}"
 
 
 def nll_cell(dataset: str, model: str, grid: str, K: int | str, M: int | None = None) -> str:

@@ -12,6 +12,8 @@ evaluations (NFE) and estimated device hours.
   test image and pass for an nll job (one pass for the beta / beta-tilde bounds, one more each for
   the learned and the analytic bound); ``M * T`` for the moments of a model with T steps from M
   images.
+- precision / recall: a cell's sample_shard and features jobs (those of its FD / IS) and one precision_recall job,
+  which computes both; ``total`` adds one reference-features job per (dataset, split) (no network evaluations).
 - ode_nll (metric ode_nll_bpd): one job per continuous-time model, ``ODE_NLL_NFE`` per image.
 - recon (metric recon_mse): one job per (model, sampler, K) of metrics.recon, over its split: per image, the
   sampler's ``nfe(K)`` to decode and K more to encode (bench.methods.ddim_inversion.encode).
@@ -30,10 +32,12 @@ from pathlib import Path
 from bench import samplers
 from bench.config import (
     ORACLE_METRIC,
+    PR_METRICS,
     ConfigError,
     load_config,
     nll_variances,
     ode_nll_models,
+    precision_recall_cells,
     profile_reference_split,
     read_yaml,
     recon_cells,
@@ -165,10 +169,12 @@ def _nll_passes(variances: set[str], grid: str) -> int:
 
 
 def _cell_work(
-    cfg: dict, nll: bool, model: str, sampler_name: str, K: int, sizes: _Sizes, split: str | None = None
+    cfg: dict, nll: bool, model: str, sampler_name: str, K: int, sizes: _Sizes, split: str | None = None,
+    pr: bool = False,
 ) -> tuple[dict, dict]:
     """The jobs of one cell for its NLL or its sample metrics ({job key: (model, NFE)}), its samples ({cell: n});
-    ``split``: its FD against that split's statistics (a table's reference_split), an fd_is job of its own."""
+    ``split``: its FD against that split's statistics (a table's reference_split), an fd_is job of its own;
+    ``pr``: its precision and recall, a precision_recall job instead of the fd_is one."""
     dataset = cfg["models"][model]["dataset"]
     sampler = cfg["samplers"][sampler_name]
     grid = sampler["grid"]
@@ -189,7 +195,10 @@ def _cell_work(
     for i, (start, stop) in enumerate(shard_ranges(cfg)):
         jobs[("sample_shard", model, sampler_name, K, i)] = (model, (stop - start) * per_sample)
         jobs[("features", model, sampler_name, K, i)] = (model, 0)
-    jobs[("fd_is", model, sampler_name, K, *([split] if split else []))] = (model, 0)
+    if pr:
+        jobs[("precision_recall", model, sampler_name, K)] = (model, 0)
+    else:
+        jobs[("fd_is", model, sampler_name, K, *([split] if split else []))] = (model, 0)
     return jobs, {(model, sampler_name, K): cfg["sampling"]["n_samples"]}
 
 
@@ -219,14 +228,16 @@ def _row(
     ode_nll_models: set[str] = frozenset(),
     split: str | None = None,
     recon: set[tuple[str, str, int]] = frozenset(),
+    pr: bool = False,
 ) -> dict:
     """The plan row of ``work``: (NLL or not, model, sampler, K) of each cell, jobs shared once, the
-    PF-ODE likelihood jobs of ``ode_nll_models`` and the reconstruction jobs of the (model, sampler, K) ``recon``."""
+    PF-ODE likelihood jobs of ``ode_nll_models`` and the reconstruction jobs of the (model, sampler, K) ``recon``;
+    ``pr``: the cells' precision / recall jobs instead of their FD / IS ones."""
     jobs: dict = _ode_nll_jobs(cfg, ode_nll_models, sizes) if ode_nll_models else {}
     jobs |= _recon_jobs(cfg, recon, sizes)
     samples: dict = {}
     for nll, model, sampler, K in work:
-        cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes, split)
+        cell_jobs, cell_samples = _cell_work(cfg, nll, model, sampler, K, sizes, split, pr)
         jobs.update(cell_jobs)
         samples.update(cell_samples)
     seconds = sum(nfe * seconds_per_nfe(cfg, model) for model, nfe in jobs.values())
@@ -291,7 +302,8 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         work = [(nll, *cell) for cell in sorted(set(table_cells(spec, rel)))]
         split = spec.get("reference_split")
         own_split = split if split != profile_reference_split(cfg) else None
-        row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes, split=own_split)
+        pr = spec["metric"] in PR_METRICS
+        row = _row(spec.get("id", rel), spec["metric"], cfg, work, sizes, split=own_split, pr=pr)
         rows.append(row | {"unavailable": unavailable_cells(spec)})
     metrics = cfg["metrics"]
     work = []
@@ -312,7 +324,13 @@ def plan(cfg: dict, *, root: Path = Path(".")) -> list[dict]:
         for c, splits in reference_split_cells(cfg, root).items() for split in splits
         if split != profile_reference_split(cfg)
     }
-    total["jobs"] += len(split_jobs) + len(run_wide_jobs(cfg, work, {(c.model, split) for c, split in split_jobs}))
+    pr_cells = {shared.get(c, c) for c in precision_recall_cells(cfg, root)}
+    pr_references = {
+        ("reference_features", cfg["models"][c.model]["dataset"], cfg["metrics"]["precision_recall"]["reference_split"])
+        for c in pr_cells
+    }
+    total["jobs"] += len(split_jobs) + len(pr_cells) + len(pr_references)
+    total["jobs"] += len(run_wide_jobs(cfg, work, {(c.model, split) for c, split in split_jobs}))
     rows.append(total | {"unavailable": unavailable})
     return rows
 

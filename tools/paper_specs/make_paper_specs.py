@@ -23,6 +23,9 @@ LAYOUT_PATH = HERE / "paper_layout.yaml"
 OUT_DIR = HERE.parents[1] / "workflows/config/tables"
 
 METRIC_LABELS = {"fid": "FID", "is": "IS", "nll_bpd": "NLL (bits/dim)"}
+# Metrics whose larger values are better: IS, and improved precision and recall (fractions of points on the other
+# set's manifold); every other metric is a distance, a loss or a likelihood bound.
+HIGHER_IS_BETTER = ("is", "precision", "recall")
 # A printed entry's number: optional "<=", then digits ("3.01*" -> 3.01; "> 200" and "–" have none).
 NUMBER = re.compile(r"^(?:<=\s*)?(\d+(?:\.\d+)?)")
 
@@ -115,7 +118,7 @@ def _spec(entry: dict, caption: str, field: str, columns: list, rows: list[dict]
         "caption": caption,
         "metric": metric,
         "metric_label": entry.get("metric_label", METRIC_LABELS.get(metric, metric)),
-        "better": "higher" if metric == "is" else "lower",
+        "better": "higher" if metric in HIGHER_IS_BETTER else "lower",
         "decimals": entry.get("decimals", 2),
         "dataset": entry["dataset"],
         **({"reference_split": entry["reference_split"]} if "reference_split" in entry else {}),

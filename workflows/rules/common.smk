@@ -17,6 +17,8 @@ from bench.config import (
     nll_grid_options,
     nll_variances,
     ode_nll_models,
+    precision_recall_cells,
+    precision_recall_settings,
     profile_reference_split,
     recon_cells,
     reference_split_cells,
@@ -26,7 +28,16 @@ from bench.config import (
 from bench.core.time_grids import MOMENT_GRIDS
 from bench.runtime.warm_worker import ENV_VAR as WORKER_VAR
 from bench.runtime.warm_worker import start_worker
-from bench.steps.paths import CELL_DIR, NLL_CELL, NLL_CELL_OF_SIZE, cell_dir, fd_is_record, nll_cell, recon_record
+from bench.steps.paths import (
+    CELL_DIR,
+    NLL_CELL,
+    NLL_CELL_OF_SIZE,
+    cell_dir,
+    fd_is_record,
+    nll_cell,
+    precision_recall_record,
+    recon_record,
+)
 from bench.steps.shared_cells import shared_cells
 
 
@@ -181,6 +192,37 @@ def split_fd_is_record(dataset: str, c, split: str) -> str:
     return f"cells/{fd_is_record(dataset, c.model, c.sampler, c.K, None if own else split)}"
 
 
+# The cells a precision or recall table shows: one precision_recall job each, on the features of the cell that
+# computes its samples.
+PR_CELLS = set(precision_recall_cells(config, Path(workflow.basedir))) if FD_IS else set()
+
+
+def reference_features_file(dataset: str) -> str:
+    """The reference images' features that precision / recall score a cell of ``dataset`` against."""
+    split = config["metrics"]["precision_recall"]["reference_split"]
+    return f"{RESULTS}/refs/features/{dataset}-{split}-{FD_IS['extractor']}.npz"
+
+
+def reference_features_spec(dataset: str, split: str, extractor: str) -> dict:
+    """The reference-features job's settings: the dataset, split, extractor and the seeded subset's size."""
+    pr = config["metrics"]["precision_recall"]
+    return {"dataset": config["datasets"][dataset], "split": split, "extractor": config["extractors"][extractor],
+            "n": pr["reference_n"], "seed": pr["reference_seed"]}
+
+
+def precision_recall_spec(w) -> str:
+    """The precision_recall job's settings: k and the block sizes, the extractor and the cell's sample count."""
+    settings = precision_recall_settings(config)
+    return J(
+        {
+            **{k: settings[k] for k in ("k", "row_batch_size", "col_batch_size")},
+            "extractor": fd_extractor(),
+            "n_samples": config["sampling"]["n_samples"],
+            "context": f"model {w.model}, sampler {w.sampler}, K={w.K}",
+        }
+    )
+
+
 def cell_features(w) -> list[str]:
     return [
         f"{RESULTS}/features/{cell_dir(w.dataset, w.model, w.sampler, w.K)}/shard{i:04d}.npz"
@@ -233,6 +275,8 @@ def cell_record(c) -> dict:
     }
     if "fd_is" in config["metrics"]:
         rec["fd_is"] = f"cells/{fd_is_record(dataset, source.model, source.sampler, source.K)}"
+    if c in PR_CELLS:
+        rec["precision_recall"] = f"cells/{precision_recall_record(dataset, source.model, source.sampler, source.K)}"
     if c in REFERENCE_SPLITS:
         rec["fd_is_splits"] = {split: split_fd_is_record(dataset, source, split) for split in REFERENCE_SPLITS[c]}
     if has_nll(c.sampler):

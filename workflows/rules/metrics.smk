@@ -1,7 +1,8 @@
 # Metrics per cell: FD / IS from per-shard feature sums (one features job per sample shard, merged
 # exactly by the cell fd_is job) against reference statistics made once per dataset, split and
 # extractor (or published ones); NLL (VLB) from the model on the test split; PF-ODE NLL once per
-# continuous-time model; DDIM's reconstruction error per (model, sampler, K) of metrics.recon.
+# continuous-time model; DDIM's reconstruction error per (model, sampler, K) of metrics.recon; improved
+# precision / recall of the cells that tables ask for.
 
 
 rule fetch_inception_weights:
@@ -97,6 +98,44 @@ rule fd_is_split:
         "--threads {threads} --out {output}"
 
 
+# Improved precision / recall of the cells a precision or recall table shows: the cell's own per-sample
+# features (those of its FD / IS) against the features of a seeded subset of a split, made once per
+# (dataset, split, extractor) (bench/steps/reference_features.py, bench/metrics/precision_recall.py).
+rule reference_features:
+    input:
+        extractor=lambda w: extractor_weights(w.extractor),
+        data=lambda w: data_check(w.dataset),
+    output:
+        f"{RESULTS}/refs/features/{{dataset}}-{{split}}-{{extractor}}.npz",
+    benchmark:
+        f"{RESULTS}/benchmarks/reference_features/{{dataset}}-{{split}}-{{extractor}}.tsv"
+    wildcard_constraints:
+        dataset=r"[A-Za-z0-9_]+",
+        split=r"train|test",
+    params:
+        spec=lambda w: J(reference_features_spec(w.dataset, w.split, w.extractor)),
+    threads: 1
+    shell:
+        "{PY} -m bench reference-features --spec {params.spec:q} --extractor {input.extractor} "
+        "--threads {threads} --out {output}"
+
+
+rule precision_recall:
+    input:
+        features=cell_features,
+        reference=lambda w: reference_features_file(w.dataset),
+    output:
+        f"{RESULTS}/cells/{CELL_DIR}/precision_recall.json",
+    benchmark:
+        f"{RESULTS}/benchmarks/precision_recall/{CELL_DIR}.tsv"
+    params:
+        spec=precision_recall_spec,
+    threads: 1
+    shell:
+        "{PY} -m bench precision-recall --spec {params.spec:q} --features {input.features} "
+        "--reference {input.reference} --threads {threads} --out {output}"
+
+
 rule nll:
     input:
         unpack(lambda w: {"model": f"{RESULTS}/models/{w.model}.pt", "data": data_check(w.dataset)}
@@ -190,7 +229,8 @@ if ORACLE:
 
 rule collect:
     input:
-        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll", "recon") if k in r],
+        [f"{RESULTS}/{r[k]}" for r in CELL_RECORDS for k in ("fd_is", "nll", "ode_nll", "recon", "precision_recall")
+         if k in r],
         [f"{RESULTS}/{path}" for r in CELL_RECORDS for path in r.get("fd_is_splits", {}).values()],
         [f"{RESULTS}/oracle.json"] if ORACLE else [],
     output:
