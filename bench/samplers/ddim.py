@@ -58,7 +58,7 @@ def generalized_steps(
         pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0 and eps_from_clipped_x0)
         if clip_x0 and not eps_from_clipped_x0:
             pred = Prediction(eps=pred.eps, x0=pred.x0.clamp(-1.0, 1.0))
-        if steps[k] == steps[k - 1] and not (clip_x0 and not eps_from_clipped_x0):
+        if steps[k] == steps[k - 1] and (eps_from_clipped_x0 or not clip_x0):
             continue  # DDIM's update at a_s = a_t returns x up to rounding: keep it exactly
         # c_x0 x0 + c_eps eps (+ sigma z), left to right, in one fresh buffer.
         x = torch.mul(pred.x0, c_x0[k - 1]).add_(pred.eps, alpha=c_eps[k - 1])
