@@ -59,13 +59,14 @@ N_SAMPLES = 2
 def k_map(cfg: dict, specs: list[dict]) -> dict[int, int]:
     """Every K of the profile (experiments, K columns of its tables, models' T) onto a few steps in the same order,
     so that distinct K stay distinct and a cell at K = T stays at K = T: those below the smallest T onto 2, 3, ...,
-    the rest from MIN_T on."""
+    the rest from MIN_T on, or past the last of those below where they reach it."""
     Ts = {m["schedule"]["T"] for m in cfg["models"].values() if "T" in m["schedule"]}
     values = Ts | {K for exp in cfg["experiments"] for K in exp["K"]}
     values |= {int(v) for spec in specs if spec["columns"]["field"] == "K" for v in spec["columns"]["values"]}
     below = sorted(v for v in values if v < min(Ts))
     rest = sorted(v for v in values if v >= min(Ts))
-    return {v: i + 2 for i, v in enumerate(below)} | {v: MIN_T + i for i, v in enumerate(rest)}
+    start = max(MIN_T, len(below) + 2)
+    return {v: i + 2 for i, v in enumerate(below)} | {v: start + i for i, v in enumerate(rest)}
 
 
 # Datasets, in their official layouts -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 from bench.core.denoiser import DiscreteEpsDenoiser, Prediction
 from bench.core.noise import NoiseSource, normal
 from bench.core.schedules import DiscreteSchedule
-from bench.core.time_grids import even_grid, time_grid
+from bench.core.time_grids import even_grid, quad_grid, time_grid
 from bench.data.gaussian_mixture import ExactEpsNetwork, GaussianMixture
 from bench.methods.analytic import (
     PAPER_PIXEL_QUANTUM,
@@ -50,7 +50,7 @@ from bench.methods.analytic_trajectory import (
 from bench.metrics.nll import vlb_bits_per_dim
 from bench.nets.mlp import MLPDenoiser
 from bench.runtime.io import CorruptFileError
-from bench.samplers import analytic_ddim, analytic_ddpm, ddpm
+from bench.samplers import analytic_ddim, analytic_ddpm, ddim, ddpm
 from bench.steps.sample import generate, sampler_view
 
 torch.set_num_threads(1)
@@ -718,6 +718,53 @@ def test_analytic_ddim_combines_the_clipped_x0_with_the_networks_eps():
     torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
     recomputed = analytic_ddim.sample(_LinearEps(), noise.latent(), grid, eps_from_clipped_x0=True, **kw)
     assert (recomputed - official).norm() > 0.1 * official.norm()
+
+
+class _ExpandingEps(_LinearEps):
+    """eps_hat = -0.2 x: x0_hat = x (1 + 0.2 sqrt(1 - a)) / sqrt(a) leaves [-1, 1] down to the first timestep."""
+
+    def __call__(self, x: torch.Tensor, n: int) -> Prediction:
+        eps = -0.2 * x
+        return Prediction(eps=eps, x0=(x - torch.sqrt(1 - ABAR[n]) * eps) / torch.sqrt(ABAR[n]))
+
+
+def test_ddim_with_the_networks_eps_is_analytic_dpms_quadratic_baseline():
+    # core/inference/sampler/reverse_ddim.py reverse_ddim_naive (eta = 0, steps_type quad_ddim), written out: the
+    # clipped x0 with the network's eps, also at the quad grid's repeated first timestep (s = r is not skipped there)
+    net = _ExpandingEps()
+    grid = quad_grid(1000, 35)
+    assert grid[:3].tolist() == [0, 0, 2]
+    noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
+    x = official = noise.latent()
+    steps = grid.tolist()
+    for k in range(len(steps) - 1, 0, -1):
+        s, pred = steps[k - 1], net(x, steps[k])
+        x = ABAR[s] ** 0.5 * pred.x0.clamp(-1.0, 1.0) + (1 - ABAR[s]) ** 0.5 * pred.eps
+    official = net(x, steps[0]).x0.clamp(-1.0, 1.0)
+    ours = ddim.sample(net, noise.latent(), grid, noise=noise, clip_x0=True, eps_from_clipped_x0=False)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+    skipped = ddim.sample(net, noise.latent(), grid.unique(), noise=noise, clip_x0=True, eps_from_clipped_x0=False)
+    # skipping the repeat instead moves the result by O(1 - a_0) (1e-4 here): small, but not rounding's 1e-16
+    assert (skipped - official).abs().max() > 1e-10
+    # iDDPM's DDIM (the default) takes the eps implied by the clipped x0 and skips the repeated step as DDIM does.
+    iddpm_way = ddim.sample(net, noise.latent(), grid, noise=noise, clip_x0=True)
+    assert (iddpm_way - official).abs().max() > 1e-3
+
+
+def test_ddpm_beta_tilde_on_the_quad_grid_is_analytic_dpms_quadratic_baseline():
+    # core/inference/sampler/reverse_ddpm.py reverse_ddpm_naive, small_sigma=True, no sigma clip, steps_type quad_ddim:
+    # at a repeated timestep skip_beta = 0, so its mean is x and its sigma 0, as our zero-length step
+    def move(x, x0, eps, s, t, z, cap):
+        skip_beta = 1 - ABAR[t] / ABAR[s]
+        mean = skip_beta * ABAR[s] ** 0.5 / (1 - ABAR[t]) * x0 + (1 - skip_beta) ** 0.5 * (1 - ABAR[s]) / (1 - ABAR[t]) * x
+        return mean + float(skip_beta * (1 - ABAR[s]) / (1 - ABAR[t])) ** 0.5 * z
+
+    grid = quad_grid(1000, 90)
+    assert len(grid.unique()) < len(grid)
+    noise = NoiseSource(torch.arange(64), (3,), torch.float64, "cpu")
+    official = _official_reverse(noise.latent(), grid, noise, move, clip_pixel=math.inf)
+    ours = ddpm.sample(_LinearEps(), noise.latent(), grid, noise=noise, variance="beta_tilde", clip_x0=True)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
 
 
 def test_ddpm_clips_sigma_of_the_last_noisy_move_as_the_official_beta_runs():

@@ -85,11 +85,31 @@ def paper() -> dict:
     return load_config(ROOT / "workflows/config/paper.yaml", root=ROOT, check_paths=False)
 
 
-def test_the_paper_profile_plans_analytic_dpm_table_3_from_existing_curves(paper):
+def test_the_paper_profile_plans_analytic_dpm_table_3_from_its_curves(paper):
     row = next(r for r in plan(paper, root=ROOT) if r["table"] == "paper_adpm_t3_least_k")
-    assert (row["cells"], row["unavailable"]) == (4, 14)
-    # Its jobs are those of the curves it reads (Table 2's K grid of 7 values, DDIM Table 3's 4), nothing more.
-    assert row["samples"] == (7 * 3 + 4) * paper["sampling"]["n_samples"]
+    # Every cell with a paper number and a released model; the DDPM row (variance not stated), the CIFAR-10-only
+    # quadratic rows, CIFAR-10's plain DDIM and iDDPM's missing CelebA model stay unavailable.
+    assert (row["cells"], row["unavailable"]) == (9, 9)
+    # Its jobs are those of the curves it reads: Table 2's K grid of 7 values (3 curves), DDIM Table 3's 4, and the
+    # curves added for it (DDPM quad 7, DDIM quad 6, iDDPM CIFAR-10 7, iDDPM LSUN 4, Analytic-DDPM LSUN 4).
+    assert row["samples"] == (7 * 3 + 4 + 7 + 6 + 7 + 4 + 4) * paper["sampling"]["n_samples"]
+
+
+def test_each_added_curve_brackets_the_papers_least_k(paper):
+    spec = yaml.safe_load((ROOT / "workflows/config/tables/paper_adpm_t3_least_k.yaml").read_text(encoding="utf-8"))
+    grids: dict[tuple[str, str], set[int]] = {}
+    for exp in paper["experiments"]:
+        for sampler in exp["samplers"]:
+            grids.setdefault((exp["model"], sampler), set()).update(exp["K"])
+    bracketed = {}
+    for row in spec["rows"]:
+        for column, cell in row.get("at", {}).items():
+            K = row.get("paper", {}).get(column)
+            grid = sorted(grids[(cell["model"], cell["sampler"])])
+            if K is not None and grid[0] > 10:  # the added curves, not Table 2's and DDIM Table 3's grids
+                bracketed[(row["label"], column)] = (min(grid) < K <= max(grid), K in grid)
+    assert len(bracketed) == 5
+    assert all(below_and_above and on_grid for below_and_above, on_grid in bracketed.values())
 
 
 def test_a_derived_table_names_a_curve_no_experiment_defines(paper, tmp_path):

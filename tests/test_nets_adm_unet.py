@@ -70,7 +70,9 @@ def _randomize_(module: torch.nn.Module, scale: float = 0.2) -> None:
 
 
 def test_the_iddpm_manifests_are_present():
-    assert IDDPM_MANIFESTS == ["iddpm_cifar10.json", "iddpm_imagenet64.json", "iddpm_imagenet64_cond.json"]
+    assert IDDPM_MANIFESTS == [
+        "iddpm_cifar10.json", "iddpm_imagenet64.json", "iddpm_imagenet64_cond.json", "iddpm_lsun_bedroom.json"
+    ]
 
 
 @pytest.mark.parametrize("name", IDDPM_MANIFESTS)

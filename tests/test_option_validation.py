@@ -44,9 +44,9 @@ def changed(cfg, path, value):
 CASES = [
     # A sampler option the sampler does not take.
     ((*DDIM_OPTIONS, "etaa"), 0, r"'samplers\.ddim_eta0\.options\.etaa': unknown option 'etaa' of sampler function "
-     r"'ddim'; allowed: \['clip_x0', 'eta'\]$"),
+     r"'ddim'; allowed: \['clip_x0', 'eps_from_clipped_x0', 'eta'\]$"),
     ((*DDIM_OPTIONS, "theta_0"), 0.001, r"'samplers\.ddim_eta0\.options\.theta_0': unknown option 'theta_0' of sampler "
-     r"function 'ddim'; allowed: \['clip_x0', 'eta'\]$"),
+     r"function 'ddim'; allowed: \['clip_x0', 'eps_from_clipped_x0', 'eta'\]$"),
     (("samplers", "ddgm_ddim_eta0", "options", "theta_0"), 0.001, r"'samplers\.ddgm_ddim_eta0\.options\.theta_0': "
      r"unknown option 'theta_0' of sampler function 'ddgm_ddim'; allowed: \['clip_x0', 'eta'\]$"),
     # The DAG passes gamma from `inputs`: it is no option.
@@ -154,7 +154,7 @@ def test_snakemake_dry_run_refuses_an_unknown_sampler_option_before_any_job(cfg,
     r = snakemake("-n", "--cores", "1", "--configfile", str(bad), "--directory", str(tmp_path), cwd=ROOT)
     assert r.returncode != 0
     assert ("config key 'samplers.ddim_eta0.options.etaa': unknown option 'etaa' of sampler function 'ddim'; "
-            "allowed: ['clip_x0', 'eta']") in r.stdout + r.stderr
+            "allowed: ['clip_x0', 'eps_from_clipped_x0', 'eta']") in r.stdout + r.stderr
     assert not (tmp_path / "results").exists()
 
 

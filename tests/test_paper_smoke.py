@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dag import SNAKEMAKE
-from paper_miniature import dump, largest_K_per_pair, miniature_profile, pair_kind, write_inception
+from paper_miniature import dump, k_map, largest_K_per_pair, miniature_profile, pair_kind, write_inception
 from paper_miniature_data import write_cifar10_md5_hook
 
 from bench.config import PF_ODE, cells, load_config, ode_nll_models, validate_config
@@ -38,7 +38,10 @@ def test_the_miniature_keeps_every_cell_table_and_shared_cell_of_the_paper_profi
     assert len(cells(mini)) == len(cells(paper)) and len(shared_cells(mini)) == len(shared_cells(paper))
     assert len(sample_cells(mini["tables"], Path("/"))) == len(sample_cells(paper["tables"], ROOT))
     assert {m["checkpoint"] for m in mini["models"].values() if "checkpoint" in m} == set(mini["checkpoints"])
-    assert max(K for exp in mini["experiments"] for K in exp["K"]) < 30
+    # Distinct K stay distinct (the T move up past the K below them when those outnumber MIN_T's room) and small.
+    small_K = k_map(paper, [yaml.safe_load((ROOT / t).read_text(encoding="utf-8")) for t in paper["tables"]])
+    assert len(set(small_K.values())) == len(small_K)
+    assert max(K for exp in mini["experiments"] for K in exp["K"]) < 40
     pairs, _ = miniature_profile(paper, ROOT, tmp_path / "pairs", "http://127.0.0.1:1", tmp_path / "inception.pt",
                                  tier="pairs")
     validate_config(pairs, root=ROOT)

@@ -11,12 +11,22 @@ from bench.samplers.ddpm import NoiseAt, gaussian_noise_at
 from bench.samplers.spec import PeerSpec, SamplerSpec
 
 
-def generalized(denoiser, x_T: torch.Tensor, grid: torch.Tensor, noise_at: NoiseAt, eta: float, clip_x0: bool):
+def generalized(
+    denoiser,
+    x_T: torch.Tensor,
+    grid: torch.Tensor,
+    noise_at: NoiseAt,
+    eta: float,
+    clip_x0: bool,
+    eps_from_clipped_x0: bool = True,
+):
     """DDIM Eq. 12 with sigma(eta) of Eq. 16 for any unit-variance noise z (Gaussian here, Gamma or mixture in DDGM)."""
     if eta < 0:
         raise ValueError(f"DDIM eta={eta!r} must be non-negative")
     c_x0, c_eps, sigma = step_coefficients(denoiser.alpha_bars[grid], eta)
-    return generalized_steps(denoiser, x_T, grid, noise_at, c_x0, c_eps, sigma, clip_x0)
+    return generalized_steps(
+        denoiser, x_T, grid, noise_at, c_x0, c_eps, sigma, clip_x0, eps_from_clipped_x0=eps_from_clipped_x0
+    )
 
 
 def generalized_steps(
@@ -37,7 +47,8 @@ def generalized_steps(
     timestep (DDIM's quad grid, bench.core.time_grids.REPEATING_GRIDS) is a zero-length step, as in DDIM's
     generalized_steps: the network is called (and counted), x stays as it is, no noise is added.
     With ``clip_x0``, eps_hat is the one implied by the clipped x0_hat (``eps_from_clipped_x0``) or the
-    network's own.
+    network's own; with the network's own, a repeated timestep moves x to sqrt(a) clip(x0_hat) +
+    sqrt(1 - a) eps_hat, as Analytic-DPM's reverse_ddim_naive does at s = r (its update is not skipped).
     """
     abar = denoiser.alpha_bars[grid]
     stochastic = any(s > 0 for s in sigma)
@@ -47,7 +58,7 @@ def generalized_steps(
         pred = predict(denoiser, x, steps[k], abar[k], clip_x0=clip_x0 and eps_from_clipped_x0)
         if clip_x0 and not eps_from_clipped_x0:
             pred = Prediction(eps=pred.eps, x0=pred.x0.clamp(-1.0, 1.0))
-        if steps[k] == steps[k - 1]:
+        if steps[k] == steps[k - 1] and (eps_from_clipped_x0 or not clip_x0):
             continue  # DDIM's update at a_s = a_t returns x up to rounding: keep it exactly
         # c_x0 x0 + c_eps eps (+ sigma z), left to right, in one fresh buffer.
         x = torch.mul(pred.x0, c_x0[k - 1]).add_(pred.eps, alpha=c_eps[k - 1])
@@ -71,9 +82,15 @@ def sample(
     noise: NoiseSource,
     eta: NonNegative = 0.0,
     clip_x0: bool = False,
+    eps_from_clipped_x0: bool = True,
 ) -> torch.Tensor:
-    """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16."""
-    return generalized(denoiser, x_T, grid, gaussian_noise_at(noise), eta, clip_x0)
+    """x_s = sqrt(a_s) x0 + sqrt(1 - a_s - sigma^2) eps + sigma z (DDIM Eq. 12), sigma = sigma_t(eta) of DDIM Eq. 16.
+
+    With ``clip_x0``, eps is the one implied by the clipped x0 (iDDPM's ddim_sample, gaussian_diffusion.py
+    L504) or, ``eps_from_clipped_x0: false``, the network's own (Analytic-DPM's
+    cifar_imagenet_codes/core/inference/sampler/reverse_ddim.py L37-40, reverse_ddim_naive).
+    """
+    return generalized(denoiser, x_T, grid, gaussian_noise_at(noise), eta, clip_x0, eps_from_clipped_x0)
 
 
 SPEC = SamplerSpec(
