@@ -207,12 +207,13 @@ def random_state(net: nn.Module, seed: int) -> OrderedDict:
 
 def write_run_zip(path: Path, runs: dict[str, OrderedDict]) -> None:
     """run.zip as the README ships it: run/logs/<doc>/checkpoint.pth, the list [DataParallel state_dict, optimizer]
-    that anneal_runner.py L179-184 saves, beside each run's config.yml (main.py L50-51)."""
+    that anneal_runner.py L179-184 saves, beside each run's config.yml (main.py L50-51); in torch's legacy format,
+    the only one the 2019 PyTorch releases wrote (the zip format came with 1.6)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for doc, state in runs.items():
             states = [OrderedDict((f"module.{k}", v) for k, v in state.items()), {"state": {}, "param_groups": []}]
             body = path.parent / f"{doc}.pth"
-            torch.save(states, body)
+            torch.save(states, body, _use_new_zipfile_serialization=False)
             archive.write(body, f"run/logs/{doc}/checkpoint.pth")
             archive.writestr(f"run/logs/{doc}/config.yml", "data: {}\n")
             body.unlink()
