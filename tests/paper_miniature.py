@@ -9,7 +9,9 @@ K mapped onto a few steps (T with it, so that K = T cells stay K = T) and two sa
 from __future__ import annotations
 
 import copy
+import io
 import json
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from bench.nets.factory import build_network
 UNET_WIDTH = {"ddpm_unet": {"ch": 32, "num_res_blocks": 1}, "adm_unet": {"model_channels": 32, "num_res_blocks": 1},
               "score_sde_ncsnpp": {"nf": 16, "ch_mult": [1, 2], "num_res_blocks": 1},
               "score_sde_ddpm": {"nf": 32, "ch_mult": [1, 2], "num_res_blocks": 1},
-              "ncsnv2": {"ngf": 8}}
+              "ncsnv2": {"ngf": 8}, "ncsnv1": {"ngf": 8}}
 # EDM's train.py network kwargs for --arch=ddpmpp (VP) and --arch=ncsnpp (VE), at a tiny width.
 EDM_ARCH = {
     "vp": dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
@@ -89,9 +91,12 @@ def tiny_network(network: dict) -> dict:
     return {**network, **UNET_WIDTH[network["type"]]}
 
 
-def write_state_dict_checkpoint(path: Path, layout: str, network: dict, data_shape: tuple, seed: int) -> None:
+def write_state_dict_checkpoint(
+    path: Path, layout: str, network: dict, data_shape: tuple, seed: int, member: str | None = None
+) -> None:
     """plain_state_dict, ddim_list ([state with 'module.', optimizer, epoch, step, EMA shadow]), Analytic-DPM's
-    CKPT dict or score_sde's dict(optimizer, model, ema, step), of a random network with ``network``'s keys."""
+    CKPT dict, score_sde's dict(optimizer, model, ema, step) or NCSN's run.zip ([state with 'module.', optimizer] at
+    ``member``), of a random network with ``network``'s keys."""
     net = build_network(network, channels=data_shape[0], image_size=data_shape[1])
     state = _randomise(net, seed)
     if layout == "plain_state_dict":
@@ -109,6 +114,12 @@ def write_state_dict_checkpoint(path: Path, layout: str, network: dict, data_sha
         obj = {"optimizer": {"state": {}, "param_groups": []},
                "model": OrderedDict((f"module.{k}", v) for k, v in state.items()),
                "ema": {"decay": 0.9999, "num_updates": 1, "shadow_params": shadow}, "step": 1}
+    elif layout == "ncsn_run_zip":
+        body = io.BytesIO()
+        torch.save([OrderedDict((f"module.{k}", v) for k, v in state.items()), {"state": {}, "param_groups": []}], body)
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr(member, body.getvalue())
+        return
     else:
         raise ValueError(f"no writer for layout {layout!r}")
     torch.save(obj, path)
@@ -154,7 +165,7 @@ def write_checkpoints(cfg: dict, folder: Path, base_url: str) -> dict:
             precond = EDM_PRECOND[f"baseline_{arch}" if baseline else "edm"]
             write_edm_pickle(path, precond, arch, shape, seed, model.get("label_dim", 0))
         else:
-            write_state_dict_checkpoint(path, entry.layout, tiny_network(model["network"]), shape, seed)
+            write_state_dict_checkpoint(path, entry.layout, tiny_network(model["network"]), shape, seed, entry.member)
         overrides[entry.name] = {"url": f"{base_url}/{path.name}", "hash_type": "md5", "hash": md5_of(path)}
     return overrides
 

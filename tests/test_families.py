@@ -129,7 +129,8 @@ def test_the_factory_builds_a_network_with_the_data_shape_filled_in():
     assert shape_keywords("ddpm_unet", channels=3, image_size=32) == {"in_channels": 3, "out_ch": 3, "image_size": 32}
     assert shape_keywords("adm_unet", channels=3, image_size=32) == {"in_channels": 3}
     assert shape_keywords("edm_precond", channels=3, image_size=32) == {}
-    assert shape_keywords("ncsnv2", channels=3, image_size=32) == {"channels": 3, "image_size": 32}
+    for kind in ("ncsnv2", "ncsnv1"):
+        assert shape_keywords(kind, channels=3, image_size=32) == {"channels": 3, "image_size": 32}
     for kind in ("score_sde_ncsnpp", "score_sde_ddpm"):
         assert shape_keywords(kind, channels=1, image_size=28) == {"num_channels": 1, "image_size": 28}
     torch.manual_seed(0)
@@ -139,6 +140,6 @@ def test_the_factory_builds_a_network_with_the_data_shape_filled_in():
     assert built.state_dict().keys() == direct.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), direct.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match=r"network type 'vit' is not one of \['mlp', 'ddpm_unet', 'adm_unet', "
-                                         r"'ncsnv2', 'edm_precond', 'edm_adm_backbone', 'score_sde_ncsnpp', "
+                                         r"'ncsnv2', 'ncsnv1', 'edm_precond', 'edm_adm_backbone', 'score_sde_ncsnpp', "
                                          r"'score_sde_ddpm'\]"):
         build_network({"type": "vit"}, channels=3, image_size=4)

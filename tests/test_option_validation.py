@@ -107,7 +107,7 @@ CASES = [
     (("models", "mlp", "network", "width"), "wide",
      r"'models\.mlp\.network\.width': value 'wide' is not of type int$"),
     (("models", "mlp", "network", "type"), "unet", r"'models\.mlp\.network\.type': value 'unet' is not allowed; "
-     r"allowed: \['mlp', 'ddpm_unet', 'adm_unet', 'ncsnv2', 'edm_precond', 'edm_adm_backbone', 'score_sde_ncsnpp', "
+     r"allowed: \['mlp', 'ddpm_unet', 'adm_unet', 'ncsnv2', 'ncsnv1', 'edm_precond', 'edm_adm_backbone', 'score_sde_ncsnpp', "
      r"'score_sde_ddpm'\]$"),
     (("models", "mlp", "network"), {"type": "adm_unet", "model_channels": 64, "out_channels": 1, "num_res_blocks": 1},
      r"'models\.mlp\.network': network type 'adm_unet' needs option 'attention_resolutions'$"),

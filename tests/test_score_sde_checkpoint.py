@@ -147,7 +147,7 @@ def test_load_model_rebuilds_a_converted_score_sde_network_through_the_factory(t
 
 def test_convert_still_refuses_a_layout_without_a_loader(tmp_path):
     entry = {"name": "x", "url": "http://x", "layout": "unverified"}
-    with pytest.raises(ValueError, match=r"layout 'unverified' has no loader; loadable: \[.*'score_sde_dict'\]"):
+    with pytest.raises(ValueError, match=r"layout 'unverified' has no loader; loadable: \[.*'score_sde_dict', 'ncsn_run_zip'\]"):
         convert_checkpoint(entry, tmp_path / "x", {"network": SMALL_VE}, (3, 32, 32), 255, tmp_path / "m.pt")
 
 

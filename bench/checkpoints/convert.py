@@ -13,8 +13,10 @@ from torch import nn
 
 from bench.checkpoints.download import DownloadError, fetch, file_digest, read_lock
 from bench.checkpoints.layouts import (
+    NCSN_RUN_ZIP,
     load_analytic_dpm_checkpoint,
     load_ddim_list_checkpoint,
+    load_ncsn_run_zip,
     load_plain_state_dict,
     load_strict,
 )
@@ -23,7 +25,7 @@ from bench.runtime.io import atomic_json
 
 # Layouts a model config can be converted from (config validation reads this); unverified has no loader.
 SCORE_SDE_LAYOUT = "score_sde_dict"
-LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt", SCORE_SDE_LAYOUT)
+LOADABLE_LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt", SCORE_SDE_LAYOUT, NCSN_RUN_ZIP)
 # Layouts holding one network's state_dict, by the loader that reads it.
 STATE_DICT_LOADERS = {
     "plain_state_dict": load_plain_state_dict,
@@ -69,10 +71,12 @@ def fetch_checkpoint(entry: dict, dest: Path, lock_file: Path) -> Path:
     return dest
 
 
-def _network_from_state_dict(path: Path, layout: str, network: dict, data_shape: tuple[int, ...]) -> nn.Module:
+def _network_from_state_dict(path: Path, entry: dict, network: dict, data_shape: tuple[int, ...]) -> nn.Module:
     from bench.nets.factory import build_network
 
-    state = STATE_DICT_LOADERS[layout](path)
+    layout = entry["layout"]
+    # An archive holds several runs: the entry names the member to read.
+    state = load_ncsn_run_zip(path, entry["member"]) if layout == NCSN_RUN_ZIP else STATE_DICT_LOADERS[layout](path)
     net = build_network(network, channels=data_shape[0], image_size=data_shape[1])
     load_strict(net, state)
     return net
@@ -118,7 +122,7 @@ def convert_checkpoint(
 
         net = load_score_sde_network(Path(path), cfg["network"], tuple(data_shape))
     else:
-        net = _network_from_state_dict(Path(path), layout, cfg["network"], data_shape)
+        net = _network_from_state_dict(Path(path), entry, cfg["network"], data_shape)
     check_label_dim(cfg.get("label_dim", 0), network_label_dim(net), f"checkpoint {entry['name']!r}")
     provenance = {
         "checkpoint": entry["name"],
@@ -126,4 +130,6 @@ def convert_checkpoint(
         "layout": layout,
         "sha256": file_digest(Path(path), "sha256"),
     }
+    if entry.get("member"):
+        provenance["member"] = entry["member"]
     return save_model(Path(out), net.eval(), cfg, tuple(data_shape), max_level, provenance)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,13 +66,16 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first.split('. ')[0]}" if first else type(exc).__name__
 
 
-def _torch_load(path: Path) -> Any:
-    """torch.load with weights_only=True; any failure becomes one error that names the file."""
+def _torch_load(path: Path, body: io.BytesIO | None = None, what: str | None = None) -> Any:
+    """torch.load with weights_only=True of ``path`` (or of ``body``, a member ``what`` read from it); any failure
+    becomes one error that names the file."""
     path = Path(path)
-    if not path.is_file():
+    if body is None and not path.is_file():
         raise CheckpointLoadError(f"checkpoint {path} does not exist or is not a file")
+    if what is not None:
+        path = Path(f"{path}:{what}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path if body is None else body, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointLoadError(
             f"checkpoint {path} is corrupted or holds objects that weights-only loading refuses "
@@ -157,6 +162,39 @@ def load_ddim_list_checkpoint(path: Path, use_ema: bool = True) -> OrderedDict[s
             f"EMA shadow in {path} has shapes unlike element 0: {_shorten(wrong)}"
         )
     return OrderedDict((k, shadow.get(k, v)) for k, v in state.items())
+
+
+# NCSN's release: run.zip of its run/ folder, one run/logs/<doc>/checkpoint.pth per trained model (ermongroup/ncsn
+# README.md L83-85, main.py L32).
+NCSN_RUN_ZIP = "ncsn_run_zip"
+
+
+def load_ncsn_run_zip(path: Path, member: str) -> OrderedDict[str, torch.Tensor]:
+    """Read one run's checkpoint.pth from NCSN's run.zip: the list [state_dict, optimizer state] that
+    runners/anneal_runner.py L179-184 saves; its test() loads states[0] into the DataParallel-wrapped network
+    (L223-227), so the keys carry 'module.', which is stripped. NCSN keeps no EMA copy."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointLoadError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if member not in names:
+                runs = [n for n in names if n.endswith("/checkpoint.pth")]
+                raise CheckpointLoadError(
+                    f"{path} has no member {member!r}; its checkpoint.pth members: {_shorten(runs) or 'none'} "
+                    "(set the checkpoint's 'member' to the CIFAR-10 run's)"
+                )
+            body = io.BytesIO(archive.read(member))
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise CheckpointLoadError(f"checkpoint {path} is not a readable zip archive ({_reason(exc)})") from None
+    obj = _torch_load(path, body, member)
+    where = Path(f"{path}:{member}")
+    if not isinstance(obj, (list, tuple)) or not obj:
+        raise CheckpointLoadError(
+            f"{where} should hold a list [state_dict, optimizer state], found {type(obj).__name__}"
+        )
+    return _strip_data_parallel(_as_state_dict(obj[0], where, "element 0"), where, "element 0")
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -15,7 +15,11 @@ from bench.runtime.strict_yaml import load_yaml
 REGISTRY_PATH = Path(__file__).with_name("registry.yaml")
 
 HASH_TYPES = ("md5", "sha256", "none")
-LAYOUTS = ("plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt", "score_sde_dict", "unverified")
+LAYOUTS = (
+    "plain_state_dict", "ddim_list", "edm_pickle", "analytic_dpm_ckpt", "score_sde_dict", "ncsn_run_zip", "unverified"
+)
+# Layouts whose file is an archive of several checkpoints: the entry's ``member`` names the one it reads.
+ARCHIVE_LAYOUTS = ("ncsn_run_zip",)
 _HEX_LENGTH = {"md5": 32, "sha256": 64}
 
 _NON_EMPTY = {"type": "string", "minLength": 1}
@@ -37,6 +41,7 @@ ENTRY_SCHEMA: dict[str, Any] = {
         "architecture": {"type": ["string", "null"], "pattern": "^[a-z0-9_]+$"},
         "source": _NON_EMPTY,
         "note": {"type": "string"},
+        "member": {"type": ["string", "null"], "minLength": 1},
     },
 }
 REGISTRY_SCHEMA: dict[str, Any] = {
@@ -75,6 +80,7 @@ class CheckpointEntry:
     architecture: str | None
     source: str
     note: str
+    member: str | None = None
 
 
 def _describe_location(data: Any, path: list[Any]) -> str:
@@ -103,7 +109,7 @@ def _schema_errors(data: Any) -> list[str]:
 
 
 def _rule_errors(entries: list[dict[str, Any]]) -> list[str]:
-    """Rules the schema cannot say: hash agrees with hash_type, names are unique."""
+    """Rules the schema cannot say: hash agrees with hash_type, names are unique, an archive names its member."""
     messages = []
     seen: set[str] = set()
     for index, entry in enumerate(entries):
@@ -111,6 +117,12 @@ def _rule_errors(entries: list[dict[str, Any]]) -> list[str]:
         if entry["name"] in seen:
             messages.append(f"{where}, key 'name': duplicate name")
         seen.add(entry["name"])
+        archive = entry["layout"] in ARCHIVE_LAYOUTS
+        if archive != (entry.get("member") is not None):
+            messages.append(
+                f"{where}, key 'member': " + (f"required for layout {entry['layout']!r} (the file inside its archive)"
+                                             if archive else f"only an archive layout {list(ARCHIVE_LAYOUTS)} has one")
+            )
         hash_type, digest = entry["hash_type"], entry["hash"]
         if hash_type == "none" and digest is not None:
             messages.append(f"{where}, key 'hash': must be null when hash_type is 'none'")

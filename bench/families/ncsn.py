@@ -16,14 +16,16 @@ from bench.runtime.speed import unwrap_network
 
 
 def check_ncsn_model(name: str, model: dict) -> None:
-    """An NCSNv2 network's table on [-1, 1] data must be the schedule's range, before any job builds it."""
+    """An NCSN / NCSNv2 network's table on [-1, 1] data must be the schedule's range, before any job builds it."""
     network = model["network"]
-    if network["type"] != "ncsnv2":
+    kind = network["type"]
+    if kind not in ("ncsnv1", "ncsnv2"):
         return
-    defaults = inspect.signature(network_constructor("ncsnv2")).parameters
-    option = {key: network.get(key, defaults[key].default) for key in ("sigma_begin", "sigma_end", "rescaled",
-                                                                       "logit_transform")}
-    # NCSNv2 models/ncsnv2.py L76-77: without rescaled / logit data the network's levels are on [0, 1] images.
+    defaults = inspect.signature(network_constructor(kind)).parameters
+    option = {key: network.get(key, defaults[key].default if key in defaults else False)
+              for key in ("sigma_begin", "sigma_end", "rescaled", "logit_transform")}
+    # NCSNv2 models/ncsnv2.py L76-77, NCSN models/cond_refinenet_dilated.py L399-400: without rescaled / logit data
+    # the network's levels are on [0, 1] images (NCSN has no rescaled option).
     scale = 1.0 if option["rescaled"] or option["logit_transform"] else 2.0
     for key, own in (("sigma_min", "sigma_end"), ("sigma_max", "sigma_begin")):
         want = scale * option[own]
@@ -37,7 +39,8 @@ def check_ncsn_model(name: str, model: dict) -> None:
 def ncsn_score(net: nn.Module, schedule: VESchedule, data_shape=None, noise=None) -> NoiseConditionalScore:
     """The network's level-indexed score on [-1, 1] data; the schedule's range must be its table's."""
     inner = unwrap_network(net)
-    # NCSNv2 models/ncsnv2.py L76-77: without rescaled / logit data the network takes [0, 1] images.
+    # NCSNv2 models/ncsnv2.py L76-77 (NCSN: always, cond_refinenet_dilated.py L399-400): without rescaled / logit
+    # data the network takes [0, 1] images. NCSNv2's network divides by its level, NCSN's is the score itself.
     score = NoiseConditionalScore(net, inner.sigmas, data_range=(0.0, 1.0) if inner.centers_input else (-1.0, 1.0))
     for key, own in (("sigma_min", score.sigma_min), ("sigma_max", score.sigma_max)):
         given = getattr(schedule, key)
@@ -52,7 +55,7 @@ def ncsn_score(net: nn.Module, schedule: VESchedule, data_shape=None, noise=None
 FAMILY = FamilySpec(
     name="ncsn",
     schedules={"ve": ve_schedule},
-    # Released weights only (ncsnv2_cifar10): NCSN's training on fixed levels is not reimplemented here.
+    # Released weights only (ncsn_cifar10, ncsnv2_cifar10): NCSN's training on fixed levels is not reimplemented here.
     losses={},
     denoiser=ncsn_score,
     # Level samplers only: the network is defined on its table's levels, not on a continuum of sigma.

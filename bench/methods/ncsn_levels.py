@@ -22,7 +22,8 @@ LEVEL_RTOL = 1e-6
 class NoiseConditionalScore:
     """score(x, sigma) = a s_net(a x + b, y(sigma)), y the index of a sigma in the network's own table.
 
-    ``net_sigmas`` is the network's table in its order (NCSNv2: its ``sigmas`` buffer, descending), which
+    ``net_sigmas`` is the network's table in its order (NCSNv2: its ``sigmas`` buffer; NCSN: its config's float64
+    table, as runners/anneal_runner.py L232-233 builds it; both descending), which
     defines y; ``sigmas`` is the same table on bench data, ascending (the ScoreFn protocol).
     """
 

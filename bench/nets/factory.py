@@ -38,6 +38,10 @@ NETWORK_TYPES: dict[str, NetworkType] = {
     "adm_unet": NetworkType("bench.nets.adm_unet:ADMUNet", (("in_channels", "channels"),)),
     # NCSNv2's RefineNet (ermongroup/ncsnv2 models/ncsnv2.py); its options are the official config's model keys.
     "ncsnv2": NetworkType("bench.nets.ncsnv2:NCSNv2", (("channels", "channels"), ("image_size", "image_size"))),
+    # NCSN's CondRefineNetDilated (ermongroup/ncsn models/cond_refinenet_dilated.py); options as NCSNv2's.
+    "ncsnv1": NetworkType(
+        "bench.nets.ncsnv1:CondRefineNetDilated", (("channels", "channels"), ("image_size", "image_size"))
+    ),
     "edm_precond": NetworkType("bench.nets.edm_networks:build_edm_network", from_pickle=True),
     # The ADM backbone of an iDDPMPrecond pickle as an [eps, v] network (x_t, t, y), for the iddpm family's samplers.
     "edm_adm_backbone": NetworkType("bench.nets.edm_adm_backbone:build_edm_adm_backbone", from_pickle=True),

@@ -33,7 +33,8 @@ def sample(
 ) -> torch.Tensor:
     """x <- x + alpha_i/2 s(x, sigma_i) + sqrt(alpha_i) z, alpha_i = eps sigma_i^2 / sigma_L^2 (NCSN Alg. 1).
 
-    NCSNv2's code writes the same update as step_lr * (sigma_i / sigma_L)^2 with step_lr = eps / 2.
+    NCSN's and NCSNv2's code write the same update with step_size = step_lr * (sigma_i / sigma_L)^2, step_lr = eps / 2
+    (NCSN runners/anneal_runner.py L210-215, NCSNv2 models/__init__.py L28-35), on their own data scale.
     ``denoise`` adds the final x + sigma_L^2 s(x, sigma_L) (Tweedie's E[x0 | x]; NCSNv2's ``denoise``).
     Noise: level position k of the grid, Langevin step j draws ``noise.normal(k * n_steps_each + j)``.
     """

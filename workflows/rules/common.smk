@@ -114,7 +114,9 @@ def one_of(names: list[str]) -> str:
 
 
 def registry_entry(name: str) -> dict:
-    return asdict(get_checkpoint(name, CHECKPOINT_REGISTRY))
+    entry = asdict(get_checkpoint(name, CHECKPOINT_REGISTRY))
+    # Only an archive names a member: the other entries' specs (and the jobs' parameters) stay as they were.
+    return {k: v for k, v in entry.items() if not (k == "member" and v is None)}
 
 
 # Sampling.
