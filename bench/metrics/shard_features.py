@@ -192,3 +192,16 @@ def merge_shards(shards: list[ShardFeatures]) -> ShardFeatures:
         features=(None if any(s.features is None for s in shards)
                   else np.concatenate([s.features for s in shards])),
     )
+
+
+def load_cell(paths: list[Path], n_samples: int, context: str) -> ShardFeatures:
+    """A cell's features files merged, refused (SystemExit, a step's refusal) unless they hold exactly ``n_samples``
+    distinct seeds; a failed shard raises ShardFailed, which the step writes as the cell's failed record."""
+    cell = merge_shards([ShardFeatures.load(p) for p in paths])
+    distinct = len(np.unique(cell.seeds))
+    if cell.stats.n != n_samples or distinct != len(cell.seeds):
+        raise SystemExit(
+            f"cell {context}: shards hold {cell.stats.n} samples ({distinct} distinct seeds), "
+            f"expected exactly {n_samples}"
+        )
+    return cell

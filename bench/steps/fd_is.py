@@ -7,8 +7,6 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from bench.core.labels import LABEL_PROTOCOL
 from bench.metrics.bootstrap import BootstrapSpec, cell_fd_interval, is_interval
 from bench.metrics.extractors import backend_and_mode, signature
@@ -18,7 +16,7 @@ from bench.metrics.feature_stats import (
     inception_score,
     inception_score_from_probs,
 )
-from bench.metrics.shard_features import ShardFailed, ShardFeatures, merge_shards
+from bench.metrics.shard_features import ShardFailed, ShardFeatures, load_cell
 from bench.runtime.io import atomic_json, load_json
 from bench.runtime.stepclock import StepClock
 from bench.samplers import resolved_options
@@ -31,16 +29,10 @@ def run(spec: dict, out: Path, features: list[Path], reference: Path, threads: i
     exactly spec["n_samples"] distinct seeds, or features of another extractor, is refused.
     """
     try:
-        shards = [ShardFeatures.load(p) for p in features]
+        cell = load_cell(features, spec["n_samples"], spec["context"])
     except ShardFailed as err:
         atomic_json({"status": "failed", "error": str(err)}, out)
         return
-    cell = merge_shards(shards)
-    if cell.stats.n != spec["n_samples"] or len(np.unique(cell.seeds)) != len(cell.seeds):
-        raise SystemExit(
-            f"cell {spec['context']}: shards hold {cell.stats.n} samples "
-            f"({len(np.unique(cell.seeds))} distinct seeds), expected exactly {spec['n_samples']}"
-        )
     if cell.extractor != signature(spec["extractor"]):
         raise SystemExit(
             f"cell {spec['context']}: features from {cell.extractor!r}, expected {signature(spec['extractor'])!r}"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from bench.metrics.extractors import signature
 from bench.metrics.precision_recall import precision_recall
-from bench.metrics.shard_features import ShardFailed, ShardFeatures, merge_shards
+from bench.metrics.shard_features import ShardFailed, load_cell
 from bench.runtime.io import atomic_json
 from bench.runtime.stepclock import StepClock
 from bench.steps.reference_features import ReferenceFeatures
@@ -24,14 +22,10 @@ def run(spec: dict, out: Path, features: list[Path], reference: Path, threads: i
     extractor than the reference's, or holding other than exactly spec["n_samples"] distinct seeds are refused.
     """
     try:
-        shards = [ShardFeatures.load(p) for p in features]
+        cell = load_cell(features, spec["n_samples"], spec["context"])
     except ShardFailed as err:
         atomic_json({"status": "failed", "error": str(err)}, out)
         return
-    cell = merge_shards(shards)
-    if cell.stats.n != spec["n_samples"] or len(np.unique(cell.seeds)) != len(cell.seeds):
-        raise SystemExit(f"cell {spec['context']}: shards hold {cell.stats.n} samples "
-                         f"({len(np.unique(cell.seeds))} distinct seeds), expected exactly {spec['n_samples']}")
     if cell.features is None:
         raise SystemExit(f"cell {spec['context']}: its features files hold no per-sample features; "
                          "rerun its features jobs")
