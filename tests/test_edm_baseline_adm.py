@@ -4,7 +4,6 @@ the DhariwalUNet manifest with 6 output channels, and a pickle in the official l
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from edm_pickle_fixtures import dumps_official, official_stand_ins, persistent
+from served_checkpoint import fetch_and_convert
 from torch import nn
 
 from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
-from bench.cli import main
 from bench.core.labels import one_hot
 from bench.families import make_denoiser
 from bench.nets.dhariwal_unet import DhariwalUNet
@@ -126,19 +125,12 @@ def fetch_served_baseline(served, tmp_path: Path, model_cfg: dict) -> tuple[nn.M
     """A random-weight baseline pickle served over HTTP, fetched and converted as ``model_cfg`` (its family, network
     and schedule; the registry entry's name is filled in) by the real CLI steps; returns the pickled network and
     the converted model file."""
-    folder, base = served
+    folder, _ = served
     original = write_baseline_pickle(folder / "baseline-imagenet-64x64-cond-adm.pkl")
-    body = (folder / "baseline-imagenet-64x64-cond-adm.pkl").read_bytes()
-    entry = {**get_checkpoint("edm_baseline_imagenet64_cond_adm").__dict__,
-             "url": f"{base}/baseline-imagenet-64x64-cond-adm.pkl", "hash_type": "md5",
-             "hash": hashlib.md5(body).hexdigest()}
-    ckpt, lock = tmp_path / "baseline.ckpt", tmp_path / "baseline.lock.json"
-    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),
-                 "--out", str(ckpt)]) == 0
-    spec = {"model": {"dataset": "imagenet64", "checkpoint": entry["name"], "label_dim": 1000, **model_cfg},
-            "dataset": {"kind": "imagenet64", "root": "unused"}, "checkpoint": entry}
-    out = tmp_path / "model.pt"
-    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    name = "edm_baseline_imagenet64_cond_adm"
+    _, out = fetch_and_convert(served, tmp_path, name, "baseline-imagenet-64x64-cond-adm.pkl",
+                               {"dataset": "imagenet64", "checkpoint": name, "label_dim": 1000, **model_cfg},
+                               {"kind": "imagenet64", "root": "unused"})
     return original, out
 
 

@@ -4,7 +4,6 @@ strictly through the fetch and convert steps."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -12,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from served_checkpoint import fetch_and_convert
 
 from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
-from bench.cli import main
 from bench.families import build_schedule, check_model, make_denoiser
 from bench.methods.iddpm_chain import IDDPMChain, network_time_scale
 from bench.nets.factory import build_network
@@ -71,7 +70,7 @@ def test_the_profiles_network_is_the_manifests_constructor():
 
 
 def test_an_official_layout_file_is_fetched_converted_and_sampled_with_its_labels(served, tmp_path):
-    folder, base = served
+    folder, _ = served
     # The manifest's architecture at a small width and depth: label_emb and every other key kind stay.
     network = {"type": "adm_unet", **{k: v for k, v in MANIFEST["constructor_kwargs"].items() if k != "in_channels"},
                "model_channels": 32, "num_res_blocks": 1}
@@ -80,17 +79,10 @@ def test_an_official_layout_file_is_fetched_converted_and_sampled_with_its_label
     state = OrderedDict((k, torch.randn(v.shape, generator=gen) * 0.05) for k, v in net.state_dict().items())
     assert list(state)[4] == "label_emb.weight" and state["label_emb.weight"].shape == (1000, 128)
     torch.save(state, folder / "imagenet64_cond_270M_250K.pt")
-    body = (folder / "imagenet64_cond_270M_250K.pt").read_bytes()
-    entry = {**get_checkpoint("iddpm_imagenet64_cond").__dict__, "url": f"{base}/imagenet64_cond_270M_250K.pt",
-             "hash_type": "md5", "hash": hashlib.md5(body).hexdigest()}
-    ckpt, lock = tmp_path / "cond.ckpt", tmp_path / "cond.lock.json"
-    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),
-                 "--out", str(ckpt)]) == 0
-    model_cfg = {"dataset": "imagenet64", "family": "iddpm", "checkpoint": entry["name"], "label_dim": 1000,
+    model_cfg = {"dataset": "imagenet64", "family": "iddpm", "checkpoint": "iddpm_imagenet64_cond", "label_dim": 1000,
                  "network": network, "schedule": {"name": "cosine", "T": 4000, "rescale_timesteps": False}}
-    spec = {"model": model_cfg, "dataset": {"kind": "imagenet64", "root": "unused"}, "checkpoint": entry}
-    out = tmp_path / "model.pt"
-    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    _, out = fetch_and_convert(served, tmp_path, "iddpm_imagenet64_cond", "imagenet64_cond_270M_250K.pt", model_cfg,
+                               {"kind": "imagenet64", "root": "unused"})
 
     loaded, schedule, _ = load_model(out)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())

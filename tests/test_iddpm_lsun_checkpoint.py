@@ -4,17 +4,16 @@ strictly through the fetch and convert steps and runs iDDPM's respaced sampler o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import yaml
+from served_checkpoint import fetch_and_convert
 
 from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
-from bench.cli import main
 from bench.core.time_grids import respaced_grid
 from bench.families import make_denoiser
 from bench.methods.iddpm_chain import IDDPMChain
@@ -50,7 +49,7 @@ def test_the_profiles_model_is_the_manifests_constructor_and_the_readmes_chain()
 
 
 def test_an_official_layout_file_is_fetched_converted_and_read_at_the_original_index(served, tmp_path):
-    folder, base = served
+    folder, _ = served
     # The manifest's architecture at a small width and depth: every level, the one 16x16 attention level with
     # its single head and the scale-shift-free ResBlocks stay.
     network = {"type": "adm_unet", **{k: v for k, v in MANIFEST["constructor_kwargs"].items() if k != "in_channels"},
@@ -59,17 +58,9 @@ def test_an_official_layout_file_is_fetched_converted_and_read_at_the_original_i
     gen = torch.Generator().manual_seed(0)
     state = OrderedDict((k, torch.randn(v.shape, generator=gen) * 0.05) for k, v in net.state_dict().items())
     torch.save(state, folder / "lsun_uncond_100M_1200K_bs128.pt")
-    body = (folder / "lsun_uncond_100M_1200K_bs128.pt").read_bytes()
-    entry = {**get_checkpoint("iddpm_lsun_bedroom").__dict__, "url": f"{base}/lsun_uncond_100M_1200K_bs128.pt",
-             "hash_type": "md5", "hash": hashlib.md5(body).hexdigest()}
-    ckpt, lock = tmp_path / "lsun.ckpt", tmp_path / "lsun.lock.json"
-    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),
-                 "--out", str(ckpt)]) == 0
     model_cfg = {**_paper()["models"]["iddpm_lsun_bedroom"], "network": network}
-    spec = {"model": model_cfg, "dataset": {"kind": "lsun", "root": "unused", "category": "bedroom"},
-            "checkpoint": entry}
-    out = tmp_path / "model.pt"
-    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    _, out = fetch_and_convert(served, tmp_path, "iddpm_lsun_bedroom", "lsun_uncond_100M_1200K_bs128.pt", model_cfg,
+                               {"kind": "lsun", "root": "unused", "category": "bedroom"})
 
     loaded, schedule, _ = load_model(out)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())

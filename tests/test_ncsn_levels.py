@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import OrderedDict
@@ -11,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from served_checkpoint import fetch_and_convert
 from torch import nn
 
 from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import get_checkpoint
-from bench.cli import main
 from bench.core.noise import NoiseSource
 from bench.families import check_model, make_denoiser
 from bench.methods.ncsn import VESchedule
@@ -209,7 +208,7 @@ def _official_list(state: OrderedDict, shadow: OrderedDict) -> list:
 
 def test_the_checkpoint_in_its_official_layout_is_fetched_converted_and_loaded_strictly(served, tmp_path):
     torch.set_num_threads(1)
-    folder, base = served
+    folder, _ = served
     network = {"type": "ncsnv2", "ngf": 8, "num_classes": NUM_CLASSES, "sigma_begin": SIGMA_BEGIN, "sigma_end": SIGMA_END}
     net = NCSNv2(ngf=8, num_classes=NUM_CLASSES, sigma_begin=SIGMA_BEGIN, sigma_end=SIGMA_END)
     assert list(net.state_dict()) == [key for key, _, _ in MANIFEST["state_dict"]]  # the official key order
@@ -218,17 +217,10 @@ def test_the_checkpoint_in_its_official_layout_is_fetched_converted_and_loaded_s
     state = OrderedDict((k, 0.05 * torch.randn(v.shape, generator=gen)) for k, v in net.state_dict().items())
     state["sigmas"] = net.sigmas.clone()
     shadow = OrderedDict((k, 0.05 * torch.randn(p.shape, generator=gen)) for k, p in net.named_parameters())
-    body = folder / "checkpoint_300000.pth"
-    torch.save(_official_list(state, shadow), body)
-    entry = {**get_checkpoint("ncsnv2_cifar10").__dict__, "url": f"{base}/checkpoint_300000.pth", "hash_type": "md5",
-             "hash": hashlib.md5(body.read_bytes()).hexdigest()}
-    ckpt, lock = tmp_path / "ncsnv2_cifar10.pth", tmp_path / "ncsnv2_cifar10.lock.json"
-    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),
-                 "--out", str(ckpt)]) == 0
-    model_cfg = {**PAPER["models"]["ncsnv2_cifar10"], "network": network}
-    spec = {"model": model_cfg, "dataset": {"kind": "cifar10", "root": "unused"}, "checkpoint": entry}
-    out = tmp_path / "ncsnv2_cifar10.pt"
-    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    torch.save(_official_list(state, shadow), folder / "checkpoint_300000.pth")
+    _, out = fetch_and_convert(served, tmp_path, "ncsnv2_cifar10", "checkpoint_300000.pth",
+                               {**PAPER["models"]["ncsnv2_cifar10"], "network": network},
+                               {"kind": "cifar10", "root": "unused"})
 
     loaded, schedule, saved = load_model(out)
     assert saved["info"]["layout"] == "ddim_list" and saved["data_shape"] == [3, 32, 32]

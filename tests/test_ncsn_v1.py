@@ -4,7 +4,6 @@ its sampler's step sizes, its run.zip checkpoint."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import zipfile
@@ -15,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from served_checkpoint import fetch_and_convert
 from torch import nn
 
 from bench.checkpoints.convert import convert_checkpoint
 from bench.checkpoints.layouts import CheckpointLoadError, load_ncsn_run_zip
 from bench.checkpoints.model_file import load_model
 from bench.checkpoints.registry import RegistryError, get_checkpoint, validate_registry
-from bench.cli import main
 from bench.core.noise import NoiseSource
 from bench.families import check_model, make_denoiser
 from bench.methods.ncsn import VESchedule
@@ -221,22 +220,16 @@ def write_run_zip(path: Path, runs: dict[str, OrderedDict]) -> None:
 
 def test_run_zip_in_its_official_layout_is_fetched_converted_and_loaded_strictly(served, tmp_path):
     torch.set_num_threads(1)
-    folder, base = served
+    folder, _ = served
     network = {"type": "ncsnv1", "ngf": 8, "num_classes": NUM_CLASSES, "sigma_begin": SIGMA_BEGIN,
                "sigma_end": SIGMA_END}
     net = CondRefineNetDilated(ngf=8, num_classes=NUM_CLASSES)
     assert list(net.state_dict()) == [key for key, _, _ in MANIFEST["state_dict"]]  # the official key order
     state, celeba = random_state(net, 0), random_state(net, 1)
     write_run_zip(folder / "run.zip", {"celeba": celeba, "cifar10": state})
-    entry = {**dataclasses.asdict(get_checkpoint("ncsn_cifar10")), "url": f"{base}/run.zip", "hash_type": "md5",
-             "hash": hashlib.md5((folder / "run.zip").read_bytes()).hexdigest()}
-    ckpt, lock = tmp_path / "ncsn_cifar10.ckpt", tmp_path / "ncsn_cifar10.lock.json"
-    assert main(["fetch-checkpoint", "--spec", json.dumps({"checkpoint": entry}), "--lock", str(lock),
-                 "--out", str(ckpt)]) == 0
-    model_cfg = {**PAPER["models"]["ncsn_cifar10"], "network": network}
-    spec = {"model": model_cfg, "dataset": {"kind": "cifar10", "root": "unused"}, "checkpoint": entry}
-    out = tmp_path / "ncsn_cifar10.pt"
-    assert main(["convert-checkpoint", "--spec", json.dumps(spec), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    _, out = fetch_and_convert(served, tmp_path, "ncsn_cifar10", "run.zip",
+                               {**PAPER["models"]["ncsn_cifar10"], "network": network},
+                               {"kind": "cifar10", "root": "unused"})
 
     loaded, schedule, saved = load_model(out)
     assert saved["info"]["layout"] == "ncsn_run_zip" and saved["info"]["member"] == MEMBER
