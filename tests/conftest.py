@@ -21,9 +21,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_tiny(tmp_path_factory.mktemp("tiny"))
 
 
-# The longest files start first (pyproject's --no-loadscope-reorder keeps xdist from putting the files with the
-# most tests first): with one worker per file, a long file sent last runs alone at the end while the other worker
-# waits; started first, it runs beside the rest.
+# The longest files start first: with one worker per file (--dist loadfile), a long file collected last runs alone
+# at the end while the other worker waits; started first, it runs beside the rest.
 LONGEST_FIRST = ("test_paper_smoke.py", "test_slurm.py")
 
 
