@@ -21,16 +21,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_tiny(tmp_path_factory.mktemp("tiny"))
 
 
-# The longest files start first: with one worker per file (--dist loadfile), a long file collected last runs alone
-# at the end while the other worker waits; started first, it runs beside the rest.
-LONGEST_FIRST = ("test_paper_smoke.py", "test_slurm.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.fixture(scope="session")
 def paper_dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     """``snakemake -n`` of the paper profile in an empty folder (no data, checkpoints or network), run once per
