@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.nets.ncsnv2 import check_level_input
+
 _NORM_EPS = 1e-5
 
 
@@ -255,15 +257,7 @@ class CondRefineNetDilated(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Score s(x, sigmas[y]) = net(x, y); x [N, C, H, W] in [0, 1], y [N] int64 (L398-417)."""
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape [N, {self.channels}, H, W], got {list(x.shape)}")
-        if x.shape[2] % 2 or x.shape[3] % 2:
-            raise ValueError(f"x height and width must be even, got {list(x.shape[2:])}")
-        if y.is_floating_point() or y.is_complex() or y.shape != (x.shape[0],):
-            raise ValueError(
-                f"y must be an integer noise-level index tensor of shape [{x.shape[0]}] "
-                f"(0..{self.num_levels - 1}), got dtype {y.dtype} shape {list(y.shape)}"
-            )
+        check_level_input(x, y, self.channels, self.num_levels)
         h = self.begin_conv(2 * x - 1.0)
         layer1 = self._run(self.res1, h, y)
         layer2 = self._run(self.res2, layer1, y)

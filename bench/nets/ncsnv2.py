@@ -40,6 +40,19 @@ def ncsn_sigmas(sigma_begin: float, sigma_end: float, num_classes: int) -> torch
     return log_sigmas.exp().float()
 
 
+def check_level_input(x: torch.Tensor, y: torch.Tensor, channels: int, num_levels: int) -> None:
+    """Refuse what a RefineNet of NCSN (v1) or NCSNv2 cannot read: x not [N, channels, H, W] with even H and W,
+    or y not an integer level index per row."""
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"x must have shape [N, {channels}, H, W], got {list(x.shape)}")
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"x height and width must be even, got {list(x.shape[2:])}")
+    if y.is_floating_point() or y.is_complex() or y.shape != (x.shape[0],):
+        raise ValueError(
+            f"y must be an integer noise-level index tensor of shape [{x.shape[0]}] "
+            f"(0..{num_levels - 1}), got dtype {y.dtype} shape {list(y.shape)}"
+        )
+
 class InstanceNorm2dPlus(nn.Module):
     """InstanceNorm++ (NCSN, Song & Ermon 2019, App. A.1), in the official code's form.
 
@@ -286,15 +299,7 @@ class NCSNv2(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Score s(x, sigmas[y]) = net(x) / sigmas[y]; x [N, C, H, W] in [0, 1], y [N] int64."""
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"x must have shape [N, {self.channels}, H, W], got {list(x.shape)}")
-        if x.shape[2] % 2 or x.shape[3] % 2:
-            raise ValueError(f"x height and width must be even, got {list(x.shape[2:])}")
-        if y.is_floating_point() or y.is_complex() or y.shape != (x.shape[0],):
-            raise ValueError(
-                f"y must be an integer noise-level index tensor of shape [{x.shape[0]}] "
-                f"(0..{self.num_levels - 1}), got dtype {y.dtype} shape {list(y.shape)}"
-            )
+        check_level_input(x, y, self.channels, self.num_levels)
         h = 2 * x - 1.0 if self.centers_input else x
         h = self.begin_conv(h)
         layer1 = self._run(self.res1, h)
